@@ -1,0 +1,1 @@
+"""The Dagster code location that processes the batches kafka-dagster launches."""

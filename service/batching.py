@@ -1,0 +1,142 @@
+"""Micro-batching: cut each topic-partition's records into batches.
+
+Pure logic, no Faust and no I/O, so it can be tested exhaustively. A batch
+holds consecutive records of one topic-partition and closes on the first of
+`max_records`, `max_bytes` or `max_wait_s`. A record that is dead-lettered
+splits the open batch, so no run's offset range covers a dead-lettered record.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+# Why a batch closed; the values of the `reason` label of kafka_dagster_batches_total.
+RECORDS, BYTES, TIME, REVOKE, SPLIT = "records", "bytes", "time", "revoke", "split"
+
+
+class TP(NamedTuple):
+    topic: str
+    partition: int
+
+
+@dataclass(frozen=True)
+class BatchPolicy:
+    max_records: int
+    max_bytes: int
+    max_wait_s: float
+
+
+@dataclass(slots=True)
+class Record:
+    """One consumed Kafka record, raw bytes kept for the DLQ, value decoded."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int | None
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes]] = field(default_factory=list)
+    decoded: Any = None
+    ack: Any = None  # called once the record is covered by a run or the DLQ
+    epoch: int = 0  # the partition's assignment epoch when the record was consumed
+
+    @property
+    def tp(self) -> TP:
+        return TP(self.topic, self.partition)
+
+    @property
+    def size(self) -> int:
+        return len(self.value or b"") + len(self.key or b"")
+
+
+def batch_id(topic: str, partition: int, offset_start: int, offset_end: int) -> str:
+    """Deterministic id of the batch covering [offset_start, offset_end] of a partition."""
+    text = f"{topic}\x00{partition}\x00{offset_start}\x00{offset_end}"
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+@dataclass
+class Batch:
+    """Consecutive records of one topic-partition, launched as one run."""
+
+    topic: str
+    partition: int
+    opened_at: float
+    records: list[Record] = field(default_factory=list)
+    size: int = 0
+    reason: str | None = None
+
+    @property
+    def tp(self) -> TP:
+        return TP(self.topic, self.partition)
+
+    @property
+    def offset_start(self) -> int:
+        return self.records[0].offset
+
+    @property
+    def offset_end(self) -> int:
+        return self.records[-1].offset
+
+    @property
+    def batch_id(self) -> str:
+        return batch_id(self.topic, self.partition, self.offset_start, self.offset_end)
+
+    def append(self, record: Record) -> None:
+        self.records.append(record)
+        self.size += record.size
+
+    def close(self, reason: str) -> Batch:
+        self.reason = reason
+        return self
+
+
+class Batcher:
+    """Holds the open batch of every topic-partition and decides when each closes."""
+
+    def __init__(self, policies: dict[str, BatchPolicy]) -> None:
+        self.policies = policies
+        self.open: dict[TP, Batch] = {}
+
+    def add(self, record: Record, now: float) -> list[Batch]:
+        """Add `record` to its partition's open batch; return the batches this closed."""
+        policy = self.policies[record.topic]
+        closed: list[Batch] = []
+        batch = self.open.get(record.tp)
+        if batch is not None and batch.size + record.size > policy.max_bytes:
+            closed.append(self.open.pop(record.tp).close(BYTES))
+            batch = None
+        if batch is None:
+            batch = self.open[record.tp] = Batch(record.topic, record.partition, opened_at=now)
+        batch.append(record)
+        if len(batch.records) >= policy.max_records:
+            closed.append(self.open.pop(record.tp).close(RECORDS))
+        elif batch.size >= policy.max_bytes:
+            closed.append(self.open.pop(record.tp).close(BYTES))
+        return closed
+
+    def split(self, tp: TP) -> Batch | None:
+        """Close `tp`'s open batch because the next record will not join it."""
+        batch = self.open.pop(tp, None)
+        return batch.close(SPLIT) if batch else None
+
+    def expire(self, now: float) -> list[Batch]:
+        """Close every batch that has waited `max_wait_s` or longer."""
+        due = [
+            tp for tp, batch in self.open.items()
+            if now - batch.opened_at >= self.policies[tp.topic].max_wait_s
+        ]
+        return [self.open.pop(tp).close(TIME) for tp in due]
+
+    def drain(self, tps: Iterable[TP] | None = None, reason: str = REVOKE) -> list[Batch]:
+        """Close the open batches of `tps` (default: all), e.g. on revoke or shutdown."""
+        selected = list(self.open) if tps is None else [tp for tp in tps if tp in self.open]
+        return [self.open.pop(tp).close(reason) for tp in selected]
+
+    def discard(self, tps: Iterable[TP]) -> list[Batch]:
+        """Forget the open batches of `tps` without closing them (records stay unacked)."""
+        return [batch for tp in list(tps) if (batch := self.open.pop(tp, None)) is not None]

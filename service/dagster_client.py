@@ -1,0 +1,218 @@
+"""An async client for the Dagster GraphQL API.
+
+The one place that talks HTTP to Dagster. httpx failures are translated here:
+connection errors, timeouts and HTTP 5xx become `DagsterUnavailable`
+(transient); every member of the `LaunchRunResult` union is handled by name.
+Message content only ever travels as GraphQL variables.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from service.errors import DagsterUnavailable, LaunchRejected, PermanentError, TransientError
+
+logger = logging.getLogger(__name__)
+
+TOKEN_HEADER = "Dagster-Cloud-Api-Token"
+
+LAUNCH_RUN = """
+mutation LaunchRun($executionParams: ExecutionParams!) {
+  launchRun(executionParams: $executionParams) {
+    __typename
+    ... on LaunchRunSuccess { run { runId status } }
+    ... on PythonError { message className }
+    ... on RunConfigValidationInvalid { errors { message reason } }
+    ... on PipelineNotFoundError { message }
+    ... on InvalidSubsetError { message }
+    ... on UnauthorizedError { message }
+    ... on ConflictingExecutionParamsError { message }
+    ... on PresetNotFoundError { message }
+    ... on RunConflict { message }
+    ... on NoModeProvidedError { message }
+    ... on InvalidStepError { invalidStepKey }
+    ... on InvalidOutputError { stepKey invalidOutputName }
+  }
+}
+"""
+
+REPOSITORIES = """
+query Repositories {
+  repositoriesOrError {
+    __typename
+    ... on RepositoryConnection { nodes { name location { name } jobs { name } } }
+    ... on PythonError { message }
+  }
+}
+"""
+
+RUNS = """
+query Runs($filter: RunsFilter, $limit: Int) {
+  runsOrError(filter: $filter, limit: $limit) {
+    __typename
+    ... on Runs { results { runId status jobName tags { key value } } }
+    ... on InvalidPipelineRunsFilterError { message }
+    ... on PythonError { message }
+  }
+}
+"""
+
+RUN = """
+query Run($runId: ID!) {
+  runOrError(runId: $runId) {
+    __typename
+    ... on Run { runId status jobName tags { key value } }
+    ... on RunNotFoundError { message }
+    ... on PythonError { message }
+  }
+}
+"""
+
+# A launch result that may succeed if tried again later.
+RETRYABLE_LAUNCH_RESULTS = frozenset({"PythonError"})
+
+
+@dataclass(frozen=True)
+class JobSelector:
+    location: str
+    repository: str
+    job: str
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    run_id: str
+    status: str
+    job: str
+    tags: dict[str, str]
+
+
+class RetryableLaunchError(TransientError):
+    """Dagster answered `launchRun` with an error that may pass (PythonError)."""
+
+    def __init__(self, typename: str, message: str) -> None:
+        super().__init__(f"{typename}: {message}")
+        self.typename = typename
+
+
+class DagsterClient:
+    """Launch and look up runs over GraphQL, with job selectors resolved and cached."""
+
+    def __init__(self, url: str, token: str | None = None, timeout_s: float = 30.0,
+                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+        headers = {TOKEN_HEADER: token} if token else {}
+        self.url = url
+        self._http = httpx.AsyncClient(headers=headers, timeout=timeout_s, transport=transport)
+        self._selectors: dict[tuple[str, str | None, str | None], JobSelector] = {}
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def execute(self, query: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:
+        """POST one GraphQL document; return its `data`, or raise a classified error."""
+        try:
+            response = await self._http.post(self.url, json={"query": query, "variables": variables or {}})
+        except httpx.TransportError as exc:
+            raise DagsterUnavailable(f"{type(exc).__name__} talking to Dagster at {self.url}") from exc
+        if response.status_code >= 500:
+            raise DagsterUnavailable(f"Dagster answered HTTP {response.status_code}")
+        if response.status_code in (401, 403):
+            raise LaunchRejected("UnauthorizedError", f"Dagster answered HTTP {response.status_code}")
+        if response.status_code != 200:
+            raise PermanentError(f"Dagster answered HTTP {response.status_code}")
+        body = response.json()
+        if body.get("errors"):
+            raise PermanentError(f"GraphQL error: {body['errors'][0].get('message')}")
+        return body["data"]  # type: ignore[no-any-return]
+
+    async def ping(self) -> bool:
+        """True when the GraphQL endpoint answers."""
+        try:
+            await self.execute("{ version }")
+        except TransientError:
+            return False
+        return True
+
+    async def resolve_job(self, job: str, location: str | None = None,
+                          repository: str | None = None) -> JobSelector:
+        """The selector of `job`, looked up once and cached."""
+        key = (job, location, repository)
+        if key not in self._selectors:
+            self._selectors[key] = await self._find_job(job, location, repository)
+        return self._selectors[key]
+
+    async def _find_job(self, job: str, location: str | None, repository: str | None) -> JobSelector:
+        result = (await self.execute(REPOSITORIES))["repositoriesOrError"]
+        if result["__typename"] != "RepositoryConnection":
+            raise RetryableLaunchError(result["__typename"], result.get("message", ""))
+        for node in result["nodes"]:
+            if location and node["location"]["name"] != location:
+                continue
+            if repository and node["name"] != repository:
+                continue
+            if any(j["name"] == job for j in node["jobs"]):
+                return JobSelector(node["location"]["name"], node["name"], job)
+        raise LaunchRejected("PipelineNotFoundError", f"no job named {job!r} in any loaded code location")
+
+    async def launch_run(self, selector: JobSelector, run_config: dict[str, Any],
+                         tags: dict[str, str]) -> str:
+        """Launch one run; return its id, or raise `LaunchRejected` / a transient error."""
+        params = {
+            "selector": {
+                "repositoryLocationName": selector.location,
+                "repositoryName": selector.repository,
+                "jobName": selector.job,
+            },
+            "runConfigData": run_config,
+            "executionMetadata": {"tags": [{"key": k, "value": v} for k, v in tags.items()]},
+        }
+        result = (await self.execute(LAUNCH_RUN, {"executionParams": params}))["launchRun"]
+        typename = result["__typename"]
+        if typename == "LaunchRunSuccess":
+            return str(result["run"]["runId"])
+        message = _launch_error_message(result)
+        if typename in RETRYABLE_LAUNCH_RESULTS:
+            raise RetryableLaunchError(typename, message)
+        raise LaunchRejected(typename, message)
+
+    async def find_runs(self, tags: dict[str, str], job: str | None = None,
+                        limit: int = 100) -> list[RunInfo]:
+        """Runs carrying every tag in `tags` (newest first), optionally of one job."""
+        run_filter: dict[str, Any] = {"tags": [{"key": k, "value": v} for k, v in tags.items()]}
+        if job:
+            run_filter["pipelineName"] = job
+        result = (await self.execute(RUNS, {"filter": run_filter, "limit": limit}))["runsOrError"]
+        if result["__typename"] != "Runs":
+            raise RetryableLaunchError(result["__typename"], result.get("message", ""))
+        return [_run_info(run) for run in result["results"]]
+
+    async def get_run(self, run_id: str) -> RunInfo | None:
+        result = (await self.execute(RUN, {"runId": run_id}))["runOrError"]
+        if result["__typename"] == "RunNotFoundError":
+            return None
+        if result["__typename"] != "Run":
+            raise RetryableLaunchError(result["__typename"], result.get("message", ""))
+        return _run_info(result)
+
+
+def _run_info(run: dict[str, Any]) -> RunInfo:
+    return RunInfo(
+        run_id=run["runId"],
+        status=run["status"],
+        job=run["jobName"],
+        tags={t["key"]: t["value"] for t in run["tags"]},
+    )
+
+
+def _launch_error_message(result: dict[str, Any]) -> str:
+    if result["__typename"] == "RunConfigValidationInvalid":
+        return "; ".join(e["message"] for e in result.get("errors", []))
+    if result["__typename"] == "InvalidStepError":
+        return f"invalid step {result.get('invalidStepKey')}"
+    if result["__typename"] == "InvalidOutputError":
+        return f"invalid output {result.get('invalidOutputName')} of {result.get('stepKey')}"
+    return str(result.get("message", ""))

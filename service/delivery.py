@@ -1,0 +1,342 @@
+"""Delivery: from consumed records to launched runs and dead letters.
+
+This is where the delivery invariant is kept. Every record of a routed topic
+ends in exactly one launched run's offset range or in the DLQ (stages decode,
+validate, launch), and is acked, so its offset may be committed, only then.
+
+- Each topic-partition has a `Lane`: its closed batches and dead letters are
+  handled one at a time, in offset order. A full lane blocks the consumer,
+  which is what keeps memory bounded while Dagster is down.
+- Before the first record of a partition is handled, the partition is
+  reconciled with Dagster: runs tagged with its topic, partition and consumer
+  group tell the highest offset already covered, and those records are
+  skipped, whatever batch boundaries the earlier worker chose.
+- Transient failures are retried with backoff, forever, and never dead-letter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from service.batching import Batch, Batcher, BatchPolicy, Record, TP
+from service.dagster_client import DagsterClient
+from service.decoding import decode_value
+from service.dlq import Failure, dlq_headers
+from service.errors import LaunchRejected, PermanentError, TransientError
+from service.metrics import Metrics
+from service.retry import Backoff
+from service.routes import Route
+
+logger = logging.getLogger(__name__)
+
+# The run tags of the contract, plus the consumer group that launched the run.
+TAG_TOPIC = "kafka/topic"
+TAG_PARTITION = "kafka/partition"
+TAG_OFFSET_START = "kafka/offset_start"
+TAG_OFFSET_END = "kafka/offset_end"
+TAG_RECORD_COUNT = "kafka/record_count"
+TAG_BATCH_ID = "kafka/batch_id"
+TAG_CONSUMER_GROUP = "kafka/consumer_group"
+
+
+class DeadLetterSink(Protocol):
+    async def send(self, topic: str, key: bytes | None, value: bytes | None,
+                   headers: list[tuple[str, bytes]], timestamp_ms: int | None) -> None: ...
+
+
+def run_tags(batch: Batch, group_id: str) -> dict[str, str]:
+    return {
+        TAG_TOPIC: batch.topic,
+        TAG_PARTITION: str(batch.partition),
+        TAG_OFFSET_START: str(batch.offset_start),
+        TAG_OFFSET_END: str(batch.offset_end),
+        TAG_RECORD_COUNT: str(len(batch.records)),
+        TAG_BATCH_ID: batch.batch_id,
+        TAG_CONSUMER_GROUP: group_id,
+    }
+
+
+def run_config(route: Route, batch: Batch) -> dict[str, Any]:
+    """The batch as `ops.<batch_op>.config`; records inline only below the route's bound."""
+    config: dict[str, Any] = {
+        "topic": batch.topic,
+        "partition": batch.partition,
+        "offset_start": batch.offset_start,
+        "offset_end": batch.offset_end,
+        "record_count": len(batch.records),
+        "batch_id": batch.batch_id,
+    }
+    if batch.size <= route.inline_max_bytes:
+        config["records"] = [
+            {
+                "offset": r.offset,
+                "timestamp_ms": r.timestamp_ms or 0,
+                "key": r.key.decode("utf-8", "backslashreplace") if r.key is not None else None,
+                "value": (r.value or b"").decode("utf-8"),
+            }
+            for r in batch.records
+        ]
+    return {"ops": {route.batch_op: {"config": config}}}
+
+
+@dataclass
+class DeadLetters:
+    """Records a pre-launch stage rejected, handled in order with the partition's batches."""
+
+    records: list[Record]
+    failure: Failure
+
+
+class Lane:
+    """One partition's queue of closed batches and dead letters, worked in order."""
+
+    def __init__(self, tp: TP, maxsize: int, handle: Callable[[Batch | DeadLetters], Awaitable[None]]) -> None:
+        self.tp = tp
+        self.queue: asyncio.Queue[Batch | DeadLetters] = asyncio.Queue(maxsize)
+        self._handle = handle
+        self._task = asyncio.create_task(self._run(), name=f"lane-{tp.topic}-{tp.partition}")
+
+    async def put(self, item: Batch | DeadLetters) -> None:
+        await self.queue.put(item)
+
+    async def _run(self) -> None:
+        while True:
+            item = await self.queue.get()
+            try:
+                await self._handle(item)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("lane %s/%d failed handling %r", self.tp.topic, self.tp.partition, item)
+                raise
+            finally:
+                self.queue.task_done()
+
+    async def join(self, timeout_s: float) -> bool:
+        """Wait until the lane is idle; False if `timeout_s` passed first."""
+        try:
+            await asyncio.wait_for(self.queue.join(), timeout_s)
+        except TimeoutError:
+            return False
+        return True
+
+    async def close(self) -> None:
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        while not self.queue.empty():  # frees a producer blocked on a full queue
+            self.queue.get_nowait()
+
+
+class Delivery:
+    """Owns batching, launching, reconciling and dead-lettering for one worker."""
+
+    def __init__(self, routes: dict[str, Route], client: DagsterClient, dead_letters: DeadLetterSink,
+                 metrics: Metrics, *, group_id: str, dlq_topic: str, max_message_bytes: int,
+                 queued_batches_per_partition: int = 4, retry_max_delay_s: float = 30.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.routes = routes
+        self.client = client
+        self.sink = dead_letters
+        self.metrics = metrics
+        self.group_id = group_id
+        self.dlq_topic = dlq_topic
+        self.max_message_bytes = max_message_bytes
+        self.queue_size = queued_batches_per_partition
+        self.retry_max_delay_s = retry_max_delay_s
+        self.clock = clock
+        self.batcher = Batcher({t: BatchPolicy(r.max_records, r.max_bytes, r.max_wait_s) for t, r in routes.items()})
+        self.validators = {t: r.validator() for t, r in routes.items()}
+        self.covered: dict[TP, int] = {}
+        self.epochs: dict[TP, int] = {}
+        self.lanes: dict[TP, Lane] = {}
+
+    # -- records in ---------------------------------------------------------
+
+    async def on_record(self, record: Record) -> None:
+        """Handle one consumed record: skip, dead-letter, or add to its batch."""
+        tp = record.tp
+        self.metrics.messages_consumed.labels(record.topic).inc()
+        if record.offset <= await self.covered_offset(tp):
+            self._ack(record)
+            return
+        try:
+            record.decoded = decode_value(record, self.max_message_bytes, self.validators[record.topic])
+        except PermanentError as exc:
+            split = self.batcher.split(tp)
+            if split is not None:
+                await self._submit(split)
+            await self._lane(tp).put(DeadLetters([record], Failure.from_exception(exc.stage, exc)))
+            return
+        for batch in self.batcher.add(record, self.clock()):
+            await self._submit(batch)
+
+    async def tick(self) -> None:
+        """Close the batches whose `max_wait_s` has passed."""
+        for batch in self.batcher.expire(self.clock()):
+            await self._submit(batch)
+
+    async def _submit(self, batch: Batch) -> None:
+        self.metrics.batches.labels(batch.topic, batch.reason).inc()
+        self.metrics.batch_records.observe(len(batch.records))
+        await self._lane(batch.tp).put(batch)
+
+    def _lane(self, tp: TP) -> Lane:
+        lane = self.lanes.get(tp)
+        if lane is None:
+            lane = self.lanes[tp] = Lane(tp, self.queue_size, self._handle)
+        return lane
+
+    def _ack(self, record: Record) -> None:
+        # An ack from before a revoke must not commit for a partition we may no longer own.
+        if record.ack is not None and self.epochs.get(record.tp, 0) == record.epoch:
+            record.ack()
+
+    def epoch(self, tp: TP) -> int:
+        return self.epochs.get(tp, 0)
+
+    # -- reconciliation -----------------------------------------------------
+
+    async def covered_offset(self, tp: TP) -> int:
+        """Highest offset of `tp` inside a launched run's range (-1: none); asks Dagster once."""
+        covered = self.covered.get(tp)
+        if covered is None:
+            covered = self.covered[tp] = await self.retry_transient(lambda: self._reconcile(tp), "reconcile")
+        return covered
+
+    async def _reconcile(self, tp: TP) -> int:
+        route = self.routes[tp.topic]
+        runs = await self.client.find_runs(
+            {TAG_TOPIC: tp.topic, TAG_PARTITION: str(tp.partition), TAG_CONSUMER_GROUP: self.group_id},
+            job=route.job,
+            limit=1000,
+        )
+        covered = max((int(run.tags[TAG_OFFSET_END]) for run in runs), default=-1)
+        logger.info("reconciled %s/%d: %d earlier runs, covered up to offset %d",
+                    tp.topic, tp.partition, len(runs), covered)
+        return covered
+
+    # -- lanes: launch and dead-letter --------------------------------------
+
+    async def _handle(self, item: Batch | DeadLetters) -> None:
+        if isinstance(item, DeadLetters):
+            await self.dead_letter(item.records, item.failure)
+        else:
+            await self._launch(item)
+
+    async def _launch(self, batch: Batch) -> None:
+        route = self.routes[batch.topic]
+        tags = run_tags(batch, self.group_id)
+        config = run_config(route, batch)
+        try:
+            run_id, attempts = await self._launch_once(route, batch, tags, config)
+        except LaunchRejected as exc:
+            logger.error("launch of batch %s (%s/%d offsets %d-%d) rejected: %s",
+                         batch.batch_id, batch.topic, batch.partition, batch.offset_start, batch.offset_end, exc)
+            await self.dead_letter(batch.records, Failure.from_exception("launch", exc))
+            return
+        self.covered[batch.tp] = max(self.covered.get(batch.tp, -1), batch.offset_end)
+        oldest = min((r.timestamp_ms for r in batch.records if r.timestamp_ms), default=None)
+        if oldest:
+            self.metrics.event_to_launch.observe(max(0.0, time.time() - oldest / 1000))
+        logger.info("launched run %s for batch %s (%s/%d offsets %d-%d, %d records, closed by %s)",
+                    run_id, batch.batch_id, batch.topic, batch.partition, batch.offset_start,
+                    batch.offset_end, len(batch.records), batch.reason)
+        for record in batch.records:
+            self._ack(record)
+
+    async def _launch_once(self, route: Route, batch: Batch, tags: dict[str, str],
+                           config: dict[str, Any]) -> tuple[str, int]:
+        """Launch the batch's run, retrying transient failures; never launches it twice."""
+        backoff = Backoff(max_delay_s=self.retry_max_delay_s)
+        attempts = 0
+        while True:
+            attempts += 1
+            try:
+                selector = await self.client.resolve_job(route.job, route.location, route.repository)
+                if attempts > 1:
+                    existing = await self.client.find_runs({TAG_BATCH_ID: batch.batch_id}, job=route.job, limit=1)
+                    if existing:
+                        return existing[0].run_id, attempts
+                started = time.monotonic()
+                try:
+                    run_id = await self.client.launch_run(selector, config, tags)
+                finally:
+                    self.metrics.run_launch_duration.observe(time.monotonic() - started)
+                self.metrics.run_launches.labels(route.job, "LaunchRunSuccess").inc()
+                self.metrics.dagster_up.set(1)
+                return run_id, attempts
+            except LaunchRejected as exc:
+                self.metrics.run_launches.labels(route.job, exc.typename).inc()
+                self.metrics.dagster_up.set(1)
+                raise
+            except TransientError as exc:
+                result = getattr(exc, "typename", "transport_error")
+                self.metrics.run_launches.labels(route.job, result).inc()
+                if result == "transport_error":
+                    self.metrics.dagster_up.set(0)
+                delay = backoff.next_delay()
+                logger.warning("launch of batch %s failed (%s), attempt %d; retrying in %.1fs",
+                               batch.batch_id, exc, attempts, delay)
+                await asyncio.sleep(delay)
+
+    async def dead_letter(self, records: Iterable[Record], failure: Failure) -> None:
+        """Write records to the DLQ (retrying transient broker failures), then ack them."""
+        for record in records:
+            headers = dlq_headers(record, failure)
+            await self.retry_transient(
+                lambda: self.sink.send(self.dlq_topic, record.key, record.value, headers, record.timestamp_ms),
+                "dead-letter",
+            )
+            self.metrics.dlq_messages.labels(record.topic, failure.stage).inc()
+            logger.warning("dead-lettered %s/%d offset %d at stage %s: %s: %s", record.topic,
+                           record.partition, record.offset, failure.stage, failure.error_class,
+                           failure.error_message)
+            self._ack(record)
+
+    async def retry_transient(self, call: Callable[[], Awaitable[Any]], what: str) -> Any:
+        backoff = Backoff(max_delay_s=self.retry_max_delay_s)
+        while True:
+            try:
+                result = await call()
+            except TransientError as exc:
+                self.metrics.dagster_up.set(0)
+                delay = backoff.next_delay()
+                logger.warning("%s failed (%s); retrying in %.1fs", what, exc, delay)
+                await asyncio.sleep(delay)
+            else:
+                return result
+
+    # -- rebalance and shutdown ---------------------------------------------
+
+    async def on_revoked(self, tps: Iterable[TP], timeout_s: float) -> None:
+        """Launch what is open for the revoked partitions, within `timeout_s`, then forget them."""
+        tps = set(tps)
+        for batch in self.batcher.drain(tps):
+            lane = self._lane(batch.tp)
+            if lane.queue.full():
+                continue  # its records stay unacked: the next owner reconciles and takes them
+            self.metrics.batches.labels(batch.topic, batch.reason).inc()
+            self.metrics.batch_records.observe(len(batch.records))
+            lane.queue.put_nowait(batch)
+        lanes = [lane for tp, lane in self.lanes.items() if tp in tps]
+        if lanes:
+            done = await asyncio.gather(*(lane.join(timeout_s) for lane in lanes))
+            if not all(done):
+                logger.warning("revoke: %d partitions still launching after %.0fs; handing them back "
+                               "unacked", done.count(False), timeout_s)
+        for tp in tps:
+            lane = self.lanes.pop(tp, None)
+            if lane is not None:
+                await lane.close()
+            self.covered.pop(tp, None)
+            self.epochs[tp] = self.epochs.get(tp, 0) + 1
+
+    async def close(self, timeout_s: float) -> None:
+        await self.on_revoked(list(self.lanes) + list(self.batcher.open), timeout_s)

@@ -1,0 +1,107 @@
+"""`kafka-dagster dev`: the whole embedded stack in one terminal, with demo events."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+from service.errors import ConfigurationError
+from service.routes import load_routes
+from service.stack import Broker, Dagster, ManagedProcess, free_port, port_open, running
+
+DEMO_PARTITIONS = 2
+
+
+def preferred_port(port: int) -> int:
+    """`port` when nothing listens on it, else a free one."""
+    return free_port() if port_open(port) else port
+
+
+def worker_env(bootstrap: str, graphql_url: str, routes: Path, web_port: int, **extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        KAFKA_BOOTSTRAP_SERVERS=bootstrap,
+        DAGSTER_GRAPHQL_URL=graphql_url,
+        KAFKA_DAGSTER_ROUTES=str(routes),
+        KAFKA_DAGSTER_WEB_PORT=str(web_port),
+        PYTHONUNBUFFERED="1",
+    )
+    env.update(extra)
+    return env
+
+
+def kafka_dagster(*args: str) -> list[str]:
+    return [sys.executable, "-m", "service", *args]
+
+
+def run_dev(workdir: str, routes_file: str, rate: float) -> None:
+    work = Path(workdir).resolve()
+    routes_path = Path(routes_file).resolve()
+    try:
+        routes = load_routes(routes_path)
+    except ConfigurationError as exc:
+        raise SystemExit(f"kafka-dagster dev: {exc}") from None
+    broker = Broker(work, port=preferred_port(9092))
+    dagster = Dagster(work / "dagster", {"KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{broker.port}"},
+                      pg_url=os.environ.get("DAGSTER_PG_URL") or None,
+                      webserver_port=preferred_port(3000))
+    web_port = preferred_port(6066)
+    env = worker_env(broker.bootstrap_servers, dagster.graphql_url, routes_path, web_port)
+    worker = ManagedProcess("worker", kafka_dagster("worker"), work / "worker.log", env)
+    producers = [
+        ManagedProcess(f"producer-{topic}", kafka_dagster(
+            "produce", "--topic", topic, "--demo", "0", "--rate", str(rate),
+            "--partitions", str(DEMO_PARTITIONS)), work / f"producer-{topic}.log", env)
+        for topic in routes
+    ]
+    print(f"Starting the embedded stack in {work} (logs: {work}/*.log) ...", flush=True)
+    with running(broker, dagster):
+        from service.kafka import ensure_topics
+
+        asyncio.run(ensure_topics(broker.bootstrap_servers, {t: DEMO_PARTITIONS for t in routes}))
+        try:
+            worker.start()
+            for producer in producers:
+                producer.start()
+            print(_banner(broker, dagster, web_port, routes), flush=True)
+            _wait_for_interrupt([worker, *producers])
+        finally:
+            for process in [*producers, worker]:
+                process.stop()
+    print("Stopped every process.", flush=True)
+
+
+def _banner(broker: Broker, dagster: Dagster, web_port: int, routes: dict[str, object]) -> str:
+    return "\n".join([
+        "",
+        "kafka-dagster is running:",
+        f"  Dagster UI       {dagster.url}/runs",
+        f"  Asset lineage    {dagster.url}/asset-groups",
+        f"  Worker metrics   http://127.0.0.1:{web_port}/metrics",
+        f"  Worker health    http://127.0.0.1:{web_port}/readyz",
+        f"  Kafka bootstrap  {broker.bootstrap_servers}",
+        f"  Demo topics      {', '.join(routes)}",
+        "Runs appear in the Dagster UI within a minute. Press Ctrl-C to stop everything.",
+        "",
+    ])
+
+
+def _wait_for_interrupt(processes: list[ManagedProcess]) -> None:
+    stop = False
+
+    def request_stop(signum: int, frame: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    while not stop:
+        for process in processes:
+            if not process.alive:
+                print(f"{process.name} exited; see {process.log_path}", file=sys.stderr, flush=True)
+                return
+        time.sleep(0.5)

@@ -1,0 +1,89 @@
+"""The dead-letter record format.
+
+A dead letter keeps the original key, value, headers and timestamp byte for
+byte and adds `dlq.*` headers saying where it came from and why it failed.
+Error messages are truncated to a bound; secrets never reach them because
+only exception text of our own making, or Dagster's answer, is used.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from service.batching import Record
+
+STAGES = ("decode", "validate", "launch", "run", "process")
+PRE_LAUNCH_STAGES = ("decode", "validate", "launch")
+MAX_ERROR_MESSAGE_CHARS = 1024
+PREFIX = "dlq."
+
+
+@dataclass(frozen=True)
+class Failure:
+    """Why records are dead-lettered."""
+
+    stage: str
+    error_class: str
+    error_message: str
+    attempts: int = 1
+    run_id: str | None = None
+
+    @classmethod
+    def from_exception(cls, stage: str, exc: BaseException, attempts: int = 1,
+                       run_id: str | None = None) -> Failure:
+        error_class = getattr(exc, "typename", None) or type(exc).__name__
+        return cls(stage, error_class, str(exc), attempts, run_id)
+
+
+def dlq_headers(record: Record, failure: Failure, now: datetime | None = None) -> list[tuple[str, bytes]]:
+    """The record's own headers followed by the `dlq.*` headers for `failure`."""
+    if failure.stage not in STAGES:
+        raise ValueError(f"unknown DLQ stage {failure.stage!r}")
+    failed_at = (now or datetime.now(UTC)).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    added = {
+        "dlq.topic": record.topic,
+        "dlq.partition": str(record.partition),
+        "dlq.offset": str(record.offset),
+        "dlq.stage": failure.stage,
+        "dlq.error.class": failure.error_class,
+        "dlq.error.message": truncate(failure.error_message),
+        "dlq.attempts": str(failure.attempts),
+        "dlq.failed_at": failed_at,
+    }
+    if failure.run_id is not None:
+        added["dlq.run_id"] = failure.run_id
+    own = [(k, v) for k, v in record.headers if not k.startswith(PREFIX)]
+    return own + [(k, v.encode()) for k, v in added.items()]
+
+
+def truncate(text: str, limit: int = MAX_ERROR_MESSAGE_CHARS) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A record read back from the DLQ topic, with its `dlq.*` headers parsed."""
+
+    key: bytes | None
+    value: bytes | None
+    timestamp_ms: int | None
+    headers: list[tuple[str, bytes]]
+    dlq: dict[str, str]
+    dlq_offset: int = -1
+
+    @classmethod
+    def parse(cls, key: bytes | None, value: bytes | None, timestamp_ms: int | None,
+              headers: Sequence[tuple[str, bytes]], dlq_offset: int = -1) -> DeadLetter:
+        own = [(k, v) for k, v in headers if not k.startswith(PREFIX)]
+        dlq = {k: v.decode("utf-8", "replace") for k, v in headers if k.startswith(PREFIX)}
+        return cls(key, value, timestamp_ms, own, dlq, dlq_offset)
+
+    @property
+    def origin(self) -> tuple[str, int, int]:
+        return self.dlq["dlq.topic"], int(self.dlq["dlq.partition"]), int(self.dlq["dlq.offset"])
+
+    @property
+    def stage(self) -> str:
+        return self.dlq.get("dlq.stage", "")

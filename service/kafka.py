@@ -1,0 +1,90 @@
+"""aiokafka at the edge: topic creation and a producer, with errors translated.
+
+Broker failures that may pass (connection lost, timeouts, leader changes)
+become `TransientError`; the rest of the code never sees aiokafka exceptions.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+
+from service.errors import TransientError
+
+logger = logging.getLogger(__name__)
+
+
+class BrokerUnavailable(TransientError):
+    """The Kafka broker could not be reached or did not acknowledge in time."""
+
+
+async def ensure_topics(bootstrap_servers: str, topics: Mapping[str, int]) -> None:
+    """Create each topic with its number of partitions unless it exists."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    try:
+        await admin.start()
+        existing = set(await admin.list_topics())
+        missing = [NewTopic(name, partitions, 1) for name, partitions in topics.items() if name not in existing]
+        if missing:
+            try:
+                await admin.create_topics(missing)
+            except TopicAlreadyExistsError:
+                pass
+            logger.info("created topics %s", ", ".join(t.name for t in missing))
+    except KafkaError as exc:
+        raise BrokerUnavailable(f"creating topics on {bootstrap_servers}: {exc!r}") from exc
+    finally:
+        await admin.close()
+
+
+class Producer:
+    """An idempotent-enough aiokafka producer (acks=all) with translated errors."""
+
+    def __init__(self, bootstrap_servers: str, linger_ms: int = 5) -> None:
+        self.bootstrap_servers = bootstrap_servers
+        self.linger_ms = linger_ms
+        self._producer: AIOKafkaProducer | None = None
+
+    async def start(self) -> AIOKafkaProducer:
+        """The started aiokafka producer (created on first use, inside the event loop)."""
+        if self._producer is None:
+            producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap_servers, acks="all",
+                                        linger_ms=self.linger_ms, max_batch_size=1_048_576)
+            try:
+                await producer.start()
+            except KafkaError as exc:
+                await producer.stop()
+                raise BrokerUnavailable(f"connecting the producer: {exc!r}") from exc
+            self._producer = producer
+        return self._producer
+
+    async def stop(self) -> None:
+        if self._producer is not None:
+            await self._producer.stop()
+            self._producer = None
+
+    async def send(self, topic: str, key: bytes | None, value: bytes | None,
+                   headers: list[tuple[str, bytes]] | None = None, timestamp_ms: int | None = None,
+                   partition: int | None = None) -> None:
+        """Send one record and wait for the broker's acknowledgement."""
+        producer = await self.start()
+        try:
+            await producer.send_and_wait(topic, value=value, key=key, headers=headers or None,
+                                               timestamp_ms=timestamp_ms, partition=partition)
+        except KafkaError as exc:
+            raise BrokerUnavailable(f"producing to {topic}: {exc!r}") from exc
+
+    async def send_batch(self, topic: str, records: list[tuple[bytes | None, bytes | None]],
+                         partition: int | None = None) -> None:
+        """Send many records, waiting for all acknowledgements at the end."""
+        producer = await self.start()
+        try:
+            futures = [await producer.send(topic, value=v, key=k, partition=partition) for k, v in records]
+            for future in futures:
+                await future
+        except KafkaError as exc:
+            raise BrokerUnavailable(f"producing to {topic}: {exc!r}") from exc

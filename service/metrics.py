@@ -1,0 +1,54 @@
+"""Every Prometheus metric of the worker, defined once, with the contract's names.
+
+Labels take values from small fixed sets (topic, job, result typename,
+status, stage, reason, partition): never run ids, keys or offsets.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+BATCH_RECORD_BUCKETS = (1, 5, 10, 50, 100, 500, 1_000, 5_000, 10_000, 50_000)
+LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+class Metrics:
+    """The worker's metrics, registered on `registry` (a fresh one per worker or test)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.messages_consumed = Counter(
+            "kafka_dagster_messages_consumed", "Messages read from routed topics.", ["topic"], registry=r)
+        self.batches = Counter(
+            "kafka_dagster_batches", "Batches closed, by the reason they closed.",
+            ["topic", "reason"], registry=r)
+        self.batch_records = Histogram(
+            "kafka_dagster_batch_records", "Records per closed batch.",
+            buckets=BATCH_RECORD_BUCKETS, registry=r)
+        self.run_launches = Counter(
+            "kafka_dagster_run_launches",
+            "launchRun calls, by the GraphQL result __typename or transport_error.",
+            ["job", "result"], registry=r)
+        self.run_launch_duration = Histogram(
+            "kafka_dagster_run_launch_duration_seconds", "Duration of one launchRun call.",
+            buckets=LATENCY_BUCKETS, registry=r)
+        self.runs_finished = Counter(
+            "kafka_dagster_runs_finished", "Launched runs seen reaching a terminal status.",
+            ["job", "status"], registry=r)
+        self.dlq_messages = Counter(
+            "kafka_dagster_dlq_messages", "Messages written to the dead-letter topic.",
+            ["topic", "stage"], registry=r)
+        self.consumer_lag = Gauge(
+            "kafka_dagster_consumer_lag", "End offset minus committed offset, per partition.",
+            ["topic", "partition"], registry=r)
+        self.inflight_runs = Gauge(
+            "kafka_dagster_inflight_runs", "Launched runs not yet seen in a terminal status.",
+            registry=r)
+        self.event_to_launch = Histogram(
+            "kafka_dagster_event_to_launch_seconds",
+            "From the oldest message timestamp of a batch to its LaunchRunSuccess.",
+            buckets=LATENCY_BUCKETS, registry=r)
+        self.dagster_up = Gauge(
+            "kafka_dagster_dagster_up", "1 when Dagster's GraphQL API answered the last call.",
+            registry=r)

@@ -1,0 +1,120 @@
+"""Routes: which topic feeds which Dagster job, and with which batch policy.
+
+A routes file is TOML with one `[[routes]]` table per topic:
+
+    [[routes]]
+    topic = "demo.orders"
+    job = "process_orders"
+    max_records = 500
+    max_bytes = 1048576
+    max_wait_s = 5.0
+    schema_file = "schemas/order.json"   # optional JSON Schema for the value
+
+The file is validated whole at start: an unknown key, a missing field or a
+bad value fails with one line naming the route and the field.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+
+from service.errors import ConfigurationError
+
+REQUIRED = ("topic", "job", "max_records", "max_bytes", "max_wait_s")
+OPTIONAL = ("location", "repository", "batch_op", "inline_max_bytes", "schema", "schema_file")
+
+
+@dataclass(frozen=True)
+class Route:
+    """One topic -> one job, with its batch policy and optional value schema."""
+
+    topic: str
+    job: str
+    max_records: int
+    max_bytes: int
+    max_wait_s: float
+    location: str | None = None
+    repository: str | None = None
+    batch_op: str = "read_batch"
+    inline_max_bytes: int = 262_144
+    schema: dict[str, Any] | None = field(default=None, compare=False)
+
+    def validator(self) -> jsonschema.protocols.Validator | None:
+        if self.schema is None:
+            return None
+        cls = jsonschema.validators.validator_for(self.schema)
+        return cls(self.schema)  # type: ignore[no-any-return]
+
+
+def load_routes(path: Path) -> dict[str, Route]:
+    """Parse and validate the routes file; return routes keyed by topic."""
+    try:
+        document = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigurationError(f"routes file {path}: {exc}") from None
+    tables = document.get("routes")
+    if not isinstance(tables, list) or not tables:
+        raise ConfigurationError(f"routes file {path}: expected one or more [[routes]] tables")
+    routes: dict[str, Route] = {}
+    for index, table in enumerate(tables):
+        route = parse_route(table, f"{path}: routes[{index}]", base=path.parent)
+        if route.topic in routes:
+            raise ConfigurationError(f"{path}: topic {route.topic!r} is routed twice")
+        routes[route.topic] = route
+    return routes
+
+
+def parse_route(table: dict[str, Any], where: str, base: Path = Path(".")) -> Route:
+    """One route from its TOML table; `where` prefixes every error."""
+    unknown = sorted(set(table) - set(REQUIRED) - set(OPTIONAL))
+    if unknown:
+        raise ConfigurationError(f"{where}: unknown key(s) {', '.join(unknown)}")
+    missing = [name for name in REQUIRED if name not in table]
+    if missing:
+        raise ConfigurationError(f"{where}: missing {', '.join(missing)}")
+    values = dict(table)
+    schema_file = values.pop("schema_file", None)
+    if schema_file is not None:
+        if "schema" in values:
+            raise ConfigurationError(f"{where}: give schema or schema_file, not both")
+        values["schema"] = _read_schema(base / schema_file, where)
+    _check_types(values, where)
+    return Route(**values)
+
+
+def _check_types(values: dict[str, Any], where: str) -> None:
+    for name in ("topic", "job", "location", "repository", "batch_op"):
+        if name in values and (not isinstance(values[name], str) or not values[name]):
+            raise ConfigurationError(f"{where}: {name} must be a non-empty string")
+    for name in ("max_records", "max_bytes", "inline_max_bytes"):
+        value = values.get(name, 1)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0 or (
+            value == 0 and name != "inline_max_bytes"
+        ):
+            raise ConfigurationError(f"{where}: {name} must be a positive integer")
+    wait = values["max_wait_s"]
+    if not isinstance(wait, (int, float)) or isinstance(wait, bool) or wait <= 0:
+        raise ConfigurationError(f"{where}: max_wait_s must be a positive number of seconds")
+    values["max_wait_s"] = float(wait)
+    schema = values.get("schema")
+    if schema is not None:
+        try:
+            jsonschema.validators.validator_for(schema).check_schema(schema)
+        except (jsonschema.SchemaError, TypeError) as exc:
+            raise ConfigurationError(f"{where}: schema is not a valid JSON Schema: {getattr(exc, 'message', exc)}") from None
+
+
+def _read_schema(path: Path, where: str) -> dict[str, Any]:
+    try:
+        schema = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigurationError(f"{where}: schema_file {path}: {exc}") from None
+    if not isinstance(schema, dict):
+        raise ConfigurationError(f"{where}: schema_file {path} must hold a JSON object")
+    return schema

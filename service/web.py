@@ -1,0 +1,32 @@
+"""The worker's HTTP endpoints: /metrics, /healthz, /readyz."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import faust
+from faust.web import Request, Response, View
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from service.metrics import Metrics
+
+
+def add_pages(app: faust.App, metrics: Metrics, readiness: Any) -> None:
+    """Register the pages on the app's web server."""
+
+    @app.page("/metrics")
+    class MetricsPage(View):
+        async def get(self, request: Request) -> Response:
+            return self.bytes(generate_latest(metrics.registry), content_type=CONTENT_TYPE_LATEST)
+
+    @app.page("/healthz")
+    class Health(View):
+        async def get(self, request: Request) -> Response:
+            return self.json({"status": "ok"})
+
+    @app.page("/readyz")
+    class Ready(View):
+        async def get(self, request: Request) -> Response:
+            checks = await readiness()
+            ready = all(checks.values())
+            return self.json({"ready": ready, "checks": checks}, status=200 if ready else 503)

@@ -1,0 +1,96 @@
+"""The worker: a Faust agent feeding `Delivery`, plus its timer, signals and pages."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import faust
+
+from service.app import create_app
+from service.batching import TP, Record
+from service.dagster_client import DagsterClient
+from service.delivery import Delivery
+from service.kafka import Producer, ensure_topics
+from service.metrics import Metrics
+from service.routes import Route, load_routes
+from service.settings import Settings
+from service.web import add_pages
+
+logger = logging.getLogger(__name__)
+
+TICK_S = 0.05
+
+
+def build_worker(settings: Settings, metrics: Metrics | None = None) -> faust.App:
+    """The Faust app with everything wired: routes, delivery, DLQ, metrics, pages."""
+    routes = load_routes(settings.routes_path)
+    metrics = metrics or Metrics()
+    app = create_app(settings)
+    client = DagsterClient(settings.dagster_graphql_url, settings.dagster_api_token, settings.dagster_timeout_s)
+    dlq_producer = Producer(settings.bootstrap_servers)
+    delivery = Delivery(
+        routes, client, dlq_producer, metrics,
+        group_id=settings.group_id,
+        dlq_topic=settings.dlq_topic,
+        max_message_bytes=settings.max_message_bytes,
+        queued_batches_per_partition=settings.queued_batches_per_partition,
+        retry_max_delay_s=settings.retry_max_delay_s,
+    )
+    _add_agent(app, routes, delivery)
+    _add_lifecycle(app, settings, delivery, dlq_producer, client)
+
+    async def readiness() -> dict[str, bool]:
+        return {
+            "partitions_assigned": bool(app.consumer.assignment()),
+            "dagster": await client.ping(),
+        }
+
+    add_pages(app, metrics, readiness)
+    return app
+
+
+def _add_agent(app: faust.App, routes: dict[str, Route], delivery: Delivery) -> None:
+    topic = app.topic(*routes, key_type=bytes, value_type=bytes, key_serializer="raw",
+                      value_serializer="raw", allow_empty=True)
+
+    @app.agent(topic, name="kafka_dagster.consume")
+    async def consume(stream: faust.Stream) -> None:
+        async for event in stream.noack().events():
+            message = event.message
+            tp = TP(message.topic, message.partition)
+            await delivery.on_record(Record(
+                topic=message.topic,
+                partition=message.partition,
+                offset=message.offset,
+                timestamp_ms=round(message.timestamp * 1000) if message.timestamp else None,
+                key=message.key,
+                value=message.value,
+                headers=list(message.headers or ()),
+                ack=event.ack,
+                epoch=delivery.epoch(tp),
+            ))
+
+    @app.timer(TICK_S, name="kafka_dagster.close_expired_batches")
+    async def close_expired_batches() -> None:
+        await delivery.tick()
+
+
+def _add_lifecycle(app: faust.App, settings: Settings, delivery: Delivery, dlq_producer: Producer,
+                   client: DagsterClient) -> None:
+    revoke_timeout_s = settings.session_timeout_s / 2
+
+    @app.on_partitions_revoked.connect
+    async def on_revoked(app: faust.App, revoked: set[Any], **kwargs: Any) -> None:
+        await delivery.on_revoked({TP(tp.topic, tp.partition) for tp in revoked}, revoke_timeout_s)
+
+    @app.task
+    async def create_dlq_topic() -> None:
+        await delivery.retry_transient(
+            lambda: ensure_topics(settings.bootstrap_servers, {settings.dlq_topic: 1}), "creating the DLQ topic")
+
+    @app.on_before_shutdown.connect
+    async def on_shutdown(app: faust.App, **kwargs: Any) -> None:
+        await delivery.close(revoke_timeout_s)
+        await asyncio.gather(dlq_producer.stop(), client.aclose(), return_exceptions=True)
