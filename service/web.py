@@ -17,7 +17,7 @@ def add_pages(app: faust.App, metrics: Metrics, readiness: Any) -> None:
     @app.page("/metrics")
     class MetricsPage(View):
         async def get(self, request: Request) -> Response:
-            return self.bytes(generate_latest(metrics.registry), content_type=CONTENT_TYPE_LATEST)
+            return self.bytes(generate_latest(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     @app.page("/healthz")
     class Health(View):

@@ -1,0 +1,89 @@
+"""Session fixtures: one real Tansu broker and one real Dagster for the whole run."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from service.stack import Broker, Dagster
+from tests.support import ROOT, DagsterApi, WorkerProcess, new_web_port, route_toml, unique
+
+os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "1")
+
+
+@dataclass
+class Stack:
+    broker: Broker
+    dagster: Dagster
+    workdir: Path
+
+    @property
+    def bootstrap(self) -> str:
+        return self.broker.bootstrap_servers
+
+
+@pytest.fixture(scope="session")
+def stack() -> Iterator[Stack]:
+    """A broker and a Dagster deployment (code server, webserver, daemon), stopped whatever happens."""
+    workdir = ROOT / ".test-stack" / unique("session")
+    broker = Broker(workdir)
+    dagster = Dagster(workdir / "dagster", {"KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{broker.port}"})
+    try:
+        broker.start()
+        dagster.start()
+        yield Stack(broker, dagster, workdir)
+    finally:
+        dagster.stop()
+        broker.stop()
+    if os.environ.get("KEEP_TEST_STACK") != "1":
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def dagster_api(stack: Stack) -> DagsterApi:
+    return DagsterApi(stack.dagster.graphql_url)
+
+
+WorkerFactory = Callable[..., WorkerProcess]
+
+
+@pytest.fixture
+async def start_worker(stack: Stack, tmp_path: Path) -> AsyncIterator[Callable[..., object]]:
+    """Start `kafka-dagster worker` processes on their own consumer group; stop them after the test."""
+    workers: list[WorkerProcess] = []
+    group = unique("group")
+
+    async def start(routes: str, wait: bool = True, **env: str) -> WorkerProcess:
+        routes_path = tmp_path / "routes.toml"
+        routes_path.write_text(routes)
+        port = new_web_port()
+        worker_env = dict(os.environ)
+        worker_env.update(
+            KAFKA_BOOTSTRAP_SERVERS=stack.bootstrap,
+            DAGSTER_GRAPHQL_URL=stack.dagster.graphql_url,
+            KAFKA_DAGSTER_ROUTES=str(routes_path),
+            KAFKA_DAGSTER_GROUP_ID=group,
+            KAFKA_DAGSTER_DLQ_TOPIC=env.pop("KAFKA_DAGSTER_DLQ_TOPIC", unique("dlq")),
+            KAFKA_DAGSTER_WEB_PORT=str(port),
+            KAFKA_DAGSTER_SESSION_TIMEOUT_S="10",
+            PYTHONUNBUFFERED="1",
+        )
+        worker_env.update(env)
+        worker = WorkerProcess(worker_env, tmp_path / f"worker-{len(workers)}.log", port)
+        workers.append(worker)
+        worker.start()
+        if wait:
+            await worker.wait_ready()
+        return worker
+
+    yield start
+    for worker in workers:
+        worker.stop()
+
+
+__all__ = ["Stack", "route_toml"]

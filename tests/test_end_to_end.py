@@ -1,0 +1,97 @@
+"""The whole path, real: Kafka -> micro-batches -> Dagster runs -> materializations."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from service.kafka import ensure_topics
+from tests.conftest import Stack
+from tests.support import (
+    DagsterApi,
+    eventually,
+    metric,
+    produce,
+    ranges_by_partition,
+    record_counts,
+    route_toml,
+    unique,
+)
+
+pytestmark = pytest.mark.integration
+
+
+def orders(count: int) -> list[bytes]:
+    return [orjson.dumps({"order_id": f"o-{i}", "customer": f"c-{i % 7}", "amount": 1.5}) for i in range(count)]
+
+
+async def finished_runs(api: DagsterApi, topic: str, expected_records: int) -> list[dict]:
+    """The topic's runs once they cover `expected_records` records and all have finished."""
+    runs = await api.runs(topic)
+    if record_counts(runs) < expected_records:
+        return []
+    if any(run["status"] not in ("SUCCESS", "FAILURE", "CANCELED") for run in runs):
+        return []
+    return runs
+
+
+async def test_messages_become_successful_runs_with_materializations(stack: Stack, dagster_api: DagsterApi,
+                                                                     start_worker) -> None:
+    topic = unique("orders")
+    await ensure_topics(stack.bootstrap, {topic: 4})
+    worker = await start_worker(route_toml(topic, max_records=200, max_wait_s=2.0))
+    sent = await produce(stack.bootstrap, topic, orders(2000), partitions=4)
+
+    runs = await eventually(lambda: finished_runs(dagster_api, topic, sent), 240, "runs covering 2,000 records")
+
+    assert {run["status"] for run in runs} == {"SUCCESS"}
+    assert record_counts(runs) == 2000
+    for partition, ranges in ranges_by_partition(runs).items():
+        assert ranges[0][0] == 0, f"partition {partition} does not start at offset 0"
+        assert ranges[-1][1] == 499, f"partition {partition} does not end at offset 499"
+        for (_, end), (start, _) in zip(ranges, ranges[1:], strict=False):
+            assert start == end + 1, f"partition {partition}: gap or overlap in {ranges}"
+    for run in runs:
+        tags = run["tags"]
+        assert int(tags["kafka/offset_end"]) - int(tags["kafka/offset_start"]) + 1 == int(tags["kafka/record_count"])
+        assert len(tags["kafka/batch_id"]) == 24
+
+    by_run = {m["runId"]: m["metadata"] for m in await dagster_api.materializations("order_batches")}
+    for run in runs:
+        metadata = by_run[run["runId"]]
+        tags = run["tags"]
+        assert metadata["record_count"] == int(tags["kafka/record_count"])
+        assert metadata["kafka_topic"] == topic
+        assert metadata["kafka_partition"] == int(tags["kafka/partition"])
+        assert metadata["offset_start"] == int(tags["kafka/offset_start"])
+        assert metadata["offset_end"] == int(tags["kafka/offset_end"])
+        assert metadata["records_source"] == "inline"
+
+    samples = await worker.metrics()
+    assert metric(samples, "kafka_dagster_messages_consumed_total", topic=topic) == 2000
+    assert metric(samples, "kafka_dagster_run_launches_total", job="process_orders",
+                  result="LaunchRunSuccess") == len(runs)
+    batches = sum(v for (name, labels), v in samples.items()
+                  if name == "kafka_dagster_batches_total" and ("topic", topic) in labels)
+    assert batches == len(runs)
+    assert metric(samples, "kafka_dagster_batch_records_count") == len(runs)
+    assert metric(samples, "kafka_dagster_batch_records_sum") == 2000
+    assert metric(samples, "kafka_dagster_run_launch_duration_seconds_count") == len(runs)
+    assert metric(samples, "kafka_dagster_dagster_up") == 1
+
+
+async def test_large_batches_travel_as_offset_ranges_and_are_read_back_from_kafka(
+        stack: Stack, dagster_api: DagsterApi, start_worker) -> None:
+    topic = unique("large")
+    await ensure_topics(stack.bootstrap, {topic: 1})
+    await start_worker(route_toml(topic, max_records=150, max_wait_s=2.0, inline_max_bytes=0))
+    await produce(stack.bootstrap, topic, orders(300))
+
+    runs = await eventually(lambda: finished_runs(dagster_api, topic, 300), 180, "runs covering 300 records")
+
+    assert {run["status"] for run in runs} == {"SUCCESS"}
+    assert sorted(int(r["tags"]["kafka/record_count"]) for r in runs) == [150, 150]
+    by_run = {m["runId"]: m["metadata"] for m in await dagster_api.materializations("order_batches")}
+    for run in runs:
+        assert by_run[run["runId"]]["records_source"] == "kafka"
+        assert by_run[run["runId"]]["record_count"] == 150
