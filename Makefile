@@ -4,14 +4,19 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-unit lint bench bench-quick clean
+.PHONY: run test test-unit lint lock clean
 
-$(STAMP): pyproject.toml
+# requirements.lock pins every package CI installed; `make lock` refreshes it.
+$(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
-	$(BIN)/pip freeze --exclude-editable > requirements.lock
+	$(BIN)/pip install --quiet -c requirements.lock -e '.[dev]'
 	touch $(STAMP)
+
+lock:  ## re-resolve the dependency ranges and rewrite requirements.lock
+	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/pip install --quiet -e '.[dev]'
+	.lock-venv/bin/pip freeze --exclude-editable | grep -v '^-e' > requirements.lock
+	rm -rf .lock-venv
 
 run: $(STAMP)  ## the embedded stack with demo events; Ctrl-C stops everything
 	DAGSTER_DISABLE_TELEMETRY=1 $(BIN)/kafka-dagster dev

@@ -2,18 +2,35 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 import faust
 
 from service.settings import Settings
 
 
-def create_app(settings: Settings) -> faust.App:
+class App(faust.App):
+    """A `faust.App` that runs `before_stop` while the consumer is still up.
+
+    Faust stops its consumer first thing in `on_stop`; the worker needs to
+    launch its open batches and commit what they cover before that.
+    """
+
+    before_stop: Callable[[], Awaitable[None]] | None = None
+
+    async def on_stop(self) -> None:
+        if self.before_stop is not None:
+            await self.before_stop()
+        await super().on_stop()
+
+
+def create_app(settings: Settings) -> App:
     """A Faust app whose consumer group, broker and web server come from `settings`.
 
     Commits follow manual acks only, no internal topics are created, and a
     rebalance does not wait for open batches (the worker hands them over itself).
     """
-    return faust.App(
+    return App(
         settings.group_id,
         broker=settings.broker_urls,
         autodiscover=False,

@@ -61,6 +61,17 @@ query Runs($filter: RunsFilter, $limit: Int) {
 }
 """
 
+RUN_STATUSES = """
+query RunStatuses($filter: RunsFilter) {
+  runsOrError(filter: $filter) {
+    __typename
+    ... on Runs { results { runId status } }
+    ... on InvalidPipelineRunsFilterError { message }
+    ... on PythonError { message }
+  }
+}
+"""
+
 RUN = """
 query Run($runId: ID!) {
   runOrError(runId: $runId) {
@@ -189,6 +200,13 @@ class DagsterClient:
         if result["__typename"] != "Runs":
             raise RetryableLaunchError(result["__typename"], result.get("message", ""))
         return [_run_info(run) for run in result["results"]]
+
+    async def run_statuses(self, run_ids: list[str]) -> dict[str, str]:
+        """Status of each run in `run_ids` that Dagster knows, in one query."""
+        result = (await self.execute(RUN_STATUSES, {"filter": {"runIds": run_ids}}))["runsOrError"]
+        if result["__typename"] != "Runs":
+            raise RetryableLaunchError(result["__typename"], result.get("message", ""))
+        return {run["runId"]: run["status"] for run in result["results"]}
 
     async def get_run(self, run_id: str) -> RunInfo | None:
         result = (await self.execute(RUN, {"runId": run_id}))["runOrError"]

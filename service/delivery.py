@@ -22,16 +22,18 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Protocol
 
-from service.batching import Batch, Batcher, BatchPolicy, Record, TP
-from service.dagster_client import DagsterClient
+from service.batching import TP, Batch, Batcher, BatchPolicy, Record
+from service.dagster_client import DagsterClient, RetryableLaunchError
 from service.decoding import decode_value
 from service.dlq import Failure, dlq_headers
 from service.errors import LaunchRejected, PermanentError, TransientError
 from service.metrics import Metrics
 from service.retry import Backoff
 from service.routes import Route
+from service.watcher import TERMINAL, LaunchedRun, RunWatcher
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +45,9 @@ TAG_OFFSET_END = "kafka/offset_end"
 TAG_RECORD_COUNT = "kafka/record_count"
 TAG_BATCH_ID = "kafka/batch_id"
 TAG_CONSUMER_GROUP = "kafka/consumer_group"
+
+# Dagster answering launchRun with PythonError this many times in a row is no passing trouble.
+MAX_PYTHON_ERROR_ATTEMPTS = 10
 
 
 class DeadLetterSink(Protocol):
@@ -140,6 +145,8 @@ class Delivery:
     def __init__(self, routes: dict[str, Route], client: DagsterClient, dead_letters: DeadLetterSink,
                  metrics: Metrics, *, group_id: str, dlq_topic: str, max_message_bytes: int,
                  queued_batches_per_partition: int = 4, retry_max_delay_s: float = 30.0,
+                 read_range: Callable[[str, int, int, int], Awaitable[list[Record]]] | None = None,
+                 max_inflight_runs: int = 64, run_poll_interval_s: float = 1.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.routes = routes
         self.client = client
@@ -156,6 +163,8 @@ class Delivery:
         self.covered: dict[TP, int] = {}
         self.epochs: dict[TP, int] = {}
         self.lanes: dict[TP, Lane] = {}
+        self.read_range = read_range
+        self.watcher = RunWatcher(client, metrics, self.on_run_failed, max_inflight_runs, run_poll_interval_s)
 
     # -- records in ---------------------------------------------------------
 
@@ -218,6 +227,9 @@ class Delivery:
             limit=1000,
         )
         covered = max((int(run.tags[TAG_OFFSET_END]) for run in runs), default=-1)
+        for run in runs:
+            if run.status not in TERMINAL:
+                self.watcher.adopt(_launched(run.run_id, run.job, run.tags))
         logger.info("reconciled %s/%d: %d earlier runs, covered up to offset %d",
                     tp.topic, tp.partition, len(runs), covered)
         return covered
@@ -235,7 +247,7 @@ class Delivery:
         tags = run_tags(batch, self.group_id)
         config = run_config(route, batch)
         try:
-            run_id, attempts = await self._launch_once(route, batch, tags, config)
+            run_id = await self._launch_once(route, batch, tags, config)
         except LaunchRejected as exc:
             logger.error("launch of batch %s (%s/%d offsets %d-%d) rejected: %s",
                          batch.batch_id, batch.topic, batch.partition, batch.offset_start, batch.offset_end, exc)
@@ -250,12 +262,13 @@ class Delivery:
                     batch.offset_end, len(batch.records), batch.reason)
         for record in batch.records:
             self._ack(record)
+        await self.watcher.add(_launched(run_id, route.job, tags))
 
     async def _launch_once(self, route: Route, batch: Batch, tags: dict[str, str],
-                           config: dict[str, Any]) -> tuple[str, int]:
+                           config: dict[str, Any]) -> str:
         """Launch the batch's run, retrying transient failures; never launches it twice."""
         backoff = Backoff(max_delay_s=self.retry_max_delay_s)
-        attempts = 0
+        attempts = python_errors = 0
         while True:
             attempts += 1
             try:
@@ -263,7 +276,7 @@ class Delivery:
                 if attempts > 1:
                     existing = await self.client.find_runs({TAG_BATCH_ID: batch.batch_id}, job=route.job, limit=1)
                     if existing:
-                        return existing[0].run_id, attempts
+                        return existing[0].run_id
                 started = time.monotonic()
                 try:
                     run_id = await self.client.launch_run(selector, config, tags)
@@ -271,7 +284,7 @@ class Delivery:
                     self.metrics.run_launch_duration.observe(time.monotonic() - started)
                 self.metrics.run_launches.labels(route.job, "LaunchRunSuccess").inc()
                 self.metrics.dagster_up.set(1)
-                return run_id, attempts
+                return run_id
             except LaunchRejected as exc:
                 self.metrics.run_launches.labels(route.job, exc.typename).inc()
                 self.metrics.dagster_up.set(1)
@@ -279,26 +292,42 @@ class Delivery:
             except TransientError as exc:
                 result = getattr(exc, "typename", "transport_error")
                 self.metrics.run_launches.labels(route.job, result).inc()
-                if result == "transport_error":
+                if isinstance(exc, RetryableLaunchError):
+                    python_errors += 1
+                    if python_errors >= MAX_PYTHON_ERROR_ATTEMPTS:
+                        raise LaunchRejected(exc.typename, f"{exc} ({python_errors} times in a row)") from exc
+                else:
                     self.metrics.dagster_up.set(0)
                 delay = backoff.next_delay()
                 logger.warning("launch of batch %s failed (%s), attempt %d; retrying in %.1fs",
                                batch.batch_id, exc, attempts, delay)
                 await asyncio.sleep(delay)
 
+    async def on_run_failed(self, run: LaunchedRun, status: str) -> None:
+        """Copy the records of a run that ended FAILURE or CANCELED to the DLQ, stage `run`."""
+        if self.read_range is None:
+            return
+        reader = self.read_range
+        records = await self.retry_transient(
+            partial(reader, run.topic, run.partition, run.offset_start, run.offset_end),
+            "reading a failed run's records")
+        failure = Failure("run", f"Run{status.title()}", f"Dagster run {run.run_id} ended {status}",
+                          run_id=run.run_id)
+        await self.dead_letter(records, failure)
+
     async def dead_letter(self, records: Iterable[Record], failure: Failure) -> None:
         """Write records to the DLQ (retrying transient broker failures), then ack them."""
         for record in records:
-            headers = dlq_headers(record, failure)
-            await self.retry_transient(
-                lambda: self.sink.send(self.dlq_topic, record.key, record.value, headers, record.timestamp_ms),
-                "dead-letter",
-            )
+            await self.retry_transient(partial(self._send_dead_letter, record, failure), "dead-letter")
             self.metrics.dlq_messages.labels(record.topic, failure.stage).inc()
             logger.warning("dead-lettered %s/%d offset %d at stage %s: %s: %s", record.topic,
                            record.partition, record.offset, failure.stage, failure.error_class,
                            failure.error_message)
             self._ack(record)
+
+    async def _send_dead_letter(self, record: Record, failure: Failure) -> None:
+        headers = dlq_headers(record, failure)
+        await self.sink.send(self.dlq_topic, record.key, record.value, headers, record.timestamp_ms)
 
     async def retry_transient(self, call: Callable[[], Awaitable[Any]], what: str) -> Any:
         backoff = Backoff(max_delay_s=self.retry_max_delay_s)
@@ -316,12 +345,30 @@ class Delivery:
     # -- rebalance and shutdown ---------------------------------------------
 
     async def on_revoked(self, tps: Iterable[TP], timeout_s: float) -> None:
-        """Launch what is open for the revoked partitions, within `timeout_s`, then forget them."""
+        """Rebalance: launch what is open for the revoked partitions, then forget them.
+
+        Acks of revoked partitions are dropped at once (Faust no longer tracks
+        them); the next owner learns what was launched by reconciling with Dagster.
+        """
         tps = set(tps)
+        self._bump_epochs(tps)
+        await self._hand_over(tps, timeout_s)
+
+    async def close(self, timeout_s: float) -> None:
+        """Shutdown: launch and ack what is open, within `timeout_s`, so the last commit covers it."""
+        tps = set(self.lanes) | set(self.batcher.open)
+        await self._hand_over(tps, timeout_s)
+        self._bump_epochs(tps)
+
+    def _bump_epochs(self, tps: Iterable[TP]) -> None:
+        for tp in tps:
+            self.epochs[tp] = self.epochs.get(tp, 0) + 1
+
+    async def _hand_over(self, tps: set[TP], timeout_s: float) -> None:
         for batch in self.batcher.drain(tps):
             lane = self._lane(batch.tp)
             if lane.queue.full():
-                continue  # its records stay unacked: the next owner reconciles and takes them
+                continue  # its records stay unacked: whoever consumes them next reconciles first
             self.metrics.batches.labels(batch.topic, batch.reason).inc()
             self.metrics.batch_records.observe(len(batch.records))
             lane.queue.put_nowait(batch)
@@ -329,14 +376,15 @@ class Delivery:
         if lanes:
             done = await asyncio.gather(*(lane.join(timeout_s) for lane in lanes))
             if not all(done):
-                logger.warning("revoke: %d partitions still launching after %.0fs; handing them back "
-                               "unacked", done.count(False), timeout_s)
+                logger.warning("%d partitions still launching after %.0fs; leaving their batches unacked",
+                               done.count(False), timeout_s)
         for tp in tps:
             lane = self.lanes.pop(tp, None)
             if lane is not None:
                 await lane.close()
             self.covered.pop(tp, None)
-            self.epochs[tp] = self.epochs.get(tp, 0) + 1
 
-    async def close(self, timeout_s: float) -> None:
-        await self.on_revoked(list(self.lanes) + list(self.batcher.open), timeout_s)
+
+def _launched(run_id: str, job: str, tags: dict[str, str]) -> LaunchedRun:
+    return LaunchedRun(run_id, job, tags[TAG_TOPIC], int(tags[TAG_PARTITION]),
+                       int(tags[TAG_OFFSET_START]), int(tags[TAG_OFFSET_END]))

@@ -6,13 +6,15 @@ become `TransientError`; the rest of the code never sees aiokafka exceptions.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping
 
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
+from service.batching import Record
 from service.errors import TransientError
 
 logger = logging.getLogger(__name__)
@@ -88,3 +90,31 @@ class Producer:
                 await future
         except KafkaError as exc:
             raise BrokerUnavailable(f"producing to {topic}: {exc!r}") from exc
+
+
+async def read_range(bootstrap_servers: str, topic: str, partition: int, start: int, end: int,
+                     timeout_s: float = 30.0) -> list[Record]:
+    """The records of one partition with offsets in [start, end], read without a consumer group."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, enable_auto_commit=False,
+                                auto_offset_reset="earliest")
+    records: list[Record] = []
+    try:
+        await consumer.start()
+        tp = TopicPartition(topic, partition)
+        consumer.assign([tp])
+        consumer.seek(tp, start)
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while not records or records[-1].offset < end:
+            if asyncio.get_running_loop().time() > deadline:
+                raise BrokerUnavailable(f"reading {topic}/{partition} offsets {start}-{end} timed out")
+            fetched = await consumer.getmany(tp, timeout_ms=500)
+            for message in fetched.get(tp, []):
+                if message.offset > end:
+                    break
+                records.append(Record(topic, partition, message.offset, message.timestamp, message.key,
+                                      message.value, list(message.headers or ())))
+    except KafkaError as exc:
+        raise BrokerUnavailable(f"reading {topic}/{partition}: {exc!r}") from exc
+    finally:
+        await consumer.stop()
+    return records

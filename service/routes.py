@@ -107,7 +107,8 @@ def _check_types(values: dict[str, Any], where: str) -> None:
         try:
             jsonschema.validators.validator_for(schema).check_schema(schema)
         except (jsonschema.SchemaError, TypeError) as exc:
-            raise ConfigurationError(f"{where}: schema is not a valid JSON Schema: {getattr(exc, 'message', exc)}") from None
+            reason = getattr(exc, "message", exc)
+            raise ConfigurationError(f"{where}: schema is not a valid JSON Schema: {reason}") from None
 
 
 def _read_schema(path: Path, where: str) -> dict[str, Any]:

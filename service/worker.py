@@ -8,11 +8,11 @@ from typing import Any
 
 import faust
 
-from service.app import create_app
+from service.app import App, create_app
 from service.batching import TP, Record
 from service.dagster_client import DagsterClient
 from service.delivery import Delivery
-from service.kafka import Producer, ensure_topics
+from service.kafka import Producer, ensure_topics, read_range
 from service.metrics import Metrics
 from service.routes import Route, load_routes
 from service.settings import Settings
@@ -23,7 +23,7 @@ logger = logging.getLogger(__name__)
 TICK_S = 0.05
 
 
-def build_worker(settings: Settings, metrics: Metrics | None = None) -> faust.App:
+def build_worker(settings: Settings, metrics: Metrics | None = None) -> App:
     """The Faust app with everything wired: routes, delivery, DLQ, metrics, pages."""
     routes = load_routes(settings.routes_path)
     metrics = metrics or Metrics()
@@ -37,6 +37,9 @@ def build_worker(settings: Settings, metrics: Metrics | None = None) -> faust.Ap
         max_message_bytes=settings.max_message_bytes,
         queued_batches_per_partition=settings.queued_batches_per_partition,
         retry_max_delay_s=settings.retry_max_delay_s,
+        read_range=lambda topic, partition, start, end: read_range(
+            settings.bootstrap_servers, topic, partition, start, end),
+        max_inflight_runs=settings.max_inflight_runs,
     )
     _add_agent(app, routes, delivery)
     _add_lifecycle(app, settings, delivery, dlq_producer, client)
@@ -77,9 +80,23 @@ def _add_agent(app: faust.App, routes: dict[str, Route], delivery: Delivery) -> 
         await delivery.tick()
 
 
-def _add_lifecycle(app: faust.App, settings: Settings, delivery: Delivery, dlq_producer: Producer,
+def _add_lifecycle(app: App, settings: Settings, delivery: Delivery, dlq_producer: Producer,
                    client: DagsterClient) -> None:
     revoke_timeout_s = settings.session_timeout_s / 2
+
+    async def before_stop() -> None:
+        """SIGTERM: stop fetching, launch what is open, commit what is covered."""
+        logger.info("stopping: launching open batches (at most %.0fs) and committing",
+                    settings.shutdown_timeout_s)
+        app.flow_control.suspend()
+        await delivery.close(settings.shutdown_timeout_s)
+        await app.commit(None)  # type: ignore[arg-type]
+
+    app.before_stop = before_stop
+
+    @app.task
+    async def watch_runs() -> None:
+        await delivery.watcher.run_forever()
 
     @app.on_partitions_revoked.connect
     async def on_revoked(app: faust.App, revoked: set[Any], **kwargs: Any) -> None:
@@ -92,5 +109,4 @@ def _add_lifecycle(app: faust.App, settings: Settings, delivery: Delivery, dlq_p
 
     @app.on_before_shutdown.connect
     async def on_shutdown(app: faust.App, **kwargs: Any) -> None:
-        await delivery.close(revoke_timeout_s)
         await asyncio.gather(dlq_producer.stop(), client.aclose(), return_exceptions=True)
