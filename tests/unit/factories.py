@@ -1,0 +1,11 @@
+"""Record factory the unit tests share."""
+
+from __future__ import annotations
+
+from service.batching import Record
+
+
+def make_record(offset: int, *, topic: str = "orders", partition: int = 0, value: bytes | None = b"{}",
+                key: bytes | None = None, timestamp_ms: int | None = 1_700_000_000_000,
+                headers: list[tuple[str, bytes]] | None = None) -> Record:
+    return Record(topic, partition, offset, timestamp_ms, key, value, list(headers or []))

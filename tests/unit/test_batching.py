@@ -1,0 +1,258 @@
+"""Batcher: closing rules, splits, drains, and batch ids."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from service.batching import (
+    BYTES,
+    RECORDS,
+    REVOKE,
+    SPLIT,
+    TIME,
+    TP,
+    Batch,
+    Batcher,
+    BatchPolicy,
+    Record,
+    batch_id,
+)
+from tests.unit.factories import make_record
+
+BIG = 10**9
+
+
+def batcher(max_records: int = BIG, max_bytes: int = BIG, max_wait_s: float = 1e9, **more: BatchPolicy) -> Batcher:
+    return Batcher({"orders": BatchPolicy(max_records, max_bytes, max_wait_s), **more})
+
+
+def sized(offset: int, size: int, partition: int = 0) -> Record:
+    return make_record(offset, value=b"x" * size, partition=partition)
+
+
+def offsets(batch: Batch) -> list[int]:
+    return [r.offset for r in batch.records]
+
+
+def test_closes_on_max_records() -> None:
+    b = batcher(max_records=3)
+    assert b.add(make_record(0), 0.0) == []
+    assert b.add(make_record(1), 0.0) == []
+    [closed] = b.add(make_record(2), 0.0)
+    assert closed.reason == RECORDS
+    assert offsets(closed) == [0, 1, 2]
+    assert (closed.offset_start, closed.offset_end) == (0, 2)
+    assert b.open == {}
+
+
+def test_max_records_one_closes_every_record() -> None:
+    b = batcher(max_records=1)
+    for offset in range(5):
+        [closed] = b.add(make_record(offset), 0.0)
+        assert offsets(closed) == [offset]
+        assert closed.reason == RECORDS
+
+
+def test_closes_when_exactly_max_bytes() -> None:
+    b = batcher(max_bytes=10)
+    assert b.add(sized(0, 4), 0.0) == []
+    [closed] = b.add(sized(1, 6), 0.0)
+    assert closed.reason == BYTES
+    assert closed.size == 10
+    assert offsets(closed) == [0, 1]
+
+
+def test_record_that_would_overflow_closes_the_open_batch_and_starts_the_next() -> None:
+    b = batcher(max_bytes=10)
+    b.add(sized(0, 6), 0.0)
+    [closed] = b.add(sized(1, 6), 0.0)
+    assert closed.reason == BYTES
+    assert offsets(closed) == [0]
+    assert closed.size == 6
+    assert offsets(b.open[TP("orders", 0)]) == [1]
+
+
+def test_oversized_record_goes_alone_in_its_own_batch() -> None:
+    b = batcher(max_bytes=10)
+    b.add(sized(0, 3), 0.0)
+    closed = b.add(sized(1, 50), 0.0)
+    assert [offsets(c) for c in closed] == [[0], [1]]
+    assert [c.reason for c in closed] == [BYTES, BYTES]
+    assert closed[1].size == 50
+    assert b.open == {}
+
+
+def test_key_counts_toward_size() -> None:
+    b = batcher(max_bytes=10)
+    [closed] = b.add(make_record(0, key=b"k" * 5, value=b"v" * 5), 0.0)
+    assert closed.reason == BYTES
+    assert closed.size == 10
+
+
+@pytest.mark.parametrize("max_bytes", [1, 7, 10, 25, 64])
+def test_batch_never_exceeds_max_bytes_unless_one_record_alone_is_larger(max_bytes: int) -> None:
+    b = batcher(max_records=6, max_bytes=max_bytes)
+    sizes = [3, 9, 1, 0, 12, 5, 5, 5, 30, 2, 2, 2, 2, 2, 2, 2, 7, 1, 64, 0]
+    closed: list[Batch] = []
+    for offset, size in enumerate(sizes):
+        closed += b.add(sized(offset, size), 0.0)
+    closed += b.drain()
+    for batch in closed:
+        assert batch.size == sum(r.size for r in batch.records)
+        assert batch.size <= max_bytes or len(batch.records) == 1
+        assert len(batch.records) <= 6
+    assert list(itertools.chain.from_iterable(offsets(c) for c in closed)) == list(range(len(sizes)))
+
+
+def test_records_before_bytes_when_both_reached() -> None:
+    b = batcher(max_records=2, max_bytes=10)
+    b.add(sized(0, 5), 0.0)
+    [closed] = b.add(sized(1, 5), 0.0)
+    assert closed.reason == RECORDS
+
+
+def test_expire_closes_on_max_wait_s() -> None:
+    b = batcher(max_wait_s=5.0)
+    b.add(make_record(0), now=100.0)
+    b.add(make_record(1), now=103.0)
+    assert b.expire(104.9) == []
+    [closed] = b.expire(105.0)
+    assert closed.reason == TIME
+    assert offsets(closed) == [0, 1]
+    assert b.open == {}
+    assert b.expire(1000.0) == []
+
+
+def test_wait_counts_from_the_batch_opening_not_the_last_record() -> None:
+    b = batcher(max_wait_s=5.0)
+    b.add(make_record(0), now=0.0)
+    b.add(make_record(1), now=4.9)
+    [closed] = b.expire(5.0)
+    assert offsets(closed) == [0, 1]
+    b.add(make_record(2), now=6.0)
+    assert b.expire(10.9) == []
+    assert offsets(b.expire(11.0)[0]) == [2]
+
+
+def test_expire_uses_each_topics_own_policy() -> None:
+    b = batcher(max_wait_s=10.0, fast=BatchPolicy(BIG, BIG, 1.0))
+    b.add(make_record(0), 0.0)
+    b.add(make_record(0, topic="fast"), 0.0)
+    [closed] = b.expire(1.0)
+    assert closed.tp == TP("fast", 0)
+    assert list(b.open) == [TP("orders", 0)]
+
+
+def test_split_closes_the_open_batch_before_a_dead_lettered_record() -> None:
+    b = batcher()
+    b.add(make_record(0), 0.0)
+    b.add(make_record(1), 0.0)
+    split = b.split(TP("orders", 0))
+    assert split is not None
+    assert split.reason == SPLIT
+    assert offsets(split) == [0, 1]
+    # offset 2 is dead-lettered; the next batch starts after it
+    b.add(make_record(3), 0.0)
+    [rest] = b.drain()
+    assert offsets(rest) == [3]
+
+
+def test_split_without_an_open_batch_is_none() -> None:
+    b = batcher()
+    assert b.split(TP("orders", 0)) is None
+    b.add(make_record(0, partition=1), 0.0)
+    assert b.split(TP("orders", 0)) is None
+    assert list(b.open) == [TP("orders", 1)]
+
+
+def test_drain_closes_selected_partitions_with_a_reason() -> None:
+    b = batcher()
+    for partition in range(3):
+        b.add(make_record(0, partition=partition), 0.0)
+    closed = b.drain([TP("orders", 0), TP("orders", 2), TP("orders", 9)])
+    assert sorted(c.partition for c in closed) == [0, 2]
+    assert {c.reason for c in closed} == {REVOKE}
+    assert list(b.open) == [TP("orders", 1)]
+    [last] = b.drain(reason="shutdown")
+    assert last.reason == "shutdown"
+    assert b.open == {}
+    assert b.drain() == []
+
+
+def test_discard_forgets_without_closing() -> None:
+    b = batcher()
+    b.add(make_record(0, partition=0), 0.0)
+    b.add(make_record(0, partition=1), 0.0)
+    dropped = b.discard([TP("orders", 0), TP("orders", 5)])
+    assert [d.partition for d in dropped] == [0]
+    assert dropped[0].reason is None
+    assert list(b.open) == [TP("orders", 1)]
+
+
+def test_partitions_are_independent() -> None:
+    b = batcher(max_records=3)
+    closed: list[Batch] = []
+    for offset in range(4):
+        closed += b.add(make_record(offset, partition=0), 0.0)
+        if offset < 2:
+            closed += b.add(make_record(offset + 100, partition=1), 0.0)
+    assert [(c.partition, offsets(c)) for c in closed] == [(0, [0, 1, 2])]
+    assert offsets(b.open[TP("orders", 1)]) == [100, 101]
+    assert offsets(b.open[TP("orders", 0)]) == [3]
+
+
+def test_topics_are_independent() -> None:
+    b = batcher(max_records=2, other=BatchPolicy(5, BIG, 1e9))
+    assert b.add(make_record(0, topic="other"), 0.0) == []
+    assert b.add(make_record(0), 0.0) == []
+    [closed] = b.add(make_record(1), 0.0)
+    assert closed.topic == "orders"
+    assert offsets(b.open[TP("other", 0)]) == [0]
+
+
+def test_interleaved_partitions_give_consecutive_single_partition_batches() -> None:
+    b = batcher(max_records=4, max_bytes=40)
+    closed: list[Batch] = []
+    next_offset = {0: 0, 1: 50, 2: 7}
+    pattern = [0, 1, 1, 2, 0, 0, 2, 1, 2, 2, 2, 0, 1, 0, 0, 1, 2, 2, 0, 1] * 3
+    for step, partition in enumerate(pattern):
+        record = sized(next_offset[partition], (step * 7) % 13, partition=partition)
+        next_offset[partition] += 1
+        closed += b.add(record, float(step))
+        if step % 9 == 8:
+            closed += b.expire(float(step))
+    closed += b.drain()
+    seen: dict[int, list[int]] = {0: [], 1: [], 2: []}
+    for batch in closed:
+        assert {r.partition for r in batch.records} == {batch.partition}
+        assert {r.topic for r in batch.records} == {batch.topic}
+        assert offsets(batch) == list(range(batch.offset_start, batch.offset_end + 1))
+        seen[batch.partition] += offsets(batch)
+    assert seen == {0: list(range(next_offset[0])), 1: list(range(50, next_offset[1])),
+                    2: list(range(7, next_offset[2]))}
+
+
+def test_batch_id_is_deterministic() -> None:
+    assert batch_id("orders", 0, 10, 20) == batch_id("orders", 0, 10, 20)
+    b1, b2 = batcher(max_records=2), batcher(max_records=2)
+    b1.add(make_record(10), 0.0)
+    [first] = b1.add(make_record(11), 0.0)
+    b2.add(make_record(10, value=b'{"other": 1}'), 5.0)
+    [second] = b2.add(make_record(11, value=b"[]"), 9.0)
+    assert first.batch_id == second.batch_id == batch_id("orders", 0, 10, 11)
+
+
+@pytest.mark.parametrize(
+    "other",
+    [("orders", 0, 10, 21), ("orders", 0, 11, 20), ("orders", 1, 10, 20), ("order", 0, 10, 20),
+     ("orders", 0, 1, 1020)],
+)
+def test_batch_id_differs_for_different_ranges(other: tuple[str, int, int, int]) -> None:
+    assert batch_id("orders", 0, 10, 20) != batch_id(*other)
+
+
+def test_batch_id_fields_cannot_run_into_each_other() -> None:
+    ids = {batch_id("a", 1, 11, 1), batch_id("a", 11, 1, 1), batch_id("a1", 1, 1, 1), batch_id("a", 1, 1, 11)}
+    assert len(ids) == 4

@@ -1,0 +1,199 @@
+"""load_routes: valid files parse, and every mistake fails with one line naming the field."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from service.errors import ConfigurationError
+from service.routes import Route, load_routes
+
+BASE = """
+[[routes]]
+topic = "orders"
+job = "process_orders"
+max_records = 500
+max_bytes = 1048576
+max_wait_s = 5.0
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "routes.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def config_error(tmp_path: Path, text: str) -> str:
+    with pytest.raises(ConfigurationError) as info:
+        load_routes(write(tmp_path, text))
+    message = str(info.value)
+    assert "\n" not in message, message
+    return message
+
+
+def test_minimal_route_with_defaults(tmp_path: Path) -> None:
+    routes = load_routes(write(tmp_path, BASE))
+    assert routes == {"orders": Route("orders", "process_orders", 500, 1_048_576, 5.0)}
+    route = routes["orders"]
+    assert route.location is None and route.repository is None
+    assert route.batch_op == "read_batch"
+    assert route.inline_max_bytes == 262_144
+    assert route.schema is None
+    assert route.validator() is None
+
+
+def test_all_optional_fields_and_an_inline_schema(tmp_path: Path) -> None:
+    text = BASE + """location = "loc"
+repository = "__repository__"
+batch_op = "my_op"
+inline_max_bytes = 0
+[routes.schema]
+type = "object"
+required = ["id"]
+properties = { id = { type = "integer" } }
+
+[[routes]]
+topic = "clicks"
+job = "process_clicks"
+max_records = 1
+max_bytes = 1
+max_wait_s = 2
+"""
+    routes = load_routes(write(tmp_path, text))
+    assert list(routes) == ["orders", "clicks"]
+    orders = routes["orders"]
+    assert (orders.location, orders.repository, orders.batch_op, orders.inline_max_bytes) == (
+        "loc", "__repository__", "my_op", 0)
+    assert orders.schema == {"type": "object", "required": ["id"], "properties": {"id": {"type": "integer"}}}
+    validator = orders.validator()
+    assert validator is not None
+    assert validator.is_valid({"id": 3})
+    assert not validator.is_valid({"id": "3"})
+    clicks = routes["clicks"]
+    assert clicks.max_wait_s == 2.0 and isinstance(clicks.max_wait_s, float)
+
+
+def test_schema_file_is_read_relative_to_the_routes_file(tmp_path: Path) -> None:
+    (tmp_path / "schemas").mkdir()
+    schema = {"type": "object", "properties": {"price": {"type": "number", "minimum": 0}}}
+    (tmp_path / "schemas" / "order.json").write_text(json.dumps(schema))
+    routes = load_routes(write(tmp_path, BASE + 'schema_file = "schemas/order.json"\n'))
+    assert routes["orders"].schema == schema
+    validator = routes["orders"].validator()
+    assert validator is not None and not validator.is_valid({"price": -1})
+
+
+@pytest.mark.parametrize(
+    ("edit", "field"),
+    [
+        (lambda t: t + 'colour = "red"\n', "colour"),
+        (lambda t: t + "max_batch = 3\n", "max_batch"),
+        (lambda t: t.replace('topic = "orders"\n', ""), "topic"),
+        (lambda t: t.replace('job = "process_orders"\n', ""), "job"),
+        (lambda t: t.replace("max_records = 500\n", ""), "max_records"),
+        (lambda t: t.replace("max_bytes = 1048576\n", ""), "max_bytes"),
+        (lambda t: t.replace("max_wait_s = 5.0\n", ""), "max_wait_s"),
+        (lambda t: t.replace("max_records = 500", "max_records = 0"), "max_records"),
+        (lambda t: t.replace("max_records = 500", "max_records = -3"), "max_records"),
+        (lambda t: t.replace("max_records = 500", "max_records = 2.5"), "max_records"),
+        (lambda t: t.replace("max_records = 500", 'max_records = "500"'), "max_records"),
+        (lambda t: t.replace("max_records = 500", "max_records = true"), "max_records"),
+        (lambda t: t.replace("max_bytes = 1048576", "max_bytes = 0"), "max_bytes"),
+        (lambda t: t.replace("max_bytes = 1048576", "max_bytes = -1"), "max_bytes"),
+        (lambda t: t + "inline_max_bytes = -1\n", "inline_max_bytes"),
+        (lambda t: t.replace("max_wait_s = 5.0", "max_wait_s = 0"), "max_wait_s"),
+        (lambda t: t.replace("max_wait_s = 5.0", "max_wait_s = -1.5"), "max_wait_s"),
+        (lambda t: t.replace("max_wait_s = 5.0", 'max_wait_s = "5s"'), "max_wait_s"),
+        (lambda t: t.replace("max_wait_s = 5.0", "max_wait_s = false"), "max_wait_s"),
+        (lambda t: t.replace('job = "process_orders"', 'job = ""'), "job"),
+        (lambda t: t.replace('job = "process_orders"', "job = 7"), "job"),
+        (lambda t: t.replace('topic = "orders"', 'topic = ""'), "topic"),
+        (lambda t: t + 'batch_op = ""\n', "batch_op"),
+        (lambda t: t + "location = 1\n", "location"),
+        (lambda t: t + 'schema = { type = "notatype" }\n', "schema"),
+        (lambda t: t + "schema = { type = 5 }\n", "schema"),
+        (lambda t: t + 'schema = "string"\n', "schema"),
+        (lambda t: t + 'schema = { type = "object" }\nschema_file = "x.json"\n', "schema"),
+        (lambda t: t + 'schema_file = "missing.json"\n', "schema_file"),
+    ],
+)
+def test_bad_route_fails_with_one_line_naming_the_field(tmp_path: Path, edit, field: str) -> None:  # type: ignore[no-untyped-def]
+    message = config_error(tmp_path, edit(BASE))
+    assert field in message
+    assert "routes[0]" in message
+
+
+def test_nan_max_wait_s_is_rejected(tmp_path: Path) -> None:
+    # BUG (service/routes.py, _check_types): `wait <= 0` is False for NaN, so `max_wait_s = nan`
+    # is accepted and such a batch never closes on time (`now - opened_at >= nan` is always False).
+    message = config_error(tmp_path, BASE.replace("max_wait_s = 5.0", "max_wait_s = nan"))
+    assert "max_wait_s" in message
+
+
+def test_error_names_the_route_index(tmp_path: Path) -> None:
+    second = BASE.replace('"orders"', '"clicks"').replace("max_records = 500", "max_records = 0")
+    message = config_error(tmp_path, BASE + second)
+    assert "routes[1]" in message and "max_records" in message
+
+
+def test_schema_file_that_is_not_json(tmp_path: Path) -> None:
+    (tmp_path / "bad.json").write_text("{not json")
+    message = config_error(tmp_path, BASE + 'schema_file = "bad.json"\n')
+    assert "schema_file" in message
+
+
+def test_schema_file_that_is_not_an_object(tmp_path: Path) -> None:
+    (tmp_path / "list.json").write_text("[1, 2]")
+    message = config_error(tmp_path, BASE + 'schema_file = "list.json"\n')
+    assert "schema_file" in message
+
+
+def test_schema_file_with_an_invalid_schema(tmp_path: Path) -> None:
+    (tmp_path / "s.json").write_text(json.dumps({"type": "object", "required": "id"}))
+    message = config_error(tmp_path, BASE + 'schema_file = "s.json"\n')
+    assert "schema" in message
+
+
+def test_duplicate_topic(tmp_path: Path) -> None:
+    message = config_error(tmp_path, BASE + BASE.replace("process_orders", "other_job"))
+    assert "'orders'" in message and "twice" in message
+
+
+@pytest.mark.parametrize("text", ["", "# nothing\n", "routes = []\n", '[routes]\ntopic = "a"\n',
+                                  'title = "x"\n'])
+def test_no_routes_tables(tmp_path: Path, text: str) -> None:
+    message = config_error(tmp_path, text)
+    assert "[[routes]]" in message
+
+
+def test_invalid_toml(tmp_path: Path) -> None:
+    message = config_error(tmp_path, "[[routes]\ntopic = \n")
+    assert "routes.toml" in message
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        load_routes(tmp_path / "nope.toml")
+    assert "nope.toml" in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "field"),
+    [
+        ("routes = [1]\n", "routes"),
+        (BASE + "schema_file = 5\n", "schema_file"),
+        (BASE + 'schema = { "$schema" = 5 }\n', "schema"),
+    ],
+)
+def test_wrongly_typed_tables_and_schema_fields_fail_as_configuration_errors(
+        tmp_path: Path, text: str, field: str) -> None:
+    # BUG (service/routes.py): these escape as raw exceptions instead of one-line ConfigurationErrors:
+    # `routes = [1]` -> TypeError from `set(table)` in parse_route (a non-table entry);
+    # `schema_file = 5` -> TypeError from `base / schema_file` in parse_route (not a string);
+    # `schema = {"$schema" = 5}` -> AttributeError from jsonschema.validators.validator_for in
+    # _check_types, which catches only SchemaError and TypeError.
+    message = config_error(tmp_path, text)
+    assert field in message
