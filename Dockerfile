@@ -1,0 +1,65 @@
+# syntax=docker/dockerfile:1
+# One image for every Python process of the deployment:
+#   worker            kafka-dagster worker                      (the default command)
+#   code location     dagster code-server start -m dagster_project.definitions -h 0.0.0.0 -p 4000
+#   webserver         dagster-webserver -h 0.0.0.0 -p 3000 -w /opt/dagster/home/workspace.yaml
+#   daemon            dagster-daemon run -w /opt/dagster/home/workspace.yaml
+# See docker-compose.yml and docs/deploy.md.
+
+# ---- build: a virtualenv with the project and its runtime dependencies only ----
+FROM python:3.11.11-slim-bookworm AS build
+
+# dagster-postgres is a deployment dependency (PostgreSQL run/event storage), not a
+# library dependency of the project; its version pins the matching dagster release.
+ARG DAGSTER_POSTGRES_VERSION=0.29.27
+
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PYTHONDONTWRITEBYTECODE=1
+
+RUN python -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY service ./service
+COPY dagster_project ./dagster_project
+RUN pip install --upgrade pip setuptools wheel \
+ && pip install . "dagster-postgres==${DAGSTER_POSTGRES_VERSION}" \
+ && pip check
+
+# ---- runtime: the virtualenv, the routes, a non-root user; no compilers, no sources ----
+FROM python:3.11.11-slim-bookworm AS runtime
+
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    DAGSTER_HOME=/opt/dagster/home \
+    DAGSTER_DISABLE_TELEMETRY=1 \
+    KAFKA_DAGSTER_ROUTES=/app/routes.toml \
+    KAFKA_DAGSTER_WEB_HOST=0.0.0.0 \
+    KAFKA_DAGSTER_WEB_PORT=6066
+
+RUN groupadd --system --gid 10001 kafka-dagster \
+ && useradd --system --uid 10001 --gid kafka-dagster --home-dir /app --no-create-home \
+        --shell /usr/sbin/nologin kafka-dagster \
+ && mkdir -p /app /opt/dagster/home/storage \
+ && chown -R 10001:10001 /app /opt/dagster/home
+
+COPY --from=build /opt/venv /opt/venv
+
+# The worker's Faust data directory goes under the working directory: /app is writable.
+WORKDIR /app
+COPY routes.toml ./
+COPY schemas ./schemas
+
+USER 10001:10001
+
+EXPOSE 6066 4000 3000
+
+# The worker's liveness page. The compose file overrides this check for the Dagster
+# processes that share the image (code server, webserver, daemon).
+HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 \
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % (os.environ.get('KAFKA_DAGSTER_WEB_PORT') or '6066'), timeout=4)"]
+
+CMD ["kafka-dagster", "worker"]

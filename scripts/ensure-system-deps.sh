@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# Install the Debian packages the test suite runs for real, only when their
+# binaries are missing: idempotent, and quiet when there is nothing to do.
+#
+#   prometheus   prometheus, promtool  (tests/test_deploy.py, tests/test_prometheus_scrape.py)
+#
+# Exits non-zero, with one line saying what to do, when it cannot install them.
+set -euo pipefail
+
+# binary:package pairs; add a line when a test needs another system binary.
+REQUIRED=(
+    "prometheus:prometheus"
+    "promtool:prometheus"
+)
+
+say() { echo "ensure-system-deps: $*" >&2; }
+
+missing_packages() {
+    local pair bin pkg
+    local -a pkgs=()
+    for pair in "${REQUIRED[@]}"; do
+        bin=${pair%%:*}
+        pkg=${pair##*:}
+        if ! command -v "$bin" >/dev/null 2>&1 && [[ " ${pkgs[*]:-} " != *" $pkg "* ]]; then
+            pkgs+=("$pkg")
+        fi
+    done
+    echo "${pkgs[*]:-}"
+}
+
+read -r -a packages <<<"$(missing_packages)"
+if [ "${#packages[@]}" -eq 0 ]; then
+    exit 0
+fi
+
+if ! command -v apt-get >/dev/null 2>&1; then
+    say "missing Debian packages: ${packages[*]}, and apt-get is not available; install them with your system's package manager"
+    exit 1
+fi
+
+sudo=()
+if [ "$(id -u)" -ne 0 ]; then
+    if command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+        sudo=(sudo -n)
+    else
+        say "missing Debian packages: ${packages[*]}; run as root: apt-get update && apt-get install -y ${packages[*]}"
+        exit 1
+    fi
+fi
+
+say "installing ${packages[*]} with apt-get"
+export DEBIAN_FRONTEND=noninteractive
+if ! "${sudo[@]}" apt-get update -qq >/dev/null; then
+    say "apt-get update failed; cannot install ${packages[*]}"
+    exit 1
+fi
+if ! "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${packages[@]}" >/dev/null; then
+    say "apt-get install ${packages[*]} failed"
+    exit 1
+fi
+
+# The package enables a system-wide Prometheus on :9090 where systemd runs; the
+# tests start their own on free ports, so do not leave one running.
+if [[ " ${packages[*]} " == *" prometheus "* ]] && [ -d /run/systemd/system ]; then
+    "${sudo[@]}" systemctl disable --now prometheus.service >/dev/null 2>&1 || true
+fi
+
+read -r -a still_missing <<<"$(missing_packages)"
+if [ "${#still_missing[@]}" -ne 0 ]; then
+    say "installed ${packages[*]} but binaries are still missing (package: ${still_missing[*]})"
+    exit 1
+fi
+say "installed ${packages[*]}"
