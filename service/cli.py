@@ -112,3 +112,83 @@ def dev(workdir: str, routes: str, rate: float) -> None:
     from service.devstack import run_dev
 
     run_dev(workdir, routes, rate)
+
+
+@main.group()
+def dlq() -> None:
+    """Inspect and replay the dead-letter topic."""
+
+
+def _dlq_options(command):  # type: ignore[no-untyped-def]
+    command = click.option("--bootstrap-servers", envvar="KAFKA_BOOTSTRAP_SERVERS", default="localhost:9092",
+                           show_default=True)(command)
+    command = click.option("--dlq-topic", envvar="KAFKA_DAGSTER_DLQ_TOPIC", default="kafka-dagster.dlq",
+                           show_default=True)(command)
+    command = click.option("--stage", type=click.Choice(["decode", "validate", "launch", "run", "process"]),
+                           default=None, help="Only dead letters of this stage.")(command)
+    command = click.option("--source-topic", default=None, help="Only dead letters from this topic.")(command)
+    return command
+
+
+@dlq.command()
+@_dlq_options
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line instead of text.")
+def inspect(bootstrap_servers: str, dlq_topic: str, stage: str | None, source_topic: str | None,
+            as_json: bool) -> None:
+    """List dead letters with their reasons: DLQ offset, origin, stage, error."""
+    from service.dlq import describe, select
+
+    letters = select(asyncio.run(_read_dead_letters(bootstrap_servers, dlq_topic)), stage, source_topic)
+    for letter in letters:
+        if as_json:
+            click.echo(orjson.dumps({"dlq_offset": letter.dlq_offset, **letter.dlq,
+                                     "key": (letter.key or b"").decode("utf-8", "backslashreplace"),
+                                     "value": (letter.value or b"").decode("utf-8", "backslashreplace")}))
+        else:
+            click.echo(describe(letter))
+    click.echo(f"{len(letters)} dead letters", err=True)
+
+
+@dlq.command()
+@_dlq_options
+@click.option("--to", "target_topic", default=None, help="Send to this topic instead of each record's origin.")
+@click.option("--rate", type=float, default=100.0, show_default=True, help="Records per second at most.")
+@click.option("--dry-run", is_flag=True, help="Show what would be replayed; send nothing.")
+def replay(bootstrap_servers: str, dlq_topic: str, stage: str | None, source_topic: str | None,
+           target_topic: str | None, rate: float, dry_run: bool) -> None:
+    """Send dead letters back to their original topic (or --to), original key, value and headers."""
+    from service.dlq import describe, select
+
+    letters = select(asyncio.run(_read_dead_letters(bootstrap_servers, dlq_topic)), stage, source_topic)
+    if dry_run:
+        for letter in letters:
+            click.echo(describe(letter))
+    else:
+        asyncio.run(_replay(bootstrap_servers, letters, target_topic, rate))
+    click.echo(f"{'would replay' if dry_run else 'replayed'} {len(letters)} dead letters", err=True)
+
+
+async def _read_dead_letters(bootstrap_servers: str, dlq_topic: str) -> list:  # type: ignore[type-arg]
+    from service.dlq import DeadLetter
+    from service.kafka import read_topic
+
+    return [
+        DeadLetter.parse(m.key, m.value, m.timestamp, list(m.headers or ()), offset)  # type: ignore[attr-defined]
+        for _, offset, m in await read_topic(bootstrap_servers, dlq_topic)
+    ]
+
+
+async def _replay(bootstrap_servers: str, letters: list, target_topic: str | None, rate: float) -> None:  # type: ignore[type-arg]
+    from service.dlq import replay_headers
+    from service.kafka import Producer
+
+    producer = Producer(bootstrap_servers)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    try:
+        for sent, letter in enumerate(letters, 1):
+            await producer.send(target_topic or letter.origin[0], letter.key, letter.value,
+                                replay_headers(letter))
+            await asyncio.sleep(max(0.0, started + sent / rate - loop.time()))
+    finally:
+        await producer.stop()

@@ -135,7 +135,12 @@ class DagsterClient:
             raise LaunchRejected("UnauthorizedError", f"Dagster answered HTTP {response.status_code}")
         if response.status_code != 200:
             raise PermanentError(f"Dagster answered HTTP {response.status_code}")
-        body = response.json()
+        try:
+            body = response.json()
+        except ValueError:
+            raise DagsterUnavailable(f"{self.url} did not answer with JSON; is it Dagster's /graphql?") from None
+        if not isinstance(body, dict) or (not isinstance(body.get("data"), dict) and not body.get("errors")):
+            raise DagsterUnavailable(f"{self.url} did not answer with a GraphQL result")
         if body.get("errors"):
             raise PermanentError(f"GraphQL error: {body['errors'][0].get('message')}")
         return body["data"]  # type: ignore[no-any-return]

@@ -101,10 +101,12 @@ class DeadLetters:
 class Lane:
     """One partition's queue of closed batches and dead letters, worked in order."""
 
-    def __init__(self, tp: TP, maxsize: int, handle: Callable[[Batch | DeadLetters], Awaitable[None]]) -> None:
+    def __init__(self, tp: TP, maxsize: int, handle: Callable[[Batch | DeadLetters], Awaitable[None]],
+                 on_fatal: Callable[[BaseException], Awaitable[None]] | None = None) -> None:
         self.tp = tp
         self.queue: asyncio.Queue[Batch | DeadLetters] = asyncio.Queue(maxsize)
         self._handle = handle
+        self._on_fatal = on_fatal
         self._task = asyncio.create_task(self._run(), name=f"lane-{tp.topic}-{tp.partition}")
 
     async def put(self, item: Batch | DeadLetters) -> None:
@@ -117,8 +119,12 @@ class Lane:
                 await self._handle(item)
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                logger.exception("lane %s/%d failed handling %r", self.tp.topic, self.tp.partition, item)
+            except Exception as exc:
+                # A bug, not a classified failure: the item is neither launched nor dead-lettered,
+                # so the worker must stop and let a restart reconcile rather than skip it.
+                logger.exception("lane %s/%d failed; stopping the worker", self.tp.topic, self.tp.partition)
+                if self._on_fatal is not None:
+                    await self._on_fatal(exc)
                 raise
             finally:
                 self.queue.task_done()
@@ -147,6 +153,7 @@ class Delivery:
                  queued_batches_per_partition: int = 4, retry_max_delay_s: float = 30.0,
                  read_range: Callable[[str, int, int, int], Awaitable[list[Record]]] | None = None,
                  max_inflight_runs: int = 64, run_poll_interval_s: float = 1.0,
+                 on_fatal: Callable[[BaseException], Awaitable[None]] | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.routes = routes
         self.client = client
@@ -164,6 +171,7 @@ class Delivery:
         self.epochs: dict[TP, int] = {}
         self.lanes: dict[TP, Lane] = {}
         self.read_range = read_range
+        self.on_fatal = on_fatal
         self.watcher = RunWatcher(client, metrics, self.on_run_failed, max_inflight_runs, run_poll_interval_s)
 
     # -- records in ---------------------------------------------------------
@@ -199,7 +207,7 @@ class Delivery:
     def _lane(self, tp: TP) -> Lane:
         lane = self.lanes.get(tp)
         if lane is None:
-            lane = self.lanes[tp] = Lane(tp, self.queue_size, self._handle)
+            lane = self.lanes[tp] = Lane(tp, self.queue_size, self._handle, self.on_fatal)
         return lane
 
     def _ack(self, record: Record) -> None:
@@ -248,7 +256,7 @@ class Delivery:
         config = run_config(route, batch)
         try:
             run_id = await self._launch_once(route, batch, tags, config)
-        except LaunchRejected as exc:
+        except PermanentError as exc:
             logger.error("launch of batch %s (%s/%d offsets %d-%d) rejected: %s",
                          batch.batch_id, batch.topic, batch.partition, batch.offset_start, batch.offset_end, exc)
             await self.dead_letter(batch.records, Failure.from_exception("launch", exc))
@@ -285,8 +293,9 @@ class Delivery:
                 self.metrics.run_launches.labels(route.job, "LaunchRunSuccess").inc()
                 self.metrics.dagster_up.set(1)
                 return run_id
-            except LaunchRejected as exc:
-                self.metrics.run_launches.labels(route.job, exc.typename).inc()
+            except PermanentError as exc:
+                result = exc.typename if isinstance(exc, LaunchRejected) else type(exc).__name__
+                self.metrics.run_launches.labels(route.job, result).inc()
                 self.metrics.dagster_up.set(1)
                 raise
             except TransientError as exc:
@@ -379,9 +388,9 @@ class Delivery:
                 logger.warning("%d partitions still launching after %.0fs; leaving their batches unacked",
                                done.count(False), timeout_s)
         for tp in tps:
-            lane = self.lanes.pop(tp, None)
-            if lane is not None:
-                await lane.close()
+            handed = self.lanes.pop(tp, None)
+            if handed is not None:
+                await handed.close()
             self.covered.pop(tp, None)
 
 

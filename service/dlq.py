@@ -87,3 +87,37 @@ class DeadLetter:
     @property
     def stage(self) -> str:
         return self.dlq.get("dlq.stage", "")
+
+
+REPLAY_HEADER = "kafka-dagster.replay-of"
+
+
+def select(letters: Sequence[DeadLetter], stage: str | None = None,
+           source_topic: str | None = None) -> list[DeadLetter]:
+    """Dead letters matching the filters, one per (origin, stage): duplicates are dropped."""
+    seen: set[tuple[str, int, int, str]] = set()
+    chosen = []
+    for letter in letters:
+        if stage and letter.stage != stage:
+            continue
+        if source_topic and letter.dlq.get("dlq.topic") != source_topic:
+            continue
+        key = (*letter.origin, letter.stage)
+        if key not in seen:
+            seen.add(key)
+            chosen.append(letter)
+    return chosen
+
+
+def replay_headers(letter: DeadLetter) -> list[tuple[str, bytes]]:
+    """The original headers, plus where the replayed record came from."""
+    topic, partition, offset = letter.origin
+    return [*letter.headers, (REPLAY_HEADER, f"{topic}/{partition}/{offset}".encode())]
+
+
+def describe(letter: DeadLetter) -> str:
+    """One line per dead letter, for `kafka-dagster dlq inspect`."""
+    topic, partition, offset = letter.origin
+    run = f" run={letter.dlq['dlq.run_id']}" if "dlq.run_id" in letter.dlq else ""
+    return (f"{letter.dlq_offset}\t{topic}/{partition}/{offset}\t{letter.stage}\t"
+            f"{letter.dlq.get('dlq.error.class', '')}: {letter.dlq.get('dlq.error.message', '')}{run}")

@@ -118,3 +118,40 @@ async def read_range(bootstrap_servers: str, topic: str, partition: int, start: 
     finally:
         await consumer.stop()
     return records
+
+
+async def read_topic(bootstrap_servers: str, topic: str, timeout_s: float = 30.0) -> list[tuple[int, int, object]]:
+    """Every record of `topic` up to the end offsets seen at the start, as (partition, offset, message)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, enable_auto_commit=False,
+                                auto_offset_reset="earliest")
+    found: list[tuple[int, int, object]] = []
+    try:
+        await consumer.start()
+        partitions = consumer.partitions_for_topic(topic) or set()
+        if not partitions:
+            await consumer.topics()  # refresh metadata once
+            partitions = consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        if not tps:
+            return []
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
+        pending = {tp for tp in tps if ends[tp] > 0}
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while pending:
+            if loop.time() > deadline:
+                raise BrokerUnavailable(f"reading {topic} timed out")
+            fetched = await consumer.getmany(*pending, timeout_ms=500)
+            for tp, messages in fetched.items():
+                for message in messages:
+                    if message.offset < ends[tp]:
+                        found.append((tp.partition, message.offset, message))
+                if messages and messages[-1].offset >= ends[tp] - 1:
+                    pending.discard(tp)
+    except KafkaError as exc:
+        raise BrokerUnavailable(f"reading {topic}: {exc!r}") from exc
+    finally:
+        await consumer.stop()
+    return found

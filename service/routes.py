@@ -17,6 +17,7 @@ bad value fails with one line naming the route and the field.
 from __future__ import annotations
 
 import json
+import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,6 +73,8 @@ def load_routes(path: Path) -> dict[str, Route]:
 
 def parse_route(table: dict[str, Any], where: str, base: Path = Path(".")) -> Route:
     """One route from its TOML table; `where` prefixes every error."""
+    if not isinstance(table, dict):
+        raise ConfigurationError(f"{where}: must be a table ([[routes]])")
     unknown = sorted(set(table) - set(REQUIRED) - set(OPTIONAL))
     if unknown:
         raise ConfigurationError(f"{where}: unknown key(s) {', '.join(unknown)}")
@@ -83,6 +86,8 @@ def parse_route(table: dict[str, Any], where: str, base: Path = Path(".")) -> Ro
     if schema_file is not None:
         if "schema" in values:
             raise ConfigurationError(f"{where}: give schema or schema_file, not both")
+        if not isinstance(schema_file, str) or not schema_file:
+            raise ConfigurationError(f"{where}: schema_file must be a path")
         values["schema"] = _read_schema(base / schema_file, where)
     _check_types(values, where)
     return Route(**values)
@@ -99,14 +104,16 @@ def _check_types(values: dict[str, Any], where: str) -> None:
         ):
             raise ConfigurationError(f"{where}: {name} must be a positive integer")
     wait = values["max_wait_s"]
-    if not isinstance(wait, (int, float)) or isinstance(wait, bool) or wait <= 0:
+    if not isinstance(wait, (int, float)) or isinstance(wait, bool) or not math.isfinite(wait) or wait <= 0:
         raise ConfigurationError(f"{where}: max_wait_s must be a positive number of seconds")
     values["max_wait_s"] = float(wait)
     schema = values.get("schema")
     if schema is not None:
+        if not isinstance(schema, dict):
+            raise ConfigurationError(f"{where}: schema must be a table (a JSON Schema object)")
         try:
             jsonschema.validators.validator_for(schema).check_schema(schema)
-        except (jsonschema.SchemaError, TypeError) as exc:
+        except (jsonschema.SchemaError, TypeError, AttributeError) as exc:
             reason = getattr(exc, "message", exc)
             raise ConfigurationError(f"{where}: schema is not a valid JSON Schema: {reason}") from None
 

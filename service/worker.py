@@ -40,6 +40,7 @@ def build_worker(settings: Settings, metrics: Metrics | None = None) -> App:
         read_range=lambda topic, partition, start, end: read_range(
             settings.bootstrap_servers, topic, partition, start, end),
         max_inflight_runs=settings.max_inflight_runs,
+        on_fatal=lambda exc: app.crash(exc),
     )
     _add_agent(app, routes, delivery)
     _add_lifecycle(app, settings, delivery, dlq_producer, client)
