@@ -2,7 +2,10 @@
 # Install the Debian packages the test suite runs for real, only when their
 # binaries are missing: idempotent, and quiet when there is nothing to do.
 #
-#   prometheus   prometheus, promtool  (tests/test_deploy.py, tests/test_prometheus_scrape.py)
+#   prometheus      prometheus, promtool  (tests/test_deploy.py, tests/test_prometheus_scrape.py)
+#   docker-compose  `docker-compose config`: validates docker-compose.yml against the
+#                   Compose schema without a Docker engine (tests/test_deploy.py);
+#                   not installed when the Compose v2 plugin (`docker compose`) is there
 #
 # Exits non-zero, with one line saying what to do, when it cannot install them.
 set -euo pipefail
@@ -11,9 +14,17 @@ set -euo pipefail
 REQUIRED=(
     "prometheus:prometheus"
     "promtool:prometheus"
+    "docker-compose:docker-compose"
 )
 
 say() { echo "ensure-system-deps: $*" >&2; }
+
+have() {
+    if [ "$1" = docker-compose ] && docker compose version >/dev/null 2>&1; then
+        return 0
+    fi
+    command -v "$1" >/dev/null 2>&1
+}
 
 missing_packages() {
     local pair bin pkg
@@ -21,7 +32,7 @@ missing_packages() {
     for pair in "${REQUIRED[@]}"; do
         bin=${pair%%:*}
         pkg=${pair##*:}
-        if ! command -v "$bin" >/dev/null 2>&1 && [[ " ${pkgs[*]:-} " != *" $pkg "* ]]; then
+        if ! have "$bin" && [[ " ${pkgs[*]:-} " != *" $pkg "* ]]; then
             pkgs+=("$pkg")
         fi
     done
