@@ -21,7 +21,9 @@ RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 
 WORKDIR /src
-COPY pyproject.toml README.md ./
+# README.md (the wheel's long description) is left out on purpose: the image runs
+# the code, it does not publish it.
+COPY pyproject.toml ./
 COPY service ./service
 COPY dagster_project ./dagster_project
 RUN pip install --upgrade pip setuptools wheel \

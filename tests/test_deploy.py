@@ -542,6 +542,7 @@ def test_dockerfile_copies_only_what_the_build_context_holds() -> None:
             sources = [part for part in rest.split() if not part.startswith("--")][:-1]
             for source in sources:
                 assert source.rstrip("/") in allowed, f"COPY {source}: excluded by .dockerignore"
+                assert (ROOT / source).exists(), f"COPY {source}: no such file in the repository"
     for path in ("service", "dagster_project", "pyproject.toml", "routes.toml", "schemas"):
         assert path in allowed
     assert (ROOT / "pyproject.toml").is_file()
