@@ -22,9 +22,11 @@ run: $(STAMP)  ## the embedded stack with demo events; Ctrl-C stops everything
 	DAGSTER_DISABLE_TELEMETRY=1 $(BIN)/kafka-dagster dev
 
 test: $(STAMP)  ## the whole suite against a real broker and a real Dagster
+	bash scripts/ensure-system-deps.sh
 	DAGSTER_DISABLE_TELEMETRY=1 $(BIN)/pytest
 
 test-unit: $(STAMP)
+	bash scripts/ensure-system-deps.sh
 	$(BIN)/pytest -m "not integration"
 
 lint: $(STAMP)

@@ -121,7 +121,12 @@ async def read_range(bootstrap_servers: str, topic: str, partition: int, start: 
 
 
 async def read_topic(bootstrap_servers: str, topic: str, timeout_s: float = 30.0) -> list[tuple[int, int, object]]:
-    """Every record of `topic` up to the end offsets seen at the start, as (partition, offset, message)."""
+    """Every record of `topic` present now, as (partition, offset, message).
+
+    End offsets are treated as a lower bound and reading stops at the first
+    empty fetch after them: some Kafka-compatible brokers (Tansu) report the
+    last batch's base offset + 1 as the end offset.
+    """
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, enable_auto_commit=False,
                                 auto_offset_reset="earliest")
     found: list[tuple[int, int, object]] = []
@@ -137,21 +142,20 @@ async def read_topic(bootstrap_servers: str, topic: str, timeout_s: float = 30.0
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         ends = await consumer.end_offsets(tps)
-        pending = {tp for tp in tps if ends[tp] > 0}
+        next_offset = {tp: 0 for tp in tps}
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
-        while pending:
+        while True:
             if loop.time() > deadline:
                 raise BrokerUnavailable(f"reading {topic} timed out")
-            fetched = await consumer.getmany(*pending, timeout_ms=500)
+            fetched = await consumer.getmany(*tps, timeout_ms=300)
             for tp, messages in fetched.items():
                 for message in messages:
-                    if message.offset < ends[tp]:
-                        found.append((tp.partition, message.offset, message))
-                if messages and messages[-1].offset >= ends[tp] - 1:
-                    pending.discard(tp)
+                    found.append((tp.partition, message.offset, message))
+                    next_offset[tp] = message.offset + 1
+            if not any(fetched.values()) and all(next_offset[tp] >= ends[tp] for tp in tps):
+                return found
     except KafkaError as exc:
         raise BrokerUnavailable(f"reading {topic}: {exc!r}") from exc
     finally:
         await consumer.stop()
-    return found

@@ -112,9 +112,12 @@ def metric(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: 
     return samples.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
-async def produce(bootstrap: str, topic: str, values: Iterable[bytes], partitions: int = 1,
-                  partition_of: Callable[[int], int] | None = None) -> int:
-    """Send `values` round-robin over `partitions` (or by `partition_of(index)`); return the count."""
+async def produce(bootstrap: str, topic: str, values: Iterable[bytes | None | tuple[bytes, bytes | None]],
+                  partitions: int = 1, partition_of: Callable[[int], int] | None = None) -> int:
+    """Send `values` round-robin over `partitions` (or by `partition_of(index)`); return the count.
+
+    A value may be a (key, value) tuple; a lone None value is sent with key b"null".
+    """
     await ensure_topics(bootstrap, {topic: partitions})
     producer = Producer(bootstrap)
     try:
@@ -122,7 +125,8 @@ async def produce(bootstrap: str, topic: str, values: Iterable[bytes], partition
         by_partition: dict[int, list[tuple[bytes | None, bytes | None]]] = {}
         for index, value in enumerate(values):
             partition = partition_of(index) if partition_of else index % partitions
-            by_partition.setdefault(partition, []).append((None, value))
+            key, value = value if isinstance(value, tuple) else (b"null" if value is None else None, value)
+            by_partition.setdefault(partition, []).append((key, value))
             count += 1
         for partition, records in by_partition.items():
             await producer.send_batch(topic, records, partition=partition)
@@ -193,3 +197,113 @@ def ranges_by_partition(runs: list[dict[str, Any]]) -> dict[int, list[tuple[int,
 
 def new_web_port() -> int:
     return free_port()
+
+
+@dataclass
+class Accounting:
+    """Where every offset of a topic ended: the delivery invariant, checked."""
+
+    offsets: int
+    in_runs: int
+    dead_lettered: dict[str, int]  # pre-launch stage -> distinct offsets
+    run_copies: int  # offsets of failed runs copied with stage run
+    duplicate_dead_letters: int
+    problems: list[str]
+    stages_by_offset: dict[tuple[int, int], set[str]]
+    error_classes: dict[tuple[int, int], set[str]]
+
+    unfinished_runs: int = 0
+    expected: int = 0
+
+    @property
+    def holds(self) -> bool:
+        return not self.problems
+
+    @property
+    def settled(self) -> bool:
+        """Every expected offset is placed and every run has finished."""
+        return (self.unfinished_runs == 0 and self.offsets >= self.expected
+                and not any("neither" in p or "stage run" in p for p in self.problems))
+
+    def __bool__(self) -> bool:
+        return self.settled
+
+    def __repr__(self) -> str:
+        return (f"Accounting(offsets={self.offsets}/{self.expected}, in_runs={self.in_runs}, "
+                f"dead_lettered={self.dead_lettered}, run_copies={self.run_copies}, "
+                f"unfinished_runs={self.unfinished_runs}, problems={self.problems[:5]}"
+                f"{'...' if len(self.problems) > 5 else ''})")
+
+
+async def dead_letters(bootstrap: str, dlq_topic: str) -> list[Any]:
+    from service.dlq import DeadLetter
+    from service.kafka import read_topic
+
+    try:
+        messages = await read_topic(bootstrap, dlq_topic)
+    except Exception:
+        return []
+    return [DeadLetter.parse(m.key, m.value, m.timestamp, list(m.headers or ()), offset)
+            for _, offset, m in messages]
+
+
+async def account(bootstrap: str, api: DagsterApi, topic: str, dlq_topic: str) -> Accounting:
+    """Check the delivery invariant over every offset of `topic`."""
+    from service.dlq import PRE_LAUNCH_STAGES
+    from service.kafka import read_topic
+
+    offsets = {(p, o) for p, o, _ in await read_topic(bootstrap, topic)}
+    runs = await api.runs(topic)
+    letters = [d for d in await dead_letters(bootstrap, dlq_topic) if d.dlq.get("dlq.topic") == topic]
+    covering: dict[tuple[int, int], list[dict[str, Any]]] = {}
+    for run in runs:
+        tags = run["tags"]
+        partition = int(tags["kafka/partition"])
+        for offset in range(int(tags["kafka/offset_start"]), int(tags["kafka/offset_end"]) + 1):
+            covering.setdefault((partition, offset), []).append(run)
+    stages: dict[tuple[int, int], set[str]] = {}
+    classes: dict[tuple[int, int], set[str]] = {}
+    run_copies: dict[tuple[int, int], set[str]] = {}
+    seen: set[tuple[int, int, str, str]] = set()
+    duplicates = 0
+    for letter in letters:
+        _, partition, offset = letter.origin
+        key = (partition, offset, letter.stage, letter.dlq.get("dlq.run_id", ""))
+        duplicates += key in seen
+        seen.add(key)
+        if letter.stage == "run":
+            run_copies.setdefault((partition, offset), set()).add(letter.dlq["dlq.run_id"])
+        else:
+            stages.setdefault((partition, offset), set()).add(letter.stage)
+            classes.setdefault((partition, offset), set()).add(letter.dlq["dlq.error.class"])
+    problems = []
+    for position in sorted(offsets):
+        in_runs = covering.get(position, [])
+        pre = stages.get(position, set()) & set(PRE_LAUNCH_STAGES)
+        if len(in_runs) > 1:
+            problems.append(f"{position} is in {len(in_runs)} runs")
+        if in_runs and pre:
+            problems.append(f"{position} is in a run and in the DLQ ({pre})")
+        if not in_runs and not pre:
+            problems.append(f"{position} is neither in a run nor in the DLQ")
+        for run in in_runs:
+            if run["status"] in ("FAILURE", "CANCELED") and run["runId"] not in run_copies.get(position, set()):
+                problems.append(f"{position} is in failed run {run['runId']} but not in the DLQ with stage run")
+    for position in covering:
+        if position not in offsets:
+            problems.append(f"a run covers {position}, which is not in the topic")
+    counted: dict[str, int] = {}
+    for position, found in stages.items():
+        for stage in found:
+            counted[stage] = counted.get(stage, 0) + 1
+    return Accounting(len(offsets), sum(1 for p in offsets if p in covering), counted,
+                      sum(len(v) for v in run_copies.values()), duplicates, problems, stages, classes)
+
+
+async def settled(bootstrap: str, api: DagsterApi, topic: str, dlq_topic: str, expected: int) -> Accounting:
+    """The accounting of `topic`; truthy once `expected` offsets are placed and every run finished."""
+    result = await account(bootstrap, api, topic, dlq_topic)
+    runs = await api.runs(topic)
+    result.unfinished_runs = sum(run["status"] not in ("SUCCESS", "FAILURE", "CANCELED") for run in runs)
+    result.expected = expected
+    return result
