@@ -4,12 +4,40 @@ from __future__ import annotations
 
 import dagster as dg
 
-from dagster_project.jobs import process_orders_job
-from dagster_project.resources import KafkaResource
-
-defs = dg.Definitions(
-    jobs=[process_orders_job],
-    resources={"kafka": KafkaResource()},
-    # One process per run, not one per step: a batch run is small and starts often.
-    executor=dg.in_process_executor,
+from dagster_project.assets import build_kafka_topics, order_batches_spec, order_totals, source_topics
+from dagster_project.checks import order_batch_checks
+from dagster_project.jobs import aggregate_orders_job, process_orders_job
+from dagster_project.resources import (
+    DEFAULT_DLQ_TOPIC,
+    DEFAULT_NOTIFICATIONS_TOPIC,
+    DeadLetterResource,
+    KafkaResource,
+    MetricsResource,
+    NotificationsResource,
+    env_or,
 )
+from dagster_project.sensors import build_kafka_topic_observer, notify_run_failure, order_batches_sensor
+
+
+def build_definitions(topics: list[str]) -> dg.Definitions:
+    """Everything the code location serves, with resources read from the environment at run time."""
+    kafka = KafkaResource(bootstrap_servers=env_or("KAFKA_BOOTSTRAP_SERVERS", "localhost:9092"))
+    return dg.Definitions(
+        assets=[build_kafka_topics(topics), order_batches_spec(topics), order_totals],
+        asset_checks=[order_batch_checks],
+        jobs=[process_orders_job, aggregate_orders_job],
+        sensors=[order_batches_sensor, notify_run_failure, build_kafka_topic_observer(topics)],
+        resources={
+            "kafka": kafka,
+            "dead_letters": DeadLetterResource(
+                kafka=kafka, topic=env_or("KAFKA_DAGSTER_DLQ_TOPIC", DEFAULT_DLQ_TOPIC)),
+            "notifications": NotificationsResource(
+                kafka=kafka, topic=env_or("KAFKA_DAGSTER_NOTIFICATIONS_TOPIC", DEFAULT_NOTIFICATIONS_TOPIC)),
+            "metrics": MetricsResource(),
+        },
+        # One process per run, not one per step: a batch run is small and starts often.
+        executor=dg.in_process_executor,
+    )
+
+
+defs = build_definitions(source_topics())

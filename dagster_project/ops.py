@@ -1,13 +1,43 @@
-"""Ops shared by every batch job: read the batch the service launched, process it."""
+"""The ops of `process_orders`: read a batch, fan it out by key, dead-letter, audit, publish.
+
+    read_batch ─┬─ batch ──────────────────────────────┬─> dead_letter_rejects ─┐
+                ├─ orders ─> split_by_key ─> total_orders.map ─> .collect() ───┤
+                └─ rejects ────────────────────────────┴───────────────────────┴─> publish_batch
+
+Each op shows one event pattern of today's Dagster: named outputs with
+metadata, `Failure` and `RetryRequested`, `DynamicOut` fan-out, an
+`AssetObservation`, `AssetCheckEvaluation`s and an `AssetMaterialization`.
+"""
 
 # No `from __future__ import annotations`: Dagster reads op signatures at runtime.
-import json
 import time
-from typing import Any
+from collections import Counter
+from collections.abc import Iterator
 
 import dagster as dg
 
-from dagster_project.resources import KafkaResource
+from dagster_project.checks import ORDER_BATCHES, Audit, outcomes
+from dagster_project.dead_letters import dead_letter
+from dagster_project.orders import (
+    NO_KEY,
+    BatchInfo,
+    Reject,
+    SubTotal,
+    classify,
+    duplicate_order_ids,
+    group_by_key,
+)
+from dagster_project.resources import (
+    DeadLetterResource,
+    KafkaMessage,
+    KafkaResource,
+    KafkaUnavailable,
+    MetricsResource,
+)
+
+MAX_RETRIES = 3
+RETRY_WAIT_S = 2.0
+MAX_SAMPLES = 10
 
 
 class KafkaRecord(dg.Config):
@@ -35,60 +65,223 @@ class KafkaBatch(dg.Config):
     records: list[KafkaRecord] | None = None
 
 
-@dg.op(out=dg.Out(dict, description="The batch's coordinates and records."))
-def read_batch(context: dg.OpExecutionContext, config: KafkaBatch, kafka: KafkaResource) -> dict[str, Any]:
-    """Yield the batch's records, from run config or read back from Kafka."""
+class SplitConfig(dg.Config):
+    """How many sub-batches, at most, a batch fans out into (records are hashed by key)."""
+
+    sub_batches: int = 8
+
+
+class AuditConfig(dg.Config):
+    """The blocking rule: below this share of processable records a batch is not published."""
+
+    completeness_threshold: float = 0.5
+
+
+def inline_messages(records: list[KafkaRecord]) -> list[KafkaMessage]:
+    return [
+        KafkaMessage(r.offset, r.timestamp_ms, r.key.encode() if r.key is not None else None, r.value.encode())
+        for r in records
+    ]
+
+
+def coordinates(config: KafkaBatch | BatchInfo) -> dict[str, dg.MetadataValue]:
+    """Where a batch sits in Kafka, as metadata every event about it carries."""
+    return {
+        "batch_id": dg.MetadataValue.text(config.batch_id),
+        "kafka_topic": dg.MetadataValue.text(config.topic),
+        "kafka_partition": dg.MetadataValue.int(config.partition),
+        "offset_start": dg.MetadataValue.int(config.offset_start),
+        "offset_end": dg.MetadataValue.int(config.offset_end),
+    }
+
+
+def _messages(context: dg.OpExecutionContext, config: KafkaBatch, kafka: KafkaResource) -> list[KafkaMessage]:
     if config.records is not None:
-        records = [
-            {"offset": r.offset, "timestamp_ms": r.timestamp_ms, "key": r.key, "value": json.loads(r.value)}
-            for r in config.records
-        ]
-        source = "inline"
-    else:
-        records = kafka.read_range(config.topic, config.partition, config.offset_start, config.offset_end)
-        source = "kafka"
-    context.log.info(
-        "batch %s: %d records from %s (%s/%d offsets %d-%d)",
-        config.batch_id, len(records), source, config.topic, config.partition,
-        config.offset_start, config.offset_end,
-    )
-    return {
-        "topic": config.topic,
-        "partition": config.partition,
-        "offset_start": config.offset_start,
-        "offset_end": config.offset_end,
-        "batch_id": config.batch_id,
-        "source": source,
-        "records": records,
-    }
+        return inline_messages(config.records)
+    try:
+        return kafka.read_range(config.topic, config.partition, config.offset_start, config.offset_end)
+    except KafkaUnavailable as exc:
+        context.log.warning("reading batch %s back from Kafka failed: %s", config.batch_id, exc)
+        raise dg.RetryRequested(max_retries=MAX_RETRIES, seconds_to_wait=RETRY_WAIT_S) from exc
 
 
-def batch_metadata(batch: dict[str, Any], started: float) -> dict[str, Any]:
-    """The metadata every batch materialization carries."""
-    return {
-        "record_count": dg.MetadataValue.int(len(batch["records"])),
-        "kafka_topic": dg.MetadataValue.text(batch["topic"]),
-        "kafka_partition": dg.MetadataValue.int(batch["partition"]),
-        "offset_start": dg.MetadataValue.int(batch["offset_start"]),
-        "offset_end": dg.MetadataValue.int(batch["offset_end"]),
-        "batch_id": dg.MetadataValue.text(batch["batch_id"]),
-        "records_source": dg.MetadataValue.text(batch["source"]),
-        "processing_time_s": dg.MetadataValue.float(time.monotonic() - started),
-    }
-
-
-@dg.op
-def total_orders(context: dg.OpExecutionContext, batch: dict[str, Any]) -> None:
-    """Total the batch's orders and record the batch as a materialization of `order_batches`."""
-    started = time.monotonic()
-    total = sum(float(r["value"].get("amount", 0)) for r in batch["records"] if isinstance(r["value"], dict))
-    metadata = batch_metadata(batch, started)
-    metadata["amount_total"] = dg.MetadataValue.float(round(total, 2))
-    context.log_event(
-        dg.AssetMaterialization(
-            asset_key="order_batches",
-            partition=None,
-            description=f"Batch {batch['batch_id']} of {batch['topic']}",
-            metadata=metadata,
+def _fail_if_unusable(config: KafkaBatch, received: int, fail_run_offsets: list[int]) -> None:
+    if config.record_count > 0 and received == 0:
+        raise dg.Failure(
+            description=f"batch {config.batch_id} is unusable: none of offsets {config.offset_start}-"
+                        f"{config.offset_end} of {config.topic}/{config.partition} are in Kafka any more",
+            metadata={**coordinates(config), "records_expected": dg.MetadataValue.int(config.record_count)},
         )
+    if fail_run_offsets:
+        raise dg.Failure(
+            description=f"batch {config.batch_id}: the record at offset {fail_run_offsets[0]} "
+                        "asks its run to fail (\"fail_run\": true)",
+            metadata={**coordinates(config), "fail_run_offsets": dg.MetadataValue.json(fail_run_offsets)},
+        )
+
+
+@dg.op(
+    out={
+        "batch": dg.Out(BatchInfo, description="Where the batch comes from and how many records it holds."),
+        "orders": dg.Out(list, description="The processable records, as orders."),
+        "rejects": dg.Out(list, description="The records the job cannot process, and why."),
+    },
+    tags={"kafka-dagster/role": "source"},
+)
+def read_batch(context: dg.OpExecutionContext, config: KafkaBatch, kafka: KafkaResource) -> Iterator[dg.Output]:
+    """Read the batch (from run config, or back from Kafka) and classify its records."""
+    started_at = time.time()
+    messages = _messages(context, config, kafka)
+    classified = classify(messages)
+    _fail_if_unusable(config, len(messages), classified.fail_run_offsets)
+    batch = BatchInfo(
+        topic=config.topic, partition=config.partition, offset_start=config.offset_start,
+        offset_end=config.offset_end, batch_id=config.batch_id, record_count=config.record_count,
+        records_received=len(messages), records_source="inline" if config.records is not None else "kafka",
+        started_at=started_at, oldest_timestamp_ms=min((m.timestamp_ms for m in messages if m.timestamp_ms),
+                                                       default=None),
     )
+    context.log.info("batch %s: %d records from %s (%s/%d offsets %d-%d), %d unprocessable",
+                     batch.batch_id, len(messages), batch.records_source, batch.topic, batch.partition,
+                     batch.offset_start, batch.offset_end, len(classified.rejects))
+    yield dg.Output(batch, "batch", metadata={
+        **coordinates(batch),
+        "records_source": dg.MetadataValue.text(batch.records_source),
+        "records_expected": dg.MetadataValue.int(batch.record_count),
+        "records_received": dg.MetadataValue.int(batch.records_received),
+    })
+    yield dg.Output(classified.orders, "orders", metadata={
+        "order_count": dg.MetadataValue.int(len(classified.orders)),
+        "distinct_keys": dg.MetadataValue.int(len({o.key for o in classified.orders})),
+    })
+    yield dg.Output(classified.rejects, "rejects", metadata={
+        "reject_count": dg.MetadataValue.int(len(classified.rejects)),
+        "reject_offsets": dg.MetadataValue.json([r.offset for r in classified.rejects][:MAX_SAMPLES]),
+        "reject_reasons": dg.MetadataValue.json(dict(Counter(r.error_class for r in classified.rejects))),
+    })
+
+
+@dg.op(out=dg.DynamicOut(list, description="One sub-batch of orders per key group."))
+def split_by_key(config: SplitConfig, orders: list) -> Iterator[dg.DynamicOutput]:
+    """Fan the batch out by record key; a key always maps to the same `mapping_key`."""
+    for mapping_key, group in group_by_key(orders, config.sub_batches).items():
+        yield dg.DynamicOutput(group, mapping_key=mapping_key, metadata={
+            "record_count": dg.MetadataValue.int(len(group)),
+            "distinct_keys": dg.MetadataValue.int(len({o.key for o in group})),
+            "first_offset": dg.MetadataValue.int(group[0].offset),
+        })
+
+
+@dg.op(out=dg.Out(SubTotal, description="What the sub-batch adds to its batch."))
+def total_orders(context: dg.OpExecutionContext, orders: list) -> dg.Output:
+    """Total one sub-batch of orders."""
+    subtotal = SubTotal.of(context.get_mapping_key() or NO_KEY, orders)
+    return dg.Output(subtotal, metadata={
+        "record_count": dg.MetadataValue.int(subtotal.record_count),
+        "amount_total": dg.MetadataValue.float(subtotal.amount_total),
+        "customers": dg.MetadataValue.int(len(subtotal.customers)),
+        "nonconforming_count": dg.MetadataValue.int(len(subtotal.nonconforming)),
+    })
+
+
+def _originals(batch: BatchInfo, rejects: list[Reject], kafka: KafkaResource) -> dict[int, KafkaMessage]:
+    """The rejected records byte for byte: inline records lost their headers, so read them back."""
+    originals = {r.offset: r.message for r in rejects}
+    if batch.records_source == "inline":
+        for message in kafka.read_range(batch.topic, batch.partition, min(originals), max(originals)):
+            if message.offset in originals:
+                originals[message.offset] = message
+    return originals
+
+
+@dg.op(out=dg.Out(int, description="How many records went to the DLQ."))
+def dead_letter_rejects(context: dg.OpExecutionContext, batch: BatchInfo, rejects: list,
+                        kafka: KafkaResource, dead_letters: DeadLetterResource) -> Iterator:
+    """Send the records the job cannot process to the DLQ (stage `process`), and observe how many."""
+    if rejects:
+        try:
+            originals = _originals(batch, rejects, kafka)
+            dead_letters.send([
+                dead_letter(originals[r.offset], topic=batch.topic, partition=batch.partition,
+                            error_class=r.error_class, error_message=r.error_message, run_id=context.run_id)
+                for r in rejects
+            ])
+        except KafkaUnavailable as exc:
+            context.log.warning("dead-lettering %d records of batch %s failed: %s",
+                                len(rejects), batch.batch_id, exc)
+            raise dg.RetryRequested(max_retries=MAX_RETRIES, seconds_to_wait=RETRY_WAIT_S) from exc
+        context.log.warning("dead-lettered %d records of batch %s to %s at stage process",
+                            len(rejects), batch.batch_id, dead_letters.topic)
+        yield dg.AssetObservation(asset_key=ORDER_BATCHES, description="Records dead-lettered while processing",
+                                  metadata={
+                                      **coordinates(batch),
+                                      "dead_letter_count": dg.MetadataValue.int(len(rejects)),
+                                      "dlq_topic": dg.MetadataValue.text(dead_letters.topic),
+                                      "dlq_stage": dg.MetadataValue.text("process"),
+                                      "dead_letter_offsets": dg.MetadataValue.json(
+                                          [r.offset for r in rejects][:MAX_SAMPLES]),
+                                      "error_classes": dg.MetadataValue.json(
+                                          dict(Counter(r.error_class for r in rejects))),
+                                  })
+    yield dg.Output(len(rejects), metadata={"dead_letter_count": dg.MetadataValue.int(len(rejects)),
+                                            "dlq_topic": dg.MetadataValue.text(dead_letters.topic)})
+
+
+def audit(batch: BatchInfo, totals: list[SubTotal], rejects: list[Reject], threshold: float) -> Audit:
+    nonconforming = [f"offset {r.offset}: {r.error_message}" for r in rejects]
+    nonconforming += [problem for t in totals for problem in t.nonconforming]
+    duplicates = duplicate_order_ids(order_id for t in totals for order_id in t.order_ids)
+    return Audit(
+        expected=batch.record_count,
+        received=batch.records_received,
+        processable=sum(t.record_count for t in totals),
+        threshold=threshold,
+        nonconforming_count=len(nonconforming),
+        duplicate_count=sum(n - 1 for n in duplicates.values()),
+        nonconforming_samples=tuple(sorted(nonconforming)[:MAX_SAMPLES]),
+        duplicate_samples=dict(list(duplicates.items())[:MAX_SAMPLES]),
+    )
+
+
+@dg.op(out=dg.Out(dict, is_required=False, description="The published batch's summary (for hooks)."))
+def publish_batch(context: dg.OpExecutionContext, config: AuditConfig, batch: BatchInfo, totals: list,
+                  rejects: list, dead_letter_count: int, metrics: MetricsResource) -> Iterator:
+    """Audit the batch, then publish it as a materialization of `order_batches` (write-audit-publish).
+
+    The checks are yielded first; if the blocking `completeness` check fails the
+    batch is not materialized and Dagster fails the step.
+    """
+    facts = audit(batch, totals, rejects, config.completeness_threshold)
+    results = outcomes(facts)
+    for outcome in results:
+        yield outcome.evaluation()
+    if not results[0].passed:
+        context.log.error("batch %s not published: %s", batch.batch_id, results[0].description)
+        return
+    processed = sum(t.record_count for t in totals)
+    amount = round(sum(t.amount_total for t in totals), 2)
+    metadata = {
+        "record_count": dg.MetadataValue.int(batch.record_count),
+        **coordinates(batch),
+        "records_source": dg.MetadataValue.text(batch.records_source),
+        **metrics.batch_metadata(record_count=batch.records_received,
+                                 processing_time_s=time.time() - batch.started_at,
+                                 oldest_timestamp_ms=batch.oldest_timestamp_ms),
+        **facts.metadata(),
+        "dagster/row_count": dg.MetadataValue.int(processed),
+        "amount_total": dg.MetadataValue.float(amount),
+        "customers": dg.MetadataValue.int(len(frozenset().union(*(t.customers for t in totals)))),
+        "sub_batches": dg.MetadataValue.int(len(totals)),
+        "dead_letter_count": dg.MetadataValue.int(dead_letter_count),
+    }
+    yield dg.AssetMaterialization(asset_key=ORDER_BATCHES, description=f"Batch {batch.batch_id} of {batch.topic}",
+                                  metadata=metadata)
+    summary = {
+        "batch_id": batch.batch_id, "kafka_topic": batch.topic, "kafka_partition": batch.partition,
+        "offset_start": batch.offset_start, "offset_end": batch.offset_end,
+        "record_count": batch.record_count, "orders_processed": processed,
+        "dead_letter_count": dead_letter_count, "amount_total": amount,
+    }
+    yield dg.Output(summary, metadata={"orders_processed": dg.MetadataValue.int(processed),
+                                       "amount_total": dg.MetadataValue.float(amount)})
+

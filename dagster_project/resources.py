@@ -1,59 +1,210 @@
-"""Resources of the code location, configured from the environment with `dg.EnvVar`."""
+"""Resources of the code location: Kafka, dead letters, notifications, metrics.
+
+Every resource is a `dg.ConfigurableResource`, configured in `definitions.py`
+from the environment (`dg.EnvVar`), never from module globals. Kafka errors are
+translated here, at the aiokafka edge: ops only ever see `KafkaUnavailable`
+(transient: worth a `RetryRequested`).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import dagster as dg
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_DLQ_TOPIC = "kafka-dagster.dlq"
+DEFAULT_NOTIFICATIONS_TOPIC = "kafka-dagster.notifications"
+
+
+class KafkaUnavailable(Exception):
+    """The broker could not be reached or did not answer in time; a later attempt may succeed."""
+
+
+@dataclass(frozen=True)
+class KafkaMessage:
+    """One Kafka record, byte for byte: what is read back and what is published."""
+
+    offset: int
+    timestamp_ms: int | None
+    key: bytes | None
+    value: bytes | None
+    headers: tuple[tuple[str, bytes], ...] = field(default=())
 
 
 class KafkaResource(dg.ConfigurableResource):
-    """The Kafka cluster the batches come from.
+    """The Kafka cluster the batches come from, and where dead letters and notifications go.
 
     Large batches reach a run as an offset range only; `read_range` reads the
     records back from the partition, so run config stays small.
     """
 
-    bootstrap_servers: str = dg.EnvVar("KAFKA_BOOTSTRAP_SERVERS")
+    bootstrap_servers: str
     request_timeout_s: float = 30.0
+    client_id: str = "kafka-dagster-code-location"
 
-    def read_range(self, topic: str, partition: int, start: int, end: int) -> list[dict[str, Any]]:
-        """Records of `topic`/`partition` with offsets in [start, end], decoded as JSON."""
-        return asyncio.run(self._read_range(topic, partition, start, end))
+    def read_range(self, topic: str, partition: int, start: int, end: int) -> list[KafkaMessage]:
+        """Records of `topic`/`partition` with offsets in [start, end] still held by the broker."""
+        return self._run(self._read_range(topic, partition, start, end), f"reading {topic}/{partition}")
 
-    async def _read_range(self, topic: str, partition: int, start: int, end: int) -> list[dict[str, Any]]:
-        consumer = AIOKafkaConsumer(
+    def end_offsets(self, topics: Sequence[str]) -> dict[str, dict[int, int]]:
+        """Per existing topic, each partition's end offset (the offset the next record will get)."""
+        return self._run(self._end_offsets(list(topics)), "reading end offsets")
+
+    def publish(self, topic: str, messages: Sequence[KafkaMessage]) -> None:
+        """Send `messages` to `topic` (created when missing) and wait for every acknowledgement."""
+        self._run(self._publish(topic, list(messages)), f"publishing to {topic}")
+
+    def _run(self, coro: Any, what: str) -> Any:
+        try:
+            return asyncio.run(coro)
+        except (KafkaError, OSError, TimeoutError) as exc:
+            raise KafkaUnavailable(f"{what} on {self.bootstrap_servers}: {exc!r}") from exc
+
+    def _consumer(self) -> AIOKafkaConsumer:
+        return AIOKafkaConsumer(
             bootstrap_servers=self.bootstrap_servers,
+            client_id=self.client_id,
             enable_auto_commit=False,
             request_timeout_ms=int(self.request_timeout_s * 1000),
+            fetch_max_wait_ms=100,
         )
+
+    async def _read_range(self, topic: str, partition: int, start: int, end: int) -> list[KafkaMessage]:
+        consumer = self._consumer()
         await consumer.start()
         try:
             tp = TopicPartition(topic, partition)
             consumer.assign([tp])
+            # Records below the log start are gone (retention). The end offset is not used as a bound:
+            # Tansu reports it per record batch, not per record.
+            start = max(start, (await consumer.beginning_offsets([tp]))[tp])
+            if start > end:
+                return []
             consumer.seek(tp, start)
-            records: list[dict[str, Any]] = []
-            while True:
-                batch = await asyncio.wait_for(
-                    consumer.getmany(tp, timeout_ms=1000), timeout=self.request_timeout_s
-                )
-                for message in batch.get(tp, []):
-                    if message.offset > end:
-                        return records
-                    records.append(_record(message.offset, message.timestamp, message.key, message.value))
-                    if message.offset == end:
-                        return records
+            deadline = time.monotonic() + self.request_timeout_s
+            records: list[KafkaMessage] = []
+            while await consumer.position(tp) <= end:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"offsets {start}-{end} not read within {self.request_timeout_s}s")
+                fetched = await consumer.getmany(tp, timeout_ms=1000)
+                records.extend(_message(m) for m in fetched.get(tp, []) if m.offset <= end)
+            return records
         finally:
             await consumer.stop()
 
+    async def _end_offsets(self, topics: list[str]) -> dict[str, dict[int, int]]:
+        consumer = self._consumer()
+        await consumer.start()
+        try:
+            existing = await consumer.topics()
+            tps = [
+                TopicPartition(topic, p)
+                for topic in topics if topic in existing
+                for p in sorted(consumer.partitions_for_topic(topic) or ())
+            ]
+            ends = await consumer.end_offsets(tps) if tps else {}
+            result: dict[str, dict[int, int]] = {t: {} for t in topics if t in existing}
+            for tp, offset in ends.items():
+                result[tp.topic][tp.partition] = offset
+            return result
+        finally:
+            await consumer.stop()
 
-def _record(offset: int, timestamp_ms: int, key: bytes | None, value: bytes | None) -> dict[str, Any]:
-    return {
-        "offset": offset,
-        "timestamp_ms": timestamp_ms,
-        "key": key.decode("utf-8", "backslashreplace") if key is not None else None,
-        "value": json.loads(value) if value is not None else None,
-    }
+    async def _publish(self, topic: str, messages: list[KafkaMessage]) -> None:
+        await self._ensure_topic(topic)
+        producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap_servers, client_id=self.client_id,
+                                    acks="all", request_timeout_ms=int(self.request_timeout_s * 1000))
+        await producer.start()
+        try:
+            sent = [
+                await producer.send(topic, key=m.key, value=m.value, headers=list(m.headers) or None,
+                                    timestamp_ms=m.timestamp_ms)
+                for m in messages
+            ]
+            await asyncio.gather(*sent)
+        finally:
+            await producer.stop()
+
+    async def _ensure_topic(self, topic: str) -> None:
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap_servers, client_id=self.client_id)
+        await admin.start()
+        try:
+            if topic not in set(await admin.list_topics()):
+                try:
+                    await admin.create_topics([NewTopic(topic, 1, 1)])
+                except TopicAlreadyExistsError:
+                    pass
+                logger.info("created topic %s", topic)
+        finally:
+            await admin.close()
+
+
+def _message(record: Any) -> KafkaMessage:
+    return KafkaMessage(record.offset, record.timestamp, record.key, record.value, tuple(record.headers or ()))
+
+
+class DeadLetterResource(dg.ConfigurableResource):
+    """The dead-letter topic (`KAFKA_DAGSTER_DLQ_TOPIC`) the worker also writes to."""
+
+    kafka: KafkaResource
+    topic: str = DEFAULT_DLQ_TOPIC
+
+    def send(self, messages: Sequence[KafkaMessage]) -> None:
+        self.kafka.publish(self.topic, messages)
+
+
+class NotificationsResource(dg.ConfigurableResource):
+    """A Kafka topic of JSON notifications about batches and runs, for people and other systems."""
+
+    kafka: KafkaResource
+    topic: str = DEFAULT_NOTIFICATIONS_TOPIC
+
+    def notify(self, event: str, **fields: Any) -> dict[str, Any]:
+        """Publish one notification `{"event": ..., "at": ..., **fields}` keyed by its run id; return it."""
+        body = {"event": event, "at": datetime.now(UTC).isoformat(timespec="milliseconds"), **fields}
+        key = str(fields.get("run_id") or event).encode()
+        self.kafka.publish(self.topic, [KafkaMessage(-1, None, key, json.dumps(body, default=str).encode())])
+        return body
+
+
+class MetricsResource(dg.ConfigurableResource):
+    """Batch measurements rendered as typed metadata on materializations and observations.
+
+    Prometheus export is left to the worker's `/metrics`; what is measured here
+    travels on Dagster events, where the UI plots numeric metadata over time.
+    """
+
+    lag_budget_s: float = 300.0
+
+    def batch_metadata(self, *, record_count: int, processing_time_s: float,
+                       oldest_timestamp_ms: int | None, now_s: float | None = None) -> dict[str, dg.MetadataValue]:
+        """processing_time_s, records_per_s, and the event lag of the batch's oldest record."""
+        now_s = time.time() if now_s is None else now_s
+        metadata: dict[str, dg.MetadataValue] = {
+            "processing_time_s": dg.MetadataValue.float(round(processing_time_s, 6)),
+            "records_per_s": dg.MetadataValue.float(
+                round(record_count / processing_time_s, 1) if processing_time_s > 0 else 0.0),
+        }
+        if oldest_timestamp_ms:
+            lag_s = max(0.0, now_s - oldest_timestamp_ms / 1000)
+            metadata["event_lag_s"] = dg.MetadataValue.float(round(lag_s, 3))
+            metadata["within_lag_budget"] = dg.MetadataValue.bool(lag_s <= self.lag_budget_s)
+        return metadata
+
+
+def env_or(name: str, default: str) -> str:
+    """`dg.EnvVar(name)` when the variable is set (resolved at run time, shown as such in the UI), else `default`."""
+    return dg.EnvVar(name) if name in os.environ else default
