@@ -1,0 +1,157 @@
+"""The delivery invariant, proven by making each failure happen against the real stack."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import orjson
+import pytest
+
+from service.kafka import ensure_topics
+from tests.conftest import Stack
+from tests.support import (
+    ROOT,
+    DagsterApi,
+    dead_letters,
+    eventually,
+    metric,
+    produce,
+    route_toml,
+    settled,
+    unique,
+)
+
+pytestmark = pytest.mark.integration
+
+SCHEMA_FILE = str(ROOT / "schemas" / "order.json")
+
+
+def order(i: int, **extra: object) -> bytes:
+    return orjson.dumps({"order_id": f"o-{i}", "customer": f"c-{i % 5}", "amount": 2.5, **extra})
+
+
+POISON = {
+    "InvalidJson": (b'{"order_id": "broken", ', "decode"),
+    "SchemaViolation": (orjson.dumps({"order_id": 7, "customer": "c"}), "validate"),
+    "MessageTooLarge": (orjson.dumps({"order_id": "big", "customer": "c", "amount": 1, "pad": "x" * 3000}),
+                        "validate"),
+    "NotUtf8": (b'\xff\xfe{"order_id": "latin"}', "decode"),
+    "NullValue": (None, "decode"),
+}
+
+
+async def test_poison_messages_go_to_the_dlq_alone_and_their_batch_mates_reach_runs(
+        stack: Stack, dagster_api: DagsterApi, start_worker) -> None:
+    topic, dlq = unique("poison"), unique("dlq")
+    await ensure_topics(stack.bootstrap, {topic: 4})
+    await start_worker(route_toml(topic, max_records=1000, max_wait_s=2.0, schema_file=SCHEMA_FILE),
+                       KAFKA_DAGSTER_DLQ_TOPIC=dlq, KAFKA_DAGSTER_MAX_MESSAGE_BYTES="2000")
+    # 1% of each kind, each kind in one burst (a dead letter splits the batch it interrupts).
+    values: list[bytes | None] = [order(i) for i in range(5000)]
+    expected_class: dict[int, str] = {}
+    for burst, (error_class, (value, _)) in enumerate(POISON.items()):
+        for i in range(800 + burst * 800, 850 + burst * 800):
+            values[i] = value
+            expected_class[i] = error_class
+    await produce(stack.bootstrap, topic, values, partitions=4)
+
+    result = await eventually(lambda: settled(stack.bootstrap, dagster_api, topic, dlq, 5000), 200,
+                              "every offset placed")
+
+    assert result.problems == []
+    assert result.in_runs == 4750
+    assert result.dead_lettered == {"decode": 150, "validate": 100}
+    for i, error_class in expected_class.items():
+        position = (i % 4, i // 4)  # produce() sends index i to partition i % 4, in order
+        assert result.error_classes[position] == {error_class}
+        assert result.stages_by_offset[position] == {POISON[error_class][1]}
+    runs = await dagster_api.runs(topic)
+    assert {run["status"] for run in runs} == {"SUCCESS"}
+
+
+async def test_dead_letters_keep_the_original_record_byte_for_byte(stack: Stack, dagster_api: DagsterApi,
+                                                                   start_worker) -> None:
+    topic, dlq = unique("bytes"), unique("dlq")
+    await ensure_topics(stack.bootstrap, {topic: 1})
+    await start_worker(route_toml(topic, max_wait_s=1.0), KAFKA_DAGSTER_DLQ_TOPIC=dlq)
+    from service.kafka import Producer
+
+    producer = Producer(stack.bootstrap)
+    await producer.send(topic, b"key-\x00\xff", b"\xff not json", [("trace", b"\x01\x02"), ("dlq.fake", b"x")],
+                        timestamp_ms=1_700_000_000_123)
+    await producer.stop()
+
+    letters = await eventually(lambda: dead_letters(stack.bootstrap, dlq), 60, "the dead letter")
+
+    [letter] = letters
+    assert letter.key == b"key-\x00\xff"
+    assert letter.value == b"\xff not json"
+    assert letter.timestamp_ms == 1_700_000_000_123
+    assert letter.headers == [("trace", b"\x01\x02")]
+    assert set(letter.dlq) == {"dlq.topic", "dlq.partition", "dlq.offset", "dlq.stage", "dlq.error.class",
+                               "dlq.error.message", "dlq.attempts", "dlq.failed_at"}
+    assert letter.dlq["dlq.topic"] == topic
+    assert (letter.dlq["dlq.partition"], letter.dlq["dlq.offset"]) == ("0", "0")
+    assert (letter.dlq["dlq.stage"], letter.dlq["dlq.error.class"]) == ("decode", "NotUtf8")
+    assert letter.dlq["dlq.failed_at"].endswith("Z")
+
+
+async def test_rejected_launches_go_to_the_dlq_once_and_are_not_retried(stack: Stack, dagster_api: DagsterApi,
+                                                                        start_worker) -> None:
+    missing_job, bad_config, dlq = unique("no-job"), unique("bad-config"), unique("dlq")
+    await ensure_topics(stack.bootstrap, {missing_job: 1, bad_config: 1})
+    routes = (route_toml(missing_job, job="no_such_job", max_records=40, max_wait_s=1.0)
+              + route_toml(bad_config, batch_op="no_such_op", max_records=40, max_wait_s=1.0))
+    worker = await start_worker(routes, KAFKA_DAGSTER_DLQ_TOPIC=dlq)
+    await produce(stack.bootstrap, missing_job, [order(i) for i in range(100)])
+    await produce(stack.bootstrap, bad_config, [order(i) for i in range(100)])
+
+    for topic, error_class in ((missing_job, "PipelineNotFoundError"), (bad_config, "RunConfigValidationInvalid")):
+        result = await eventually(lambda t=topic: settled(stack.bootstrap, dagster_api, t, dlq, 100), 120,
+                                  f"{topic} dead-lettered")
+        assert result.problems == []
+        assert result.dead_lettered == {"launch": 100}
+        assert {c for classes in result.error_classes.values() for c in classes} == {error_class}
+
+    samples = await worker.metrics()
+    assert metric(samples, "kafka_dagster_run_launches_total", job="process_orders",
+                  result="RunConfigValidationInvalid") == 3  # one launch per batch: 40 + 40 + 20
+    assert metric(samples, "kafka_dagster_dlq_messages_total", topic=missing_job, stage="launch") == 100
+    assert metric(samples, "kafka_dagster_dlq_messages_total", topic=bad_config, stage="launch") == 100
+    assert await dagster_api.runs(missing_job) == []
+
+
+async def test_replayed_dead_letters_reach_runs_once_the_cause_is_fixed(stack: Stack, dagster_api: DagsterApi,
+                                                                        start_worker, tmp_path) -> None:
+    topic, dlq = unique("replay"), unique("dlq")
+    await ensure_topics(stack.bootstrap, {topic: 1})
+    broken = await start_worker(route_toml(topic, job="no_such_job", max_records=25, max_wait_s=1.0),
+                                KAFKA_DAGSTER_DLQ_TOPIC=dlq)
+    await produce(stack.bootstrap, topic, [order(i) for i in range(50)])
+    result = await eventually(lambda: settled(stack.bootstrap, dagster_api, topic, dlq, 50), 120, "dead letters")
+    assert result.dead_lettered == {"launch": 50}
+    broken.stop()
+
+    # The cause is fixed (the route now names a real job); replay the dead letters.
+    await start_worker(route_toml(topic, max_records=25, max_wait_s=1.0), KAFKA_DAGSTER_DLQ_TOPIC=dlq)
+    replay = subprocess.run(
+        [sys.executable, "-m", "service", "dlq", "replay", "--stage", "launch", "--source-topic", topic,
+         "--rate", "500"],
+        env={**broken.env, "KAFKA_DAGSTER_DLQ_TOPIC": dlq}, capture_output=True, text=True, timeout=120, check=True)
+    assert "replayed 50 dead letters" in replay.stderr
+
+    result = await eventually(lambda: settled(stack.bootstrap, dagster_api, topic, dlq, 100), 180, "replayed runs")
+    assert result.problems == []
+    assert result.dead_lettered == {"launch": 50}  # offsets 0-49: the originals
+    assert result.in_runs == 50  # offsets 50-99: the replayed copies
+    runs = await dagster_api.runs(topic)
+    assert {run["status"] for run in runs} == {"SUCCESS"}
+    assert min(int(run["tags"]["kafka/offset_start"]) for run in runs) == 50
+
+    inspect = subprocess.run(
+        [sys.executable, "-m", "service", "dlq", "inspect", "--source-topic", topic, "--stage", "launch"],
+        env={**broken.env, "KAFKA_DAGSTER_DLQ_TOPIC": dlq}, capture_output=True, text=True, timeout=60, check=True)
+    lines = inspect.stdout.strip().splitlines()
+    assert len(lines) == 50
+    assert all("\tlaunch\tPipelineNotFoundError: " in line for line in lines)
