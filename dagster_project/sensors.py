@@ -18,6 +18,8 @@ from dagster_project.jobs import aggregate_orders_job, process_orders_job
 from dagster_project.resources import KafkaResource, KafkaUnavailable, NotificationsResource
 
 SENSOR_INTERVAL_S = 5
+# Aggregating at most twice a minute keeps run slots for the batches themselves.
+AGGREGATION_INTERVAL_S = 30
 OBSERVER_INTERVAL_S = 30
 THROUGH_TAG = "kafka-dagster/through_storage_id"
 TRIGGER_RUN_TAG = "kafka-dagster/trigger_run_id"
@@ -27,7 +29,7 @@ TRIGGER_RUN_TAG = "kafka-dagster/trigger_run_id"
     asset_key=ORDER_BATCHES,
     job=aggregate_orders_job,
     name="order_batches_sensor",
-    minimum_interval_seconds=SENSOR_INTERVAL_S,
+    minimum_interval_seconds=AGGREGATION_INTERVAL_S,
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="Launches aggregate_orders when new order_batches materializations arrive.",
 )

@@ -46,7 +46,12 @@ def run_dev(workdir: str, routes_file: str, rate: float) -> None:
     except ConfigurationError as exc:
         raise SystemExit(f"kafka-dagster dev: {exc}") from None
     broker = Broker(work, port=preferred_port(9092))
-    dagster = Dagster(work / "dagster", {"KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{broker.port}"},
+    code_location_env = {
+        "KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{broker.port}",
+        "KAFKA_DAGSTER_ROUTES": str(routes_path),
+        "KAFKA_DAGSTER_DLQ_TOPIC": os.environ.get("KAFKA_DAGSTER_DLQ_TOPIC", "kafka-dagster.dlq"),
+    }
+    dagster = Dagster(work / "dagster", code_location_env,
                       pg_url=os.environ.get("DAGSTER_PG_URL") or None,
                       webserver_port=preferred_port(3000))
     web_port = preferred_port(6066)

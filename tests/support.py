@@ -112,7 +112,7 @@ def metric(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: 
     return samples.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
-async def produce(bootstrap: str, topic: str, values: Iterable[bytes | None | tuple[bytes, bytes | None]],
+async def produce(bootstrap: str, topic: str, values: Iterable[bytes | tuple[bytes, bytes | None] | None],
                   partitions: int = 1, partition_of: Callable[[int], int] | None = None) -> int:
     """Send `values` round-robin over `partitions` (or by `partition_of(index)`); return the count.
 
@@ -293,7 +293,7 @@ async def account(bootstrap: str, api: DagsterApi, topic: str, dlq_topic: str) -
         if position not in offsets:
             problems.append(f"a run covers {position}, which is not in the topic")
     counted: dict[str, int] = {}
-    for position, found in stages.items():
+    for found in stages.values():
         for stage in found:
             counted[stage] = counted.get(stage, 0) + 1
     return Accounting(len(offsets), sum(1 for p in offsets if p in covering), counted,

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import random
 import subprocess
 import sys
+import time
 
 import orjson
 import pytest
@@ -135,7 +138,8 @@ async def test_replayed_dead_letters_reach_runs_once_the_cause_is_fixed(stack: S
 
     # The cause is fixed (the route now names a real job); replay the dead letters.
     await start_worker(route_toml(topic, max_records=25, max_wait_s=1.0), KAFKA_DAGSTER_DLQ_TOPIC=dlq)
-    replay = subprocess.run(
+    replay = await asyncio.to_thread(
+        subprocess.run,
         [sys.executable, "-m", "service", "dlq", "replay", "--stage", "launch", "--source-topic", topic,
          "--rate", "500"],
         env={**broken.env, "KAFKA_DAGSTER_DLQ_TOPIC": dlq}, capture_output=True, text=True, timeout=120, check=True)
@@ -149,9 +153,138 @@ async def test_replayed_dead_letters_reach_runs_once_the_cause_is_fixed(stack: S
     assert {run["status"] for run in runs} == {"SUCCESS"}
     assert min(int(run["tags"]["kafka/offset_start"]) for run in runs) == 50
 
-    inspect = subprocess.run(
+    inspect = await asyncio.to_thread(
+        subprocess.run,
         [sys.executable, "-m", "service", "dlq", "inspect", "--source-topic", topic, "--stage", "launch"],
         env={**broken.env, "KAFKA_DAGSTER_DLQ_TOPIC": dlq}, capture_output=True, text=True, timeout=60, check=True)
     lines = inspect.stdout.strip().splitlines()
     assert len(lines) == 50
     assert all("\tlaunch\tPipelineNotFoundError: " in line for line in lines)
+
+
+async def produce_stream(bootstrap: str, topic: str, total: int, partitions: int, chunks: int,
+                         pause_s: float) -> None:
+    """Produce `total` orders in `chunks` bursts, `pause_s` apart: a steady stream."""
+    per_chunk = total // chunks
+    for chunk in range(chunks):
+        start = chunk * per_chunk
+        await produce(bootstrap, topic, [order(i) for i in range(start, start + per_chunk)], partitions=partitions)
+        await asyncio.sleep(pause_s)
+
+
+async def test_nothing_is_lost_or_dead_lettered_while_dagster_is_down(stack: Stack, dagster_api: DagsterApi,
+                                                                       start_worker) -> None:
+    topic, dlq = unique("outage"), unique("dlq")
+    await ensure_topics(stack.bootstrap, {topic: 2})
+    worker = await start_worker(route_toml(topic, max_records=2000, max_wait_s=1.0), KAFKA_DAGSTER_DLQ_TOPIC=dlq,
+                                KAFKA_DAGSTER_QUEUED_BATCHES="1", KAFKA_DAGSTER_RETRY_MAX_DELAY_S="2")
+    await produce(stack.bootstrap, topic, [order(i) for i in range(4000)], partitions=2)
+    await eventually(lambda: dagster_api.runs(topic), 60, "a first run")
+
+    stack.dagster.stop_webserver()
+    try:
+        outage_started = time.monotonic()
+        await produce(stack.bootstrap, topic, [order(i) for i in range(4000, 40000)], partitions=2)
+
+        async def down_and_holding() -> float:
+            samples = await worker.metrics()
+            return metric(samples, "kafka_dagster_dagster_up") == 0 and metric(
+                samples, "kafka_dagster_messages_consumed_total", topic=topic)
+
+        await eventually(down_and_holding, 30, "the worker to see Dagster down")
+        await asyncio.sleep(max(0.0, 20 - (time.monotonic() - outage_started)))  # the outage itself
+        held = metric(await worker.metrics(), "kafka_dagster_messages_consumed_total", topic=topic)
+        await asyncio.sleep(10)  # still down: consumption must stay paused
+        samples = await worker.metrics()
+        assert metric(samples, "kafka_dagster_messages_consumed_total", topic=topic) == held
+        assert held < 25000, f"the worker consumed {held} of 40,000 messages with Dagster down"
+        assert not await dead_letters(stack.bootstrap, dlq)
+    finally:
+        stack.dagster.start_webserver()
+
+    result = await eventually(lambda: settled(stack.bootstrap, dagster_api, topic, dlq, 40000), 240,
+                              "everything launched after Dagster returned")
+    assert result.problems == []
+    assert result.in_runs == 40000
+    assert result.dead_lettered == {}
+    assert metric(await worker.metrics(), "kafka_dagster_dagster_up") == 1
+
+
+async def test_killing_the_worker_loses_and_duplicates_nothing(stack: Stack, dagster_api: DagsterApi,
+                                                              start_worker) -> None:
+    topic, dlq = unique("kill"), unique("dlq")
+    await ensure_topics(stack.bootstrap, {topic: 4})
+    routes = route_toml(topic, max_records=1000, max_wait_s=1.0)
+    worker = await start_worker(routes, KAFKA_DAGSTER_DLQ_TOPIC=dlq)
+    stream = asyncio.create_task(produce_stream(stack.bootstrap, topic, 20000, 4, chunks=20, pause_s=1.5))
+    rng = random.Random(20261125)
+    try:
+        for kill in range(3):
+            launched = len(await dagster_api.runs(topic))
+            await eventually(lambda n=launched: more_runs(dagster_api, topic, n), 120, f"progress before kill {kill}")
+            await asyncio.sleep(rng.uniform(0, 2))  # a random point in the stream
+            worker.kill()
+            worker = await start_worker(routes, KAFKA_DAGSTER_DLQ_TOPIC=dlq)
+        await stream
+    finally:
+        stream.cancel()
+
+    result = await eventually(lambda: settled(stack.bootstrap, dagster_api, topic, dlq, 20000), 300,
+                              "every offset placed after the last restart")
+    assert result.problems == []
+    assert result.in_runs == 20000
+    assert result.dead_lettered == {}
+
+
+async def more_runs(api: DagsterApi, topic: str, than: int) -> bool:
+    return len(await api.runs(topic)) > than
+
+
+@pytest.mark.timeout(600)
+async def test_a_rebalance_between_two_workers_loses_and_duplicates_nothing(stack: Stack, dagster_api: DagsterApi,
+                                                                           start_worker) -> None:
+    topic, dlq = unique("rebalance"), unique("dlq")
+    await ensure_topics(stack.bootstrap, {topic: 8})
+    routes = route_toml(topic, max_records=1000, max_wait_s=4.0)
+    await start_worker(routes, KAFKA_DAGSTER_DLQ_TOPIC=dlq)
+    second = await start_worker(routes, KAFKA_DAGSTER_DLQ_TOPIC=dlq)
+    stream = asyncio.create_task(produce_stream(stack.bootstrap, topic, 16000, 8, chunks=8, pause_s=2.0))
+    try:
+        await eventually(lambda: more_runs(dagster_api, topic, 2), 120, "both workers launching")
+        assert second.stop() == 0  # a graceful leave: rebalance
+        await start_worker(routes, KAFKA_DAGSTER_DLQ_TOPIC=dlq)  # and a join: rebalance again
+        await stream
+    finally:
+        stream.cancel()
+
+    result = await eventually(lambda: settled(stack.bootstrap, dagster_api, topic, dlq, 16000), 400,
+                              "every offset placed")
+    assert result.problems == []
+    assert result.in_runs == 16000
+    assert result.dead_lettered == {}
+
+
+async def test_a_failed_run_sends_its_batch_to_the_dlq_with_the_run_id(stack: Stack, dagster_api: DagsterApi,
+                                                                       start_worker) -> None:
+    topic, dlq = unique("run-fails"), unique("dlq")
+    await ensure_topics(stack.bootstrap, {topic: 1})
+    worker = await start_worker(route_toml(topic, max_records=20, max_wait_s=1.0), KAFKA_DAGSTER_DLQ_TOPIC=dlq)
+    values = [order(i) for i in range(60)]
+    values[25] = order(25, fail_run=True)  # the job fails the run of the batch holding offsets 20-39
+    await produce(stack.bootstrap, topic, values)
+
+    result = await eventually(lambda: settled(stack.bootstrap, dagster_api, topic, dlq, 60), 180, "runs finished")
+
+    assert result.problems == []
+    assert result.in_runs == 60
+    assert result.run_copies == 20
+    runs = {int(run["tags"]["kafka/offset_start"]): run for run in await dagster_api.runs(topic)}
+    assert {start: run["status"] for start, run in runs.items()} == {0: "SUCCESS", 20: "FAILURE", 40: "SUCCESS"}
+    copies = [d for d in await dead_letters(stack.bootstrap, dlq) if d.stage == "run"]
+    assert sorted(d.origin[2] for d in copies) == list(range(20, 40))
+    assert {d.dlq["dlq.run_id"] for d in copies} == {runs[20]["runId"]}
+    assert {d.dlq["dlq.error.class"] for d in copies} == {"RunFailure"}
+    samples = await worker.metrics()
+    assert metric(samples, "kafka_dagster_runs_finished_total", job="process_orders", status="FAILURE") == 1
+    assert metric(samples, "kafka_dagster_runs_finished_total", job="process_orders", status="SUCCESS") == 2
+    assert metric(samples, "kafka_dagster_dlq_messages_total", topic=topic, stage="run") == 20

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import orjson
 import pytest
 
@@ -49,7 +51,7 @@ async def test_messages_become_successful_runs_with_materializations(stack: Stac
     for partition, ranges in ranges_by_partition(runs).items():
         assert ranges[0][0] == 0, f"partition {partition} does not start at offset 0"
         assert ranges[-1][1] == 499, f"partition {partition} does not end at offset 499"
-        for (_, end), (start, _) in zip(ranges, ranges[1:], strict=False):
+        for (_, end), (start, _) in itertools.pairwise(ranges):
             assert start == end + 1, f"partition {partition}: gap or overlap in {ranges}"
     for run in runs:
         tags = run["tags"]
