@@ -284,7 +284,13 @@ async def test_a_failed_run_sends_its_batch_to_the_dlq_with_the_run_id(stack: St
     assert sorted(d.origin[2] for d in copies) == list(range(20, 40))
     assert {d.dlq["dlq.run_id"] for d in copies} == {runs[20]["runId"]}
     assert {d.dlq["dlq.error.class"] for d in copies} == {"RunFailure"}
+
+    async def outcomes() -> dict[str, float]:
+        samples = await worker.metrics()
+        counted = {status: metric(samples, "kafka_dagster_runs_finished_total", job="process_orders", status=status)
+                   for status in ("SUCCESS", "FAILURE")}
+        return counted if sum(counted.values()) == 3 else {}
+
+    assert await eventually(outcomes, 30, "the worker to count 3 finished runs") == {"SUCCESS": 2, "FAILURE": 1}
     samples = await worker.metrics()
-    assert metric(samples, "kafka_dagster_runs_finished_total", job="process_orders", status="FAILURE") == 1
-    assert metric(samples, "kafka_dagster_runs_finished_total", job="process_orders", status="SUCCESS") == 2
     assert metric(samples, "kafka_dagster_dlq_messages_total", topic=topic, stage="run") == 20
