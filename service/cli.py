@@ -25,6 +25,7 @@ def worker() -> None:
     """Run the worker, configured from the environment (see the README)."""
     from faust.worker import Worker
 
+    from service.logs import logging_config
     from service.settings import load_settings
     from service.worker import build_worker
 
@@ -33,7 +34,9 @@ def worker() -> None:
         app = build_worker(settings)
     except ConfigurationError as exc:
         raise click.ClickException(str(exc)) from None
-    Worker(app, loglevel=settings.log_level.lower(), quiet=True).execute_from_commandline()
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    Worker(app, loglevel=settings.log_level.lower(), quiet=True,
+           logging_config=logging_config(settings.log_format, settings.log_level)).execute_from_commandline()
 
 
 @main.command()

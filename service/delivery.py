@@ -30,6 +30,7 @@ from service.dagster_client import DagsterClient, RetryableLaunchError
 from service.decoding import decode_value
 from service.dlq import Failure, dlq_headers
 from service.errors import LaunchRejected, PermanentError, TransientError
+from service.logs import batch_extra
 from service.metrics import Metrics
 from service.retry import Backoff
 from service.routes import Route
@@ -258,7 +259,8 @@ class Delivery:
             run_id = await self._launch_once(route, batch, tags, config)
         except PermanentError as exc:
             logger.error("launch of batch %s (%s/%d offsets %d-%d) rejected: %s",
-                         batch.batch_id, batch.topic, batch.partition, batch.offset_start, batch.offset_end, exc)
+                         batch.batch_id, batch.topic, batch.partition, batch.offset_start, batch.offset_end, exc,
+                         extra=batch_extra(batch))
             await self.dead_letter(batch.records, Failure.from_exception("launch", exc))
             return
         self.covered[batch.tp] = max(self.covered.get(batch.tp, -1), batch.offset_end)
@@ -267,7 +269,7 @@ class Delivery:
             self.metrics.event_to_launch.observe(max(0.0, time.time() - oldest / 1000))
         logger.info("launched run %s for batch %s (%s/%d offsets %d-%d, %d records, closed by %s)",
                     run_id, batch.batch_id, batch.topic, batch.partition, batch.offset_start,
-                    batch.offset_end, len(batch.records), batch.reason)
+                    batch.offset_end, len(batch.records), batch.reason, extra=batch_extra(batch, run_id))
         for record in batch.records:
             self._ack(record)
         await self.watcher.add(_launched(run_id, route.job, tags))
@@ -309,7 +311,7 @@ class Delivery:
                     self.metrics.dagster_up.set(0)
                 delay = backoff.next_delay()
                 logger.warning("launch of batch %s failed (%s), attempt %d; retrying in %.1fs",
-                               batch.batch_id, exc, attempts, delay)
+                               batch.batch_id, exc, attempts, delay, extra=batch_extra(batch))
                 await asyncio.sleep(delay)
 
     async def on_run_failed(self, run: LaunchedRun, status: str) -> None:
