@@ -83,6 +83,23 @@ query Run($runId: ID!) {
 }
 """
 
+RUN_EVENTS = """
+query RunEvents($runId: ID!, $afterCursor: String, $limit: Int) {
+  runOrError(runId: $runId) {
+    __typename
+    ... on Run {
+      eventConnection(afterCursor: $afterCursor, limit: $limit) {
+        events { __typename ... on MessageEvent { timestamp stepKey } }
+        cursor
+        hasMore
+      }
+    }
+    ... on RunNotFoundError { message }
+    ... on PythonError { message }
+  }
+}
+"""
+
 # A launch result that may succeed if tried again later.
 RETRYABLE_LAUNCH_RESULTS = frozenset({"PythonError"})
 
@@ -100,6 +117,23 @@ class RunInfo:
     status: str
     job: str
     tags: dict[str, str]
+
+
+@dataclass(frozen=True)
+class RunEvent:
+    """One entry of a run's event log: its GraphQL type, when it happened, and its step if any."""
+
+    typename: str
+    timestamp_s: float | None
+    step_key: str | None
+
+
+@dataclass(frozen=True)
+class RunEventLog:
+    """A run's event log, oldest first; `complete` is False when the page bound cut it short."""
+
+    events: list[RunEvent]
+    complete: bool
 
 
 class RetryableLaunchError(TransientError):
@@ -220,6 +254,33 @@ class DagsterClient:
         if result["__typename"] != "Run":
             raise RetryableLaunchError(result["__typename"], result.get("message", ""))
         return _run_info(result)
+
+    async def run_events(self, run_id: str, page_size: int = 500, max_pages: int = 20) -> RunEventLog:
+        """The event log of one run, read page by page (`eventConnection`), at most `max_pages` pages."""
+        events: list[RunEvent] = []
+        cursor: str | None = None
+        for _ in range(max_pages):
+            variables = {"runId": run_id, "afterCursor": cursor, "limit": page_size}
+            result = (await self.execute(RUN_EVENTS, variables))["runOrError"]
+            if result["__typename"] == "RunNotFoundError":
+                raise PermanentError(f"run {run_id} not found: {result.get('message', '')}")
+            if result["__typename"] != "Run":
+                raise RetryableLaunchError(result["__typename"], result.get("message", ""))
+            page = result["eventConnection"]
+            events.extend(_run_event(event) for event in page["events"])
+            if not page["hasMore"] or not page["events"]:
+                return RunEventLog(events, complete=True)
+            cursor = page["cursor"]
+        return RunEventLog(events, complete=False)
+
+
+def _run_event(event: dict[str, Any]) -> RunEvent:
+    timestamp = event.get("timestamp")
+    return RunEvent(
+        typename=event["__typename"],
+        timestamp_s=float(timestamp) / 1000 if timestamp else None,
+        step_key=event.get("stepKey"),
+    )
 
 
 def _run_info(run: dict[str, Any]) -> RunInfo:

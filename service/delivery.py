@@ -171,6 +171,9 @@ class Delivery:
         self.covered: dict[TP, int] = {}
         self.epochs: dict[TP, int] = {}
         self.lanes: dict[TP, Lane] = {}
+        # First offset consumed since assignment (= the group's committed offset then), and the next one.
+        self.positions: dict[TP, int] = {}
+        self.next_offsets: dict[TP, int] = {}
         self.read_range = read_range
         self.on_fatal = on_fatal
         self.watcher = RunWatcher(client, metrics, self.on_run_failed, max_inflight_runs, run_poll_interval_s)
@@ -181,6 +184,8 @@ class Delivery:
         """Handle one consumed record: skip, dead-letter, or add to its batch."""
         tp = record.tp
         self.metrics.messages_consumed.labels(record.topic).inc()
+        self.positions.setdefault(tp, record.offset)
+        self.next_offsets[tp] = record.offset + 1
         if record.offset <= await self.covered_offset(tp):
             self._ack(record)
             return
@@ -394,6 +399,8 @@ class Delivery:
             if handed is not None:
                 await handed.close()
             self.covered.pop(tp, None)
+            self.positions.pop(tp, None)
+            self.next_offsets.pop(tp, None)
 
 
 def _launched(run_id: str, job: str, tags: dict[str, str]) -> LaunchedRun:

@@ -7,6 +7,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 from service.errors import ConfigurationError
@@ -80,7 +81,7 @@ def run_dev(workdir: str, routes_file: str, rate: float) -> None:
     print("Stopped every process.", flush=True)
 
 
-def _banner(broker: Broker, dagster: Dagster, web_port: int, routes: dict[str, object]) -> str:
+def _banner(broker: Broker, dagster: Dagster, web_port: int, routes: Iterable[str]) -> str:
     return "\n".join([
         "",
         "kafka-dagster is running:",

@@ -1,7 +1,12 @@
 """Every Prometheus metric of the worker, defined once, with the contract's names.
 
 Labels take values from small fixed sets (topic, job, result typename,
-status, stage, reason, partition): never run ids, keys or offsets.
+status, stage, reason, partition, and the GraphQL type names of Dagster's
+event log): never run ids, step keys, keys or offsets.
+
+`dagster_events_total` and `event_processing_seconds` are the event guide's
+run metrics. Runs are short-lived processes, so they are counted here, in the
+long-running worker, from each finished run's event log (see `watcher.py`).
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 BATCH_RECORD_BUCKETS = (1, 5, 10, 50, 100, 500, 1_000, 5_000, 10_000, 50_000)
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+PROCESSING_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
 
 
 class Metrics:
@@ -52,3 +58,17 @@ class Metrics:
         self.dagster_up = Gauge(
             "kafka_dagster_dagster_up", "1 when Dagster's GraphQL API answered the last call.",
             registry=r)
+        self.dagster_events = Counter(
+            "dagster_events",
+            "Events in the logs of finished runs, by GraphQL event type and the run's terminal status.",
+            ["event_type", "status"], registry=r)
+        self.event_processing = Histogram(
+            "event_processing_seconds",
+            "Duration of finished runs' steps (event_type=step: step start to step success or failure) "
+            "and of the runs themselves (event_type=run: run start to its terminal event).",
+            ["event_type"], buckets=PROCESSING_BUCKETS, registry=r)
+        self.event_log_failures = Counter(
+            "kafka_dagster_run_event_log_failures",
+            "Finished runs whose event log was not (fully) counted, by reason: "
+            "unavailable, error, truncated, dropped.",
+            ["reason"], registry=r)

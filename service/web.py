@@ -11,7 +11,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from service.metrics import Metrics
 
 
-def add_pages(app: faust.App, metrics: Metrics, readiness: Any) -> None:
+def add_pages(app: faust.App, metrics: Metrics, readiness: Any, liveness: Any) -> None:
     """Register the pages on the app's web server."""
 
     @app.page("/metrics")
@@ -22,7 +22,8 @@ def add_pages(app: faust.App, metrics: Metrics, readiness: Any) -> None:
     @app.page("/healthz")
     class Health(View):
         async def get(self, request: Request) -> Response:
-            return self.json({"status": "ok"})
+            alive, details = liveness()
+            return self.json({"status": "ok" if alive else "stalled", **details}, status=200 if alive else 503)
 
     @app.page("/readyz")
     class Ready(View):

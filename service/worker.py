@@ -12,6 +12,7 @@ from service.app import App, create_app
 from service.batching import TP, Record
 from service.dagster_client import DagsterClient
 from service.delivery import Delivery
+from service.health import Heartbeat, readiness, update_lag
 from service.kafka import Producer, ensure_topics, read_range
 from service.metrics import Metrics
 from service.routes import Route, load_routes
@@ -21,6 +22,7 @@ from service.web import add_pages
 logger = logging.getLogger(__name__)
 
 TICK_S = 0.05
+LAG_INTERVAL_S = 5.0
 
 
 def build_worker(settings: Settings, metrics: Metrics | None = None) -> App:
@@ -45,21 +47,53 @@ def build_worker(settings: Settings, metrics: Metrics | None = None) -> App:
     _add_agent(app, routes, delivery)
     _add_lifecycle(app, settings, delivery, dlq_producer, client)
 
-    async def readiness() -> dict[str, bool]:
-        return {
-            "partitions_assigned": bool(app.consumer.assignment()),
-            "dagster": await client.ping(),
-        }
+    heartbeat = Heartbeat()
 
-    add_pages(app, metrics, readiness)
+    async def ready() -> dict[str, bool]:
+        return await readiness(settings.bootstrap_servers, client, bool(app.consumer.assignment()))
+
+    add_pages(app, metrics, ready, heartbeat.status)
+    _add_monitors(app, routes, delivery, metrics, heartbeat)
     return app
+
+
+def _add_monitors(app: App, routes: dict[str, Route], delivery: Delivery, metrics: Metrics,
+                  heartbeat: Heartbeat) -> None:
+    lag_gauges: set[TP] = set()
+
+    @app.task
+    async def beat() -> None:
+        await heartbeat.run_forever()
+
+    @app.timer(LAG_INTERVAL_S, name="kafka_dagster.consumer_lag")
+    async def consumer_lag() -> None:
+        nonlocal lag_gauges
+        tps = [tp for tp in app.consumer.assignment() if tp.topic in routes]
+        if not tps:
+            return
+        try:
+            ends = await app.consumer.highwaters(*tps)
+        except Exception as exc:  # a broker hiccup must not stop the timer
+            logger.warning("reading end offsets for the lag gauge failed: %r", exc)
+            return
+        committed = {TP(tp.topic, tp.partition): _committed(app, tp, delivery) for tp in tps}
+        lag_gauges = update_lag(metrics, {TP(tp.topic, tp.partition): end for tp, end in ends.items()},
+                                committed, delivery.next_offsets, lag_gauges)
+
+
+def _committed(app: App, tp: Any, delivery: Delivery) -> int | None:
+    """The partition's committed offset: Faust's last commit, else where this worker started reading."""
+    committed = app.consumer._committed_offset.get(tp)  # type: ignore[attr-defined]  # no public accessor
+    if committed is not None:
+        return int(committed)
+    return delivery.positions.get(TP(tp.topic, tp.partition))
 
 
 def _add_agent(app: faust.App, routes: dict[str, Route], delivery: Delivery) -> None:
     topic = app.topic(*routes, key_type=bytes, value_type=bytes, key_serializer="raw",
                       value_serializer="raw", allow_empty=True)
 
-    @app.agent(topic, name="kafka_dagster.consume")
+    @app.agent(topic, name="kafka_dagster.consume")  # type: ignore[arg-type]  # Faust types StreamT, not Stream
     async def consume(stream: faust.Stream) -> None:
         async for event in stream.noack().events():
             message = event.message
@@ -99,8 +133,8 @@ def _add_lifecycle(app: App, settings: Settings, delivery: Delivery, dlq_produce
     async def watch_runs() -> None:
         await delivery.watcher.run_forever()
 
-    @app.on_partitions_revoked.connect
-    async def on_revoked(app: faust.App, revoked: set[Any], **kwargs: Any) -> None:
+    @app.on_partitions_revoked.connect  # type: ignore[arg-type]  # Faust's signal type wants a keyword `signal`
+    async def on_revoked(app: Any, revoked: set[Any], **kwargs: Any) -> None:
         await delivery.on_revoked({TP(tp.topic, tp.partition) for tp in revoked}, revoke_timeout_s)
 
     @app.task
@@ -108,6 +142,6 @@ def _add_lifecycle(app: App, settings: Settings, delivery: Delivery, dlq_produce
         await delivery.retry_transient(
             lambda: ensure_topics(settings.bootstrap_servers, {settings.dlq_topic: 1}), "creating the DLQ topic")
 
-    @app.on_before_shutdown.connect
-    async def on_shutdown(app: faust.App, **kwargs: Any) -> None:
+    @app.on_before_shutdown.connect  # type: ignore[arg-type]
+    async def on_shutdown(app: Any, **kwargs: Any) -> None:
         await asyncio.gather(dlq_producer.stop(), client.aclose(), return_exceptions=True)

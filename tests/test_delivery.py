@@ -199,6 +199,8 @@ async def test_nothing_is_lost_or_dead_lettered_while_dagster_is_down(stack: Sta
         assert metric(samples, "kafka_dagster_messages_consumed_total", topic=topic) == held
         assert held < 25000, f"the worker consumed {held} of 40,000 messages with Dagster down"
         assert not await dead_letters(stack.bootstrap, dlq)
+        backlog = await eventually(lambda: topic_lag(worker, topic), 15, "the lag gauge to show the backlog")
+        assert backlog >= 40000 - held
     finally:
         stack.dagster.start_webserver()
 
@@ -208,6 +210,18 @@ async def test_nothing_is_lost_or_dead_lettered_while_dagster_is_down(stack: Sta
     assert result.in_runs == 40000
     assert result.dead_lettered == {}
     assert metric(await worker.metrics(), "kafka_dagster_dagster_up") == 1
+
+    async def lag_gone() -> bool:
+        return await topic_lag(worker, topic) == 0
+
+    await eventually(lag_gone, 30, "the lag gauge back to zero")
+
+
+async def topic_lag(worker, topic: str) -> float:  # type: ignore[no-untyped-def]
+    """Sum of kafka_dagster_consumer_lag over the topic's partitions."""
+    samples = await worker.metrics()
+    return sum(v for (name, labels), v in samples.items()
+               if name == "kafka_dagster_consumer_lag" and ("topic", topic) in labels)
 
 
 async def test_killing_the_worker_loses_and_duplicates_nothing(stack: Stack, dagster_api: DagsterApi,

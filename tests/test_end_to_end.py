@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 
+import httpx
 import orjson
 import pytest
 
@@ -80,6 +81,12 @@ async def test_messages_become_successful_runs_with_materializations(stack: Stac
     assert metric(samples, "kafka_dagster_batch_records_sum") == 2000
     assert metric(samples, "kafka_dagster_run_launch_duration_seconds_count") == len(runs)
     assert metric(samples, "kafka_dagster_dagster_up") == 1
+
+    async with httpx.AsyncClient(base_url=worker.base_url) as client:
+        health, ready = await client.get("/healthz"), await client.get("/readyz")
+    assert health.status_code == 200 and health.json()["status"] == "ok"
+    assert ready.status_code == 200
+    assert ready.json()["checks"] == {"broker": True, "partitions_assigned": True, "dagster": True}
 
 
 async def test_large_batches_travel_as_offset_ranges_and_are_read_back_from_kafka(

@@ -1,0 +1,81 @@
+"""Liveness, readiness and consumer lag: what /healthz, /readyz and the lag gauge report."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from service.batching import TP
+from service.dagster_client import DagsterClient
+from service.metrics import Metrics
+
+logger = logging.getLogger(__name__)
+
+HEARTBEAT_S = 1.0
+STALL_AFTER_S = 10.0
+
+
+class Heartbeat:
+    """A task that ticks every second; a stale tick means the event loop is blocked or starved."""
+
+    def __init__(self) -> None:
+        self.last = time.monotonic()
+        self.max_lag_s = 0.0
+
+    async def run_forever(self) -> None:
+        while True:
+            before = time.monotonic()
+            await asyncio.sleep(HEARTBEAT_S)
+            now = time.monotonic()
+            self.max_lag_s = max(self.max_lag_s * 0.9, now - before - HEARTBEAT_S)
+            self.last = now
+
+    def status(self) -> tuple[bool, dict[str, Any]]:
+        since = time.monotonic() - self.last
+        return since < STALL_AFTER_S, {"last_tick_s_ago": round(since, 3), "loop_lag_s": round(self.max_lag_s, 3)}
+
+
+async def broker_reachable(bootstrap_servers: str, timeout_s: float = 2.0) -> bool:
+    """True when a TCP connection to one of the bootstrap servers opens."""
+    for server in bootstrap_servers.split(","):
+        host, _, port = server.strip().rpartition(":")
+        with contextlib.suppress(OSError, TimeoutError):
+            _, writer = await asyncio.wait_for(asyncio.open_connection(host, int(port)), timeout_s)
+            writer.close()
+            return True
+    return False
+
+
+async def readiness(bootstrap_servers: str, client: DagsterClient, assigned: bool) -> dict[str, bool]:
+    broker, dagster = await asyncio.gather(broker_reachable(bootstrap_servers), client.ping())
+    return {"broker": broker, "partitions_assigned": assigned, "dagster": dagster}
+
+
+def partition_lag(end_offset: int, committed: int) -> int:
+    return max(0, end_offset - committed)
+
+
+def update_lag(metrics: Metrics, ends: Mapping[TP, int], committed: Mapping[TP, int | None],
+               next_offsets: Mapping[TP, int], previous: set[TP]) -> set[TP]:
+    """Set the lag gauge of each assigned partition; drop the gauges of partitions no longer held.
+
+    The end offset is the larger of the broker's answer and the next offset
+    this worker will read: some Kafka-compatible brokers (Tansu) report too low
+    an end offset, and lag is never negative.
+    """
+    current = set()
+    for tp, end in ends.items():
+        done = committed.get(tp)
+        if done is None:
+            continue
+        current.add(tp)
+        metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(
+            partition_lag(max(end, next_offsets.get(tp, 0)), done))
+    for tp in previous - current:
+        with contextlib.suppress(KeyError):
+            metrics.consumer_lag.remove(tp.topic, str(tp.partition))
+    return current
