@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import httpx
 import orjson
 import pytest
 
@@ -16,6 +17,7 @@ from tests.conftest import Stack
 from tests.support import (
     ROOT,
     DagsterApi,
+    WorkerProcess,
     dead_letters,
     eventually,
     metric,
@@ -201,6 +203,10 @@ async def test_nothing_is_lost_or_dead_lettered_while_dagster_is_down(stack: Sta
         assert not await dead_letters(stack.bootstrap, dlq)
         backlog = await eventually(lambda: topic_lag(worker, topic), 15, "the lag gauge to show the backlog")
         assert backlog >= 40000 - held
+        async with httpx.AsyncClient(base_url=worker.base_url, timeout=10) as client:
+            ready, health = await client.get("/readyz"), await client.get("/healthz")
+        assert ready.status_code == 503 and ready.json()["checks"]["dagster"] is False
+        assert health.status_code == 200, "a worker waiting for Dagster is alive: it must not be restarted"
     finally:
         stack.dagster.start_webserver()
 
@@ -217,7 +223,7 @@ async def test_nothing_is_lost_or_dead_lettered_while_dagster_is_down(stack: Sta
     await eventually(lag_gone, 30, "the lag gauge back to zero")
 
 
-async def topic_lag(worker, topic: str) -> float:  # type: ignore[no-untyped-def]
+async def topic_lag(worker: WorkerProcess, topic: str) -> float:
     """Sum of kafka_dagster_consumer_lag over the topic's partitions."""
     samples = await worker.metrics()
     return sum(v for (name, labels), v in samples.items()
@@ -255,18 +261,20 @@ async def more_runs(api: DagsterApi, topic: str, than: int) -> bool:
 
 
 @pytest.mark.timeout(600)
-async def test_a_rebalance_between_two_workers_loses_and_duplicates_nothing(stack: Stack, dagster_api: DagsterApi,
-                                                                           start_worker) -> None:
+async def test_rebalances_between_two_and_three_workers_lose_and_duplicate_nothing(
+        stack: Stack, dagster_api: DagsterApi, start_worker) -> None:
     topic, dlq = unique("rebalance"), unique("dlq")
     await ensure_topics(stack.bootstrap, {topic: 8})
     routes = route_toml(topic, max_records=1000, max_wait_s=4.0)
-    await start_worker(routes, KAFKA_DAGSTER_DLQ_TOPIC=dlq)
+    first = await start_worker(routes, KAFKA_DAGSTER_DLQ_TOPIC=dlq)
     second = await start_worker(routes, KAFKA_DAGSTER_DLQ_TOPIC=dlq)
-    stream = asyncio.create_task(produce_stream(stack.bootstrap, topic, 16000, 8, chunks=8, pause_s=2.0))
+    stream = asyncio.create_task(produce_stream(stack.bootstrap, topic, 16000, 8, chunks=20, pause_s=2.0))
     try:
-        await eventually(lambda: more_runs(dagster_api, topic, 2), 120, "both workers launching")
-        assert second.stop() == 0  # a graceful leave: rebalance
-        await start_worker(routes, KAFKA_DAGSTER_DLQ_TOPIC=dlq)  # and a join: rebalance again
+        await eventually(lambda: more_runs(dagster_api, topic, 2), 120, "the first two workers launching")
+        third = await start_worker(routes, KAFKA_DAGSTER_DLQ_TOPIC=dlq)  # a join: three share the partitions
+        await eventually(lambda: launches(third), 120, "the third worker to launch runs of its partitions")
+        by_second = await launches(second)
+        assert second.stop() == 0  # a graceful leave: rebalance again
         await stream
     finally:
         stream.cancel()
@@ -276,6 +284,12 @@ async def test_a_rebalance_between_two_workers_loses_and_duplicates_nothing(stac
     assert result.problems == []
     assert result.in_runs == 16000
     assert result.dead_lettered == {}
+    assert by_second > 0 and await launches(first) > 0, "every worker of the group launched runs"
+
+
+async def launches(worker: WorkerProcess) -> float:
+    return metric(await worker.metrics(), "kafka_dagster_run_launches_total", job="process_orders",
+                  result="LaunchRunSuccess")
 
 
 async def test_a_failed_run_sends_its_batch_to_the_dlq_with_the_run_id(stack: Stack, dagster_api: DagsterApi,

@@ -12,6 +12,7 @@ from service.kafka import ensure_topics
 from tests.conftest import Stack
 from tests.support import (
     DagsterApi,
+    WorkerProcess,
     eventually,
     metric,
     produce,
@@ -43,7 +44,19 @@ async def test_messages_become_successful_runs_with_materializations(stack: Stac
     topic = unique("orders")
     await ensure_topics(stack.bootstrap, {topic: 4})
     worker = await start_worker(route_toml(topic, max_records=200, max_wait_s=2.0))
-    sent = await produce(stack.bootstrap, topic, orders(2000), partitions=4)
+    await assert_orders_become_runs(stack.bootstrap, dagster_api, worker, topic)
+
+    async with httpx.AsyncClient(base_url=worker.base_url) as client:
+        health, ready = await client.get("/healthz"), await client.get("/readyz")
+    assert health.status_code == 200 and health.json()["status"] == "ok"
+    assert ready.status_code == 200
+    assert ready.json()["checks"] == {"broker": True, "partitions_assigned": True, "dagster": True}
+
+
+async def assert_orders_become_runs(bootstrap: str, dagster_api: DagsterApi, worker: WorkerProcess,
+                                    topic: str) -> None:
+    """2,000 orders over 4 partitions reach SUCCESSful runs: exact counts, contiguous ranges, metadata, metrics."""
+    sent = await produce(bootstrap, topic, orders(2000), partitions=4)
 
     runs = await eventually(lambda: finished_runs(dagster_api, topic, sent), 240, "runs covering 2,000 records")
 
@@ -81,12 +94,6 @@ async def test_messages_become_successful_runs_with_materializations(stack: Stac
     assert metric(samples, "kafka_dagster_batch_records_sum") == 2000
     assert metric(samples, "kafka_dagster_run_launch_duration_seconds_count") == len(runs)
     assert metric(samples, "kafka_dagster_dagster_up") == 1
-
-    async with httpx.AsyncClient(base_url=worker.base_url) as client:
-        health, ready = await client.get("/healthz"), await client.get("/readyz")
-    assert health.status_code == 200 and health.json()["status"] == "ok"
-    assert ready.status_code == 200
-    assert ready.json()["checks"] == {"broker": True, "partitions_assigned": True, "dagster": True}
 
 
 async def test_large_batches_travel_as_offset_ranges_and_are_read_back_from_kafka(

@@ -24,7 +24,7 @@ import yaml  # type: ignore[import-untyped]
 
 from service.kafka import ensure_topics
 from tests.conftest import Stack
-from tests.support import ROOT, eventually, new_web_port, produce, route_toml, unique
+from tests.support import ROOT, DagsterApi, eventually, new_web_port, produce, route_toml, unique
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
@@ -111,8 +111,8 @@ def orders(count: int) -> list[bytes]:
     return [orjson.dumps({"order_id": f"o-{i}", "customer": f"c-{i % 5}", "amount": 2.5}) for i in range(count)]
 
 
-async def test_prometheus_scrapes_the_worker_with_the_deployment_config(stack: Stack, start_worker,
-                                                                        tmp_path: Path) -> None:
+async def test_prometheus_scrapes_the_worker_with_the_deployment_config(stack: Stack, dagster_api: DagsterApi,
+                                                                        start_worker, tmp_path: Path) -> None:
     topic = unique("scrape")
     await ensure_topics(stack.bootstrap, {topic: 1})
     worker = await start_worker(route_toml(topic, DAGSTER_JOB, max_records=25, max_wait_s=1.0))
@@ -149,6 +149,8 @@ async def test_prometheus_scrapes_the_worker_with_the_deployment_config(stack: S
         assert await eventually(launches, 120, launched) >= 1
         assert await api.series('{__name__=~"kafka_dagster_.+", exported_job!=""}') == []
 
+        await assert_run_events_reach_prometheus(api, dagster_api, topic)
+
         async def rules_evaluated() -> list[dict[str, Any]]:
             rules = [rule for group in (await api.get("/api/v1/rules"))["groups"] for rule in group["rules"]]
             return rules if all(rule["health"] == "ok" for rule in rules) else []
@@ -158,3 +160,35 @@ async def test_prometheus_scrapes_the_worker_with_the_deployment_config(stack: S
         firing = [alert for alert in (await api.get("/api/v1/alerts"))["alerts"]
                   if alert["labels"]["alertname"] in ("KafkaDagsterWorkerDown", "KafkaDagsterWorkersAbsent")]
         assert firing == [], "the worker is up: no worker alert may be pending or firing"
+
+
+async def assert_run_events_reach_prometheus(api: PrometheusApi, dagster_api: DagsterApi, topic: str) -> None:
+    """The event guide's run metrics, counted by the worker from finished runs' event logs, in Prometheus.
+
+    Every run of the topic succeeded, so Prometheus must hold exactly one
+    RunSuccessEvent and one run duration per run, and the step durations of
+    each run's steps: counters that only grow, whatever process ran the run.
+    """
+
+    async def finished_runs() -> int:
+        runs = await dagster_api.runs(topic)
+        done = all(run["status"] == "SUCCESS" for run in runs)
+        return len(runs) if runs and done else 0
+
+    runs = await eventually(finished_runs, 180, f"every run of {topic} to succeed")
+    run_successes = f'dagster_events_total{{job="{WORKER_JOB}", event_type="RunSuccessEvent", status="SUCCESS"}}'
+    run_durations = f'event_processing_seconds_count{{job="{WORKER_JOB}", event_type="run"}}'
+
+    async def counted(expr: str) -> float:
+        return await api.value(expr) or 0.0
+
+    async def all_counted() -> bool:
+        return await counted(run_successes) == runs and await counted(run_durations) == runs
+
+    await eventually(all_counted, 120, f"{run_successes} and {run_durations} to reach {runs}")
+    assert await counted(f'dagster_events_total{{job="{WORKER_JOB}", event_type="RunFailureEvent"}}') == 0
+    steps = await counted(f'event_processing_seconds_count{{job="{WORKER_JOB}", event_type="step"}}')
+    step_successes = await counted(
+        f'sum(dagster_events_total{{job="{WORKER_JOB}", event_type="ExecutionStepSuccessEvent"}})')
+    assert steps == step_successes >= runs, "one step duration per finished step, and every run has steps"
+    assert await counted(f'event_processing_seconds_sum{{job="{WORKER_JOB}", event_type="run"}}') > 0

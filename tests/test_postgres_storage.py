@@ -1,0 +1,85 @@
+"""The end-to-end path once more, on the Dagster instance docker-compose runs: PostgreSQL storage.
+
+A second Dagster deployment (code server, webserver, daemon) is started with
+`DAGSTER_PG_URL` on a database of its own, created on the PostgreSQL server
+of these machines (`TEST_POSTGRES_URL`, default the trust-auth server on
+127.0.0.1:5432) and dropped afterwards. Nothing is skipped: without the
+server the test fails and says where it looked.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from urllib.parse import urlparse, urlunparse
+
+import pytest
+
+from service.kafka import ensure_topics
+from service.stack import Dagster
+from tests.conftest import Stack
+from tests.support import DagsterApi, route_toml, unique
+from tests.test_end_to_end import assert_orders_become_runs
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
+
+ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def with_database(url: str, database: str) -> str:
+    return urlunparse(urlparse(url)._replace(path=f"/{database}"))
+
+
+@pytest.fixture(scope="module")
+def postgres_database() -> Iterator[str]:
+    """A fresh database for this module's Dagster instance; its URL."""
+    import psycopg2
+
+    database = unique("kafka_dagster").replace("-", "_")
+    try:
+        admin = psycopg2.connect(ADMIN_URL, connect_timeout=5)
+    except psycopg2.OperationalError as exc:
+        pytest.fail(f"no PostgreSQL at TEST_POSTGRES_URL={ADMIN_URL}: {exc}".strip(), pytrace=False)
+    admin.autocommit = True
+    try:
+        with admin.cursor() as cursor:
+            cursor.execute(f'CREATE DATABASE "{database}"')
+        yield with_database(ADMIN_URL, database)
+    finally:
+        with admin.cursor() as cursor:
+            cursor.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        admin.close()
+
+
+@pytest.fixture(scope="module")
+def postgres_dagster(stack: Stack, postgres_database: str) -> Iterator[Dagster]:
+    dagster = Dagster(stack.workdir / "dagster-postgres", {"KAFKA_BOOTSTRAP_SERVERS": stack.bootstrap},
+                      pg_url=postgres_database)
+    try:
+        dagster.start()
+        yield dagster
+    finally:
+        dagster.stop()
+
+
+async def test_messages_become_successful_runs_on_postgres_storage(stack: Stack, postgres_dagster: Dagster,
+                                                                   start_worker) -> None:
+    assert "postgres:" in (postgres_dagster.home / "dagster.yaml").read_text()
+    topic = unique("orders-pg")
+    await ensure_topics(stack.bootstrap, {topic: 4})
+    worker = await start_worker(route_toml(topic, max_records=200, max_wait_s=2.0),
+                                DAGSTER_GRAPHQL_URL=postgres_dagster.graphql_url)
+    api = DagsterApi(postgres_dagster.graphql_url)
+    await assert_orders_become_runs(stack.bootstrap, api, worker, topic)
+    assert await postgres_runs(postgres_dagster.pg_url or "", topic) == len(await api.runs(topic))
+
+
+async def postgres_runs(pg_url: str, topic: str) -> int:
+    """Runs tagged with `topic` in the PostgreSQL run storage itself: the runs live there, not in SQLite."""
+    import psycopg2
+
+    with psycopg2.connect(pg_url, connect_timeout=5) as connection, connection.cursor() as cursor:
+        cursor.execute("SELECT count(DISTINCT run_id) FROM run_tags WHERE key = 'kafka/topic' AND value = %s",
+                       (topic,))
+        (count,) = cursor.fetchone()
+    return int(count)
