@@ -201,8 +201,10 @@ class Dagster:
         pg_url: str | None = None,
         max_concurrent_runs: int = 4,
         webserver_port: int | None = None,
+        instance_config: Path | None = None,
     ) -> None:
         self.home = home
+        self.instance_config = instance_config
         self.grpc_port = free_port()
         self.webserver_port = webserver_port or free_port()
         self.pg_url = pg_url
@@ -241,10 +243,12 @@ class Dagster:
 
     def write_config(self) -> None:
         self.home.mkdir(parents=True, exist_ok=True)
-        storage = POSTGRES_STORAGE if self.pg_url else ""
-        (self.home / "dagster.yaml").write_text(
-            DAGSTER_YAML.format(max_concurrent_runs=self.max_concurrent_runs, storage=storage)
-        )
+        if self.instance_config is not None:
+            config = self.instance_config.read_text()
+        else:
+            storage = POSTGRES_STORAGE if self.pg_url else ""
+            config = DAGSTER_YAML.format(max_concurrent_runs=self.max_concurrent_runs, storage=storage)
+        (self.home / "dagster.yaml").write_text(config)
         (self.home / "workspace.yaml").write_text(WORKSPACE_YAML.format(port=self.grpc_port))
 
     def start(self, timeout_s: float = 120.0) -> None:

@@ -1,10 +1,12 @@
 """The end-to-end path once more, on the Dagster instance docker-compose runs: PostgreSQL storage.
 
 A second Dagster deployment (code server, webserver, daemon) is started with
-`DAGSTER_PG_URL` on a database of its own, created on the PostgreSQL server
-of these machines (`TEST_POSTGRES_URL`, default the trust-auth server on
-127.0.0.1:5432) and dropped afterwards. Nothing is skipped: without the
-server the test fails and says where it looked.
+the compose deployment's own instance config, `deploy/dagster/dagster.yaml`
+(PostgreSQL storage from `POSTGRES_*`/`DAGSTER_PG_*` variables, the queued run
+coordinator, run monitoring), on a database of its own, created on the
+PostgreSQL server of these machines (`TEST_POSTGRES_URL`, default the
+trust-auth server on 127.0.0.1:5432) and dropped afterwards. Nothing is
+skipped: without the server the test fails and says where it looked.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import pytest
 from service.kafka import ensure_topics
 from service.stack import Dagster
 from tests.conftest import Stack
-from tests.support import DagsterApi, route_toml, unique
+from tests.support import ROOT, DagsterApi, route_toml, unique
 from tests.test_end_to_end import assert_orders_become_runs
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
@@ -51,10 +53,23 @@ def postgres_database() -> Iterator[str]:
         admin.close()
 
 
+def compose_postgres_env(url: str) -> dict[str, str]:
+    """The variables deploy/dagster/dagster.yaml reads its PostgreSQL connection from, for `url`."""
+    parts = urlparse(url)
+    return {
+        "POSTGRES_USER": parts.username or "postgres",
+        "POSTGRES_PASSWORD": parts.password or "",
+        "DAGSTER_PG_HOST": parts.hostname or "127.0.0.1",
+        "DAGSTER_PG_PORT": str(parts.port or 5432),
+        "POSTGRES_DB": parts.path.lstrip("/"),
+    }
+
+
 @pytest.fixture(scope="module")
 def postgres_dagster(stack: Stack, postgres_database: str) -> Iterator[Dagster]:
-    dagster = Dagster(stack.workdir / "dagster-postgres", {"KAFKA_BOOTSTRAP_SERVERS": stack.bootstrap},
-                      pg_url=postgres_database)
+    env = {"KAFKA_BOOTSTRAP_SERVERS": stack.bootstrap, **compose_postgres_env(postgres_database)}
+    dagster = Dagster(stack.workdir / "dagster-postgres", env, pg_url=postgres_database,
+                      instance_config=ROOT / "deploy" / "dagster" / "dagster.yaml")
     try:
         dagster.start()
         yield dagster
