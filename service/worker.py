@@ -31,7 +31,8 @@ def build_worker(settings: Settings, metrics: Metrics | None = None) -> App:
     metrics = metrics or Metrics()
     app = create_app(settings)
     client = DagsterClient(settings.dagster_graphql_url, settings.dagster_api_token, settings.dagster_timeout_s)
-    dlq_producer = Producer(settings.bootstrap_servers)
+    security = settings.kafka_security
+    dlq_producer = Producer(settings.bootstrap_servers, security=security)
     delivery = Delivery(
         routes, client, dlq_producer, metrics,
         group_id=settings.group_id,
@@ -40,7 +41,7 @@ def build_worker(settings: Settings, metrics: Metrics | None = None) -> App:
         queued_batches_per_partition=settings.queued_batches_per_partition,
         retry_max_delay_s=settings.retry_max_delay_s,
         read_range=lambda topic, partition, start, end: read_range(
-            settings.bootstrap_servers, topic, partition, start, end),
+            settings.bootstrap_servers, topic, partition, start, end, security=security),
         max_inflight_runs=settings.max_inflight_runs,
         on_fatal=lambda exc: app.crash(exc),
     )
@@ -140,7 +141,8 @@ def _add_lifecycle(app: App, settings: Settings, delivery: Delivery, dlq_produce
     @app.task
     async def create_dlq_topic() -> None:
         await delivery.retry_transient(
-            lambda: ensure_topics(settings.bootstrap_servers, {settings.dlq_topic: 1}), "creating the DLQ topic")
+            lambda: ensure_topics(settings.bootstrap_servers, {settings.dlq_topic: 1}, settings.kafka_security),
+            "creating the DLQ topic")
 
     @app.on_before_shutdown.connect  # type: ignore[arg-type]
     async def on_shutdown(app: Any, **kwargs: Any) -> None:
