@@ -216,10 +216,12 @@ async def _handshake(host: str, port: int, security: KafkaSecurity, timeout_s: f
         raise ConfigurationError(f"{where}: no answer to the handshake within {timeout_s:.0f}s; "
                                  "check KAFKA_SECURITY_PROTOCOL") from None
     except (KafkaError, OSError, KeyError, ValueError) as exc:
-        # Class names only: aiokafka's SASL errors are terse, and nothing of the credentials may leak.
-        settings = "KAFKA_SASL_USERNAME, KAFKA_SASL_PASSWORD and KAFKA_SASL_MECHANISM" if security.uses_sasl \
-            else "KAFKA_SECURITY_PROTOCOL"
-        raise ConfigurationError(f"{where}: connection rejected ({exc.__class__.__name__}); check {settings}") \
-            from None
+        # Class names only: nothing of the credentials may leak. aiokafka's SCRAM raises KeyError
+        # when the server's final message carries an error instead of its signature.
+        if security.uses_sasl:
+            raise ConfigurationError(f"{where}: SASL authentication failed ({exc.__class__.__name__}); check "
+                                     "KAFKA_SASL_USERNAME, KAFKA_SASL_PASSWORD and KAFKA_SASL_MECHANISM") from None
+        raise ConfigurationError(f"{where}: connection rejected ({exc.__class__.__name__}); "
+                                 "check KAFKA_SECURITY_PROTOCOL") from None
     with contextlib.suppress(Exception):
         conn.close()
