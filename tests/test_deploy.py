@@ -314,7 +314,8 @@ def test_settings_parser_finds_the_contracts_env_vars() -> None:
     names = settings_env_vars()
     assert {"KAFKA_BOOTSTRAP_SERVERS", "DAGSTER_GRAPHQL_URL", "DAGSTER_API_TOKEN", "KAFKA_DAGSTER_ROUTES",
             "KAFKA_DAGSTER_GROUP_ID", "KAFKA_DAGSTER_DLQ_TOPIC", "KAFKA_DAGSTER_WEB_PORT",
-            "KAFKA_SECURITY_PROTOCOL", "KAFKA_SASL_MECHANISM", "KAFKA_SASL_USERNAME", "KAFKA_SASL_PASSWORD"} <= set(names)
+            "KAFKA_SECURITY_PROTOCOL", "KAFKA_SASL_MECHANISM", "KAFKA_SASL_USERNAME", "KAFKA_SASL_PASSWORD",
+            "KAFKA_SSL_CAFILE"} <= set(names)
 
 
 def test_every_setting_the_worker_reads_is_provided_or_defaulted(services: dict[str, dict[str, Any]]) -> None:
