@@ -27,6 +27,7 @@ class Settings:
     bootstrap_servers: str = "localhost:9092"
     dagster_graphql_url: str = "http://localhost:3000/graphql"
     dagster_api_token: str | None = None
+    dagster_ssl_cafile: str | None = None
     routes_path: Path = Path("routes.toml")
     group_id: str = "kafka-dagster"
     dlq_topic: str = "kafka-dagster.dlq"
@@ -63,6 +64,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         bootstrap_servers=read("KAFKA_BOOTSTRAP_SERVERS", _bootstrap_servers, "localhost:9092"),
         dagster_graphql_url=read("DAGSTER_GRAPHQL_URL", _http_url, "http://localhost:3000/graphql"),
         dagster_api_token=env.get("DAGSTER_API_TOKEN") or None,
+        dagster_ssl_cafile=_dagster_cafile("DAGSTER_SSL_CAFILE", env, read),
         routes_path=read("KAFKA_DAGSTER_ROUTES", _existing_file, "routes.toml"),
         group_id=read("KAFKA_DAGSTER_GROUP_ID", _non_empty, "kafka-dagster"),
         dlq_topic=read("KAFKA_DAGSTER_DLQ_TOPIC", _non_empty, "kafka-dagster.dlq"),
@@ -103,6 +105,21 @@ def load_kafka_security(env: Mapping[str, str] | None = None) -> KafkaSecurity:
     )
     _check_kafka_security(security, env)
     return security
+
+
+def _dagster_cafile(name: str, env: Mapping[str, str], read: _Reader) -> str | None:
+    """A private CA for an https:// DAGSTER_GRAPHQL_URL; with http:// it would protect nothing."""
+    cafile = _optional_file(name, env, read)
+    if cafile is None:
+        return None
+    if not env.get("DAGSTER_GRAPHQL_URL", "").strip().startswith("https://"):
+        raise ConfigurationError(f"invalid setting {name}: DAGSTER_GRAPHQL_URL is not an https:// URL")
+    try:
+        ssl.create_default_context(cafile=cafile)
+    except (ssl.SSLError, OSError) as exc:
+        raise ConfigurationError(f"invalid setting {name}={cafile!r}: not a PEM certificate bundle "
+                                 f"({exc.__class__.__name__})") from None
+    return cafile
 
 
 def _optional_file(name: str, env: Mapping[str, str], read: _Reader) -> str | None:

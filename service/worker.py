@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from typing import Any
+from urllib.parse import urlparse
 
 import faust
 
 from service.app import App, create_app
 from service.batching import TP, Record
 from service.dagster_client import DagsterClient
+from service.decoding import JsonBounds
 from service.delivery import Delivery
 from service.health import Heartbeat, readiness, update_lag
 from service.kafka import Producer, ensure_topics, read_range
@@ -30,7 +32,9 @@ def build_worker(settings: Settings, metrics: Metrics | None = None) -> App:
     routes = load_routes(settings.routes_path)
     metrics = metrics or Metrics()
     app = create_app(settings)
-    client = DagsterClient(settings.dagster_graphql_url, settings.dagster_api_token, settings.dagster_timeout_s)
+    client = DagsterClient(settings.dagster_graphql_url, settings.dagster_api_token, settings.dagster_timeout_s,
+                           cafile=settings.dagster_ssl_cafile)
+    _warn_if_token_in_the_clear(settings)
     security = settings.kafka_security
     dlq_producer = Producer(settings.bootstrap_servers, security=security)
     delivery = Delivery(
@@ -44,6 +48,7 @@ def build_worker(settings: Settings, metrics: Metrics | None = None) -> App:
             settings.bootstrap_servers, topic, partition, start, end, security=security),
         max_inflight_runs=settings.max_inflight_runs,
         on_fatal=lambda exc: app.crash(exc),
+        json_bounds=JsonBounds(settings.max_json_depth, settings.max_json_keys),
     )
     _add_agent(app, routes, delivery)
     _add_lifecycle(app, settings, delivery, dlq_producer, client)
@@ -56,6 +61,13 @@ def build_worker(settings: Settings, metrics: Metrics | None = None) -> App:
     add_pages(app, metrics, ready, heartbeat.status)
     _add_monitors(app, routes, delivery, metrics, heartbeat)
     return app
+
+
+def _warn_if_token_in_the_clear(settings: Settings) -> None:
+    url = urlparse(settings.dagster_graphql_url)
+    if settings.dagster_api_token and url.scheme == "http" and url.hostname not in ("localhost", "127.0.0.1", "::1"):
+        logger.warning("DAGSTER_API_TOKEN is sent without TLS to %s: use an https:// DAGSTER_GRAPHQL_URL",
+                       url.hostname)
 
 
 def _add_monitors(app: App, routes: dict[str, Route], delivery: Delivery, metrics: Metrics,
