@@ -58,15 +58,10 @@ def orders(count: int) -> list[bytes]:
     return [orjson.dumps({"order_id": f"o-{i}", "customer": "c", "amount": 2.0}) for i in range(count)]
 
 
-RUN_DETAILS = """
-query Run($runId: ID!) { runOrError(runId: $runId) { __typename ... on Run { runConfigYaml tags { key value } } } }
-"""
-
-
 async def run_details(api: DagsterApi, run_ids: list[str]) -> str:
     texts = []
     for run_id in run_ids:
-        run = (await api.query(RUN_DETAILS, {"runId": run_id}))["runOrError"]
+        run = await api.run_details(run_id)
         texts.append(run["runConfigYaml"] + orjson.dumps(run["tags"]).decode())
     return "\n".join(texts)
 
