@@ -12,6 +12,7 @@ import logging
 import ssl
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
@@ -153,6 +154,7 @@ class DagsterClient:
         """`cafile`: a private CA for an https:// URL; without it, the system's CAs. Verification is never off."""
         headers = {TOKEN_HEADER: token} if token else {}
         self.url = url
+        self.shown_url = without_credentials(url)
         self._http = httpx.AsyncClient(headers=headers, timeout=timeout_s, transport=transport,
                                        verify=tls_context(cafile))
         self._selectors: dict[tuple[str, str | None, str | None], JobSelector] = {}
@@ -165,21 +167,22 @@ class DagsterClient:
         try:
             response = await self._http.post(self.url, json={"query": query, "variables": variables or {}})
         except httpx.TransportError as exc:
-            raise DagsterUnavailable(f"{type(exc).__name__} talking to Dagster at {self.url}{_tls_hint(exc)}") \
+            raise DagsterUnavailable(f"{type(exc).__name__} talking to Dagster at {self.shown_url}{_tls_hint(exc)}") \
                 from exc
         if response.status_code >= 500:
             raise DagsterUnavailable(f"Dagster answered HTTP {response.status_code}")
         if response.status_code in (401, 403):
-            raise LaunchRejected("UnauthorizedError", f"Dagster at {self.url} answered HTTP {response.status_code}: "
+            raise LaunchRejected("UnauthorizedError",
+                                 f"Dagster at {self.shown_url} answered HTTP {response.status_code}: "
                                  "the request was not authorized; check DAGSTER_API_TOKEN")
         if response.status_code != 200:
             raise PermanentError(f"Dagster answered HTTP {response.status_code}")
         try:
             body = response.json()
         except ValueError:
-            raise DagsterUnavailable(f"{self.url} did not answer with JSON; is it Dagster's /graphql?") from None
+            raise DagsterUnavailable(f"{self.shown_url} did not answer with JSON; is it Dagster's /graphql?") from None
         if not isinstance(body, dict) or (not isinstance(body.get("data"), dict) and not body.get("errors")):
-            raise DagsterUnavailable(f"{self.url} did not answer with a GraphQL result")
+            raise DagsterUnavailable(f"{self.shown_url} did not answer with a GraphQL result")
         if body.get("errors"):
             raise PermanentError(f"GraphQL error: {body['errors'][0].get('message')}")
         return body["data"]  # type: ignore[no-any-return]
@@ -287,6 +290,14 @@ def _tls_hint(exc: BaseException) -> str:
             return f" (TLS certificate not trusted: {cause.verify_message}; check DAGSTER_SSL_CAFILE)"
         cause = cause.__cause__ or cause.__context__
     return ""
+
+
+def without_credentials(url: str) -> str:
+    """`url` fit for logs and dead letters: any user:password@ part is dropped."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
 
 
 def tls_context(cafile: str | None = None) -> ssl.SSLContext:

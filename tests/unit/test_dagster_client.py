@@ -11,7 +11,14 @@ from typing import Any
 import httpx
 import pytest
 
-from service.dagster_client import TOKEN_HEADER, DagsterClient, JobSelector, RetryableLaunchError, _tls_hint
+from service.dagster_client import (
+    TOKEN_HEADER,
+    DagsterClient,
+    JobSelector,
+    RetryableLaunchError,
+    _tls_hint,
+    without_credentials,
+)
 from service.errors import (
     DagsterUnavailable,
     KafkaDagsterError,
@@ -324,3 +331,17 @@ def test_a_tls_verification_failure_says_what_to_check() -> None:
         hint = _tls_hint(wrapped)
     assert "unable to get local issuer certificate" in hint and "DAGSTER_SSL_CAFILE" in hint
     assert _tls_hint(httpx.ConnectError("refused")) == ""
+
+
+async def test_credentials_in_the_url_never_reach_an_error_message() -> None:
+    url = "https://svc:pw-4b3a2c1d@dagster.test/graphql"
+    assert without_credentials(url) == "https://dagster.test/graphql"
+    assert without_credentials(URL) == URL
+    for answer in (httpx.Response(401), httpx.Response(200, text="not json")):
+        client = DagsterClient(url, transport=httpx.MockTransport(lambda request, a=answer: a))
+        try:
+            with pytest.raises(KafkaDagsterError) as info:
+                await client.execute("{ version }")
+        finally:
+            await client.aclose()
+        assert "pw-4b3a2c1d" not in str(info.value) and "dagster.test" in str(info.value)
