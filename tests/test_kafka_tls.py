@@ -184,7 +184,7 @@ def authenticating_broker(stack: Stack) -> Iterator[str]:
         broker.stop()
 
 
-@pytest.mark.parametrize("mechanism", ["SCRAM-SHA-256", "SCRAM-SHA-512"])
+@pytest.mark.parametrize("mechanism", ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"])
 async def test_sasl_rejection_fails_at_start_with_one_line_without_the_password(
         authenticating_broker: str, tmp_path: Path, mechanism: str) -> None:
     routes = tmp_path / "routes.toml"
