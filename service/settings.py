@@ -37,6 +37,7 @@ class Settings:
     max_message_bytes: int = 1_048_576
     max_json_depth: int = 32
     max_json_keys: int = 10_000
+    max_batch_bytes: int = 16_777_216
     queued_batches_per_partition: int = 4
     dagster_timeout_s: float = 30.0
     retry_max_delay_s: float = 30.0
@@ -74,6 +75,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         max_message_bytes=read("KAFKA_DAGSTER_MAX_MESSAGE_BYTES", _positive_int, "1048576"),
         max_json_depth=read("KAFKA_DAGSTER_MAX_JSON_DEPTH", _positive_int, "32"),
         max_json_keys=read("KAFKA_DAGSTER_MAX_JSON_KEYS", _positive_int, "10000"),
+        max_batch_bytes=read("KAFKA_DAGSTER_MAX_BATCH_BYTES", _positive_int, "16777216"),
         queued_batches_per_partition=read("KAFKA_DAGSTER_QUEUED_BATCHES", _positive_int, "4"),
         dagster_timeout_s=read("KAFKA_DAGSTER_DAGSTER_TIMEOUT_S", _positive_float, "30"),
         retry_max_delay_s=read("KAFKA_DAGSTER_RETRY_MAX_DELAY_S", _positive_float, "30"),

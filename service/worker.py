@@ -17,7 +17,7 @@ from service.delivery import Delivery
 from service.health import Heartbeat, readiness, update_lag
 from service.kafka import Producer, ensure_topics, read_range
 from service.metrics import Metrics
-from service.routes import Route, load_routes
+from service.routes import Route, check_batch_bytes, load_routes
 from service.settings import Settings
 from service.web import add_pages
 
@@ -30,6 +30,7 @@ LAG_INTERVAL_S = 5.0
 def build_worker(settings: Settings, metrics: Metrics | None = None) -> App:
     """The Faust app with everything wired: routes, delivery, DLQ, metrics, pages."""
     routes = load_routes(settings.routes_path)
+    check_batch_bytes(routes, settings.max_batch_bytes)
     metrics = metrics or Metrics()
     app = create_app(settings)
     client = DagsterClient(settings.dagster_graphql_url, settings.dagster_api_token, settings.dagster_timeout_s,
