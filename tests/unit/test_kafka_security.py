@@ -151,3 +151,21 @@ def test_password_never_in_repr(tmp_path: Path) -> None:
                  settings.kafka_security.describe(), repr(faust_credentials(settings.kafka_security))):
         assert PASSWORD not in text
     assert settings.kafka_security.describe() == "SASL_SSL (SCRAM-SHA-512 as 'alice')"
+
+
+def test_code_location_reads_the_settings_as_env_vars_and_shows_only_their_names(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """What docker-compose gives the code server (.env, empty values included) resolves; the password stays out."""
+    import dagster as dg
+
+    from dagster_project.definitions import build_definitions
+
+    for name, value in {**sasl_env("SASL_SSL", "SCRAM-SHA-256"), "KAFKA_SSL_CAFILE": "", "KAFKA_SSL_CERTFILE": "",
+                        "KAFKA_SSL_KEYFILE": ""}.items():
+        monkeypatch.setenv(name, value)
+    resource = build_definitions(["orders"]).resources["kafka"]
+    assert PASSWORD not in repr(resource) and "sasl_password='KAFKA_SASL_PASSWORD'" in repr(resource)
+    with dg.build_resources({"kafka": resource}) as resources:
+        kwargs = resources.kafka.client_kwargs()
+    assert (kwargs["security_protocol"], kwargs["sasl_mechanism"], kwargs["sasl_plain_password"]) == (
+        "SASL_SSL", "SCRAM-SHA-256", PASSWORD)
