@@ -105,6 +105,16 @@ async def test_worker_consumes_launches_and_dead_letters_through_tls(
     letters = await eventually(lambda: _dead_letters(tls_kafka, dlq_topic), 60, "the dead letter, through TLS")
     assert [(d.origin, d.stage, d.value) for d in letters] == [((topic, 0, 10), "decode", b"{not json")]
 
+    # A run that fails: the worker reads its records back (read_range) and copies them, all through TLS.
+    failing = orjson.dumps({"order_id": "o-fail", "customer": "c", "amount": 1.0, "fail_run": True})
+    await _produce(tls_kafka, topic, [failing])
+
+    async def run_copy() -> list[DeadLetter]:
+        return [d for d in await _dead_letters(tls_kafka, dlq_topic) if d.stage == "run"]
+
+    [copied] = await eventually(run_copy, 180, "the failed run's record copied to the DLQ, through TLS")
+    assert (copied.origin, copied.value) == ((topic, 0, 21), failing) and copied.dlq["dlq.run_id"]
+
 
 def _cli(*args: str, env: dict[str, str], stdin: bytes = b"", timeout_s: float = 90) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "service", *args], input=stdin, capture_output=True,
