@@ -58,7 +58,7 @@ def produce(topic: str, bootstrap_servers: str, demo_count: int | None, rate: fl
     """Send JSON lines from stdin, or generated demo events, to a topic."""
     from service.demo import demo_order
 
-    security = kafka_security(bootstrap_servers)
+    security = _kafka_security(bootstrap_servers)
     if demo_count is not None:
         values: Iterable[bytes] = (orjson.dumps(demo_order()) for _ in _count(demo_count))
     else:
@@ -73,6 +73,7 @@ def _run(coro: Coroutine[Any, Any, T]) -> T:
     try:
         return loop.run_until_complete(coro)
     finally:
+        loop.run_until_complete(loop.shutdown_asyncgens())
         loop.close()
 
 
@@ -82,7 +83,7 @@ def _check_kafka(bootstrap_servers: str, security: KafkaSecurity) -> None:
     _run(check_security(bootstrap_servers, security))
 
 
-def kafka_security(bootstrap_servers: str) -> KafkaSecurity:
+def _kafka_security(bootstrap_servers: str) -> KafkaSecurity:
     """The KAFKA_SECURITY_PROTOCOL/KAFKA_SASL_*/KAFKA_SSL_* settings, checked against the broker once."""
     from service.settings import load_kafka_security
 
@@ -176,7 +177,7 @@ def inspect(bootstrap_servers: str, dlq_topic: str, stage: str | None, source_to
     """List dead letters with their reasons: DLQ offset, origin, stage, error."""
     from service.dlq import describe, select
 
-    security = kafka_security(bootstrap_servers)
+    security = _kafka_security(bootstrap_servers)
     letters = select(_run(_read_dead_letters(bootstrap_servers, dlq_topic, security)), stage, source_topic)
     for letter in letters:
         if as_json:
@@ -198,7 +199,7 @@ def replay(bootstrap_servers: str, dlq_topic: str, stage: str | None, source_top
     """Send dead letters back to their original topic (or --to), original key, value and headers."""
     from service.dlq import describe, select
 
-    security = kafka_security(bootstrap_servers)
+    security = _kafka_security(bootstrap_servers)
     letters = select(_run(_read_dead_letters(bootstrap_servers, dlq_topic, security)), stage, source_topic)
     if dry_run:
         for letter in letters:
