@@ -47,6 +47,8 @@ TAG_RECORD_COUNT = "kafka/record_count"
 TAG_BATCH_ID = "kafka/batch_id"
 TAG_CONSUMER_GROUP = "kafka/consumer_group"
 
+UNAUTHORIZED = "UnauthorizedError"
+
 # Dagster answering launchRun with PythonError this many times in a row is no passing trouble.
 MAX_PYTHON_ERROR_ATTEMPTS = 10
 
@@ -189,7 +191,9 @@ class Delivery:
         self.next_offsets[tp] = record.offset + 1
         try:
             covered = await self.covered_offset(tp)
-        except PermanentError as exc:
+        except LaunchRejected as exc:
+            if exc.typename != UNAUTHORIZED:
+                raise
             # Dagster refuses us (HTTP 401/403: a wrong DAGSTER_API_TOKEN): nothing can be launched,
             # so the record goes where a rejected launch goes. Not cached: the next record asks again.
             logger.error("cannot reconcile %s/%d with Dagster: %s", tp.topic, tp.partition, exc)

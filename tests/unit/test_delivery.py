@@ -486,3 +486,12 @@ async def test_json_over_a_bound_is_dead_lettered_at_validate(make_harness: Call
     assert h.sink.offsets("validate") == [1, 2]
     assert [m["dlq"]["dlq.error.class"] for m in h.sink.sent] == ["JsonTooDeep", "TooManyKeys"]
     assert h.launched() == [(0, 0), (3, 3)]
+
+
+async def test_other_permanent_reconcile_failures_still_stop_the_worker(make_harness: Callable[..., Harness]) -> None:
+    """Only a refused token is dead-lettered; a malformed answer is a bug to surface, not records to discard."""
+    h = make_harness(max_records=1)
+    h.client.find_failures = [PermanentError("GraphQL error: Cannot query field")]
+    with pytest.raises(PermanentError):
+        await h.feed(0)
+    assert h.sink.sent == [] and h.acked() == []
