@@ -210,18 +210,34 @@ async def _handshake(host: str, port: int, security: KafkaSecurity, timeout_s: f
         raise ConfigurationError(f"{where}: its TLS certificate is not trusted ({exc.verify_message}); "
                                  "check KAFKA_SSL_CAFILE") from None
     except ssl.SSLError as exc:
-        raise ConfigurationError(f"{where}: TLS handshake failed ({exc.reason or exc.__class__.__name__}); "
-                                 "check KAFKA_SECURITY_PROTOCOL and KAFKA_SSL_*") from None
+        raise _tls_failure(where, exc) from None
     except TimeoutError:
         raise ConfigurationError(f"{where}: no answer to the handshake within {timeout_s:.0f}s; "
                                  "check KAFKA_SECURITY_PROTOCOL") from None
     except (KafkaError, OSError, KeyError, ValueError) as exc:
+        tls_error = _ssl_cause(exc)
+        if tls_error is not None:  # TLS 1.3: the server's alert (e.g. on our client certificate) comes late
+            raise _tls_failure(where, tls_error) from None
         # Class names only: nothing of the credentials may leak. aiokafka's SCRAM raises KeyError
         # when the server's final message carries an error instead of its signature.
         if security.uses_sasl:
             raise ConfigurationError(f"{where}: SASL authentication failed ({exc.__class__.__name__}); check "
                                      "KAFKA_SASL_USERNAME, KAFKA_SASL_PASSWORD and KAFKA_SASL_MECHANISM") from None
-        raise ConfigurationError(f"{where}: connection rejected ({exc.__class__.__name__}); "
-                                 "check KAFKA_SECURITY_PROTOCOL") from None
+        client_cert = ", and KAFKA_SSL_CERTFILE if the broker requires a client certificate" \
+            if security.uses_ssl else ""
+        raise ConfigurationError(f"{where}: connection closed during the handshake ({exc.__class__.__name__}); "
+                                 f"check KAFKA_SECURITY_PROTOCOL{client_cert}") from None
     with contextlib.suppress(Exception):
         conn.close()
+
+
+def _ssl_cause(exc: BaseException) -> ssl.SSLError | None:
+    cause = exc.__cause__ or exc.__context__
+    while cause is not None and not isinstance(cause, ssl.SSLError):
+        cause = cause.__cause__ or cause.__context__
+    return cause
+
+
+def _tls_failure(where: str, exc: ssl.SSLError) -> ConfigurationError:
+    return ConfigurationError(f"{where}: TLS handshake failed ({exc.reason or exc.__class__.__name__}); check "
+                              "KAFKA_SECURITY_PROTOCOL, KAFKA_SSL_CAFILE, KAFKA_SSL_CERTFILE and KAFKA_SSL_KEYFILE")

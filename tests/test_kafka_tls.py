@@ -208,3 +208,60 @@ async def test_sasl_rejection_fails_at_start_with_one_line_without_the_password(
     assert "SASL authentication failed" in line and "KAFKA_SASL_PASSWORD" in line, line
     assert f"{mechanism} as 'alice'" in line, line
     assert password not in done.stderr.decode() + done.stdout.decode()
+
+
+@dataclass
+class MutualTlsKafka:
+    bootstrap: str
+    ca: CertPair
+    client: CertPair
+    stranger: CertPair  # a client certificate from another CA
+
+    def env(self, client: CertPair | None) -> dict[str, str]:
+        env = {"KAFKA_BOOTSTRAP_SERVERS": self.bootstrap, "KAFKA_SECURITY_PROTOCOL": "SSL",
+               "KAFKA_SSL_CAFILE": str(self.ca.cert)}
+        if client is not None:
+            env.update(KAFKA_SSL_CERTFILE=str(client.cert), KAFKA_SSL_KEYFILE=str(client.key))
+        return env
+
+
+@pytest.fixture(scope="module")
+def mtls_kafka(stack: Stack) -> Iterator[MutualTlsKafka]:
+    """A third Tansu broker behind stunnel demanding a client certificate from the test CA."""
+    workdir = stack.workdir / unique("mtls")
+    ca, other = make_ca(workdir, "mtls-ca"), make_ca(workdir, "stranger-ca")
+    server = issue_server_cert(workdir, ca)
+    client = issue_server_cert(workdir, ca, "kafka-dagster-client", usage="clientAuth")
+    stranger = issue_server_cert(workdir, other, "stranger-client", usage="clientAuth")
+    port = free_port()
+    broker = Broker(workdir, advertised_port=port, name="mtls-broker")
+    stunnel = Stunnel(workdir, server, broker.port, port=port, client_ca=ca.cert, name="mtls-stunnel")
+    try:
+        broker.start()
+        stunnel.start()
+        yield MutualTlsKafka(f"127.0.0.1:{port}", ca, client, stranger)
+    finally:
+        stunnel.stop()
+        broker.stop()
+
+
+async def test_client_certificate_through_mutual_tls(mtls_kafka: MutualTlsKafka) -> None:
+    topic = unique("mtls")
+    done = await asyncio.to_thread(_cli, "produce", "--topic", topic, env=mtls_kafka.env(mtls_kafka.client),
+                                   stdin=b'{"mtls": true}\n')
+    assert done.returncode == 0, done.stderr.decode()
+    resource = KafkaResource(bootstrap_servers=mtls_kafka.bootstrap, security_protocol="SSL",
+                             ssl_cafile=str(mtls_kafka.ca.cert), ssl_certfile=str(mtls_kafka.client.cert),
+                             ssl_keyfile=str(mtls_kafka.client.key), request_timeout_s=20)
+    [message] = await asyncio.to_thread(resource.read_range, topic, 0, 0, 0)
+    assert orjson.loads(message.value or b"") == {"mtls": True}
+
+
+@pytest.mark.parametrize("who", ["no client certificate", "a certificate from another CA"])
+async def test_missing_or_foreign_client_certificate_fails_at_start_with_one_line(
+        mtls_kafka: MutualTlsKafka, who: str) -> None:
+    client = None if who.startswith("no") else mtls_kafka.stranger
+    done = await asyncio.to_thread(_cli, "produce", "--topic", unique("never"), env=mtls_kafka.env(client),
+                                   stdin=b'{"a": 1}\n', timeout_s=60)
+    line = _one_line_failure(done)
+    assert mtls_kafka.bootstrap in line and "KAFKA_SSL_CERTFILE" in line, line

@@ -35,15 +35,15 @@ def make_ca(directory: Path, name: str) -> CertPair:
     return ca
 
 
-def issue_server_cert(directory: Path, ca: CertPair, name: str = "server") -> CertPair:
-    """A server certificate for 127.0.0.1 and localhost, signed by `ca`."""
+def issue_server_cert(directory: Path, ca: CertPair, name: str = "server", usage: str = "serverAuth") -> CertPair:
+    """A certificate for 127.0.0.1 and localhost signed by `ca`; `usage="clientAuth"` for a client's."""
     pair = CertPair(directory / f"{name}.pem", directory / f"{name}.key")
     csr = directory / f"{name}.csr"
     ext = directory / f"{name}.ext"
     ext.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n"
-                   "keyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n")
+                   f"keyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage={usage}\n")
     _openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-             "-keyout", str(pair.key), "-out", str(csr), "-subj", "/CN=127.0.0.1")
+             "-keyout", str(pair.key), "-out", str(csr), "-subj", f"/CN={name}")
     _openssl("x509", "-req", "-in", str(csr), "-CA", str(ca.cert), "-CAkey", str(ca.key), "-CAcreateserial",
              "-out", str(pair.cert), "-days", "2", "-extfile", str(ext))
     return pair
@@ -60,17 +60,27 @@ cert = {cert}
 key = {key}
 """
 
+# Mutual TLS: only clients with a certificate from this CA get through.
+STUNNEL_CLIENT_CERTS = """\
+CAfile = {ca}
+verifyChain = yes
+requireCert = yes
+"""
+
 
 class Stunnel:
     """A TLS listener on a free port forwarding plaintext to `connect_port`."""
 
-    def __init__(self, workdir: Path, server: CertPair, connect_port: int, port: int | None = None) -> None:
+    def __init__(self, workdir: Path, server: CertPair, connect_port: int, port: int | None = None,
+                 client_ca: Path | None = None, name: str = "stunnel") -> None:
         self.port = port or free_port()
-        conf = workdir / "stunnel.conf"
-        conf.write_text(STUNNEL_CONF.format(accept=self.port, connect=connect_port, cert=server.cert,
-                                            key=server.key))
+        conf = workdir / f"{name}.conf"
+        text = STUNNEL_CONF.format(accept=self.port, connect=connect_port, cert=server.cert, key=server.key)
+        if client_ca is not None:
+            text += STUNNEL_CLIENT_CERTS.format(ca=client_ca)
+        conf.write_text(text)
         binary = shutil.which("stunnel4") or shutil.which("stunnel") or "stunnel4"
-        self.process = ManagedProcess("stunnel", [binary, str(conf)], workdir / "stunnel.log")
+        self.process = ManagedProcess(name, [binary, str(conf)], workdir / f"{name}.log")
 
     def start(self, timeout_s: float = 20.0) -> None:
         self.process.start()
