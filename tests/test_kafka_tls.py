@@ -121,7 +121,7 @@ def _cli(*args: str, env: dict[str, str], stdin: bytes = b"", timeout_s: float =
                           env={**os.environ, **env}, cwd=ROOT, timeout=timeout_s)
 
 
-async def test_cli_produce_and_dlq_inspect_through_tls(tls_kafka: TlsKafka) -> None:
+async def test_cli_produce_and_dlq_inspect_and_replay_through_tls(tls_kafka: TlsKafka) -> None:
     topic = unique("tls-cli")
     done = await asyncio.to_thread(_cli, "produce", "--topic", topic, env=tls_kafka.env(),
                                    stdin=b'{"a": 1}\n{"a": 2}\n')
@@ -140,6 +140,14 @@ async def test_cli_produce_and_dlq_inspect_through_tls(tls_kafka: TlsKafka) -> N
     done = await asyncio.to_thread(_cli, "dlq", "inspect", "--dlq-topic", dlq_topic, "--json", env=tls_kafka.env())
     assert done.returncode == 0, done.stderr.decode()
     assert orjson.loads(done.stdout.splitlines()[0])["dlq.offset"] == "7"
+
+    replayed = unique("tls-replayed")
+    await _produce(tls_kafka, replayed, [])
+    done = await asyncio.to_thread(_cli, "dlq", "replay", "--dlq-topic", dlq_topic, "--to", replayed,
+                                   env=tls_kafka.env())
+    assert done.returncode == 0, done.stderr.decode()
+    [(_, _, message)] = await read_topic(tls_kafka.bootstrap, replayed, security=tls_kafka.security)
+    assert message.value == b"x"  # type: ignore[attr-defined]
 
 
 async def test_code_location_kafka_resource_through_tls(tls_kafka: TlsKafka) -> None:
