@@ -90,10 +90,12 @@ async def test_launches_through_https_with_the_token_and_the_token_stays_secret(
     assert [letter.stage for letter in letters] == ["decode"]
 
     async with httpx.AsyncClient() as client:
-        metrics = (await client.get(f"{worker.base_url}/metrics", timeout=5)).text
+        pages = {page: (await client.get(f"{worker.base_url}{page}", timeout=5)).text
+                 for page in ("/metrics", "/healthz", "/readyz", "/", "/stats/", "/router/")}
+    assert "kafka_dagster_run_launches_total" in pages["/metrics"]
     outputs = {
         "worker log": worker.log_path.read_text(errors="replace"),
-        "/metrics": metrics,
+        **{f"page {page}": text for page, text in pages.items()},
         "dead letters": dead_letter_text(letters),
         "run tags and config": await run_details(dagster_api, [r["runId"] for r in runs]),
     }
