@@ -21,7 +21,16 @@ from dagster_project.sensors import build_kafka_topic_observer, notify_run_failu
 
 def build_definitions(topics: list[str]) -> dg.Definitions:
     """Everything the code location serves, with resources read from the environment at run time."""
-    kafka = KafkaResource(bootstrap_servers=env_or("KAFKA_BOOTSTRAP_SERVERS", "localhost:9092"))
+    kafka = KafkaResource(
+        bootstrap_servers=env_or("KAFKA_BOOTSTRAP_SERVERS", "localhost:9092"),
+        security_protocol=env_or("KAFKA_SECURITY_PROTOCOL", "PLAINTEXT"),
+        sasl_mechanism=env_or("KAFKA_SASL_MECHANISM", "PLAIN"),
+        sasl_username=env_or("KAFKA_SASL_USERNAME", None),
+        sasl_password=env_or("KAFKA_SASL_PASSWORD", None),
+        ssl_cafile=env_or("KAFKA_SSL_CAFILE", None),
+        ssl_certfile=env_or("KAFKA_SSL_CERTFILE", None),
+        ssl_keyfile=env_or("KAFKA_SSL_KEYFILE", None),
+    )
     return dg.Definitions(
         assets=[build_kafka_topics(topics), order_batches_spec(topics), order_totals],
         asset_checks=[order_batch_checks],

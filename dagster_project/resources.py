@@ -23,6 +23,9 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
+from service.kafka_security import aiokafka_kwargs
+from service.settings import load_kafka_security
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_DLQ_TOPIC = "kafka-dagster.dlq"
@@ -48,12 +51,35 @@ class KafkaResource(dg.ConfigurableResource):
     """The Kafka cluster the batches come from, and where dead letters and notifications go.
 
     Large batches reach a run as an offset range only; `read_range` reads the
-    records back from the partition, so run config stays small.
+    records back from the partition, so run config stays small. TLS and SASL
+    take the worker's settings (`KAFKA_SECURITY_PROTOCOL`, `KAFKA_SASL_*`,
+    `KAFKA_SSL_*`), checked and mapped to aiokafka by the same code.
     """
 
     bootstrap_servers: str
     request_timeout_s: float = 30.0
     client_id: str = "kafka-dagster-code-location"
+    security_protocol: str = "PLAINTEXT"
+    sasl_mechanism: str = "PLAIN"
+    sasl_username: str | None = None
+    sasl_password: str | None = None
+    ssl_cafile: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+
+    def client_kwargs(self) -> dict[str, Any]:
+        """bootstrap_servers, client_id and the TLS/SASL arguments every aiokafka client here is made with."""
+        security = load_kafka_security({
+            "KAFKA_SECURITY_PROTOCOL": self.security_protocol,
+            "KAFKA_SASL_MECHANISM": self.sasl_mechanism,
+            "KAFKA_SASL_USERNAME": self.sasl_username or "",
+            "KAFKA_SASL_PASSWORD": self.sasl_password or "",
+            "KAFKA_SSL_CAFILE": self.ssl_cafile or "",
+            "KAFKA_SSL_CERTFILE": self.ssl_certfile or "",
+            "KAFKA_SSL_KEYFILE": self.ssl_keyfile or "",
+        })
+        return {"bootstrap_servers": self.bootstrap_servers, "client_id": self.client_id,
+                **aiokafka_kwargs(security)}
 
     def read_range(self, topic: str, partition: int, start: int, end: int) -> list[KafkaMessage]:
         """Records of `topic`/`partition` with offsets in [start, end] still held by the broker."""
@@ -75,8 +101,7 @@ class KafkaResource(dg.ConfigurableResource):
 
     def _consumer(self) -> AIOKafkaConsumer:
         return AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap_servers,
-            client_id=self.client_id,
+            **self.client_kwargs(),
             enable_auto_commit=False,
             request_timeout_ms=int(self.request_timeout_s * 1000),
             fetch_max_wait_ms=100,
@@ -125,8 +150,8 @@ class KafkaResource(dg.ConfigurableResource):
 
     async def _publish(self, topic: str, messages: list[KafkaMessage]) -> None:
         await self._ensure_topic(topic)
-        producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap_servers, client_id=self.client_id,
-                                    acks="all", request_timeout_ms=int(self.request_timeout_s * 1000))
+        producer = AIOKafkaProducer(**self.client_kwargs(), acks="all",
+                                    request_timeout_ms=int(self.request_timeout_s * 1000))
         await producer.start()
         try:
             sent = [
@@ -139,7 +164,7 @@ class KafkaResource(dg.ConfigurableResource):
             await producer.stop()
 
     async def _ensure_topic(self, topic: str) -> None:
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap_servers, client_id=self.client_id)
+        admin = AIOKafkaAdminClient(**self.client_kwargs())
         await admin.start()
         try:
             if topic not in set(await admin.list_topics()):
@@ -205,6 +230,6 @@ class MetricsResource(dg.ConfigurableResource):
         return metadata
 
 
-def env_or(name: str, default: str) -> str:
+def env_or(name: str, default: str | None) -> Any:
     """`dg.EnvVar(name)` when the variable is set (resolved at run time, shown as such in the UI), else `default`."""
     return dg.EnvVar(name) if name in os.environ else default

@@ -3,6 +3,9 @@
 # binaries are missing: idempotent, and quiet when there is nothing to do.
 #
 #   prometheus      prometheus, promtool  (tests/test_deploy.py, tests/test_prometheus_scrape.py)
+#   stunnel4        stunnel: TLS in front of a test Kafka broker (tests/test_kafka_tls.py)
+#   nginx           nginx: TLS and an API token in front of the test Dagster (tests/test_dagster_https.py)
+#   openssl         openssl: the tests' CA and server certificates (tests/tls.py)
 #   docker-compose  `docker-compose config`: validates docker-compose.yml against the
 #                   Compose schema without a Docker engine (tests/test_deploy.py);
 #                   not installed when the Compose v2 plugin (`docker compose`) is there
@@ -14,6 +17,9 @@ set -euo pipefail
 REQUIRED=(
     "prometheus:prometheus"
     "promtool:prometheus"
+    "stunnel4:stunnel4"
+    "nginx:nginx"
+    "openssl:openssl"
     "docker-compose:docker-compose"
 )
 
@@ -23,7 +29,7 @@ have() {
     if [ "$1" = docker-compose ] && docker compose version >/dev/null 2>&1; then
         return 0
     fi
-    command -v "$1" >/dev/null 2>&1
+    command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ]
 }
 
 missing_packages() {
@@ -74,6 +80,10 @@ fi
 # tests start their own on free ports, so do not leave one running.
 if [[ " ${packages[*]} " == *" prometheus "* ]] && [ -d /run/systemd/system ]; then
     "${sudo[@]}" systemctl disable --now prometheus.service >/dev/null 2>&1 || true
+fi
+# Same for nginx on :80: the tests start their own on free ports.
+if [[ " ${packages[*]} " == *" nginx "* ]] && [ -d /run/systemd/system ]; then
+    "${sudo[@]}" systemctl disable --now nginx.service >/dev/null 2>&1 || true
 fi
 
 read -r -a still_missing <<<"$(missing_packages)"

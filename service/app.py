@@ -6,6 +6,7 @@ from collections.abc import Awaitable, Callable
 
 import faust
 
+from service.kafka_security import faust_credentials
 from service.settings import Settings
 
 
@@ -25,7 +26,7 @@ class App(faust.App):
 
 
 def create_app(settings: Settings) -> App:
-    """A Faust app whose consumer group, broker and web server come from `settings`.
+    """A Faust app whose consumer group, broker (with its TLS/SASL) and web server come from `settings`.
 
     Commits follow manual acks only, no internal topics are created, and a
     rebalance does not wait for open batches (the worker hands them over itself).
@@ -33,6 +34,7 @@ def create_app(settings: Settings) -> App:
     return App(
         settings.group_id,
         broker=settings.broker_urls,
+        broker_credentials=faust_credentials(settings.kafka_security),
         autodiscover=False,
         store="memory://",
         web_enabled=True,

@@ -5,12 +5,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Coroutine, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 import orjson
 
 from service.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from service.kafka_security import KafkaSecurity
+
+T = TypeVar("T")
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +37,7 @@ def worker() -> None:
 
     try:
         settings = load_settings()
+        _check_kafka(settings.bootstrap_servers, settings.kafka_security)
         app = build_worker(settings)
     except ConfigurationError as exc:
         raise click.ClickException(str(exc)) from None
@@ -51,12 +58,41 @@ def produce(topic: str, bootstrap_servers: str, demo_count: int | None, rate: fl
     """Send JSON lines from stdin, or generated demo events, to a topic."""
     from service.demo import demo_order
 
+    security = _kafka_security(bootstrap_servers)
     if demo_count is not None:
         values: Iterable[bytes] = (orjson.dumps(demo_order()) for _ in _count(demo_count))
     else:
         values = _json_lines(sys.stdin.buffer)
-    sent = asyncio.run(_produce(bootstrap_servers, topic, values, rate, partitions))
+    sent = _run(_produce(bootstrap_servers, topic, values, rate, partitions, security))
     click.echo(f"sent {sent} messages to {topic}", err=True)
+
+
+def _run(coro: Coroutine[Any, Any, T]) -> T:
+    """Run `coro` on a loop of its own, leaving no loop set (Faust's worker creates its own after)."""
+    loop = asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(coro)
+    finally:
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
+
+
+def _check_kafka(bootstrap_servers: str, security: KafkaSecurity) -> None:
+    from service.kafka import check_security
+
+    _run(check_security(bootstrap_servers, security))
+
+
+def _kafka_security(bootstrap_servers: str) -> KafkaSecurity:
+    """The KAFKA_SECURITY_PROTOCOL/KAFKA_SASL_*/KAFKA_SSL_* settings, checked against the broker once."""
+    from service.settings import load_kafka_security
+
+    try:
+        security = load_kafka_security()
+        _check_kafka(bootstrap_servers, security)
+    except ConfigurationError as exc:
+        raise click.ClickException(str(exc)) from None
+    return security
 
 
 def _count(n: int) -> Iterator[int]:
@@ -79,11 +115,11 @@ def _json_lines(stream: Iterable[bytes]) -> Iterator[bytes]:
 
 
 async def _produce(bootstrap_servers: str, topic: str, values: Iterable[bytes], rate: float,
-                   partitions: int) -> int:
+                   partitions: int, security: KafkaSecurity) -> int:
     from service.kafka import Producer, ensure_topics
 
-    await ensure_topics(bootstrap_servers, {topic: partitions})
-    producer = Producer(bootstrap_servers)
+    await ensure_topics(bootstrap_servers, {topic: partitions}, security)
+    producer = Producer(bootstrap_servers, security=security)
     sent = 0
     loop = asyncio.get_running_loop()
     started = loop.time()
@@ -141,7 +177,8 @@ def inspect(bootstrap_servers: str, dlq_topic: str, stage: str | None, source_to
     """List dead letters with their reasons: DLQ offset, origin, stage, error."""
     from service.dlq import describe, select
 
-    letters = select(asyncio.run(_read_dead_letters(bootstrap_servers, dlq_topic)), stage, source_topic)
+    security = _kafka_security(bootstrap_servers)
+    letters = select(_run(_read_dead_letters(bootstrap_servers, dlq_topic, security)), stage, source_topic)
     for letter in letters:
         if as_json:
             click.echo(orjson.dumps({"dlq_offset": letter.dlq_offset, **letter.dlq,
@@ -162,30 +199,33 @@ def replay(bootstrap_servers: str, dlq_topic: str, stage: str | None, source_top
     """Send dead letters back to their original topic (or --to), original key, value and headers."""
     from service.dlq import describe, select
 
-    letters = select(asyncio.run(_read_dead_letters(bootstrap_servers, dlq_topic)), stage, source_topic)
+    security = _kafka_security(bootstrap_servers)
+    letters = select(_run(_read_dead_letters(bootstrap_servers, dlq_topic, security)), stage, source_topic)
     if dry_run:
         for letter in letters:
             click.echo(describe(letter))
     else:
-        asyncio.run(_replay(bootstrap_servers, letters, target_topic, rate))
+        _run(_replay(bootstrap_servers, letters, target_topic, rate, security))
     click.echo(f"{'would replay' if dry_run else 'replayed'} {len(letters)} dead letters", err=True)
 
 
-async def _read_dead_letters(bootstrap_servers: str, dlq_topic: str) -> list:  # type: ignore[type-arg]
+async def _read_dead_letters(bootstrap_servers: str, dlq_topic: str,  # type: ignore[type-arg]
+                             security: KafkaSecurity) -> list:
     from service.dlq import DeadLetter
     from service.kafka import read_topic
 
     return [
         DeadLetter.parse(m.key, m.value, m.timestamp, list(m.headers or ()), offset)  # type: ignore[attr-defined]
-        for _, offset, m in await read_topic(bootstrap_servers, dlq_topic)
+        for _, offset, m in await read_topic(bootstrap_servers, dlq_topic, security=security)
     ]
 
 
-async def _replay(bootstrap_servers: str, letters: list, target_topic: str | None, rate: float) -> None:  # type: ignore[type-arg]
+async def _replay(bootstrap_servers: str, letters: list, target_topic: str | None,  # type: ignore[type-arg]
+                  rate: float, security: KafkaSecurity) -> None:
     from service.dlq import replay_headers
     from service.kafka import Producer
 
-    producer = Producer(bootstrap_servers)
+    producer = Producer(bootstrap_servers, security=security)
     loop = asyncio.get_running_loop()
     started = loop.time()
     try:

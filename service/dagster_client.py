@@ -9,12 +9,14 @@ Message content only ever travels as GraphQL variables.
 from __future__ import annotations
 
 import logging
+import ssl
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
-from service.errors import DagsterUnavailable, LaunchRejected, PermanentError, TransientError
+from service.errors import DagsterUnavailable, KafkaDagsterError, LaunchRejected, PermanentError, TransientError
 
 logger = logging.getLogger(__name__)
 
@@ -148,10 +150,13 @@ class DagsterClient:
     """Launch and look up runs over GraphQL, with job selectors resolved and cached."""
 
     def __init__(self, url: str, token: str | None = None, timeout_s: float = 30.0,
-                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+                 transport: httpx.AsyncBaseTransport | None = None, cafile: str | None = None) -> None:
+        """`cafile`: a private CA for an https:// URL; without it, the system's CAs. Verification is never off."""
         headers = {TOKEN_HEADER: token} if token else {}
         self.url = url
-        self._http = httpx.AsyncClient(headers=headers, timeout=timeout_s, transport=transport)
+        self.shown_url = without_credentials(url)
+        self._http = httpx.AsyncClient(headers=headers, timeout=timeout_s, transport=transport,
+                                       verify=tls_context(cafile))
         self._selectors: dict[tuple[str, str | None, str | None], JobSelector] = {}
 
     async def aclose(self) -> None:
@@ -162,28 +167,31 @@ class DagsterClient:
         try:
             response = await self._http.post(self.url, json={"query": query, "variables": variables or {}})
         except httpx.TransportError as exc:
-            raise DagsterUnavailable(f"{type(exc).__name__} talking to Dagster at {self.url}") from exc
+            raise DagsterUnavailable(f"{type(exc).__name__} talking to Dagster at {self.shown_url}{_tls_hint(exc)}") \
+                from exc
         if response.status_code >= 500:
             raise DagsterUnavailable(f"Dagster answered HTTP {response.status_code}")
         if response.status_code in (401, 403):
-            raise LaunchRejected("UnauthorizedError", f"Dagster answered HTTP {response.status_code}")
+            raise LaunchRejected("UnauthorizedError",
+                                 f"Dagster at {self.shown_url} answered HTTP {response.status_code}: "
+                                 "the request was not authorized; check DAGSTER_API_TOKEN")
         if response.status_code != 200:
             raise PermanentError(f"Dagster answered HTTP {response.status_code}")
         try:
             body = response.json()
         except ValueError:
-            raise DagsterUnavailable(f"{self.url} did not answer with JSON; is it Dagster's /graphql?") from None
+            raise DagsterUnavailable(f"{self.shown_url} did not answer with JSON; is it Dagster's /graphql?") from None
         if not isinstance(body, dict) or (not isinstance(body.get("data"), dict) and not body.get("errors")):
-            raise DagsterUnavailable(f"{self.url} did not answer with a GraphQL result")
+            raise DagsterUnavailable(f"{self.shown_url} did not answer with a GraphQL result")
         if body.get("errors"):
             raise PermanentError(f"GraphQL error: {body['errors'][0].get('message')}")
         return body["data"]  # type: ignore[no-any-return]
 
     async def ping(self) -> bool:
-        """True when the GraphQL endpoint answers."""
+        """True when the GraphQL endpoint answers (and accepts our token)."""
         try:
             await self.execute("{ version }")
-        except TransientError:
+        except KafkaDagsterError:
             return False
         return True
 
@@ -272,6 +280,29 @@ class DagsterClient:
                 return RunEventLog(events, complete=True)
             cursor = page["cursor"]
         return RunEventLog(events, complete=False)
+
+
+def _tls_hint(exc: BaseException) -> str:
+    """What to check when the failure underneath is a TLS verification failure."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return f" (TLS certificate not trusted: {cause.verify_message}; check DAGSTER_SSL_CAFILE)"
+        cause = cause.__cause__ or cause.__context__
+    return ""
+
+
+def without_credentials(url: str) -> str:
+    """`url` fit for logs and dead letters: any user:password@ part is dropped."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
+
+
+def tls_context(cafile: str | None = None) -> ssl.SSLContext:
+    """Certificate and host name verification, against `cafile` or the system's CAs."""
+    return ssl.create_default_context(cafile=cafile)
 
 
 def _run_event(event: dict[str, Any]) -> RunEvent:

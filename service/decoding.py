@@ -1,18 +1,34 @@
-"""Decode and validate one record's value, or say exactly why not."""
+"""Decode and validate one record's value, or say exactly why not.
+
+Checks run cheapest first and each bound is checked before the work it
+protects: the byte size before parsing, nesting depth and key count (walked
+iteratively, stopping at the first excess) before the JSON Schema, which
+recurses. orjson itself refuses nesting deeper than 1024 (`InvalidJson`).
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import jsonschema
 import orjson
 
 from service.batching import Record
-from service.errors import InvalidJson, MessageTooLarge, NotUtf8, NullValue, SchemaViolation
+from service.errors import InvalidJson, JsonTooDeep, MessageTooLarge, NotUtf8, NullValue, SchemaViolation, TooManyKeys
+
+
+@dataclass(frozen=True)
+class JsonBounds:
+    """How deep and how wide a decoded value may be (`KAFKA_DAGSTER_MAX_JSON_DEPTH`, `..._MAX_JSON_KEYS`)."""
+
+    max_depth: int = 32
+    max_keys: int = 10_000
 
 
 def decode_value(record: Record, max_message_bytes: int,
-                 validator: jsonschema.protocols.Validator | None = None) -> Any:
+                 validator: jsonschema.protocols.Validator | None = None,
+                 bounds: JsonBounds | None = None) -> Any:
     """The record's value as JSON, checked against its bounds and schema."""
     if record.size > max_message_bytes:
         raise MessageTooLarge(f"record is {record.size} bytes, over the bound of {max_message_bytes}")
@@ -26,9 +42,30 @@ def decode_value(record: Record, max_message_bytes: int,
         value = orjson.loads(record.value)
     except orjson.JSONDecodeError as exc:
         raise InvalidJson(f"value is not JSON: {exc}") from None
+    check_shape(value, bounds or JsonBounds())
     if validator is not None:
         error = jsonschema.exceptions.best_match(validator.iter_errors(value))
         if error is not None:
             path = "/".join(str(p) for p in error.absolute_path) or "(root)"
             raise SchemaViolation(f"value fails the route schema at {path}: {error.message}")
     return value
+
+
+def check_shape(value: Any, bounds: JsonBounds) -> None:
+    """Raise `JsonTooDeep` or `TooManyKeys` when `value` is over a bound; no recursion."""
+    keys = 0
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict):
+            children: Any = node.values()
+            keys += len(node)
+            if keys > bounds.max_keys:
+                raise TooManyKeys(f"value has more than {bounds.max_keys} object keys")
+        elif isinstance(node, list):
+            children = node
+        else:
+            continue
+        if depth > bounds.max_depth:
+            raise JsonTooDeep(f"value nests deeper than {bounds.max_depth} levels")
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))

@@ -27,7 +27,7 @@ from typing import Any, Protocol
 
 from service.batching import TP, Batch, Batcher, BatchPolicy, Record
 from service.dagster_client import DagsterClient, RetryableLaunchError
-from service.decoding import decode_value
+from service.decoding import JsonBounds, decode_value
 from service.dlq import Failure, dlq_headers
 from service.errors import LaunchRejected, PermanentError, TransientError
 from service.logs import batch_extra
@@ -46,6 +46,8 @@ TAG_OFFSET_END = "kafka/offset_end"
 TAG_RECORD_COUNT = "kafka/record_count"
 TAG_BATCH_ID = "kafka/batch_id"
 TAG_CONSUMER_GROUP = "kafka/consumer_group"
+
+UNAUTHORIZED = "UnauthorizedError"
 
 # Dagster answering launchRun with PythonError this many times in a row is no passing trouble.
 MAX_PYTHON_ERROR_ATTEMPTS = 10
@@ -155,7 +157,7 @@ class Delivery:
                  read_range: Callable[[str, int, int, int], Awaitable[list[Record]]] | None = None,
                  max_inflight_runs: int = 64, run_poll_interval_s: float = 1.0,
                  on_fatal: Callable[[BaseException], Awaitable[None]] | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, json_bounds: JsonBounds | None = None) -> None:
         self.routes = routes
         self.client = client
         self.sink = dead_letters
@@ -163,6 +165,7 @@ class Delivery:
         self.group_id = group_id
         self.dlq_topic = dlq_topic
         self.max_message_bytes = max_message_bytes
+        self.bounds = json_bounds or JsonBounds()
         self.queue_size = queued_batches_per_partition
         self.retry_max_delay_s = retry_max_delay_s
         self.clock = clock
@@ -186,19 +189,34 @@ class Delivery:
         self.metrics.messages_consumed.labels(record.topic).inc()
         self.positions.setdefault(tp, record.offset)
         self.next_offsets[tp] = record.offset + 1
-        if record.offset <= await self.covered_offset(tp):
+        try:
+            covered = await self.covered_offset(tp)
+        except LaunchRejected as exc:
+            if exc.typename != UNAUTHORIZED:
+                raise
+            # Dagster refuses us (HTTP 401/403: a wrong DAGSTER_API_TOKEN): nothing can be launched,
+            # so the record goes where a rejected launch goes. Not cached: the next record asks again.
+            logger.error("cannot reconcile %s/%d with Dagster: %s", tp.topic, tp.partition, exc)
+            await self._reject(record, Failure.from_exception("launch", exc))
+            return
+        if record.offset <= covered:
             self._ack(record)
             return
         try:
-            record.decoded = decode_value(record, self.max_message_bytes, self.validators[record.topic])
+            record.decoded = decode_value(record, self.max_message_bytes, self.validators[record.topic],
+                                          self.bounds)
         except PermanentError as exc:
-            split = self.batcher.split(tp)
-            if split is not None:
-                await self._submit(split)
-            await self._lane(tp).put(DeadLetters([record], Failure.from_exception(exc.stage, exc)))
+            await self._reject(record, Failure.from_exception(exc.stage, exc))
             return
         for batch in self.batcher.add(record, self.clock()):
             await self._submit(batch)
+
+    async def _reject(self, record: Record, failure: Failure) -> None:
+        """Dead-letter `record` in offset order: the open batch before it is launched first."""
+        split = self.batcher.split(record.tp)
+        if split is not None:
+            await self._submit(split)
+        await self._lane(record.tp).put(DeadLetters([record], failure))
 
     async def tick(self) -> None:
         """Close the batches whose `max_wait_s` has passed."""

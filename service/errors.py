@@ -14,6 +14,8 @@ at the edge where it happens (httpx in `dagster_client`, aiokafka in `dlq` and
     │   │   └── InvalidJson     the value is UTF-8 but not JSON
     │   ├── ValidationError     stage `validate`
     │   │   ├── MessageTooLarge the record is over the size bound
+    │   │   ├── JsonTooDeep     the value nests deeper than the depth bound
+    │   │   ├── TooManyKeys     the value has more object keys than the bound
     │   │   └── SchemaViolation the value breaks the route's JSON Schema
     │   └── LaunchRejected      Dagster refused the run (stage `launch`)
     └── ConfigurationError      a bad setting or routes file: fail at start
@@ -66,6 +68,14 @@ class InvalidJson(DecodeError):
 
 class MessageTooLarge(ValidationError):
     """The record is larger than `KAFKA_DAGSTER_MAX_MESSAGE_BYTES`."""
+
+
+class JsonTooDeep(ValidationError):
+    """The value nests objects and arrays deeper than `KAFKA_DAGSTER_MAX_JSON_DEPTH`."""
+
+
+class TooManyKeys(ValidationError):
+    """The value holds more object keys, all levels together, than `KAFKA_DAGSTER_MAX_JSON_KEYS`."""
 
 
 class SchemaViolation(ValidationError):

@@ -1,21 +1,30 @@
-"""aiokafka at the edge: topic creation and a producer, with errors translated.
+"""aiokafka at the edge: topic creation, a producer and readers, with errors translated.
 
 Broker failures that may pass (connection lost, timeouts, leader changes)
 become `TransientError`; the rest of the code never sees aiokafka exceptions.
+A TLS or SASL failure cannot pass by waiting: `check_security` finds it at
+start and raises `ConfigurationError` with one line naming what to fix.
+Every client takes its TLS/SASL arguments from `service.kafka_security`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import ssl
 from collections.abc import Mapping
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.conn import create_conn
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
 from service.batching import Record
-from service.errors import TransientError
+from service.errors import ConfigurationError, TransientError
+from service.kafka_security import KafkaSecurity, aiokafka_kwargs
+
+PLAINTEXT = KafkaSecurity()
 
 logger = logging.getLogger(__name__)
 
@@ -24,9 +33,10 @@ class BrokerUnavailable(TransientError):
     """The Kafka broker could not be reached or did not acknowledge in time."""
 
 
-async def ensure_topics(bootstrap_servers: str, topics: Mapping[str, int]) -> None:
+async def ensure_topics(bootstrap_servers: str, topics: Mapping[str, int],
+                        security: KafkaSecurity = PLAINTEXT) -> None:
     """Create each topic with its number of partitions unless it exists."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, **aiokafka_kwargs(security))
     try:
         await admin.start()
         existing = set(await admin.list_topics())
@@ -46,16 +56,18 @@ async def ensure_topics(bootstrap_servers: str, topics: Mapping[str, int]) -> No
 class Producer:
     """An idempotent-enough aiokafka producer (acks=all) with translated errors."""
 
-    def __init__(self, bootstrap_servers: str, linger_ms: int = 5) -> None:
+    def __init__(self, bootstrap_servers: str, linger_ms: int = 5, security: KafkaSecurity = PLAINTEXT) -> None:
         self.bootstrap_servers = bootstrap_servers
         self.linger_ms = linger_ms
+        self.security = security
         self._producer: AIOKafkaProducer | None = None
 
     async def start(self) -> AIOKafkaProducer:
         """The started aiokafka producer (created on first use, inside the event loop)."""
         if self._producer is None:
             producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap_servers, acks="all",
-                                        linger_ms=self.linger_ms, max_batch_size=1_048_576)
+                                        linger_ms=self.linger_ms, max_batch_size=1_048_576,
+                                        **aiokafka_kwargs(self.security))
             try:
                 await producer.start()
             except KafkaError as exc:
@@ -93,10 +105,10 @@ class Producer:
 
 
 async def read_range(bootstrap_servers: str, topic: str, partition: int, start: int, end: int,
-                     timeout_s: float = 30.0) -> list[Record]:
+                     timeout_s: float = 30.0, security: KafkaSecurity = PLAINTEXT) -> list[Record]:
     """The records of one partition with offsets in [start, end], read without a consumer group."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, enable_auto_commit=False,
-                                auto_offset_reset="earliest")
+                                auto_offset_reset="earliest", **aiokafka_kwargs(security))
     records: list[Record] = []
     try:
         await consumer.start()
@@ -120,7 +132,8 @@ async def read_range(bootstrap_servers: str, topic: str, partition: int, start: 
     return records
 
 
-async def read_topic(bootstrap_servers: str, topic: str, timeout_s: float = 30.0) -> list[tuple[int, int, object]]:
+async def read_topic(bootstrap_servers: str, topic: str, timeout_s: float = 30.0,
+                     security: KafkaSecurity = PLAINTEXT) -> list[tuple[int, int, object]]:
     """Every record of `topic` present now, as (partition, offset, message).
 
     End offsets are treated as a lower bound and reading stops at the first
@@ -128,7 +141,7 @@ async def read_topic(bootstrap_servers: str, topic: str, timeout_s: float = 30.0
     last batch's base offset + 1 as the end offset.
     """
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, enable_auto_commit=False,
-                                auto_offset_reset="earliest")
+                                auto_offset_reset="earliest", **aiokafka_kwargs(security))
     found: list[tuple[int, int, object]] = []
     try:
         await consumer.start()
@@ -159,3 +172,72 @@ async def read_topic(bootstrap_servers: str, topic: str, timeout_s: float = 30.0
         raise BrokerUnavailable(f"reading {topic}: {exc!r}") from exc
     finally:
         await consumer.stop()
+
+
+async def check_security(bootstrap_servers: str, security: KafkaSecurity, timeout_s: float = 15.0) -> None:
+    """Complete one TLS/SASL handshake with the first reachable bootstrap server, or raise `ConfigurationError`.
+
+    An unreachable broker is not a security failure: the worker starts and
+    retries as it would without TLS. A broker that answers but rejects the
+    certificate or the credentials is, and it will not change its mind.
+    """
+    if security.protocol == "PLAINTEXT":
+        return
+    for server in bootstrap_servers.split(","):
+        host, _, port = server.strip().rpartition(":")
+        if await _tcp_reachable(host, int(port), timeout_s):
+            await _handshake(host, int(port), security, timeout_s)
+            return
+    logger.warning("no Kafka bootstrap server of %s is reachable; TLS/SASL not checked yet", bootstrap_servers)
+
+
+async def _tcp_reachable(host: str, port: int, timeout_s: float) -> bool:
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout_s)
+    except (OSError, TimeoutError):
+        return False
+    writer.close()
+    return True
+
+
+async def _handshake(host: str, port: int, security: KafkaSecurity, timeout_s: float) -> None:
+    where = f"Kafka broker {host}:{port} ({security.describe()})"
+    try:
+        conn = await asyncio.wait_for(
+            create_conn(host, port, request_timeout_ms=int(timeout_s * 1000), **aiokafka_kwargs(security)),
+            timeout_s)
+    except ssl.SSLCertVerificationError as exc:
+        raise ConfigurationError(f"{where}: its TLS certificate is not trusted ({exc.verify_message}); "
+                                 "check KAFKA_SSL_CAFILE") from None
+    except ssl.SSLError as exc:
+        raise _tls_failure(where, exc) from None
+    except TimeoutError:
+        raise ConfigurationError(f"{where}: no answer to the handshake within {timeout_s:.0f}s; "
+                                 "check KAFKA_SECURITY_PROTOCOL") from None
+    except (KafkaError, OSError, KeyError, ValueError) as exc:
+        tls_error = _ssl_cause(exc)
+        if tls_error is not None:  # TLS 1.3: the server's alert (e.g. on our client certificate) comes late
+            raise _tls_failure(where, tls_error) from None
+        # Class names only: nothing of the credentials may leak. aiokafka's SCRAM raises KeyError
+        # when the server's final message carries an error instead of its signature.
+        if security.uses_sasl:
+            raise ConfigurationError(f"{where}: SASL authentication failed ({exc.__class__.__name__}); check "
+                                     "KAFKA_SASL_USERNAME, KAFKA_SASL_PASSWORD and KAFKA_SASL_MECHANISM") from None
+        client_cert = ", and KAFKA_SSL_CERTFILE if the broker requires a client certificate" \
+            if security.uses_ssl else ""
+        raise ConfigurationError(f"{where}: connection closed during the handshake ({exc.__class__.__name__}); "
+                                 f"check KAFKA_SECURITY_PROTOCOL{client_cert}") from None
+    with contextlib.suppress(Exception):
+        conn.close()
+
+
+def _ssl_cause(exc: BaseException) -> ssl.SSLError | None:
+    cause = exc.__cause__ or exc.__context__
+    while cause is not None and not isinstance(cause, ssl.SSLError):
+        cause = cause.__cause__ or cause.__context__
+    return cause
+
+
+def _tls_failure(where: str, exc: ssl.SSLError) -> ConfigurationError:
+    return ConfigurationError(f"{where}: TLS handshake failed ({exc.reason or exc.__class__.__name__}); check "
+                              "KAFKA_SECURITY_PROTOCOL, KAFKA_SSL_CAFILE, KAFKA_SSL_CERTFILE and KAFKA_SSL_KEYFILE")

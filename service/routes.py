@@ -71,6 +71,14 @@ def load_routes(path: Path) -> dict[str, Route]:
     return routes
 
 
+def check_batch_bytes(routes: dict[str, Route], max_batch_bytes: int) -> None:
+    """Every route's `max_bytes` within `KAFKA_DAGSTER_MAX_BATCH_BYTES`: what bounds a partition's memory."""
+    for route in routes.values():
+        if route.max_bytes > max_batch_bytes:
+            raise ConfigurationError(f"route {route.topic!r}: max_bytes={route.max_bytes} is over "
+                                     f"KAFKA_DAGSTER_MAX_BATCH_BYTES={max_batch_bytes}; lower it or raise the setting")
+
+
 def parse_route(table: dict[str, Any], where: str, base: Path = Path(".")) -> Route:
     """One route from its TOML table; `where` prefixes every error."""
     if not isinstance(table, dict):

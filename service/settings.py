@@ -7,13 +7,15 @@ Every setting has the name the contract gives it. A bad value raises
 from __future__ import annotations
 
 import os
+import ssl
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 from urllib.parse import urlparse
 
 from service.errors import ConfigurationError
+from service.kafka_security import MECHANISMS, PROTOCOLS, KafkaSecurity, ssl_context
 
 T = TypeVar("T")
 
@@ -25,6 +27,7 @@ class Settings:
     bootstrap_servers: str = "localhost:9092"
     dagster_graphql_url: str = "http://localhost:3000/graphql"
     dagster_api_token: str | None = None
+    dagster_ssl_cafile: str | None = None
     routes_path: Path = Path("routes.toml")
     group_id: str = "kafka-dagster"
     dlq_topic: str = "kafka-dagster.dlq"
@@ -32,6 +35,9 @@ class Settings:
     web_port: int = 6066
     session_timeout_s: float = 10.0
     max_message_bytes: int = 1_048_576
+    max_json_depth: int = 32
+    max_json_keys: int = 10_000
+    max_batch_bytes: int = 16_777_216
     queued_batches_per_partition: int = 4
     dagster_timeout_s: float = 30.0
     retry_max_delay_s: float = 30.0
@@ -39,6 +45,7 @@ class Settings:
     max_inflight_runs: int = 64
     log_level: str = "INFO"
     log_format: str = "text"
+    kafka_security: KafkaSecurity = field(default_factory=KafkaSecurity)
 
     @property
     def broker_urls(self) -> list[str]:
@@ -46,7 +53,8 @@ class Settings:
 
     def __repr__(self) -> str:
         token = "'***'" if self.dagster_api_token else "None"
-        return f"Settings(bootstrap_servers={self.bootstrap_servers!r}, dagster_api_token={token}, ...)"
+        return (f"Settings(bootstrap_servers={self.bootstrap_servers!r}, dagster_api_token={token}, "
+                f"kafka_security={self.kafka_security!r}, ...)")
 
 
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
@@ -57,6 +65,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         bootstrap_servers=read("KAFKA_BOOTSTRAP_SERVERS", _bootstrap_servers, "localhost:9092"),
         dagster_graphql_url=read("DAGSTER_GRAPHQL_URL", _http_url, "http://localhost:3000/graphql"),
         dagster_api_token=env.get("DAGSTER_API_TOKEN") or None,
+        dagster_ssl_cafile=_dagster_cafile("DAGSTER_SSL_CAFILE", env, read),
         routes_path=read("KAFKA_DAGSTER_ROUTES", _existing_file, "routes.toml"),
         group_id=read("KAFKA_DAGSTER_GROUP_ID", _non_empty, "kafka-dagster"),
         dlq_topic=read("KAFKA_DAGSTER_DLQ_TOPIC", _non_empty, "kafka-dagster.dlq"),
@@ -64,6 +73,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         web_port=read("KAFKA_DAGSTER_WEB_PORT", _port, "6066"),
         session_timeout_s=read("KAFKA_DAGSTER_SESSION_TIMEOUT_S", _positive_float, "10"),
         max_message_bytes=read("KAFKA_DAGSTER_MAX_MESSAGE_BYTES", _positive_int, "1048576"),
+        max_json_depth=read("KAFKA_DAGSTER_MAX_JSON_DEPTH", _positive_int, "32"),
+        max_json_keys=read("KAFKA_DAGSTER_MAX_JSON_KEYS", _positive_int, "10000"),
+        max_batch_bytes=read("KAFKA_DAGSTER_MAX_BATCH_BYTES", _positive_int, "16777216"),
         queued_batches_per_partition=read("KAFKA_DAGSTER_QUEUED_BATCHES", _positive_int, "4"),
         dagster_timeout_s=read("KAFKA_DAGSTER_DAGSTER_TIMEOUT_S", _positive_float, "30"),
         retry_max_delay_s=read("KAFKA_DAGSTER_RETRY_MAX_DELAY_S", _positive_float, "30"),
@@ -71,7 +83,88 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         max_inflight_runs=read("KAFKA_DAGSTER_MAX_INFLIGHT_RUNS", _positive_int, "64"),
         log_level=read("KAFKA_DAGSTER_LOG_LEVEL", _log_level, "INFO"),
         log_format=read("KAFKA_DAGSTER_LOG_FORMAT", _log_format, "text"),
+        kafka_security=load_kafka_security(env),
     )
+
+
+def load_kafka_security(env: Mapping[str, str] | None = None) -> KafkaSecurity:
+    """The Kafka TLS/SASL settings alone (the CLI's produce and dlq commands need no more).
+
+    A combination that cannot work, or would silently not protect what the
+    operator asked for (a CA file with PLAINTEXT, SASL without a password),
+    fails here with one line naming the setting.
+    """
+    env = os.environ if env is None else env
+    read = _Reader(env)
+    security = KafkaSecurity(
+        protocol=read("KAFKA_SECURITY_PROTOCOL", _choice(PROTOCOLS), "PLAINTEXT"),
+        sasl_mechanism=read("KAFKA_SASL_MECHANISM", _choice(MECHANISMS), "PLAIN"),
+        sasl_username=env.get("KAFKA_SASL_USERNAME") or None,
+        sasl_password=env.get("KAFKA_SASL_PASSWORD") or None,
+        ssl_cafile=_optional_file("KAFKA_SSL_CAFILE", env, read),
+        ssl_certfile=_optional_file("KAFKA_SSL_CERTFILE", env, read),
+        ssl_keyfile=_optional_file("KAFKA_SSL_KEYFILE", env, read),
+    )
+    _check_kafka_security(security, env)
+    return security
+
+
+def _dagster_cafile(name: str, env: Mapping[str, str], read: _Reader) -> str | None:
+    """A private CA for an https:// DAGSTER_GRAPHQL_URL; with http:// it would protect nothing."""
+    cafile = _optional_file(name, env, read)
+    if cafile is None:
+        return None
+    if not env.get("DAGSTER_GRAPHQL_URL", "").strip().startswith("https://"):
+        raise ConfigurationError(f"invalid setting {name}: DAGSTER_GRAPHQL_URL is not an https:// URL")
+    try:
+        ssl.create_default_context(cafile=cafile)
+    except (ssl.SSLError, OSError) as exc:
+        raise ConfigurationError(f"invalid setting {name}={cafile!r}: not a PEM certificate bundle "
+                                 f"({exc.__class__.__name__})") from None
+    return cafile
+
+
+def _optional_file(name: str, env: Mapping[str, str], read: _Reader) -> str | None:
+    if not env.get(name, "").strip():
+        return None
+    return str(read(name, _existing_file, ""))
+
+
+def _check_kafka_security(security: KafkaSecurity, env: Mapping[str, str]) -> None:
+    protocol = f"KAFKA_SECURITY_PROTOCOL={security.protocol}"
+    if security.uses_sasl:
+        for name, value in (("KAFKA_SASL_USERNAME", security.sasl_username),
+                            ("KAFKA_SASL_PASSWORD", security.sasl_password)):
+            if not value:
+                raise ConfigurationError(f"invalid setting {name}: must be set with {protocol}")
+    else:
+        for name in ("KAFKA_SASL_USERNAME", "KAFKA_SASL_PASSWORD"):
+            if env.get(name):
+                raise ConfigurationError(f"invalid setting {name}: {protocol} does not use SASL; "
+                                         "use SASL_PLAINTEXT or SASL_SSL, or unset it")
+    if not security.uses_ssl:
+        for name in ("KAFKA_SSL_CAFILE", "KAFKA_SSL_CERTFILE", "KAFKA_SSL_KEYFILE"):
+            if env.get(name, "").strip():
+                raise ConfigurationError(f"invalid setting {name}: {protocol} does not use TLS; "
+                                         "use SSL or SASL_SSL, or unset it")
+        return
+    if security.ssl_keyfile and not security.ssl_certfile:
+        raise ConfigurationError("invalid setting KAFKA_SSL_KEYFILE: needs KAFKA_SSL_CERTFILE")
+    _check_tls_files(security)
+
+
+def _check_tls_files(security: KafkaSecurity) -> None:
+    """Load the CA and client certificate once now, so a bad file fails at start, not at first connect."""
+    try:
+        ssl.create_default_context(cafile=security.ssl_cafile)
+    except (ssl.SSLError, OSError) as exc:
+        raise ConfigurationError(f"invalid setting KAFKA_SSL_CAFILE={security.ssl_cafile!r}: "
+                                 f"not a PEM certificate bundle ({exc.__class__.__name__})") from None
+    try:
+        ssl_context(security)
+    except (ssl.SSLError, OSError) as exc:
+        raise ConfigurationError(f"invalid setting KAFKA_SSL_CERTFILE={security.ssl_certfile!r}: cannot load "
+                                 f"it with KAFKA_SSL_KEYFILE ({exc.__class__.__name__})") from None
 
 
 class _Reader:
@@ -139,6 +232,16 @@ def _existing_file(raw: str) -> Path:
     if not path.is_file():
         raise ValueError("no such file")
     return path
+
+
+def _choice(allowed: tuple[str, ...]) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        value = raw.upper()
+        if value not in allowed:
+            raise ValueError(f"must be one of {', '.join(allowed)}")
+        return value
+
+    return parse
 
 
 def _log_level(raw: str) -> str:

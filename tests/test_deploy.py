@@ -289,10 +289,10 @@ def test_secrets_come_from_the_env_file_only(services: dict[str, dict[str, Any]]
 def settings_env_vars() -> dict[str, bool]:
     """Every env var `load_settings` reads, mapped to whether the code has a default for it."""
     source = (ROOT / "service" / "settings.py").read_text()
-    function = next(node for node in ast.walk(ast.parse(source))
-                    if isinstance(node, ast.FunctionDef) and node.name == "load_settings")
+    functions = [node for node in ast.walk(ast.parse(source))
+                 if isinstance(node, ast.FunctionDef) and node.name in ("load_settings", "load_kafka_security")]
     names: dict[str, bool] = {}
-    for node in ast.walk(function):
+    for node in (n for function in functions for n in ast.walk(function)):
         if isinstance(node, ast.Call) and node.args:
             first = node.args[0]
             if isinstance(first, ast.Constant) and isinstance(first.value, str) and re.fullmatch(r"[A-Z][A-Z0-9_]+",
@@ -313,7 +313,9 @@ def worker_container_env(services: dict[str, dict[str, Any]]) -> dict[str, str]:
 def test_settings_parser_finds_the_contracts_env_vars() -> None:
     names = settings_env_vars()
     assert {"KAFKA_BOOTSTRAP_SERVERS", "DAGSTER_GRAPHQL_URL", "DAGSTER_API_TOKEN", "KAFKA_DAGSTER_ROUTES",
-            "KAFKA_DAGSTER_GROUP_ID", "KAFKA_DAGSTER_DLQ_TOPIC", "KAFKA_DAGSTER_WEB_PORT"} <= set(names)
+            "KAFKA_DAGSTER_GROUP_ID", "KAFKA_DAGSTER_DLQ_TOPIC", "KAFKA_DAGSTER_WEB_PORT",
+            "KAFKA_SECURITY_PROTOCOL", "KAFKA_SASL_MECHANISM", "KAFKA_SASL_USERNAME", "KAFKA_SASL_PASSWORD",
+            "KAFKA_SSL_CAFILE"} <= set(names)
 
 
 def test_every_setting_the_worker_reads_is_provided_or_defaulted(services: dict[str, dict[str, Any]]) -> None:

@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import json
+import ssl
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from service.dagster_client import TOKEN_HEADER, DagsterClient, JobSelector, RetryableLaunchError
+from service.dagster_client import (
+    TOKEN_HEADER,
+    DagsterClient,
+    JobSelector,
+    RetryableLaunchError,
+    _tls_hint,
+    without_credentials,
+)
 from service.errors import (
     DagsterUnavailable,
     KafkaDagsterError,
@@ -17,6 +26,7 @@ from service.errors import (
     PermanentError,
     TransientError,
 )
+from tests.tls import make_ca
 
 URL = "http://dagster.test/graphql"
 SELECTOR = JobSelector("loc", "__repository__", "process_orders")
@@ -279,3 +289,59 @@ async def test_get_run_not_found_is_none(make_client: Callable[..., DagsterClien
 async def test_ping(make_client: Callable[..., DagsterClient]) -> None:
     assert await make_client(FakeDagster(lambda body: {"data": {"version": "1.13"}})).ping() is True
     assert await make_client(FakeDagster(lambda body: httpx.Response(503))).ping() is False
+
+
+async def test_https_certificates_are_verified_by_default() -> None:
+    client = DagsterClient("https://dagster.test/graphql")
+    try:
+        context = client._http._transport._pool._ssl_context  # type: ignore[attr-defined]
+        assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
+    finally:
+        await client.aclose()
+
+
+async def test_a_private_ca_file_is_what_the_client_trusts(tmp_path: Path) -> None:
+    ca = make_ca(tmp_path, "private-ca")
+    client = DagsterClient("https://dagster.test/graphql", cafile=str(ca.cert))
+    try:
+        context = client._http._transport._pool._ssl_context  # type: ignore[attr-defined]
+        assert context.verify_mode == ssl.CERT_REQUIRED
+        assert [c["subject"] for c in context.get_ca_certs()] == [((("commonName", "private-ca"),),)]
+    finally:
+        await client.aclose()
+
+
+async def test_unauthorized_names_the_setting_never_the_token(make_client: Callable[..., DagsterClient]) -> None:
+    client = make_client(lambda request: httpx.Response(401), token="tok-0f1e2d3c")
+    with pytest.raises(LaunchRejected) as info:
+        await client.launch_run(SELECTOR, {}, {})
+    assert "DAGSTER_API_TOKEN" in str(info.value) and "tok-0f1e2d3c" not in str(info.value)
+    assert await client.ping() is False
+
+
+def test_a_tls_verification_failure_says_what_to_check() -> None:
+    error = ssl.SSLCertVerificationError(1, "certificate verify failed")
+    error.verify_message = "unable to get local issuer certificate"
+    try:
+        try:
+            raise error
+        except ssl.SSLError as exc:
+            raise httpx.ConnectError("failed") from exc
+    except httpx.ConnectError as wrapped:
+        hint = _tls_hint(wrapped)
+    assert "unable to get local issuer certificate" in hint and "DAGSTER_SSL_CAFILE" in hint
+    assert _tls_hint(httpx.ConnectError("refused")) == ""
+
+
+async def test_credentials_in_the_url_never_reach_an_error_message() -> None:
+    url = "https://svc:pw-4b3a2c1d@dagster.test/graphql"
+    assert without_credentials(url) == "https://dagster.test/graphql"
+    assert without_credentials(URL) == URL
+    for answer in (httpx.Response(401), httpx.Response(200, text="not json")):
+        client = DagsterClient(url, transport=httpx.MockTransport(lambda request, a=answer: a))
+        try:
+            with pytest.raises(KafkaDagsterError) as info:
+                await client.execute("{ version }")
+        finally:
+            await client.aclose()
+        assert "pw-4b3a2c1d" not in str(info.value) and "dagster.test" in str(info.value)

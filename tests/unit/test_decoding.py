@@ -5,15 +5,17 @@ from __future__ import annotations
 import jsonschema
 import pytest
 
-from service.decoding import decode_value
+from service.decoding import JsonBounds, decode_value
 from service.errors import (
     DecodeError,
     InvalidJson,
+    JsonTooDeep,
     MessageTooLarge,
     NotUtf8,
     NullValue,
     PermanentError,
     SchemaViolation,
+    TooManyKeys,
     ValidationError,
 )
 from tests.unit.factories import make_record
@@ -115,3 +117,39 @@ def test_hierarchy_and_stages() -> None:
     for validate_cls in (MessageTooLarge, SchemaViolation):
         assert issubclass(validate_cls, ValidationError) and issubclass(validate_cls, PermanentError)
         assert validate_cls.stage == "validate"
+
+
+@pytest.mark.parametrize(
+    ("value", "bounds", "error"),
+    [
+        (b"[" * 5 + b"]" * 5, JsonBounds(max_depth=4), JsonTooDeep),
+        (b'{"a": {"b": {"c": {"d": {}}}}}', JsonBounds(max_depth=4), JsonTooDeep),
+        (b'[1, [2, [3, [4, {"e": 5}]]]]', JsonBounds(max_depth=4), JsonTooDeep),
+        (b'{"a": 1, "b": 2, "c": 3}', JsonBounds(max_keys=2), TooManyKeys),
+        (b'[{"a": 1}, {"b": 2}, {"c": 3}]', JsonBounds(max_keys=2), TooManyKeys),
+        (b'{"a": {"b": {"c": 1}}}', JsonBounds(max_keys=2), TooManyKeys),
+        (b"[" * 1100 + b"]" * 1100, JsonBounds(max_depth=10_000), InvalidJson),  # orjson's own limit
+    ],
+)
+def test_values_over_a_shape_bound_are_validation_errors(value: bytes, bounds: JsonBounds,
+                                                          error: type[PermanentError]) -> None:
+    with pytest.raises(error) as info:
+        decode_value(make_record(0, value=value), 1_000_000, None, bounds)
+    assert info.value.stage == ("decode" if error is InvalidJson else "validate")
+
+
+@pytest.mark.parametrize(
+    "value",
+    [b"[" * 4 + b"]" * 4, b'{"a": {"b": {"c": {"d": 1}}}}', b'{"a": 1, "b": [1, 2, 3, 4, 5]}', b'"flat"', b"7"],
+)
+def test_values_at_the_bound_pass(value: bytes) -> None:
+    assert decode_value(make_record(0, value=value), 1_000, None, JsonBounds(max_depth=4, max_keys=4)) is not None
+
+
+def test_default_bounds_are_the_settings_defaults() -> None:
+    from service.settings import Settings
+
+    assert JsonBounds() == JsonBounds(Settings().max_json_depth, Settings().max_json_keys)
+    with pytest.raises(JsonTooDeep):
+        decode_value(make_record(0, value=b"[" * 33 + b"]" * 33), 1_000)
+    decode_value(make_record(0, value=b"[" * 32 + b"]" * 32), 1_000)

@@ -455,3 +455,43 @@ async def test_a_permanent_launch_error_other_than_launch_rejected_does_not_stal
     assert h.sink.offsets("launch") == [0, 1, 2]
     assert h.launched() == [(3, 5)]
     assert h.acked() == [0, 1, 2, 3, 4, 5]
+
+
+async def test_unauthorized_while_reconciling_dead_letters_at_launch_and_asks_again(
+        make_harness: Callable[..., Harness]) -> None:
+    """A 401 from Dagster (wrong token) cannot pass by retrying: the record goes where a rejected launch goes."""
+    h = make_harness(max_records=1)
+    h.client.find_failures = [LaunchRejected("UnauthorizedError", "Dagster answered HTTP 401")]
+    await h.feed(0, 1)
+    assert await h.settle()
+    assert h.sink.offsets("launch") == [0]
+    assert h.sink.sent[0]["dlq"]["dlq.error.class"] == "UnauthorizedError"
+    assert h.launched() == [(1, 1)]
+    assert len(h.client.find_calls) == 2  # not cached: the second record reconciled again
+    assert h.acked() == [0, 1]
+    h.assert_acks_follow_their_launch_or_dlq()
+
+
+async def test_json_over_a_bound_is_dead_lettered_at_validate(make_harness: Callable[..., Harness]) -> None:
+    h = make_harness(max_records=10)
+    deep = b"[" * 40 + b"]" * 40
+    wide = b"{" + b",".join(b'"k%d": 0' % i for i in range(10_001)) + b"}"
+    h.delivery.max_message_bytes = 1_000_000
+    for offset, value in enumerate([b'{"n": 0}', deep, wide, b'{"n": 3}']):
+        await h.delivery.on_record(h.record(offset, value))
+    await h.delivery.tick()
+    h.clock.now += 10
+    await h.delivery.tick()
+    assert await h.settle()
+    assert h.sink.offsets("validate") == [1, 2]
+    assert [m["dlq"]["dlq.error.class"] for m in h.sink.sent] == ["JsonTooDeep", "TooManyKeys"]
+    assert h.launched() == [(0, 0), (3, 3)]
+
+
+async def test_other_permanent_reconcile_failures_still_stop_the_worker(make_harness: Callable[..., Harness]) -> None:
+    """Only a refused token is dead-lettered; a malformed answer is a bug to surface, not records to discard."""
+    h = make_harness(max_records=1)
+    h.client.find_failures = [PermanentError("GraphQL error: Cannot query field")]
+    with pytest.raises(PermanentError):
+        await h.feed(0)
+    assert h.sink.sent == [] and h.acked() == []

@@ -197,3 +197,24 @@ def test_wrongly_typed_tables_and_schema_fields_fail_as_configuration_errors(
     # _check_types, which catches only SchemaError and TypeError.
     message = config_error(tmp_path, text)
     assert field in message
+
+
+def test_route_max_bytes_is_capped_by_the_batch_bytes_setting() -> None:
+    from service.routes import check_batch_bytes
+
+    routes = {"t": Route("t", "job", max_records=10, max_bytes=2_000, max_wait_s=1.0)}
+    check_batch_bytes(routes, 2_000)
+    with pytest.raises(ConfigurationError) as info:
+        check_batch_bytes(routes, 1_999)
+    assert "KAFKA_DAGSTER_MAX_BATCH_BYTES=1999" in str(info.value) and "'t'" in str(info.value)
+
+
+def test_worker_refuses_a_route_over_the_batch_bytes_setting(tmp_path: Path) -> None:
+    from service.settings import load_settings
+    from service.worker import build_worker
+
+    routes = tmp_path / "routes.toml"
+    routes.write_text('[[routes]]\ntopic = "t"\njob = "j"\nmax_records = 1\nmax_bytes = 5000\nmax_wait_s = 1\n')
+    settings = load_settings({"KAFKA_DAGSTER_ROUTES": str(routes), "KAFKA_DAGSTER_MAX_BATCH_BYTES": "4096"})
+    with pytest.raises(ConfigurationError, match="KAFKA_DAGSTER_MAX_BATCH_BYTES"):
+        build_worker(settings)

@@ -151,3 +151,26 @@ def test_settings_are_frozen(env: dict[str, str]) -> None:
     settings = load_settings(env)
     with pytest.raises(AttributeError):
         settings.web_port = 1  # type: ignore[misc]
+
+
+def test_dagster_private_ca_needs_https(env: dict[str, str], tmp_path: Path) -> None:
+    from tests.tls import make_ca
+
+    ca = make_ca(tmp_path, "dagster-ca")
+    env.update(DAGSTER_GRAPHQL_URL="https://dagster.internal/graphql", DAGSTER_SSL_CAFILE=str(ca.cert))
+    assert load_settings(env).dagster_ssl_cafile == str(ca.cert)
+    for bad, named in ((dict(DAGSTER_GRAPHQL_URL="http://dagster.internal/graphql"), "DAGSTER_SSL_CAFILE"),
+                       (dict(DAGSTER_SSL_CAFILE="/etc/hostname"), "DAGSTER_SSL_CAFILE"),
+                       (dict(DAGSTER_SSL_CAFILE="/no/such.pem"), "DAGSTER_SSL_CAFILE")):
+        with pytest.raises(ConfigurationError, match=named) as info:
+            load_settings({**env, **bad})
+        assert "\n" not in str(info.value)
+
+
+def test_json_bounds_are_settings(env: dict[str, str]) -> None:
+    assert (load_settings(env).max_json_depth, load_settings(env).max_json_keys) == (32, 10_000)
+    env.update(KAFKA_DAGSTER_MAX_JSON_DEPTH="8", KAFKA_DAGSTER_MAX_JSON_KEYS="100")
+    assert (load_settings(env).max_json_depth, load_settings(env).max_json_keys) == (8, 100)
+    for name in ("KAFKA_DAGSTER_MAX_JSON_DEPTH", "KAFKA_DAGSTER_MAX_JSON_KEYS"):
+        with pytest.raises(ConfigurationError, match=name):
+            load_settings({**env, name: "0"})

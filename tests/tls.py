@@ -1,0 +1,145 @@
+"""Real TLS for the security tests: certificates made with openssl, stunnel and nginx in front.
+
+Each helper writes its config under a test directory and runs the real binary
+from Debian's packages (stunnel4, nginx; scripts/ensure-system-deps.sh) as a
+`ManagedProcess`, so stopping it ends its whole process group.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from service.stack import ManagedProcess, free_port, port_open, wait_until
+
+
+@dataclass(frozen=True)
+class CertPair:
+    cert: Path
+    key: Path
+
+
+def _openssl(*args: str) -> None:
+    subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=60)
+
+
+def make_ca(directory: Path, name: str) -> CertPair:
+    """A self-signed CA certificate and its key."""
+    directory.mkdir(parents=True, exist_ok=True)
+    ca = CertPair(directory / f"{name}.pem", directory / f"{name}.key")
+    _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+             "-keyout", str(ca.key), "-out", str(ca.cert), "-days", "2", "-subj", f"/CN={name}",
+             "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign")
+    return ca
+
+
+def issue_server_cert(directory: Path, ca: CertPair, name: str = "server", usage: str = "serverAuth") -> CertPair:
+    """A certificate for 127.0.0.1 and localhost signed by `ca`; `usage="clientAuth"` for a client's."""
+    pair = CertPair(directory / f"{name}.pem", directory / f"{name}.key")
+    csr = directory / f"{name}.csr"
+    ext = directory / f"{name}.ext"
+    ext.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n"
+                   f"keyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage={usage}\n")
+    _openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+             "-keyout", str(pair.key), "-out", str(csr), "-subj", f"/CN={name}")
+    _openssl("x509", "-req", "-in", str(csr), "-CA", str(ca.cert), "-CAkey", str(ca.key), "-CAcreateserial",
+             "-out", str(pair.cert), "-days", "2", "-extfile", str(ext))
+    return pair
+
+
+STUNNEL_CONF = """\
+foreground = yes
+pid =
+debug = warning
+[kafka]
+accept = 127.0.0.1:{accept}
+connect = 127.0.0.1:{connect}
+cert = {cert}
+key = {key}
+"""
+
+# Mutual TLS: only clients with a certificate from this CA get through.
+STUNNEL_CLIENT_CERTS = """\
+CAfile = {ca}
+verifyChain = yes
+requireCert = yes
+"""
+
+
+class Stunnel:
+    """A TLS listener on a free port forwarding plaintext to `connect_port`."""
+
+    def __init__(self, workdir: Path, server: CertPair, connect_port: int, port: int | None = None,
+                 client_ca: Path | None = None, name: str = "stunnel") -> None:
+        self.port = port or free_port()
+        conf = workdir / f"{name}.conf"
+        text = STUNNEL_CONF.format(accept=self.port, connect=connect_port, cert=server.cert, key=server.key)
+        if client_ca is not None:
+            text += STUNNEL_CLIENT_CERTS.format(ca=client_ca)
+        conf.write_text(text)
+        binary = shutil.which("stunnel4") or shutil.which("stunnel") or "stunnel4"
+        self.process = ManagedProcess(name, [binary, str(conf)], workdir / f"{name}.log")
+
+    def start(self, timeout_s: float = 20.0) -> None:
+        self.process.start()
+        wait_until(lambda: self.process.check_alive() or port_open(self.port), timeout_s, "stunnel")
+
+    def stop(self) -> None:
+        self.process.stop()
+
+
+NGINX_CONF = """\
+worker_processes 1;
+daemon off;
+pid {prefix}/nginx.pid;
+error_log {prefix}/error.log warn;
+events {{ worker_connections 64; }}
+http {{
+    access_log {prefix}/access.log;
+    client_body_temp_path {prefix}/body;
+    proxy_temp_path {prefix}/proxy;
+    fastcgi_temp_path {prefix}/fastcgi;
+    uwsgi_temp_path {prefix}/uwsgi;
+    scgi_temp_path {prefix}/scgi;
+    client_max_body_size 64m;
+    client_body_buffer_size 16m;
+    proxy_buffering off;
+    server {{
+        listen 127.0.0.1:{port} ssl;
+        ssl_certificate {cert};
+        ssl_certificate_key {key};
+        location / {{
+            if ($http_dagster_cloud_api_token != "{token}") {{ return 401; }}
+            proxy_pass {upstream};
+            proxy_set_header Host $host;
+        }}
+    }}
+}}
+"""
+
+
+class Nginx:
+    """nginx terminating TLS in front of `upstream`, answering 401 without the right API token header."""
+
+    def __init__(self, workdir: Path, server: CertPair, upstream: str, token: str) -> None:
+        self.port = free_port()
+        prefix = workdir / "nginx"
+        prefix.mkdir(parents=True, exist_ok=True)
+        conf = prefix / "nginx.conf"
+        conf.write_text(NGINX_CONF.format(prefix=prefix, port=self.port, cert=server.cert, key=server.key,
+                                          upstream=upstream, token=token))
+        binary = shutil.which("nginx") or "/usr/sbin/nginx"
+        self.process = ManagedProcess("nginx", [binary, "-p", str(prefix), "-c", str(conf)], prefix / "nginx.log")
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.port}"
+
+    def start(self, timeout_s: float = 20.0) -> None:
+        self.process.start()
+        wait_until(lambda: self.process.check_alive() or port_open(self.port), timeout_s, "nginx")
+
+    def stop(self) -> None:
+        self.process.stop()
