@@ -1,0 +1,61 @@
+"""Backpressure: the worker's memory while Dagster's webserver is down and a backlog grows in Kafka."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from dataclasses import dataclass, field
+
+from bench.context import Context
+from bench.data import make_values, produce_fast
+from bench.worker import Worker, unique
+
+SAMPLE_S = 0.25
+WORKER_START_S = 8.0
+
+
+@dataclass
+class RssSamples:
+    """(seconds since start, backlog produced so far, RSS in MB) every SAMPLE_S."""
+
+    points: list[tuple[float, int, float]] = field(default_factory=list)
+    produced: int = 0
+
+    @property
+    def peak_mb(self) -> float:
+        return max((mb for _, _, mb in self.points), default=0.0)
+
+
+def _sample(worker: Worker, samples: RssSamples, stop: threading.Event) -> None:
+    started = time.monotonic()
+    while not stop.is_set():
+        samples.points.append((time.monotonic() - started, samples.produced, worker.rss_bytes() / 1_048_576))
+        stop.wait(SAMPLE_S)
+
+
+def backpressure(ctx: Context) -> RssSamples:
+    """Stop the webserver, start a worker, produce the backlog, keep sampling its RSS for a while."""
+    mode = ctx.mode
+    topic = unique("bench.backlog")
+    values = make_values(mode.backlog, mode.value_bytes)
+    asyncio.run(produce_fast(ctx.bootstrap, topic, [], mode.partitions))
+    samples = RssSamples()
+    stop = threading.Event()
+    ctx.dagster.stop_webserver()
+    with ctx.workers(1, topic, 10_000, 1.0) as workers:
+        sampler = threading.Thread(target=_sample, args=(workers[0], samples, stop), daemon=True)
+        sampler.start()
+        try:
+            time.sleep(WORKER_START_S)
+
+            def count(sent: int) -> None:
+                samples.produced += sent
+
+            asyncio.run(produce_fast(ctx.bootstrap, topic, values, mode.partitions, on_sent=count))
+            samples.produced = mode.backlog
+            time.sleep(mode.backpressure_hold_s)
+        finally:
+            stop.set()
+            sampler.join()
+    return samples

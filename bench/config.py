@@ -1,0 +1,38 @@
+"""What a benchmark run measures, and how much of it: the full run and the quick one."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Mode:
+    """Sizes of one benchmark run. Every contender reads the same `messages` from one topic."""
+
+    name: str
+    messages: int
+    repetitions: int
+    backlog: int
+    steady_s: float
+    launch_samples: int
+    amortisation_runs: int
+    workers: tuple[int, ...]
+    backpressure_hold_s: float
+    partitions: int = 8
+    value_bytes: int = 300
+    naive_take: int = 1000
+    naive_within_s: float = 1.0
+    steady_rate: int = 1000
+    steady_max_wait_s: float = 1.0
+    amortisation_sizes: tuple[int, ...] = (100, 1_000, 10_000)
+
+    @property
+    def service_max_records(self) -> int:
+        """Two full batches per partition, so the time bound never closes one during the measurement."""
+        return self.messages // self.partitions // 2
+
+
+FULL = Mode("full", messages=200_000, repetitions=3, backlog=500_000, steady_s=20, launch_samples=50,
+            amortisation_runs=8, workers=(1, 2, 3), backpressure_hold_s=10)
+QUICK = Mode("quick", messages=50_000, repetitions=2, backlog=100_000, steady_s=8, launch_samples=20,
+             amortisation_runs=4, workers=(1, 2), backpressure_hold_s=4)

@@ -1,0 +1,48 @@
+"""What every measurement shares: the mode, the broker, Dagster, the data set's topic."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench.config import Mode
+from bench.worker import Worker, route_toml, unique, worker_env
+from service.stack import Broker, Dagster
+
+
+@dataclass
+class Context:
+    mode: Mode
+    broker: Broker
+    dagster: Dagster
+    workdir: Path
+    topic: str = field(default_factory=lambda: unique("bench.orders"))
+
+    @property
+    def bootstrap(self) -> str:
+        return self.broker.bootstrap_servers
+
+    def routes(self, topic: str, max_records: int, max_wait_s: float) -> Path:
+        path = self.workdir / f"{unique('routes')}.toml"
+        path.write_text(route_toml(topic, max_records, max_wait_s))
+        return path
+
+    @contextmanager
+    def workers(self, count: int, topic: str, max_records: int, max_wait_s: float,
+                **env: str) -> Iterator[list[Worker]]:
+        """`count` started workers in one fresh consumer group; stopped whatever happens."""
+        routes = self.routes(topic, max_records, max_wait_s)
+        group = unique("bench-group")
+        started = []
+        try:
+            for index in range(count):
+                worker = Worker(self.workdir, f"{group}-{index}",
+                                worker_env(self.bootstrap, self.dagster.graphql_url, routes, group, **env))
+                started.append(worker)
+                worker.start()
+            yield started
+        finally:
+            for worker in started:
+                worker.stop()
