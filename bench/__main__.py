@@ -15,13 +15,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer messages and repetitions (under 3 minutes)")
     parser.add_argument("--keep", action="store_true", help="keep the stack's logs in .bench-stack/")
+    parser.add_argument("--profile", action="store_true",
+                        help="record the service worker of the first repetition with py-spy "
+                             "(bench/results/profile-service.svg)")
     args = parser.parse_args()
     os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "1")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("aiokafka").setLevel(logging.ERROR)
     logging.getLogger("service").setLevel(logging.WARNING)
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    results = run(QUICK if args.quick else FULL, keep=args.keep)
+    results = run(QUICK if args.quick else FULL, keep=args.keep, profile=args.profile)
     path = write_outputs(results)
     print()
     print(report.table(results))

@@ -11,7 +11,7 @@ from bench.worker import unique, wait_launched
 from service.dagster_client import DagsterClient
 from service.kafka import read_topic
 
-WARM_UP_S = 1.0
+WARM_UP_S = 2.0
 
 
 async def _launch_latencies(graphql_url: str, samples: int) -> list[float]:
@@ -40,7 +40,7 @@ def launch_latencies(ctx: Context) -> list[float]:
 def event_to_launch(ctx: Context) -> list[float]:
     """Per batch: its oldest record's timestamp to the worker's LaunchRunSuccess, at a steady rate.
 
-    Batches whose first record was produced in the first second (the partition's
+    Batches whose first record was produced in the first WARM_UP_S seconds (the partition's
     one-off reconcile with Dagster) are left out: this is the steady state.
     """
     mode = ctx.mode

@@ -20,7 +20,7 @@ def run_naive(bootstrap: str, topic: str, mode: Mode, workdir: Path, timeout_s: 
     env = dict(os.environ, BENCH_GROUP=group, BENCH_BOOTSTRAP=bootstrap, BENCH_TOPIC=topic,
                BENCH_TAKE=str(mode.naive_take), BENCH_WITHIN_S=str(mode.naive_within_s),
                BENCH_EXPECTED=str(mode.messages), BENCH_RESULT=str(result_path), PYTHONPATH=str(ROOT))
-    process = ManagedProcess(group, [sys.executable, "-m", "bench.naive_app", "worker", "-l", "warning"],
+    process = ManagedProcess(group, [sys.executable, "-m", "bench.naive_app", "worker", "-l", "warn"],
                              workdir / f"{group}.log", env)
     process.start()
     try:

@@ -33,7 +33,7 @@ def _step(what: str, started: float) -> None:
     logger.info("[%5.0fs] %s", time.monotonic() - started, what)
 
 
-def measure(ctx: Context, started: float) -> dict[str, Any]:
+def measure(ctx: Context, started: float, profile: bool = False) -> dict[str, Any]:
     """Every figure, in an order that keeps runs from disturbing later measurements."""
     mode = ctx.mode
     results: dict[str, Any] = {}
@@ -41,6 +41,7 @@ def measure(ctx: Context, started: float) -> dict[str, Any]:
     results["amortisation"] = [asdict(point) for point in amortisation(ctx)]
     # From here on runs are launched (queued) but not executed: the daemon would compete for the CPU.
     ctx.dagster.daemon.stop()
+    RESULTS.mkdir(parents=True, exist_ok=True)
     _step(f"producing {mode.messages:,} messages to {mode.partitions} partitions", started)
     produce_rate = asyncio.run(produce_fast(ctx.bootstrap, ctx.topic, make_values(mode.messages, mode.value_bytes),
                                             mode.partitions))
@@ -50,7 +51,8 @@ def measure(ctx: Context, started: float) -> dict[str, Any]:
         _step(f"repetition {repetition}/{mode.repetitions}: limit, naive, service", started)
         samples["limit"].append(run_limit(ctx.bootstrap, ctx.topic, mode.messages))
         samples["naive"].append(run_naive(ctx.bootstrap, ctx.topic, mode, ctx.workdir))
-        samples["service"].append(run_service(ctx).msgs_per_s)
+        flame = RESULTS / "profile-service.svg" if profile and repetition == 1 else None
+        samples["service"].append(run_service(ctx, flame).msgs_per_s)
         _step("  " + ", ".join(f"{k} {v[-1]:,.0f}" for k, v in samples.items()), started)
     results["throughput_samples"] = samples
     results["throughput_msgs_per_s"] = {name: median(values) for name, values in samples.items()}
@@ -78,7 +80,7 @@ def _percentiles(values: list[float]) -> dict[str, float]:
     return {"p50": percentile(values, 50), "p99": percentile(values, 99)}
 
 
-def run(mode: Mode, keep: bool = False) -> dict[str, Any]:
+def run(mode: Mode, keep: bool = False, profile: bool = False) -> dict[str, Any]:
     started = time.monotonic()
     workdir = ROOT / ".bench-stack" / unique(mode.name)
     broker = Broker(workdir)
@@ -92,7 +94,7 @@ def run(mode: Mode, keep: bool = False) -> dict[str, Any]:
     try:
         _step("starting the broker and Dagster", started)
         with running(broker, dagster):
-            results |= measure(Context(mode, broker, dagster, workdir), started)
+            results |= measure(Context(mode, broker, dagster, workdir), started, profile)
     finally:
         if not keep:
             shutil.rmtree(workdir, ignore_errors=True)
