@@ -13,6 +13,8 @@ from bench.worker import Worker, unique
 
 SAMPLE_S = 0.25
 WORKER_START_S = 8.0
+STEPS = 5  # the backlog arrives in steps, so RSS can be read against its size
+STEP_PAUSE_S = 1.0
 
 
 @dataclass
@@ -52,8 +54,12 @@ def backpressure(ctx: Context) -> RssSamples:
             def count(sent: int) -> None:
                 samples.produced += sent
 
-            asyncio.run(produce_fast(ctx.bootstrap, topic, values, mode.partitions, on_sent=count))
-            samples.produced = mode.backlog
+            step = len(values) // STEPS
+            for start in range(0, len(values), step):
+                asyncio.run(produce_fast(ctx.bootstrap, topic, values[start:start + step], mode.partitions,
+                                         on_sent=count))
+                samples.produced = min(start + step, mode.backlog)
+                time.sleep(STEP_PAUSE_S)
             time.sleep(mode.backpressure_hold_s)
         finally:
             stop.set()

@@ -22,6 +22,7 @@ class Mode:
     value_bytes: int = 300
     naive_take: int = 1000
     naive_within_s: float = 1.0
+    inline_records: int = 300  # a 2.5 s batch of one partition at 1,000 msg/s over 8 partitions
     steady_rate: int = 1000
     steady_max_wait_s: float = 2.5  # 8 partitions: ~3 launches/s, what one SQLite webserver here absorbs
     amortisation_sizes: tuple[int, ...] = (100, 1_000, 10_000)

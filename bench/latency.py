@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 from bench.context import Context
 from bench.data import make_values, produce_steady
@@ -14,16 +15,25 @@ from service.kafka import read_topic
 WARM_UP_S = 2.0
 
 
-async def _launch_latencies(graphql_url: str, samples: int) -> list[float]:
+def _config(batch_id: str, offset: int, inline: list[bytes]) -> dict[str, Any]:
+    """The run config the worker sends: the offset range, plus the records when they are inlined."""
+    config: dict[str, Any] = {"topic": "bench.latency", "partition": 0, "offset_start": offset,
+                              "offset_end": offset + max(0, len(inline) - 1), "record_count": max(1, len(inline)),
+                              "batch_id": batch_id}
+    if inline:
+        config["records"] = [{"offset": offset + i, "timestamp_ms": 0, "key": None, "value": value.decode()}
+                             for i, value in enumerate(inline)]
+    return {"ops": {"read_batch": {"config": config}}}
+
+
+async def _launch_latencies(graphql_url: str, samples: int, inline: list[bytes]) -> list[float]:
     client = DagsterClient(graphql_url)
     try:
         selector = await client.resolve_job("process_orders")
         latencies = []
         for index in range(samples):
             batch_id = unique("bench-launch")
-            config = {"ops": {"read_batch": {"config": {
-                "topic": "bench.latency", "partition": 0, "offset_start": index, "offset_end": index,
-                "record_count": 1, "batch_id": batch_id}}}}
+            config = _config(batch_id, index * 1000, inline)
             started = time.perf_counter()
             await client.launch_run(selector, config, {"kafka/batch_id": batch_id, "kafka/topic": "bench.latency"})
             latencies.append(time.perf_counter() - started)
@@ -32,9 +42,15 @@ async def _launch_latencies(graphql_url: str, samples: int) -> list[float]:
         await client.aclose()
 
 
-def launch_latencies(ctx: Context) -> list[float]:
-    """Seconds per `launchRun`, one at a time, with the worker's own GraphQL client."""
-    return asyncio.run(_launch_latencies(ctx.dagster.graphql_url, ctx.mode.launch_samples))
+def launch_latencies(ctx: Context, inline_records: int = 0) -> list[float]:
+    """Seconds per `launchRun`, one at a time, with the worker's own GraphQL client.
+
+    With `inline_records`, each run config carries that many records inline (as
+    the worker sends batches up to the route's `inline_max_bytes`); without,
+    only the offset range (as for larger batches).
+    """
+    inline = make_values(inline_records, ctx.mode.value_bytes)
+    return asyncio.run(_launch_latencies(ctx.dagster.graphql_url, ctx.mode.launch_samples, inline))
 
 
 def event_to_launch(ctx: Context) -> list[float]:

@@ -59,6 +59,10 @@ def measure(ctx: Context, started: float, profile: bool = False) -> dict[str, An
     _step(f"launchRun latency: {mode.launch_samples} launches", started)
     latencies = launch_latencies(ctx)
     results["launch_latency_s"] = _percentiles(latencies) | {"samples": len(latencies), "values": latencies}
+    _step(f"launchRun latency: {mode.launch_samples} launches with {mode.inline_records} records inline", started)
+    inline = launch_latencies(ctx, mode.inline_records)
+    results["launch_latency_inline_s"] = _percentiles(inline) | {
+        "samples": len(inline), "records": mode.inline_records, "values": inline}
     _step(f"event -> launch at {mode.steady_rate} msg/s for {mode.steady_s:.0f}s", started)
     e2e = event_to_launch(ctx)
     results["event_to_launch_s"] = _percentiles(e2e) | {
