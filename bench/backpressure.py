@@ -12,7 +12,6 @@ from bench.data import make_values, produce_fast
 from bench.worker import Worker, unique
 
 SAMPLE_S = 0.25
-WORKER_START_S = 8.0
 STEPS = 5  # the backlog arrives in steps, so RSS can be read against its size
 STEP_PAUSE_S = 1.0
 
@@ -49,7 +48,7 @@ def backpressure(ctx: Context) -> RssSamples:
         sampler = threading.Thread(target=_sample, args=(workers[0], samples, stop), daemon=True)
         sampler.start()
         try:
-            time.sleep(WORKER_START_S)
+            time.sleep(mode.worker_start_s)
 
             def count(sent: int) -> None:
                 samples.produced += sent
