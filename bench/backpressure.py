@@ -13,7 +13,6 @@ from bench.worker import Worker, unique
 
 SAMPLE_S = 0.25
 STEPS = 5  # the backlog arrives in steps, so RSS can be read against its size
-STEP_PAUSE_S = 1.0
 
 
 @dataclass
@@ -58,7 +57,7 @@ def backpressure(ctx: Context) -> RssSamples:
                 asyncio.run(produce_fast(ctx.bootstrap, topic, values[start:start + step], mode.partitions,
                                          on_sent=count))
                 samples.produced = min(start + step, mode.backlog)
-                time.sleep(STEP_PAUSE_S)
+                time.sleep(mode.backlog_step_pause_s)
             time.sleep(mode.backpressure_hold_s)
         finally:
             stop.set()

@@ -19,6 +19,7 @@ class Mode:
     workers: tuple[int, ...]
     backpressure_hold_s: float
     worker_start_s: float = 8.0  # before the backlog arrives: Faust start and a Tansu group join
+    backlog_step_pause_s: float = 1.0
     partitions: int = 8
     value_bytes: int = 300
     naive_take: int = 1000
@@ -36,5 +37,5 @@ class Mode:
 
 FULL = Mode("full", messages=200_000, repetitions=3, backlog=500_000, steady_s=20, launch_samples=50,
             amortisation_runs=4, workers=(1, 2), backpressure_hold_s=10)
-QUICK = Mode("quick", messages=32_000, repetitions=2, backlog=100_000, steady_s=6, launch_samples=20,
-             amortisation_runs=1, workers=(1, 2), backpressure_hold_s=2, worker_start_s=5)
+QUICK = Mode("quick", messages=24_000, repetitions=2, backlog=100_000, steady_s=6, launch_samples=10,
+             amortisation_runs=1, workers=(1, 2), backpressure_hold_s=2, worker_start_s=5, backlog_step_pause_s=0.5)
