@@ -1,9 +1,10 @@
 """The amortisation curve: records per second that land in SUCCESS runs, per `max_records`.
 
 Dagster runs are expensive (a process each); batching is what pays for them.
-For each batch size, `amortisation_runs` partitions get exactly one full batch
-each, and the clock runs from the first record reaching the worker to the end
-of the last successful run.
+For each batch size, `amortisation_runs` partitions of its own topic get
+exactly one full batch each, and the clock runs from the first record reaching
+the worker to the end of the last successful run. The sizes are measured one
+after the other by one worker, so a group join is paid once.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ from typing import Any
 
 from bench.context import Context
 from bench.data import make_values, produce_to
-from bench.worker import unique
+from bench.worker import RouteSpec, Worker, unique
 from service.dagster_client import DagsterClient
+from service.kafka import ensure_topics
 from service.stack import StackError
 
 RUNS_QUERY = """
@@ -53,15 +55,13 @@ def _wait_finished(ctx: Context, topic: str, runs: int, timeout_s: float) -> lis
     raise StackError(f"{runs} runs of {topic} did not finish within {timeout_s:.0f}s")
 
 
-def measure_point(ctx: Context, max_records: int) -> AmortisationPoint:
+def _measure_point(ctx: Context, worker: Worker, topic: str, max_records: int) -> AmortisationPoint:
     runs = ctx.mode.amortisation_runs
-    topic = unique("bench.amortise")
     values = make_values(max_records * runs, ctx.mode.value_bytes)
     per_partition = {p: values[p * max_records:(p + 1) * max_records] for p in range(runs)}
     asyncio.run(produce_to(ctx.bootstrap, topic, per_partition, ctx.mode.partitions))
-    with ctx.workers(1, topic, max_records, 300.0) as workers:
-        finished = _wait_finished(ctx, topic, runs, timeout_s=240)
-        started = workers[0].first_consumed_at()
+    finished = _wait_finished(ctx, topic, runs, timeout_s=240)
+    started = worker.first_consumed_at(topic)
     succeeded = [run for run in finished if run["status"] == "SUCCESS"]
     if not succeeded or started is None:
         raise StackError(f"no SUCCESS run for max_records={max_records}: {finished}")
@@ -72,4 +72,10 @@ def measure_point(ctx: Context, max_records: int) -> AmortisationPoint:
 
 
 def amortisation(ctx: Context) -> list[AmortisationPoint]:
-    return [measure_point(ctx, size) for size in ctx.mode.amortisation_sizes]
+    """One worker routes a topic per batch size; the sizes are fed one after the other."""
+    topics = {size: unique(f"bench.amortise-{size}") for size in ctx.mode.amortisation_sizes}
+    asyncio.run(ensure_topics(ctx.bootstrap, dict.fromkeys(topics.values(), ctx.mode.partitions)))
+    routes = [RouteSpec(topic, size, 300.0) for size, topic in topics.items()]
+    with ctx.workers(1, *routes) as workers:
+        workers[0].wait_ready()
+        return [_measure_point(ctx, workers[0], topic, size) for size, topic in topics.items()]

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from bench.context import Context
 from bench.data import make_values, produce_fast
-from bench.worker import Worker, unique
+from bench.worker import RouteSpec, Worker, unique
 
 SAMPLE_S = 0.25
 STEPS = 5  # the backlog arrives in steps, so RSS can be read against its size
@@ -43,7 +43,7 @@ def backpressure(ctx: Context) -> RssSamples:
     samples = RssSamples()
     stop = threading.Event()
     ctx.dagster.stop_webserver()
-    with ctx.workers(1, topic, 10_000, 1.0) as workers:
+    with ctx.workers(1, RouteSpec(topic, 10_000, 1.0)) as workers:
         sampler = threading.Thread(target=_sample, args=(workers[0], samples, stop), daemon=True)
         sampler.start()
         try:

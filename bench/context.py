@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.config import Mode
-from bench.worker import Worker, route_toml, unique, worker_env
+from bench.worker import RouteSpec, Worker, routes_toml, unique, worker_env
 from service.stack import Broker, Dagster
 
 
@@ -24,22 +24,21 @@ class Context:
     def bootstrap(self) -> str:
         return self.broker.bootstrap_servers
 
-    def routes(self, topic: str, max_records: int, max_wait_s: float) -> Path:
+    def routes(self, routes: Sequence[RouteSpec]) -> Path:
         path = self.workdir / f"{unique('routes')}.toml"
-        path.write_text(route_toml(topic, max_records, max_wait_s))
+        path.write_text(routes_toml(routes))
         return path
 
     @contextmanager
-    def workers(self, count: int, topic: str, max_records: int, max_wait_s: float,
-                **env: str) -> Iterator[list[Worker]]:
+    def workers(self, count: int, *routes: RouteSpec, **env: str) -> Iterator[list[Worker]]:
         """`count` started workers in one fresh consumer group; stopped whatever happens."""
-        routes = self.routes(topic, max_records, max_wait_s)
+        routes_path = self.routes(routes)
         group = unique("bench-group")
         started = []
         try:
             for index in range(count):
                 worker = Worker(self.workdir, f"{group}-{index}",
-                                worker_env(self.bootstrap, self.dagster.graphql_url, routes, group, **env))
+                                worker_env(self.bootstrap, self.dagster.graphql_url, routes_path, group, **env))
                 started.append(worker)
                 worker.start()
             yield started

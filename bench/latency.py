@@ -8,7 +8,7 @@ from typing import Any
 
 from bench.context import Context
 from bench.data import make_values, produce_steady
-from bench.worker import unique, wait_launched
+from bench.worker import RouteSpec, unique, wait_launched
 from service.dagster_client import DagsterClient
 from service.kafka import read_topic
 
@@ -64,7 +64,7 @@ def event_to_launch(ctx: Context) -> list[float]:
     count = int(mode.steady_rate * mode.steady_s)
     values = make_values(count, mode.value_bytes)
     asyncio.run(produce_steady(ctx.bootstrap, topic, [], mode.steady_rate, mode.partitions))
-    with ctx.workers(1, topic, 1_000_000, mode.steady_max_wait_s) as workers:
+    with ctx.workers(1, RouteSpec(topic, 1_000_000, mode.steady_max_wait_s)) as workers:
         workers[0].wait_ready()
         asyncio.run(produce_steady(ctx.bootstrap, topic, values, mode.steady_rate, mode.partitions))
         _, launches = wait_launched(workers, count, timeout_s=60)

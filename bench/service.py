@@ -18,7 +18,7 @@ from pathlib import Path
 
 from bench.context import Context
 from bench.data import make_values, produce_fast
-from bench.worker import Launch, unique, wait_launched
+from bench.worker import Launch, RouteSpec, unique, wait_launched
 
 MAX_WAIT_S = 60.0
 REBALANCE_SETTLE_S = 6.0  # longer than a Tansu join (half the session timeout)
@@ -34,7 +34,7 @@ class ServiceRun:
 def run_service(ctx: Context, profile: Path | None = None) -> ServiceRun:
     """One worker on the pre-produced data set, large batches, until every message is in a launched run."""
     mode = ctx.mode
-    with ctx.workers(1, ctx.topic, mode.service_max_records, MAX_WAIT_S) as workers, \
+    with ctx.workers(1, RouteSpec(ctx.topic, mode.service_max_records, MAX_WAIT_S)) as workers, \
             _py_spy(workers[0].pid, profile):
         started, launches = wait_launched(workers, mode.messages, timeout_s=300)
         return ServiceRun(_rate(mode.messages, started, launches), len(launches), workers[0].pid)
@@ -62,7 +62,7 @@ def run_scaling(ctx: Context, count: int) -> float:
     topic = unique("bench.scale")
     values = make_values(mode.messages, mode.value_bytes)
     asyncio.run(produce_fast(ctx.bootstrap, topic, [], mode.partitions))
-    with ctx.workers(count, topic, mode.service_max_records, MAX_WAIT_S) as workers:
+    with ctx.workers(count, RouteSpec(topic, mode.service_max_records, MAX_WAIT_S)) as workers:
         for worker in workers:
             worker.wait_ready()
         if count > 1:

@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx
 import orjson
@@ -25,9 +25,18 @@ def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
-def route_toml(topic: str, max_records: int, max_wait_s: float, max_bytes: int = 256 * 1_048_576) -> str:
-    return (f'[[routes]]\ntopic = "{topic}"\njob = "process_orders"\nmax_records = {max_records}\n'
-            f"max_bytes = {max_bytes}\nmax_wait_s = {max_wait_s}\n")
+class RouteSpec(NamedTuple):
+    topic: str
+    max_records: int
+    max_wait_s: float
+
+
+def routes_toml(routes: Iterable[RouteSpec], max_bytes: int = 256 * 1_048_576) -> str:
+    return "".join(
+        f'[[routes]]\ntopic = "{r.topic}"\njob = "process_orders"\nmax_records = {r.max_records}\n'
+        f"max_bytes = {max_bytes}\nmax_wait_s = {r.max_wait_s}\n"
+        for r in routes
+    )
 
 
 @dataclass(frozen=True)
@@ -102,10 +111,10 @@ class Worker:
             for line in self.log_lines() if line.get("message", "").startswith("launched run")
         ]
 
-    def first_consumed_at(self) -> float | None:
-        """When the first record reached the agent: the first partition reconcile it triggers."""
-        times = [_epoch(line["time"]) for line in self.log_lines()
-                 if line.get("message", "").startswith("reconciled ")]
+    def first_consumed_at(self, topic: str = "") -> float | None:
+        """When the first record (of `topic`) reached the agent: the first partition reconcile it triggers."""
+        prefix = f"reconciled {topic}/" if topic else "reconciled "
+        times = [_epoch(line["time"]) for line in self.log_lines() if line.get("message", "").startswith(prefix)]
         return min(times, default=None)
 
 
