@@ -42,7 +42,7 @@ bench-quick: $(BENCH_STAMP)  ## the same with fewer messages and repetitions (< 
 
 lint: $(STAMP)
 	$(BIN)/ruff check service dagster_project tests bench
-	$(BIN)/mypy service dagster_project
+	$(BIN)/mypy service dagster_project bench
 
 clean:
 	rm -rf $(VENV) .kafka-dagster .test-stack .bench-stack

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from bench.context import Context
 from bench.data import make_values, produce_fast
 from bench.worker import RouteSpec, Worker, unique
+from service.kafka import ensure_topics
 
 SAMPLE_S = 0.25
 STEPS = 5  # the backlog arrives in steps, so RSS can be read against its size
@@ -39,7 +40,7 @@ def backpressure(ctx: Context) -> RssSamples:
     mode = ctx.mode
     topic = unique("bench.backlog")
     values = make_values(mode.backlog, mode.value_bytes)
-    asyncio.run(produce_fast(ctx.bootstrap, topic, [], mode.partitions))
+    asyncio.run(ensure_topics(ctx.bootstrap, {topic: mode.partitions}))  # workers subscribe to it
     samples = RssSamples()
     stop = threading.Event()
     ctx.dagster.stop_webserver()

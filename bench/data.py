@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import orjson
 from aiokafka import AIOKafkaProducer
@@ -66,7 +66,7 @@ async def _send_partition(producer: AIOKafkaProducer, topic: str, partition: int
             on_sent(len(values) // len(pending))
 
 
-async def produce_to(bootstrap: str, topic: str, per_partition: dict[int, Sequence[bytes]],
+async def produce_to(bootstrap: str, topic: str, per_partition: Mapping[int, Sequence[bytes]],
                      partitions: int) -> None:
     """Send each partition's values to that partition."""
     await ensure_topics(bootstrap, {topic: partitions})

@@ -10,7 +10,7 @@ from bench.context import Context
 from bench.data import make_values, produce_steady
 from bench.worker import RouteSpec, unique, wait_launched
 from service.dagster_client import DagsterClient
-from service.kafka import read_topic
+from service.kafka import ensure_topics, read_topic
 
 WARM_UP_S = 2.0
 
@@ -63,12 +63,13 @@ def event_to_launch(ctx: Context) -> list[float]:
     topic = unique("bench.steady")
     count = int(mode.steady_rate * mode.steady_s)
     values = make_values(count, mode.value_bytes)
-    asyncio.run(produce_steady(ctx.bootstrap, topic, [], mode.steady_rate, mode.partitions))
+    asyncio.run(ensure_topics(ctx.bootstrap, {topic: mode.partitions}))  # workers subscribe to it
     with ctx.workers(1, RouteSpec(topic, 1_000_000, mode.steady_max_wait_s)) as workers:
         workers[0].wait_ready()
         asyncio.run(produce_steady(ctx.bootstrap, topic, values, mode.steady_rate, mode.partitions))
         _, launches = wait_launched(workers, count, timeout_s=60)
-    timestamps = {(p, o): m.timestamp / 1000 for p, o, m in asyncio.run(read_topic(ctx.bootstrap, topic))}
+    read = asyncio.run(read_topic(ctx.bootstrap, topic))
+    timestamps = {(p, o): m.timestamp / 1000 for p, o, m in read}  # type: ignore[attr-defined]
     first = min(timestamps.values())
     born = [(timestamps[(launch.partition, launch.offset_start)], launch.at) for launch in launches]
     return [at - ts for ts, at in born if ts >= first + WARM_UP_S]

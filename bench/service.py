@@ -19,6 +19,7 @@ from pathlib import Path
 from bench.context import Context
 from bench.data import make_values, produce_fast
 from bench.worker import Launch, RouteSpec, unique, wait_launched
+from service.kafka import ensure_topics
 
 MAX_WAIT_S = 60.0
 REBALANCE_SETTLE_S = 6.0  # longer than a Tansu join (half the session timeout)
@@ -61,7 +62,7 @@ def run_scaling(ctx: Context, count: int) -> float:
     mode = ctx.mode
     topic = unique("bench.scale")
     values = make_values(mode.messages, mode.value_bytes)
-    asyncio.run(produce_fast(ctx.bootstrap, topic, [], mode.partitions))
+    asyncio.run(ensure_topics(ctx.bootstrap, {topic: mode.partitions}))  # workers subscribe to it
     with ctx.workers(count, RouteSpec(topic, mode.service_max_records, MAX_WAIT_S)) as workers:
         for worker in workers:
             worker.wait_ready()

@@ -94,7 +94,7 @@ class Worker:
             return 0
 
     def log_lines(self) -> list[dict[str, Any]]:
-        lines = []
+        lines: list[dict[str, Any]] = []
         if not self.log_path.exists():
             return lines
         for raw in self.log_path.read_bytes().splitlines():
