@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-unit lint lock clean
+.PHONY: run test test-unit lint lock clean bench bench-quick
 
 # requirements.lock pins every package CI installed; `make lock` refreshes it.
 $(STAMP): pyproject.toml requirements.lock
@@ -12,9 +12,14 @@ $(STAMP): pyproject.toml requirements.lock
 	$(BIN)/pip install --quiet -c requirements.lock -e '.[dev]'
 	touch $(STAMP)
 
+BENCH_STAMP := $(VENV)/.bench-installed
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/pip install --quiet -c requirements.lock -e '.[dev,bench]'
+	touch $(BENCH_STAMP)
+
 lock:  ## re-resolve the dependency ranges and rewrite requirements.lock
 	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
-	.lock-venv/bin/pip install --quiet -e '.[dev]'
+	.lock-venv/bin/pip install --quiet -e '.[dev,bench]'
 	.lock-venv/bin/pip freeze --exclude-editable | grep -v '^-e' > requirements.lock
 	rm -rf .lock-venv
 
@@ -29,9 +34,15 @@ test-unit: $(STAMP)
 	bash scripts/ensure-system-deps.sh
 	$(BIN)/pytest -m "not integration"
 
+bench: $(BENCH_STAMP)  ## contenders side by side on a fresh broker and Dagster (< 10 min)
+	DAGSTER_DISABLE_TELEMETRY=1 $(BIN)/python -m bench
+
+bench-quick: $(BENCH_STAMP)  ## the same with fewer messages and repetitions (< 3 min)
+	DAGSTER_DISABLE_TELEMETRY=1 $(BIN)/python -m bench --quick
+
 lint: $(STAMP)
-	$(BIN)/ruff check service dagster_project tests
-	$(BIN)/mypy service dagster_project
+	$(BIN)/ruff check service dagster_project tests bench
+	$(BIN)/mypy service dagster_project bench
 
 clean:
-	rm -rf $(VENV) .kafka-dagster .test-stack
+	rm -rf $(VENV) .kafka-dagster .test-stack .bench-stack

@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 import faust
+from faust.types import TransportT
 
+from service.consumer import Transport
 from service.kafka_security import faust_credentials
 from service.settings import Settings
 
@@ -13,11 +15,17 @@ from service.settings import Settings
 class App(faust.App):
     """A `faust.App` that runs `before_stop` while the consumer is still up.
 
+    Its consumer is `service.consumer.Consumer` (see there why).
+
     Faust stops its consumer first thing in `on_stop`; the worker needs to
     launch its open batches and commit what they cover before that.
     """
 
     before_stop: Callable[[], Awaitable[None]] | None = None
+
+    def _new_transport(self) -> TransportT:
+        """The aiokafka transport with the cheaper fetch loop of `service.consumer`."""
+        return Transport(self.conf.broker_consumer, self)
 
     async def on_stop(self) -> None:
         if self.before_stop is not None:

@@ -1,0 +1,5 @@
+"""`make bench`: kafka-dagster measured against a bare consumer and a naive Faust agent.
+
+One run starts its own broker and Dagster (as the tests do), produces one data
+set, and measures every contender on it. See `python -m bench --help`.
+"""

@@ -1,0 +1,35 @@
+"""`python -m bench [--quick]`: what `make bench` and `make bench-quick` run."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+
+from bench import report
+from bench.config import FULL, QUICK
+from bench.run import run, write_outputs
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="fewer messages and repetitions (under 3 minutes)")
+    parser.add_argument("--keep", action="store_true", help="keep the stack's logs in .bench-stack/")
+    parser.add_argument("--profile", action="store_true",
+                        help="record the service worker of the first repetition with py-spy "
+                             "(bench/results/profile-service.svg)")
+    args = parser.parse_args()
+    os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "1")
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("aiokafka").setLevel(logging.ERROR)
+    logging.getLogger("service").setLevel(logging.WARNING)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    results = run(QUICK if args.quick else FULL, keep=args.keep, profile=args.profile)
+    path = write_outputs(results)
+    print()
+    print(report.table(results))
+    print(f"\nraw numbers: {path}\nplot: {path.with_suffix('.png')}\n(took {results['elapsed_s']:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,41 @@
+"""What a benchmark run measures, and how much of it: the full run and the quick one."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Mode:
+    """Sizes of one benchmark run. Every contender reads the same `messages` from one topic."""
+
+    name: str
+    messages: int
+    repetitions: int
+    backlog: int
+    steady_s: float
+    launch_samples: int
+    amortisation_runs: int
+    workers: tuple[int, ...]
+    backpressure_hold_s: float
+    worker_start_s: float = 8.0  # before the backlog arrives: Faust start and a Tansu group join
+    backlog_step_pause_s: float = 1.0
+    partitions: int = 8
+    value_bytes: int = 300
+    naive_take: int = 1000
+    naive_within_s: float = 1.0
+    inline_records: int = 300  # a 2.5 s batch of one partition at 1,000 msg/s over 8 partitions
+    steady_rate: int = 1000
+    steady_max_wait_s: float = 2.5  # 8 partitions: ~3 launches/s, what one SQLite webserver here absorbs
+    amortisation_sizes: tuple[int, ...] = (100, 1_000, 10_000)
+
+    @property
+    def service_max_records(self) -> int:
+        """Two full batches per partition, so the time bound never closes one during the measurement."""
+        return self.messages // self.partitions // 2
+
+
+FULL = Mode("full", messages=200_000, repetitions=3, backlog=500_000, steady_s=20, launch_samples=50,
+            amortisation_runs=4, workers=(1, 2, 3), backpressure_hold_s=10)
+QUICK = Mode("quick", messages=24_000, repetitions=2, backlog=100_000, steady_s=6, launch_samples=10,
+             amortisation_runs=1, workers=(1, 2), backpressure_hold_s=2, worker_start_s=5, backlog_step_pause_s=0.5)

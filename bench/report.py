@@ -1,0 +1,121 @@
+"""The benchmark's outputs: a table on stdout, raw numbers as JSON, and a PNG plot."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+
+def machine() -> dict[str, Any]:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        "platform": platform.platform(),
+        "python": sys.version.split()[0],
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+def _fmt(value: float, digits: int = 0) -> str:
+    return f"{value:,.{digits}f}"
+
+
+def table(results: dict[str, Any]) -> str:
+    """The human-readable summary: ratios first, then every figure."""
+    t = results["throughput_msgs_per_s"]
+    r = results["ratios"]
+    launch, e2e = results["launch_latency_s"], results["event_to_launch_s"]
+    lines = [
+        f"kafka-dagster benchmark ({results['mode']}): {results['messages']:,} JSON messages of "
+        f"~{results['value_bytes']} B, {results['partitions']} partitions, median of {results['repetitions']}",
+        f"machine: {results['machine']['cpu']}, {results['machine']['cores']} cores, "
+        f"load {results['machine']['load_average_at_start']} at start; date {results['date']}",
+        "",
+        f"service / limit   {r['service_over_limit']:.2f}x   (target >= 0.5x)",
+        f"service / naive   {r['service_over_naive']:.1f}x   (target >= 10x)",
+        "",
+        f"{'contender':<46}{'msgs/s':>12}",
+        f"{'limit: bare aiokafka consumer + orjson':<46}{_fmt(t['limit']):>12}",
+        f"{'naive: Faust take(' + str(results['naive_take']) + ') agent, JSON values':<46}{_fmt(t['naive']):>12}",
+        f"{'service: worker, max_records ' + format(results['service_max_records'], ',') + ', launched':<46}"
+        f"{_fmt(t['service']):>12}",
+    ]
+    for count, rate in results.get("workers", {}).items():
+        lines.append(f"{'service, ' + count + ' worker(s), live producer':<46}{_fmt(rate):>12}")
+    lines += [
+        "",
+        f"launchRun latency         p50 {launch['p50'] * 1000:7.1f} ms   p99 {launch['p99'] * 1000:7.1f} ms"
+        f"   ({launch['samples']} sequential launches, offset range only)",
+        f"  ... {results['launch_latency_inline_s']['records']} records inline"
+        f"   p50 {results['launch_latency_inline_s']['p50'] * 1000:7.1f} ms"
+        f"   p99 {results['launch_latency_inline_s']['p99'] * 1000:7.1f} ms",
+        f"event -> LaunchRunSuccess p50 {e2e['p50']:7.3f} s    p99 {e2e['p99']:7.3f} s "
+        f"   (at {e2e['rate']:,} msg/s, max_wait_s {e2e['max_wait_s']}, {e2e['batches']} batches)",
+        f"peak worker RSS, Dagster down, {results['backpressure']['backlog']:,} msgs backlog: "
+        f"{results['peak_rss_mb_backpressure']:.0f} MB "
+        f"(at start {results['backpressure']['rss_mb_at_backlog_start']:.0f} MB)",
+        "",
+        f"{'max_records':>12}{'runs':>6}{'records/s in SUCCESS runs':>28}{'run duration':>14}",
+    ]
+    for point in results["amortisation"]:
+        lines.append(f"{point['max_records']:>12,}{point['runs']:>6}{_fmt(point['records_per_s'], 1):>28}"
+                     f"{point['run_duration_s']:>12.1f} s")
+    return "\n".join(lines)
+
+
+def write_json(results: dict[str, Any], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2) + "\n")
+
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    """Throughput per contender and batch size; latency distributions; RSS under backpressure."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 3, figsize=(16, 9))
+    t = results["throughput_msgs_per_s"]
+    names = ["limit", "naive", "service"] + [f"service x{n}" for n in results.get("workers", {})]
+    rates = [t["limit"], t["naive"], t["service"], *results.get("workers", {}).values()]
+    axes[0][0].bar(names, rates, color=["grey", "tab:orange", "tab:blue"] + ["tab:cyan"] * (len(names) - 3))
+    axes[0][0].set(title="Throughput (msgs/s, median)", ylabel="msgs/s")
+    axes[0][0].tick_params(axis="x", rotation=30)
+    points = results["amortisation"]
+    axes[0][1].plot([p["max_records"] for p in points], [p["records_per_s"] for p in points], marker="o")
+    axes[0][1].set(title="Records/s in SUCCESS runs", xlabel="max_records", ylabel="records/s",
+                   xscale="log", yscale="log")
+    samples = results["backpressure"]["samples"]
+    axes[0][2].plot([s[0] for s in samples], [s[2] for s in samples], label="worker RSS (MB)")
+    twin = axes[0][2].twinx()
+    twin.plot([s[0] for s in samples], [s[1] for s in samples], color="tab:red", label="backlog (msgs)")
+    axes[0][2].set(title="Backpressure: Dagster down", xlabel="s", ylabel="RSS MB", ylim=(0, None))
+    twin.set_ylabel("backlog produced (msgs)")
+    axes[1][0].hist([s * 1000 for s in results["launch_latency_s"]["values"]], bins=30, alpha=0.7,
+                    label="offset range only")
+    axes[1][0].hist([s * 1000 for s in results["launch_latency_inline_s"]["values"]], bins=30, alpha=0.7,
+                    label=f"{results['launch_latency_inline_s']['records']} records inline")
+    axes[1][0].set(title="launchRun latency", xlabel="ms", ylabel="launches")
+    axes[1][0].legend()
+    axes[1][1].hist(results["event_to_launch_s"]["values"], bins=30, color="tab:green")
+    axes[1][1].set(title=f"Event -> LaunchRunSuccess at {results['event_to_launch_s']['rate']} msg/s",
+                   xlabel="s", ylabel="batches")
+    for name, values in results["throughput_samples"].items():
+        axes[1][2].plot(range(1, len(values) + 1), values, marker="o", label=name)
+    axes[1][2].set(title="Throughput per repetition", xlabel="repetition", ylabel="msgs/s", yscale="log")
+    axes[1][2].legend()
+    fig.suptitle(f"kafka-dagster benchmark ({results['mode']}), {results['date']}")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)

@@ -1,0 +1,115 @@
+"""One benchmark run: start the stack, measure every figure, write the outputs."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+import time
+from dataclasses import asdict
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bench import report
+from bench.amortisation import amortisation
+from bench.backpressure import backpressure
+from bench.config import Mode
+from bench.context import Context
+from bench.data import make_values, produce_fast
+from bench.latency import event_to_launch, launch_latencies
+from bench.limit import run_limit
+from bench.naive import run_naive
+from bench.service import run_scaling, run_service
+from bench.stats import median, percentile, ratio
+from bench.worker import ROOT, unique
+from service.stack import Broker, Dagster, running
+
+logger = logging.getLogger("bench")
+RESULTS = ROOT / "bench" / "results"
+
+
+def _step(what: str, started: float) -> None:
+    logger.info("[%5.0fs] %s", time.monotonic() - started, what)
+
+
+def measure(ctx: Context, started: float, profile: bool = False) -> dict[str, Any]:
+    """Every figure, in an order that keeps runs from disturbing later measurements."""
+    mode = ctx.mode
+    results: dict[str, Any] = {}
+    _step("amortisation: runs to SUCCESS for max_records " + ", ".join(map(str, mode.amortisation_sizes)), started)
+    results["amortisation"] = [asdict(point) for point in amortisation(ctx)]
+    # From here on runs are launched (queued) but not executed: the daemon would compete for the CPU.
+    ctx.dagster.daemon.stop()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    _step(f"producing {mode.messages:,} messages to {mode.partitions} partitions", started)
+    produce_rate = asyncio.run(produce_fast(ctx.bootstrap, ctx.topic, make_values(mode.messages, mode.value_bytes),
+                                            mode.partitions))
+    results["producer_msgs_per_s"] = produce_rate
+    samples: dict[str, list[float]] = {"limit": [], "naive": [], "service": []}
+    for repetition in range(1, mode.repetitions + 1):
+        _step(f"repetition {repetition}/{mode.repetitions}: limit, naive, service", started)
+        samples["limit"].append(run_limit(ctx.bootstrap, ctx.topic, mode.messages))
+        samples["naive"].append(run_naive(ctx.bootstrap, ctx.topic, mode, ctx.workdir))
+        flame = RESULTS / "profile-service.svg" if profile and repetition == 1 else None
+        samples["service"].append(run_service(ctx, flame).msgs_per_s)
+        _step("  " + ", ".join(f"{k} {v[-1]:,.0f}" for k, v in samples.items()), started)
+    results["throughput_samples"] = samples
+    results["throughput_msgs_per_s"] = {name: median(values) for name, values in samples.items()}
+    _step(f"launchRun latency: {mode.launch_samples} launches", started)
+    latencies = launch_latencies(ctx)
+    results["launch_latency_s"] = _percentiles(latencies) | {"samples": len(latencies), "values": latencies}
+    _step(f"launchRun latency: {mode.launch_samples} launches with {mode.inline_records} records inline", started)
+    inline = launch_latencies(ctx, mode.inline_records)
+    results["launch_latency_inline_s"] = _percentiles(inline) | {
+        "samples": len(inline), "records": mode.inline_records, "values": inline}
+    _step(f"event -> launch at {mode.steady_rate} msg/s for {mode.steady_s:.0f}s", started)
+    e2e = event_to_launch(ctx)
+    results["event_to_launch_s"] = _percentiles(e2e) | {
+        "rate": mode.steady_rate, "max_wait_s": mode.steady_max_wait_s, "batches": len(e2e), "values": e2e}
+    results["workers"] = {}
+    for count in mode.workers:
+        _step(f"{count} worker(s) in one group, live producer", started)
+        results["workers"][str(count)] = run_scaling(ctx, count)
+    _step(f"backpressure: webserver down, {mode.backlog:,} messages backlog", started)
+    rss = backpressure(ctx)
+    results["peak_rss_mb_backpressure"] = rss.peak_mb
+    at_start = [mb for _, produced, mb in rss.points if produced == 0]
+    results["backpressure"] = {"backlog": mode.backlog, "samples": rss.points,
+                               "rss_mb_at_backlog_start": max(at_start, default=0.0)}
+    return results
+
+
+def _percentiles(values: list[float]) -> dict[str, float]:
+    return {"p50": percentile(values, 50), "p99": percentile(values, 99)}
+
+
+def run(mode: Mode, keep: bool = False, profile: bool = False) -> dict[str, Any]:
+    started = time.monotonic()
+    workdir = ROOT / ".bench-stack" / unique(mode.name)
+    broker = Broker(workdir)
+    dagster = Dagster(workdir / "dagster", {"KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap_servers})
+    results: dict[str, Any] = {
+        "mode": mode.name, "date": datetime.now(UTC).isoformat(timespec="seconds"), "machine": report.machine(),
+        "messages": mode.messages, "value_bytes": mode.value_bytes, "partitions": mode.partitions,
+        "repetitions": mode.repetitions, "naive_take": mode.naive_take,
+        "service_max_records": mode.service_max_records,
+    }
+    try:
+        _step("starting the broker and Dagster", started)
+        with running(broker, dagster):
+            results |= measure(Context(mode, broker, dagster, workdir), started, profile)
+    finally:
+        if not keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+    t = results["throughput_msgs_per_s"]
+    results["ratios"] = {"service_over_limit": ratio(t["service"], t["limit"]),
+                         "service_over_naive": ratio(t["service"], t["naive"])}
+    results["elapsed_s"] = round(time.monotonic() - started, 1)
+    return results
+
+
+def write_outputs(results: dict[str, Any], name: str = "latest") -> Path:
+    report.write_json(results, RESULTS / f"{name}.json")
+    report.plot(results, RESULTS / f"{name}.png")
+    return RESULTS / f"{name}.json"

@@ -1,0 +1,79 @@
+"""Contender 3, this service: real `kafka-dagster worker` processes launching real runs.
+
+Throughput counts a message once a launched run's offset range covers it (the
+`launched run` log lines), from the moment the first record reached the agent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.context import Context
+from bench.data import make_values, produce_fast
+from bench.worker import Launch, RouteSpec, unique, wait_launched
+from service.kafka import ensure_topics
+
+MAX_WAIT_S = 60.0
+REBALANCE_SETTLE_S = 6.0  # longer than a Tansu join (half the session timeout)
+
+
+@dataclass(frozen=True)
+class ServiceRun:
+    msgs_per_s: float
+    runs: int
+    pid: int
+
+
+def run_service(ctx: Context, profile: Path | None = None) -> ServiceRun:
+    """One worker on the pre-produced data set, large batches, until every message is in a launched run."""
+    mode = ctx.mode
+    with ctx.workers(1, RouteSpec(ctx.topic, mode.service_max_records, MAX_WAIT_S)) as workers, \
+            _py_spy(workers[0].pid, profile):
+        started, launches = wait_launched(workers, mode.messages, timeout_s=300)
+        return ServiceRun(_rate(mode.messages, started, launches), len(launches), workers[0].pid)
+
+
+@contextmanager
+def _py_spy(pid: int, output: Path | None) -> Iterator[None]:
+    """Record a flame graph of `pid` with py-spy while the block runs (nothing if `output` is None)."""
+    if output is None:
+        yield
+        return
+    spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "--nonblocking", "--threads",
+                            "--rate", "200", "-o", str(output), "--pid", str(pid)],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        yield
+    finally:
+        spy.send_signal(signal.SIGINT)
+        spy.wait(timeout=30)
+
+
+def run_scaling(ctx: Context, count: int) -> float:
+    """`count` workers in one group, assignment settled, then the data set produced live."""
+    mode = ctx.mode
+    topic = unique("bench.scale")
+    values = make_values(mode.messages, mode.value_bytes)
+    asyncio.run(ensure_topics(ctx.bootstrap, {topic: mode.partitions}))  # workers subscribe to it
+    with ctx.workers(count, RouteSpec(topic, mode.service_max_records, MAX_WAIT_S)) as workers:
+        for worker in workers:
+            worker.wait_ready()
+        if count > 1:
+            time.sleep(REBALANCE_SETTLE_S)
+            for worker in workers:
+                worker.wait_ready()
+        asyncio.run(produce_fast(ctx.bootstrap, topic, values, mode.partitions))
+        started, launches = wait_launched(workers, mode.messages, timeout_s=300)
+    return _rate(mode.messages, started, launches)
+
+
+def _rate(messages: int, started: float, launches: list[Launch]) -> float:
+    return messages / (max(launch.at for launch in launches) - started)

@@ -1,0 +1,151 @@
+"""`kafka-dagster worker` processes for the benchmark, and what their JSON logs say."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import httpx
+import orjson
+import psutil
+
+from service.stack import ManagedProcess, StackError, free_port, wait_until
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+class RouteSpec(NamedTuple):
+    topic: str
+    max_records: int
+    max_wait_s: float
+
+
+def routes_toml(routes: Iterable[RouteSpec], max_bytes: int = 256 * 1_048_576) -> str:
+    return "".join(
+        f'[[routes]]\ntopic = "{r.topic}"\njob = "process_orders"\nmax_records = {r.max_records}\n'
+        f"max_bytes = {max_bytes}\nmax_wait_s = {r.max_wait_s}\n"
+        for r in routes
+    )
+
+
+@dataclass(frozen=True)
+class Launch:
+    """One `launched run` log line: when, and which offsets it covers."""
+
+    at: float
+    partition: int
+    offset_start: int
+    offset_end: int
+
+    @property
+    def records(self) -> int:
+        return self.offset_end - self.offset_start + 1
+
+
+class Worker:
+    """One `python -m service worker` in its own process group, logging JSON lines to a file."""
+
+    def __init__(self, workdir: Path, name: str, env: dict[str, str]) -> None:
+        self.web_port = free_port()
+        self.log_path = workdir / f"{name}.log"
+        full_env = dict(os.environ)
+        full_env.update(env, KAFKA_DAGSTER_WEB_PORT=str(self.web_port), KAFKA_DAGSTER_LOG_FORMAT="json",
+                        PYTHONUNBUFFERED="1", DAGSTER_DISABLE_TELEMETRY="1")
+        self.process = ManagedProcess(name, [sys.executable, "-m", "service", "worker"], self.log_path, full_env)
+
+    @property
+    def pid(self) -> int:
+        assert self.process.proc is not None
+        return self.process.proc.pid
+
+    def start(self) -> None:
+        self.process.start()
+
+    def stop(self) -> None:
+        self.process.stop(timeout_s=5)
+
+    def wait_ready(self, timeout_s: float = 90) -> None:
+        wait_until(self._ready, timeout_s, f"{self.process.name} to be ready")
+
+    def _ready(self) -> bool:
+        self.process.check_alive()
+        try:
+            return httpx.get(f"http://127.0.0.1:{self.web_port}/readyz", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def rss_bytes(self) -> int:
+        """Resident memory of the worker and any children it started."""
+        try:
+            proc = psutil.Process(self.pid)
+            return int(sum(p.memory_info().rss for p in [proc, *proc.children(recursive=True)]))
+        except psutil.Error:
+            return 0
+
+    def log_lines(self) -> list[dict[str, Any]]:
+        lines: list[dict[str, Any]] = []
+        if not self.log_path.exists():
+            return lines
+        for raw in self.log_path.read_bytes().splitlines():
+            if raw.startswith(b"{"):
+                try:
+                    lines.append(orjson.loads(raw))
+                except orjson.JSONDecodeError:
+                    continue
+        return lines
+
+    def launches(self) -> list[Launch]:
+        return [
+            Launch(_epoch(line["time"]), line["partition"], line["offset_start"], line["offset_end"])
+            for line in self.log_lines() if line.get("message", "").startswith("launched run")
+        ]
+
+    def first_consumed_at(self, topic: str = "") -> float | None:
+        """When the first record (of `topic`) reached the agent: the first partition reconcile it triggers."""
+        prefix = f"reconciled {topic}/" if topic else "reconciled "
+        times = [_epoch(line["time"]) for line in self.log_lines() if line.get("message", "").startswith(prefix)]
+        return min(times, default=None)
+
+
+def _epoch(iso: str) -> float:
+    return datetime.fromisoformat(iso).timestamp()
+
+
+def worker_env(bootstrap: str, graphql_url: str, routes_path: Path, group: str, **extra: str) -> dict[str, str]:
+    return {
+        "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+        "DAGSTER_GRAPHQL_URL": graphql_url,
+        "KAFKA_DAGSTER_ROUTES": str(routes_path),
+        "KAFKA_DAGSTER_GROUP_ID": group,
+        "KAFKA_DAGSTER_DLQ_TOPIC": f"{group}.dlq",
+        "KAFKA_DAGSTER_SESSION_TIMEOUT_S": "10",
+        "KAFKA_DAGSTER_SHUTDOWN_TIMEOUT_S": "3",
+        "KAFKA_DAGSTER_MAX_INFLIGHT_RUNS": "100000",
+        **extra,
+    }
+
+
+def wait_launched(workers: Iterable[Worker], expected: int, timeout_s: float) -> tuple[float, list[Launch]]:
+    """Poll the workers' logs until launched runs cover `expected` records; return (start, launches)."""
+    workers = list(workers)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for worker in workers:
+            worker.process.check_alive()
+        launches = [launch for worker in workers for launch in worker.launches()]
+        if sum(launch.records for launch in launches) >= expected:
+            starts = [t for worker in workers if (t := worker.first_consumed_at()) is not None]
+            return min(starts), sorted(launches, key=lambda launch: launch.at)
+        time.sleep(0.25)
+    raise StackError(f"launched runs did not cover {expected} records within {timeout_s:.0f}s")
