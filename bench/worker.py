@@ -14,7 +14,6 @@ from typing import Any, NamedTuple
 
 import httpx
 import orjson
-import psutil
 
 from service.stack import ManagedProcess, StackError, free_port, wait_until
 
@@ -31,7 +30,7 @@ class RouteSpec(NamedTuple):
     max_wait_s: float
 
 
-def routes_toml(routes: Iterable[RouteSpec], max_bytes: int = 256 * 1_048_576) -> str:
+def routes_toml(routes: Iterable[RouteSpec], max_bytes: int = 16 * 1_048_576) -> str:
     return "".join(
         f'[[routes]]\ntopic = "{r.topic}"\njob = "process_orders"\nmax_records = {r.max_records}\n'
         f"max_bytes = {max_bytes}\nmax_wait_s = {r.max_wait_s}\n"
@@ -87,6 +86,8 @@ class Worker:
 
     def rss_bytes(self) -> int:
         """Resident memory of the worker and any children it started."""
+        import psutil  # the bench extra; imported here so the route helpers need only the dev install
+
         try:
             proc = psutil.Process(self.pid)
             return int(sum(p.memory_info().rss for p in [proc, *proc.children(recursive=True)]))
