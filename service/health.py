@@ -11,6 +11,7 @@ from typing import Any
 
 from service.batching import TP
 from service.dagster_client import DagsterClient
+from service.kafka import tcp_reachable
 from service.metrics import Metrics
 
 logger = logging.getLogger(__name__)
@@ -43,9 +44,7 @@ async def broker_reachable(bootstrap_servers: str, timeout_s: float = 2.0) -> bo
     """True when a TCP connection to one of the bootstrap servers opens."""
     for server in bootstrap_servers.split(","):
         host, _, port = server.strip().rpartition(":")
-        with contextlib.suppress(OSError, TimeoutError):
-            _, writer = await asyncio.wait_for(asyncio.open_connection(host, int(port)), timeout_s)
-            writer.close()
+        if await tcp_reachable(host, int(port), timeout_s):
             return True
     return False
 

@@ -185,13 +185,14 @@ async def check_security(bootstrap_servers: str, security: KafkaSecurity, timeou
         return
     for server in bootstrap_servers.split(","):
         host, _, port = server.strip().rpartition(":")
-        if await _tcp_reachable(host, int(port), timeout_s):
+        if await tcp_reachable(host, int(port), timeout_s):
             await _handshake(host, int(port), security, timeout_s)
             return
     logger.warning("no Kafka bootstrap server of %s is reachable; TLS/SASL not checked yet", bootstrap_servers)
 
 
-async def _tcp_reachable(host: str, port: int, timeout_s: float) -> bool:
+async def tcp_reachable(host: str, port: int, timeout_s: float) -> bool:
+    """True when a TCP connection to host:port opens within `timeout_s`."""
     try:
         _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout_s)
     except (OSError, TimeoutError):

@@ -194,6 +194,16 @@ def record_counts(runs: list[dict[str, Any]]) -> int:
     return sum(int(run["tags"]["kafka/record_count"]) for run in runs)
 
 
+async def finished_runs(api: DagsterApi, topic: str, expected_records: int) -> list[dict]:
+    """The topic's runs once they cover `expected_records` records and all have finished."""
+    runs = await api.runs(topic)
+    if record_counts(runs) < expected_records:
+        return []
+    if any(run["status"] not in ("SUCCESS", "FAILURE", "CANCELED") for run in runs):
+        return []
+    return runs
+
+
 def ranges_by_partition(runs: list[dict[str, Any]]) -> dict[int, list[tuple[int, int]]]:
     ranges: dict[int, list[tuple[int, int]]] = {}
     for run in runs:

@@ -23,8 +23,8 @@ from tests.support import (
     WorkerProcess,
     dead_letters,
     eventually,
+    finished_runs,
     produce,
-    record_counts,
     route_toml,
     unique,
 )
@@ -79,12 +79,8 @@ async def test_launches_through_https_with_the_token_and_the_token_stays_secret(
         DAGSTER_API_TOKEN=TOKEN, KAFKA_DAGSTER_LOG_LEVEL="DEBUG")
     await produce(stack.bootstrap, topic, [*orders(10), b"not json"])
 
-    async def finished() -> list[dict]:
-        runs = await dagster_api.runs(topic)
-        done = all(r["status"] in ("SUCCESS", "FAILURE") for r in runs)
-        return runs if record_counts(runs) == 10 and done else []
-
-    runs = await eventually(finished, 180, "runs launched through the HTTPS proxy")
+    runs = await eventually(lambda: finished_runs(dagster_api, topic, 10), 180,
+                            "runs launched through the HTTPS proxy")
     assert {r["status"] for r in runs} == {"SUCCESS"}
     letters = await eventually(lambda: dead_letters(stack.bootstrap, dlq_topic), 60, "the dead letter")
     assert [letter.stage for letter in letters] == ["decode"]

@@ -14,6 +14,7 @@ from tests.support import (
     DagsterApi,
     WorkerProcess,
     eventually,
+    finished_runs,
     metric,
     produce,
     ranges_by_partition,
@@ -27,16 +28,6 @@ pytestmark = pytest.mark.integration
 
 def orders(count: int) -> list[bytes]:
     return [orjson.dumps({"order_id": f"o-{i}", "customer": f"c-{i % 7}", "amount": 1.5}) for i in range(count)]
-
-
-async def finished_runs(api: DagsterApi, topic: str, expected_records: int) -> list[dict]:
-    """The topic's runs once they cover `expected_records` records and all have finished."""
-    runs = await api.runs(topic)
-    if record_counts(runs) < expected_records:
-        return []
-    if any(run["status"] not in ("SUCCESS", "FAILURE", "CANCELED") for run in runs):
-        return []
-    return runs
 
 
 async def test_messages_become_successful_runs_with_materializations(stack: Stack, dagster_api: DagsterApi,

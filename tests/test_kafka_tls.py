@@ -27,7 +27,7 @@ from service.kafka import Producer, ensure_topics, read_topic
 from service.kafka_security import KafkaSecurity
 from service.stack import Broker, free_port
 from tests.conftest import Stack
-from tests.support import ROOT, DagsterApi, eventually, record_counts, route_toml, unique
+from tests.support import ROOT, DagsterApi, eventually, finished_runs, route_toml, unique
 from tests.tls import CertPair, Stunnel, issue_server_cert, make_ca
 
 pytestmark = pytest.mark.integration
@@ -95,12 +95,7 @@ async def test_worker_consumes_launches_and_dead_letters_through_tls(
     await start_worker(route_toml(topic, max_records=50, max_wait_s=1.0), KAFKA_DAGSTER_DLQ_TOPIC=dlq_topic,
                        **tls_kafka.env())
 
-    async def runs_done() -> list[dict]:
-        runs = await dagster_api.runs(topic)
-        finished = all(r["status"] in ("SUCCESS", "FAILURE") for r in runs)
-        return runs if record_counts(runs) == 20 and finished else []
-
-    runs = await eventually(runs_done, 180, "runs covering the 20 good records")
+    runs = await eventually(lambda: finished_runs(dagster_api, topic, 20), 180, "runs covering the 20 good records")
     assert {r["status"] for r in runs} == {"SUCCESS"}
     letters = await eventually(lambda: _dead_letters(tls_kafka, dlq_topic), 60, "the dead letter, through TLS")
     assert [(d.origin, d.stage, d.value) for d in letters] == [((topic, 0, 10), "decode", b"{not json")]
