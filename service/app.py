@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable
 import faust
 from faust.types import TransportT
 
-from service.consumer import Transport
+from service.consumer import RecordSink, Transport
 from service.kafka_security import faust_credentials
 from service.settings import Settings
 
@@ -15,16 +15,18 @@ from service.settings import Settings
 class App(faust.App):
     """A `faust.App` that runs `before_stop` while the consumer is still up.
 
-    Its consumer is `service.consumer.Consumer` (see there why).
+    Its consumer is `service.consumer.Consumer`: it hands every fetched chunk
+    of a partition to `record_sink` instead of feeding agents (see there why).
 
     Faust stops its consumer first thing in `on_stop`; the worker needs to
     launch its open batches and commit what they cover before that.
     """
 
     before_stop: Callable[[], Awaitable[None]] | None = None
+    record_sink: RecordSink | None = None
 
     def _new_transport(self) -> TransportT:
-        """The aiokafka transport with the cheaper fetch loop of `service.consumer`."""
+        """The aiokafka transport with the chunked fetch loop of `service.consumer`."""
         return Transport(self.conf.broker_consumer, self)
 
     async def on_stop(self) -> None:
@@ -36,8 +38,9 @@ class App(faust.App):
 def create_app(settings: Settings) -> App:
     """A Faust app whose consumer group, broker (with its TLS/SASL) and web server come from `settings`.
 
-    Commits follow manual acks only, no internal topics are created, and a
-    rebalance does not wait for open batches (the worker hands them over itself).
+    Commits (every second) follow what the worker marked done, no internal
+    topics are created, and a rebalance does not wait for open batches (the
+    worker hands them over itself).
     """
     return App(
         settings.group_id,
@@ -54,8 +57,6 @@ def create_app(settings: Settings) -> App:
         consumer_auto_offset_reset="earliest",
         topic_disable_leader=True,
         topic_allow_declare=False,
-        stream_wait_empty=False,
         producer_acks=-1,
-        broker_commit_every=1000,
         broker_commit_interval=1.0,
     )

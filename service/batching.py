@@ -9,9 +9,9 @@ splits the open batch, so no run's offset range covers a dead-lettered record.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 # Why a batch closed; the values of the `reason` label of kafka_dagster_batches_total.
 RECORDS, BYTES, TIME, REVOKE, SPLIT = "records", "bytes", "time", "revoke", "split"
@@ -31,7 +31,7 @@ class BatchPolicy:
 
 @dataclass(slots=True)
 class Record:
-    """One consumed Kafka record, raw bytes kept for the DLQ, value decoded."""
+    """One consumed Kafka record, raw bytes kept for the run and the DLQ."""
 
     topic: str
     partition: int
@@ -39,9 +39,7 @@ class Record:
     timestamp_ms: int | None
     key: bytes | None
     value: bytes | None
-    headers: list[tuple[str, bytes]] = field(default_factory=list)
-    decoded: Any = None
-    ack: Any = None  # called once the record is covered by a run or the DLQ
+    headers: Sequence[tuple[str, bytes]] = ()
     epoch: int = 0  # the partition's assignment epoch when the record was consumed
 
     @property
@@ -86,10 +84,6 @@ class Batch:
     def batch_id(self) -> str:
         return batch_id(self.topic, self.partition, self.offset_start, self.offset_end)
 
-    def append(self, record: Record) -> None:
-        self.records.append(record)
-        self.size += record.size
-
     def close(self, reason: str) -> Batch:
         self.reason = reason
         return self
@@ -104,19 +98,34 @@ class Batcher:
 
     def add(self, record: Record, now: float) -> list[Batch]:
         """Add `record` to its partition's open batch; return the batches this closed."""
-        policy = self.policies[record.topic]
+        return self.add_many([record], now)
+
+    def add_many(self, records: Sequence[Record], now: float) -> list[Batch]:
+        """Add consecutive records of one partition, in order; return the batches they closed."""
+        if not records:
+            return []
+        tp = records[0].tp
+        policy = self.policies[tp.topic]
+        max_records, max_bytes = policy.max_records, policy.max_bytes
         closed: list[Batch] = []
-        batch = self.open.get(record.tp)
-        if batch is not None and batch.size + record.size > policy.max_bytes:
-            closed.append(self.open.pop(record.tp).close(BYTES))
-            batch = None
-        if batch is None:
-            batch = self.open[record.tp] = Batch(record.topic, record.partition, opened_at=now)
-        batch.append(record)
-        if len(batch.records) >= policy.max_records:
-            closed.append(self.open.pop(record.tp).close(RECORDS))
-        elif batch.size >= policy.max_bytes:
-            closed.append(self.open.pop(record.tp).close(BYTES))
+        batch = self.open.pop(tp, None)
+        for record in records:
+            size = record.size
+            if batch is not None and batch.size + size > max_bytes:
+                closed.append(batch.close(BYTES))
+                batch = None
+            if batch is None:
+                batch = Batch(tp.topic, tp.partition, opened_at=now)
+            batch.records.append(record)
+            batch.size += size
+            if len(batch.records) >= max_records:
+                closed.append(batch.close(RECORDS))
+                batch = None
+            elif batch.size >= max_bytes:
+                closed.append(batch.close(BYTES))
+                batch = None
+        if batch is not None:
+            self.open[tp] = batch
         return closed
 
     def split(self, tp: TP) -> Batch | None:

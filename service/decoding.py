@@ -32,23 +32,38 @@ def decode_value(record: Record, max_message_bytes: int,
     """The record's value as JSON, checked against its bounds and schema."""
     if record.size > max_message_bytes:
         raise MessageTooLarge(f"record is {record.size} bytes, over the bound of {max_message_bytes}")
-    if record.value is None:
+    raw = record.value
+    if raw is None:
         raise NullValue("record has a null value")
     try:
-        record.value.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise NotUtf8(f"value is not UTF-8: {exc.reason} at byte {exc.start}") from None
-    try:
-        value = orjson.loads(record.value)
+        value = orjson.loads(raw)  # refuses bytes that are not UTF-8 too
     except orjson.JSONDecodeError as exc:
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError as bad:
+            raise NotUtf8(f"value is not UTF-8: {bad.reason} at byte {bad.start}") from None
         raise InvalidJson(f"value is not JSON: {exc}") from None
-    check_shape(value, bounds or JsonBounds())
+    bounds = bounds or JsonBounds()
+    if _may_exceed(raw, bounds):
+        check_shape(value, bounds)
     if validator is not None:
         error = jsonschema.exceptions.best_match(validator.iter_errors(value))
         if error is not None:
             path = "/".join(str(p) for p in error.absolute_path) or "(root)"
             raise SchemaViolation(f"value fails the route schema at {path}: {error.message}")
     return value
+
+
+def _may_exceed(raw: bytes, bounds: JsonBounds) -> bool:
+    """False when the raw text alone proves the value within bounds, so the walk can be skipped.
+
+    Every nesting level opens with `{` or `[`, and every object key takes at
+    least four bytes (`"":0`) and is followed by `:`; so the byte counts
+    (done in C, string contents included) are upper bounds.
+    """
+    if raw.count(b"{") + raw.count(b"[") > bounds.max_depth:
+        return True
+    return len(raw) >= 4 * bounds.max_keys and raw.count(b":") > bounds.max_keys
 
 
 def check_shape(value: Any, bounds: JsonBounds) -> None:

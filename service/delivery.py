@@ -2,7 +2,9 @@
 
 This is where the delivery invariant is kept. Every record of a routed topic
 ends in exactly one launched run's offset range or in the DLQ (stages decode,
-validate, launch), and is acked, so its offset may be committed, only then.
+validate, launch), and only then is it marked done, so its offset may be
+committed. Records arrive as fetched chunks of one partition, in offset order;
+each partition's records are marked done in that same order.
 
 - Each topic-partition has a `Lane`: its closed batches and dead letters are
   handled one at a time, in offset order. A full lane blocks the consumer,
@@ -20,7 +22,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Protocol
@@ -157,6 +159,7 @@ class Delivery:
                  read_range: Callable[[str, int, int, int], Awaitable[list[Record]]] | None = None,
                  max_inflight_runs: int = 64, run_poll_interval_s: float = 1.0,
                  on_fatal: Callable[[BaseException], Awaitable[None]] | None = None,
+                 mark_done: Callable[[TP, int], None] | None = None,
                  clock: Callable[[], float] = time.monotonic, json_bounds: JsonBounds | None = None) -> None:
         self.routes = routes
         self.client = client
@@ -172,6 +175,7 @@ class Delivery:
         self.batcher = Batcher({t: BatchPolicy(r.max_records, r.max_bytes, r.max_wait_s) for t, r in routes.items()})
         self.validators = {t: r.validator() for t, r in routes.items()}
         self.covered: dict[TP, int] = {}
+        self.reconciles: dict[TP, asyncio.Task[int]] = {}
         self.epochs: dict[TP, int] = {}
         self.lanes: dict[TP, Lane] = {}
         # First offset consumed since assignment (= the group's committed offset then), and the next one.
@@ -179,36 +183,57 @@ class Delivery:
         self.next_offsets: dict[TP, int] = {}
         self.read_range = read_range
         self.on_fatal = on_fatal
+        self.mark_done = mark_done
         self.watcher = RunWatcher(client, metrics, self.on_run_failed, max_inflight_runs, run_poll_interval_s)
 
     # -- records in ---------------------------------------------------------
 
-    async def on_record(self, record: Record) -> None:
-        """Handle one consumed record: skip, dead-letter, or add to its batch."""
-        tp = record.tp
-        self.metrics.messages_consumed.labels(record.topic).inc()
-        self.positions.setdefault(tp, record.offset)
-        self.next_offsets[tp] = record.offset + 1
+    async def on_records(self, records: Sequence[Record]) -> None:
+        """Handle consecutive records of one partition: skip, dead-letter, or add each to its batch."""
+        if not records:
+            return
+        tp = records[0].tp
+        self.metrics.messages_consumed.labels(tp.topic).inc(len(records))
+        self.positions.setdefault(tp, records[0].offset)
+        self.next_offsets[tp] = records[-1].offset + 1
         try:
             covered = await self.covered_offset(tp)
         except LaunchRejected as exc:
             if exc.typename != UNAUTHORIZED:
                 raise
             # Dagster refuses us (HTTP 401/403: a wrong DAGSTER_API_TOKEN): nothing can be launched,
-            # so the record goes where a rejected launch goes. Not cached: the next record asks again.
+            # so the records go where a rejected launch goes. Not cached: the next chunk asks again.
             logger.error("cannot reconcile %s/%d with Dagster: %s", tp.topic, tp.partition, exc)
-            await self._reject(record, Failure.from_exception("launch", exc))
+            for record in records:
+                await self._reject(record, Failure.from_exception("launch", exc))
             return
-        if record.offset <= covered:
-            self._ack(record)
-            return
-        try:
-            record.decoded = decode_value(record, self.max_message_bytes, self.validators[record.topic],
-                                          self.bounds)
-        except PermanentError as exc:
-            await self._reject(record, Failure.from_exception(exc.stage, exc))
-            return
-        for batch in self.batcher.add(record, self.clock()):
+        if records[0].offset <= covered:
+            records = self._skip_covered(records, covered)
+        if records:
+            await self._add_checked(records)
+
+    def _skip_covered(self, records: Sequence[Record], covered: int) -> Sequence[Record]:
+        """Mark done the records an earlier run already covers; return the rest."""
+        skipped = [record for record in records if record.offset <= covered]
+        last = skipped[-1]
+        self._done(last.tp, last.offset + 1, last.epoch)
+        return records[len(skipped):]
+
+    async def _add_checked(self, records: Sequence[Record]) -> None:
+        """Batch the records that decode and validate; dead-letter each one that does not, in order."""
+        validator = self.validators[records[0].topic]
+        good_from = 0
+        for index, record in enumerate(records):
+            try:
+                decode_value(record, self.max_message_bytes, validator, self.bounds)
+            except PermanentError as exc:
+                await self._add(records[good_from:index])
+                await self._reject(record, Failure.from_exception(exc.stage, exc))
+                good_from = index + 1
+        await self._add(records[good_from:])
+
+    async def _add(self, records: Sequence[Record]) -> None:
+        for batch in self.batcher.add_many(records, self.clock()):
             await self._submit(batch)
 
     async def _reject(self, record: Record, failure: Failure) -> None:
@@ -234,22 +259,41 @@ class Delivery:
             lane = self.lanes[tp] = Lane(tp, self.queue_size, self._handle, self.on_fatal)
         return lane
 
-    def _ack(self, record: Record) -> None:
-        # An ack from before a revoke must not commit for a partition we may no longer own.
-        if record.ack is not None and self.epochs.get(record.tp, 0) == record.epoch:
-            record.ack()
+    def _done(self, tp: TP, next_offset: int, epoch: int) -> None:
+        # Records from before a revoke must not commit for a partition we may no longer own.
+        if self.mark_done is not None and self.epochs.get(tp, 0) == epoch:
+            self.mark_done(tp, next_offset)
 
     def epoch(self, tp: TP) -> int:
         return self.epochs.get(tp, 0)
 
     # -- reconciliation -----------------------------------------------------
 
+    def prefetch_covered(self, tps: Iterable[TP]) -> None:
+        """Start reconciling newly assigned partitions, all at once, before their records arrive."""
+        for tp in tps:
+            if tp.topic in self.routes and tp not in self.covered:
+                self._reconcile_task(tp)
+
     async def covered_offset(self, tp: TP) -> int:
         """Highest offset of `tp` inside a launched run's range (-1: none); asks Dagster once."""
         covered = self.covered.get(tp)
         if covered is None:
-            covered = self.covered[tp] = await self.retry_transient(lambda: self._reconcile(tp), "reconcile")
+            task = self._reconcile_task(tp)
+            try:
+                covered = self.covered[tp] = await asyncio.shield(task)
+            finally:
+                if task.done():  # a failure is not kept: the next caller asks again
+                    self.reconciles.pop(tp, None)
         return covered
+
+    def _reconcile_task(self, tp: TP) -> asyncio.Task[int]:
+        task = self.reconciles.get(tp)
+        if task is None:
+            task = self.reconciles[tp] = asyncio.create_task(
+                self.retry_transient(lambda: self._reconcile(tp), "reconcile"),
+                name=f"reconcile-{tp.topic}-{tp.partition}")
+        return task
 
     async def _reconcile(self, tp: TP) -> int:
         route = self.routes[tp.topic]
@@ -270,7 +314,7 @@ class Delivery:
 
     async def _handle(self, item: Batch | DeadLetters) -> None:
         if isinstance(item, DeadLetters):
-            await self.dead_letter(item.records, item.failure)
+            await self.dead_letter(item.records, item.failure, done=True)
         else:
             await self._launch(item)
 
@@ -284,7 +328,7 @@ class Delivery:
             logger.error("launch of batch %s (%s/%d offsets %d-%d) rejected: %s",
                          batch.batch_id, batch.topic, batch.partition, batch.offset_start, batch.offset_end, exc,
                          extra=batch_extra(batch))
-            await self.dead_letter(batch.records, Failure.from_exception("launch", exc))
+            await self.dead_letter(batch.records, Failure.from_exception("launch", exc), done=True)
             return
         self.covered[batch.tp] = max(self.covered.get(batch.tp, -1), batch.offset_end)
         oldest = min((r.timestamp_ms for r in batch.records if r.timestamp_ms), default=None)
@@ -293,8 +337,8 @@ class Delivery:
         logger.info("launched run %s for batch %s (%s/%d offsets %d-%d, %d records, closed by %s)",
                     run_id, batch.batch_id, batch.topic, batch.partition, batch.offset_start,
                     batch.offset_end, len(batch.records), batch.reason, extra=batch_extra(batch, run_id))
-        for record in batch.records:
-            self._ack(record)
+        last = batch.records[-1]
+        self._done(batch.tp, last.offset + 1, last.epoch)
         await self.watcher.add(_launched(run_id, route.job, tags))
 
     async def _launch_once(self, route: Route, batch: Batch, tags: dict[str, str],
@@ -349,15 +393,16 @@ class Delivery:
                           run_id=run.run_id)
         await self.dead_letter(records, failure)
 
-    async def dead_letter(self, records: Iterable[Record], failure: Failure) -> None:
-        """Write records to the DLQ (retrying transient broker failures), then ack them."""
+    async def dead_letter(self, records: Iterable[Record], failure: Failure, done: bool = False) -> None:
+        """Write records to the DLQ (retrying transient broker failures); `done`: then mark each done."""
         for record in records:
             await self.retry_transient(partial(self._send_dead_letter, record, failure), "dead-letter")
             self.metrics.dlq_messages.labels(record.topic, failure.stage).inc()
             logger.warning("dead-lettered %s/%d offset %d at stage %s: %s: %s", record.topic,
                            record.partition, record.offset, failure.stage, failure.error_class,
                            failure.error_message)
-            self._ack(record)
+            if done:
+                self._done(record.tp, record.offset + 1, record.epoch)
 
     async def _send_dead_letter(self, record: Record, failure: Failure) -> None:
         headers = dlq_headers(record, failure)
@@ -381,16 +426,16 @@ class Delivery:
     async def on_revoked(self, tps: Iterable[TP], timeout_s: float) -> None:
         """Rebalance: launch what is open for the revoked partitions, then forget them.
 
-        Acks of revoked partitions are dropped at once (Faust no longer tracks
-        them); the next owner learns what was launched by reconciling with Dagster.
+        Revoked partitions are no longer marked done (their commits are Faust's
+        no more); the next owner learns what was launched by reconciling with Dagster.
         """
         tps = set(tps)
         self._bump_epochs(tps)
         await self._hand_over(tps, timeout_s)
 
     async def close(self, timeout_s: float) -> None:
-        """Shutdown: launch and ack what is open, within `timeout_s`, so the last commit covers it."""
-        tps = set(self.lanes) | set(self.batcher.open)
+        """Shutdown: launch and mark done what is open, within `timeout_s`, so the last commit covers it."""
+        tps = set(self.lanes) | set(self.batcher.open) | set(self.reconciles)
         await self._hand_over(tps, timeout_s)
         self._bump_epochs(tps)
 
@@ -402,7 +447,7 @@ class Delivery:
         for batch in self.batcher.drain(tps):
             lane = self._lane(batch.tp)
             if lane.queue.full():
-                continue  # its records stay unacked: whoever consumes them next reconciles first
+                continue  # its records stay uncommitted: whoever consumes them next reconciles first
             self.metrics.batches.labels(batch.topic, batch.reason).inc()
             self.metrics.batch_records.observe(len(batch.records))
             lane.queue.put_nowait(batch)
@@ -410,13 +455,16 @@ class Delivery:
         if lanes:
             done = await asyncio.gather(*(lane.join(timeout_s) for lane in lanes))
             if not all(done):
-                logger.warning("%d partitions still launching after %.0fs; leaving their batches unacked",
+                logger.warning("%d partitions still launching after %.0fs; leaving their batches uncommitted",
                                done.count(False), timeout_s)
         for tp in tps:
             handed = self.lanes.pop(tp, None)
             if handed is not None:
                 await handed.close()
             self.covered.pop(tp, None)
+            reconcile = self.reconciles.pop(tp, None)
+            if reconcile is not None:
+                reconcile.cancel()
             self.positions.pop(tp, None)
             self.next_offsets.pop(tp, None)
 

@@ -1,13 +1,12 @@
-"""The worker: a Faust agent feeding `Delivery`, plus its timer, signals and pages."""
+"""The worker: a Faust app whose consumer feeds `Delivery`, plus its timers, signals and pages."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlparse
-
-import faust
 
 from service.app import App, create_app
 from service.batching import TP, Record
@@ -49,9 +48,10 @@ def build_worker(settings: Settings, metrics: Metrics | None = None) -> App:
             settings.bootstrap_servers, topic, partition, start, end, security=security),
         max_inflight_runs=settings.max_inflight_runs,
         on_fatal=lambda exc: app.crash(exc),
+        mark_done=lambda tp, next_offset: app.consumer.mark_done(tp, next_offset),  # type: ignore[attr-defined]
         json_bounds=JsonBounds(settings.max_json_depth, settings.max_json_keys),
     )
-    _add_agent(app, routes, delivery)
+    _add_intake(app, routes, delivery)
     _add_lifecycle(app, settings, delivery, dlq_producer, client)
 
     heartbeat = Heartbeat()
@@ -103,26 +103,19 @@ def _committed(app: App, tp: Any, delivery: Delivery) -> int | None:
     return delivery.positions.get(TP(tp.topic, tp.partition))
 
 
-def _add_agent(app: faust.App, routes: dict[str, Route], delivery: Delivery) -> None:
-    topic = app.topic(*routes, key_type=bytes, value_type=bytes, key_serializer="raw",
-                      value_serializer="raw", allow_empty=True)
+def _add_intake(app: App, routes: dict[str, Route], delivery: Delivery) -> None:
+    """Subscribe to the routed topics; every fetched chunk goes to `delivery`, commits follow it."""
+    app.topics.add(app.topic(*routes, key_type=bytes, value_type=bytes, key_serializer="raw",
+                             value_serializer="raw", allow_empty=True))
 
-    @app.agent(topic, name="kafka_dagster.consume")  # type: ignore[arg-type]  # Faust types StreamT, not Stream
-    async def consume(stream: faust.Stream) -> None:
-        async for event in stream.noack().events():
-            message = event.message
-            tp = TP(message.topic, message.partition)
-            await delivery.on_record(Record(
-                topic=message.topic,
-                partition=message.partition,
-                offset=message.offset,
-                timestamp_ms=round(message.timestamp * 1000) if message.timestamp else None,
-                key=message.key,
-                value=message.value,
-                headers=list(message.headers or ()),
-                ack=event.ack,
-                epoch=delivery.epoch(tp),
-            ))
+    async def on_records(tp: Any, fetched: Sequence[Any]) -> None:
+        epoch = delivery.epoch(TP(tp.topic, tp.partition))
+        await delivery.on_records([
+            Record(r.topic, r.partition, r.offset, r.timestamp or None, r.key, r.value, r.headers, epoch)
+            for r in fetched
+        ])
+
+    app.record_sink = on_records
 
     @app.timer(TICK_S, name="kafka_dagster.close_expired_batches")
     async def close_expired_batches() -> None:
@@ -137,6 +130,7 @@ def _add_lifecycle(app: App, settings: Settings, delivery: Delivery, dlq_produce
         """SIGTERM: stop fetching, launch what is open, commit what is covered."""
         logger.info("stopping: launching open batches (at most %.0fs) and committing",
                     settings.shutdown_timeout_s)
+        app.consumer.stop_flow()
         app.flow_control.suspend()
         await delivery.close(settings.shutdown_timeout_s)
         await app.commit(None)  # type: ignore[arg-type]
@@ -147,7 +141,11 @@ def _add_lifecycle(app: App, settings: Settings, delivery: Delivery, dlq_produce
     async def watch_runs() -> None:
         await delivery.watcher.run_forever()
 
-    @app.on_partitions_revoked.connect  # type: ignore[arg-type]  # Faust's signal type wants a keyword `signal`
+    @app.on_partitions_assigned.connect  # type: ignore[arg-type]  # Faust's signal type wants a keyword `signal`
+    async def on_assigned(app: Any, assigned: set[Any], **kwargs: Any) -> None:
+        delivery.prefetch_covered(TP(tp.topic, tp.partition) for tp in assigned)
+
+    @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def on_revoked(app: Any, revoked: set[Any], **kwargs: Any) -> None:
         await delivery.on_revoked({TP(tp.topic, tp.partition) for tp in revoked}, revoke_timeout_s)
 

@@ -256,3 +256,16 @@ def test_batch_id_differs_for_different_ranges(other: tuple[str, int, int, int])
 def test_batch_id_fields_cannot_run_into_each_other() -> None:
     ids = {batch_id("a", 1, 11, 1), batch_id("a", 11, 1, 1), batch_id("a1", 1, 1, 1), batch_id("a", 1, 1, 11)}
     assert len(ids) == 4
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3, 7, 20])
+@pytest.mark.parametrize(("max_records", "max_bytes"), [(6, 10), (3, BIG), (BIG, 25), (1, 1)])
+def test_adding_a_fetched_chunk_closes_the_same_batches_as_adding_one_by_one(
+        chunk: int, max_records: int, max_bytes: int) -> None:
+    sizes = [3, 9, 1, 0, 12, 5, 5, 5, 30, 2, 2, 2, 2, 2, 2, 2, 7, 1, 64, 0]
+    one_by_one, chunked = batcher(max_records, max_bytes), batcher(max_records, max_bytes)
+    expected = [b for offset, size in enumerate(sizes) for b in one_by_one.add(sized(offset, size), 0.0)]
+    records = [sized(offset, size) for offset, size in enumerate(sizes)]
+    got = [b for start in range(0, len(records), chunk) for b in chunked.add_many(records[start:start + chunk], 0.0)]
+    assert [(offsets(b), b.size, b.reason) for b in got] == [(offsets(b), b.size, b.reason) for b in expected]
+    assert [offsets(b) for b in chunked.drain()] == [offsets(b) for b in one_by_one.drain()]

@@ -1,61 +1,113 @@
-"""The consumer's cheaper hand-off: a coroutine stepped by hand finishes, fails and cancels as if awaited."""
+"""The consumer's chunked hand-off and its commits, on an unstarted Faust app (no broker needed)."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from faust.types import TP
 
-from service.consumer import _Resumed
+from service.app import App
+from service.consumer import Consumer
 
-
-async def _stepped(coro: Any) -> asyncio.Future[Any]:
-    """Step `coro` once by hand, as the hand-off does, and await the rest in a task."""
-    pending = coro.send(None)
-    return asyncio.ensure_future(_Resumed(coro, pending))
+P0, P1 = TP("orders", 0), TP("orders", 1)
 
 
-async def test_a_coroutine_stepped_by_hand_finishes_with_its_value() -> None:
-    future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-
-    async def work() -> int:
-        first = await future
-        await asyncio.sleep(0)
-        return first + 1
-
-    task = await _stepped(work())
-    future.set_result(41)
-    assert await task == 42
+@dataclass
+class Fetched:
+    offset: int
 
 
-async def test_its_error_reaches_the_awaiter() -> None:
-    future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+class Sink:
+    def __init__(self) -> None:
+        self.chunks: list[tuple[TP, list[int]]] = []
+        self.gate: asyncio.Event | None = None
 
-    async def work() -> None:
-        await future
-        raise ValueError("boom")
-
-    task = await _stepped(work())
-    future.set_result(1)
-    with pytest.raises(ValueError, match="boom"):
-        await task
+    async def __call__(self, tp: TP, chunk: Sequence[Any]) -> None:
+        if self.gate is not None:
+            await self.gate.wait()
+        self.chunks.append((tp, [record.offset for record in chunk]))
 
 
-async def test_cancelling_the_awaiter_cancels_the_coroutine() -> None:
-    gate = asyncio.Event()
-    seen: list[str] = []
+@pytest.fixture
+async def app() -> AsyncIterator[App]:  # async: the app takes the test's running loop
+    app = App("unit", broker="kafka://127.0.0.1:1", autodiscover=False, store="memory://", web_enabled=False)
+    yield app
+    if app._consumer is not None:  # its (never started) aiokafka thread made an event loop of its own
+        app.consumer._thread.thread_loop.close()  # type: ignore[attr-defined]
 
-    async def work() -> None:
-        try:
-            await gate.wait()
-        except asyncio.CancelledError:
-            seen.append("cancelled")
-            raise
 
-    task = await _stepped(work())
-    await asyncio.sleep(0)
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
-    assert seen == ["cancelled"]
+@pytest.fixture
+def sink(app: App) -> Sink:
+    app.record_sink = sink = Sink()
+    return sink
+
+
+def consumer(app: App) -> Consumer:
+    assert isinstance(app.consumer, Consumer)
+    return app.consumer
+
+
+def chunk(*offsets: int) -> list[Fetched]:
+    return [Fetched(offset) for offset in offsets]
+
+
+async def test_commits_follow_what_was_marked_done_and_never_go_back(app: App) -> None:
+    c = consumer(app)
+    assert c._filter_committable_offsets([P0]) == {}
+    c.mark_done(P0, 10)
+    c.mark_done(P0, 4)  # a late, lower mark must not move the commit back
+    assert list(c._filter_tps_with_pending_acks()) == [P0]
+    assert c._filter_committable_offsets([P0, P1]) == {P0: 10}
+    c._committed_offset[P0] = 10
+    assert c._filter_committable_offsets([P0]) == {}  # already committed
+
+
+async def test_a_revoked_partition_has_nothing_left_to_commit(app: App) -> None:
+    c = consumer(app)
+    c.mark_done(P0, 10)
+    c.mark_done(P1, 7)
+    await c.on_partitions_revoked({P0})
+    assert c._filter_committable_offsets([P0, P1]) == {P1: 7}
+
+
+async def test_each_partition_chunk_reaches_the_sink_in_one_call(app: App, sink: Sink) -> None:
+    await consumer(app)._deliver({P0: chunk(0, 1, 2), P1: chunk(5, 6)}, None)
+    assert sink.chunks == [(P0, [0, 1, 2]), (P1, [5, 6])]
+    assert consumer(app)._read_offset[P0] == 2
+
+
+async def test_records_before_the_read_offset_are_not_handed_over_again(app: App, sink: Sink) -> None:
+    consumer(app)._read_offset[P0] = 2
+    await consumer(app)._deliver({P0: chunk(0, 1, 2, 3)}, None)
+    assert sink.chunks == [(P0, [2, 3])]
+
+
+async def test_paused_partitions_are_skipped(app: App, sink: Sink) -> None:
+    await consumer(app)._deliver({P0: chunk(0), P1: chunk(0)}, {P1})
+    assert sink.chunks == [(P1, [0])]
+
+
+async def test_a_new_generation_stops_the_hand_over(app: App, sink: Sink) -> None:
+    sink.gate = asyncio.Event()
+    c = consumer(app)
+    delivering = asyncio.create_task(c._deliver({P0: chunk(0), P1: chunk(0)}, None))
+    await asyncio.sleep(0.01)
+    app.consumer_generation_id += 1
+    sink.gate.set()
+    await delivering
+    assert sink.chunks == [(P0, [0])]
+
+
+async def test_a_rebalance_abandons_a_blocked_hand_off(app: App, sink: Sink) -> None:
+    sink.gate = asyncio.Event()  # never set: a sink blocked on a full lane
+    c = consumer(app)
+    delivering = asyncio.create_task(c._deliver({P0: chunk(0, 1)}, None))
+    await asyncio.sleep(0.01)
+    c.suspend_flow.set()
+    await asyncio.wait_for(delivering, 5)
+    assert sink.chunks == []
+    assert c._read_offset[P0] is None  # read again after the rebalance

@@ -1,4 +1,4 @@
-"""Delivery with a fake Dagster client and a fake dead-letter sink: launch, skip, dead-letter, retry, ack."""
+"""Delivery with a fake Dagster client and a fake dead-letter sink: launch, skip, dead-letter, retry, commit."""
 
 from __future__ import annotations
 
@@ -112,25 +112,36 @@ class Harness:
         self.delivery = Delivery(
             self.routes, self.client, self.sink, Metrics(registry),  # type: ignore[arg-type]
             group_id=GROUP, dlq_topic=DLQ, max_message_bytes=10_000,
-            retry_max_delay_s=0.001, clock=self.clock,
+            retry_max_delay_s=0.001, clock=self.clock, mark_done=self._mark_done,
         )
+        self.fed: dict[int, list[int]] = {}
+        self.done: dict[int, int] = {}
 
     def record(self, offset: int, value: bytes | None = None, partition: int = 0, **kw: Any) -> Record:
-        record = make_record(offset, partition=partition, timestamp_ms=TIMESTAMP_MS,
-                             value=value if value is not None else b'{"n": %d}' % offset, **kw)
-        record.ack = lambda: self.log.append(("ack", (partition, offset)))
-        return record
+        return make_record(offset, partition=partition, timestamp_ms=TIMESTAMP_MS,
+                           value=value if value is not None else b'{"n": %d}' % offset, **kw)
+
+    def _mark_done(self, tp: TP, next_offset: int) -> None:
+        assert next_offset >= self.done.get(tp.partition, 0), "the committable offset went back"
+        self.done[tp.partition] = next_offset
+        self.log.append(("done", (tp.partition, next_offset)))
+
+    async def deliver(self, *records: Record) -> None:
+        """One fetched chunk of one partition, as the consumer hands it over."""
+        for record in records:
+            self.fed.setdefault(record.partition, []).append(record.offset)
+        await self.delivery.on_records(records)
 
     async def feed(self, *offsets: int, partition: int = 0) -> None:
-        for offset in offsets:
-            await self.delivery.on_record(self.record(offset, partition=partition))
+        await self.deliver(*(self.record(offset, partition=partition) for offset in offsets))
 
     async def settle(self, timeout_s: float = 2.0) -> bool:
         results = [await lane.join(timeout_s) for lane in list(self.delivery.lanes.values())]
         return all(results)
 
     def acked(self, partition: int = 0) -> list[int]:
-        return [o for kind, (p, o) in (e for e in self.log if e[0] == "ack") if p == partition]
+        """The fed offsets of `partition` that its committable offset now covers."""
+        return [o for o in self.fed.get(partition, []) if o < self.done.get(partition, 0)]
 
     def launched(self) -> list[tuple[int, int]]:
         return [e[1] for e in self.log if e[0] == "launch"]
@@ -139,14 +150,16 @@ class Harness:
         return self.registry.get_sample_value(name, labels)
 
     def assert_acks_follow_their_launch_or_dlq(self) -> None:
+        """Partition 0's committable offset never passes a fed record not yet launched or dead-lettered."""
         covered: set[int] = set()
         for kind, what in self.log:
             if kind == "launch":
                 covered.update(range(what[0], what[1] + 1))
             elif kind == "dlq":
                 covered.add(what)
-            elif kind == "ack" and what[0] == 0:
-                assert what[1] in covered, f"offset {what[1]} acked before its launch or DLQ: {self.log}"
+            elif kind == "done" and what[0] == 0:
+                pending = [o for o in self.fed.get(0, []) if o < what[1] and o not in covered]
+                assert not pending, f"offsets {pending} committable before their launch or DLQ: {self.log}"
 
     async def close(self) -> None:
         for lane in list(self.delivery.lanes.values()):
@@ -209,11 +222,9 @@ async def test_tick_closes_a_batch_after_max_wait(make_harness: Callable[..., Ha
 async def test_poison_record_splits_the_batch_and_is_dead_lettered_at_decode(
         make_harness: Callable[..., Harness]) -> None:
     h = make_harness(max_records=10)
-    await h.feed(0, 1)
     poison = h.record(2, value=b"\xff not utf-8", key=b"k-2",
                       headers=[("trace", b"t-1")])
-    await h.delivery.on_record(poison)
-    await h.feed(3, 4)
+    await h.deliver(h.record(0), h.record(1), poison, h.record(3), h.record(4))  # one fetched chunk
     h.clock.now += 5
     await h.delivery.tick()
     assert await h.settle()
@@ -226,7 +237,7 @@ async def test_poison_record_splits_the_batch_and_is_dead_lettered_at_decode(
     assert letter["dlq"]["dlq.error.class"] == "NotUtf8"
     assert (letter["dlq"]["dlq.topic"], letter["dlq"]["dlq.partition"], letter["dlq"]["dlq.offset"]) == (
         "orders", "0", "2")
-    assert [e for e in h.log if e[0] != "ack"] == [("launch", (0, 1)), ("dlq", 2), ("launch", (3, 4))]
+    assert [e for e in h.log if e[0] != "done"] == [("launch", (0, 1)), ("dlq", 2), ("launch", (3, 4))]
     assert h.acked() == [0, 1, 2, 3, 4]
     h.assert_acks_follow_their_launch_or_dlq()
     assert h.sample("kafka_dagster_dlq_messages_total", topic="orders", stage="decode") == 1
@@ -242,7 +253,7 @@ async def test_poison_record_splits_the_batch_and_is_dead_lettered_at_decode(
 async def test_each_decode_failure_is_dead_lettered_alone(
         make_harness: Callable[..., Harness], value: bytes, error_class: str) -> None:
     h = make_harness()
-    await h.delivery.on_record(h.record(0, value=value))
+    await h.deliver(h.record(0, value=value))
     assert await h.settle()
     assert h.sink.offsets("decode") == [0]
     assert h.sink.sent[0]["dlq"]["dlq.error.class"] == error_class
@@ -254,7 +265,7 @@ async def test_null_value_is_dead_lettered_at_decode(make_harness: Callable[...,
     h = make_harness()
     record = h.record(0)
     record.value = None
-    await h.delivery.on_record(record)
+    await h.deliver(record)
     assert await h.settle()
     [letter] = h.sink.sent
     assert letter["value"] is None
@@ -264,7 +275,7 @@ async def test_null_value_is_dead_lettered_at_decode(make_harness: Callable[...,
 async def test_schema_violation_is_dead_lettered_at_validate(make_harness: Callable[..., Harness]) -> None:
     h = make_harness(schema={"type": "object", "required": ["n"], "properties": {"n": {"type": "integer"}}})
     await h.feed(0)
-    await h.delivery.on_record(h.record(1, value=b'{"n": "one"}'))
+    await h.deliver(h.record(1, value=b'{"n": "one"}'))
     await h.feed(2, 3)
     h.clock.now += 5
     await h.delivery.tick()
@@ -302,6 +313,44 @@ async def test_records_at_or_below_the_covered_offset_are_acked_without_launchin
     assert h.client.find_calls == [
         {"kafka/topic": "orders", "kafka/partition": "0", "kafka/consumer_group": GROUP}]
     assert h.sink.sent == []
+
+
+async def test_a_chunk_straddling_the_covered_offset_launches_only_what_is_new(
+        make_harness: Callable[..., Harness]) -> None:
+    h = make_harness()
+    h.client.runs.append(RunInfo("old", "SUCCESS", JOB, {
+        "kafka/topic": "orders", "kafka/partition": "0", "kafka/consumer_group": GROUP,
+        "kafka/offset_start": "0", "kafka/offset_end": "2"}))
+    await h.feed(1, 2, 3, 4, 5)
+    assert h.acked() == [1, 2]  # committable at once: an earlier run holds them
+    assert await h.settle()
+    assert h.launched() == [(3, 5)]
+    assert h.acked() == [1, 2, 3, 4, 5]
+
+
+async def test_partitions_are_reconciled_as_soon_as_they_are_assigned(
+        make_harness: Callable[..., Harness]) -> None:
+    h = make_harness(max_records=1)
+    h.delivery.prefetch_covered([TP("orders", 0), TP("orders", 1), TP("not-routed", 0)])
+    await asyncio.sleep(0)
+    assert sorted(c["kafka/partition"] for c in h.client.find_calls) == ["0", "1"]
+    await h.feed(0, partition=0)
+    assert await h.settle()
+    assert h.launched() == [(0, 0)]
+    assert len(h.client.find_calls) == 2  # the first chunk used the reconcile already under way
+
+
+async def test_a_revoke_cancels_a_reconcile_still_waiting_for_dagster(
+        make_harness: Callable[..., Harness]) -> None:
+    h = make_harness()
+    h.client.find_failures = [DagsterUnavailable("down")] * 1000
+    h.delivery.prefetch_covered([TP("orders", 0)])
+    await asyncio.sleep(0.01)
+    [task] = h.delivery.reconciles.values()
+    await h.delivery.on_revoked([TP("orders", 0)], timeout_s=1.0)
+    await asyncio.sleep(0)
+    assert task.cancelled()
+    assert h.delivery.reconciles == {}
 
 
 async def test_reconciliation_is_per_partition(make_harness: Callable[..., Harness]) -> None:
@@ -420,7 +469,7 @@ async def test_acks_wait_for_the_launch(make_harness: Callable[..., Harness]) ->
 async def test_acks_wait_for_the_dead_letter_write(make_harness: Callable[..., Harness]) -> None:
     h = make_harness()
     h.sink.failures = [DagsterUnavailable("broker away"), TransientError("again")]
-    await h.delivery.on_record(h.record(0, value=b"not json"))
+    await h.deliver(h.record(0, value=b"not json"))
     assert await h.settle()
     assert h.sink.offsets("decode") == [0]
     assert h.acked() == [0]
@@ -462,12 +511,13 @@ async def test_unauthorized_while_reconciling_dead_letters_at_launch_and_asks_ag
     """A 401 from Dagster (wrong token) cannot pass by retrying: the record goes where a rejected launch goes."""
     h = make_harness(max_records=1)
     h.client.find_failures = [LaunchRejected("UnauthorizedError", "Dagster answered HTTP 401")]
-    await h.feed(0, 1)
+    await h.feed(0)
+    await h.feed(1)
     assert await h.settle()
     assert h.sink.offsets("launch") == [0]
     assert h.sink.sent[0]["dlq"]["dlq.error.class"] == "UnauthorizedError"
     assert h.launched() == [(1, 1)]
-    assert len(h.client.find_calls) == 2  # not cached: the second record reconciled again
+    assert len(h.client.find_calls) == 2  # not cached: the second chunk reconciled again
     assert h.acked() == [0, 1]
     h.assert_acks_follow_their_launch_or_dlq()
 
@@ -478,7 +528,7 @@ async def test_json_over_a_bound_is_dead_lettered_at_validate(make_harness: Call
     wide = b"{" + b",".join(b'"k%d": 0' % i for i in range(10_001)) + b"}"
     h.delivery.max_message_bytes = 1_000_000
     for offset, value in enumerate([b'{"n": 0}', deep, wide, b'{"n": 3}']):
-        await h.delivery.on_record(h.record(offset, value))
+        await h.deliver(h.record(offset, value))
     await h.delivery.tick()
     h.clock.now += 10
     await h.delivery.tick()

@@ -57,14 +57,14 @@ def _records(raw: list[tuple[bytes | None, bytes | None, list[tuple[str, bytes]]
 
 
 def _pipeline(batch: list[Record]) -> tuple[list[Batch], list[tuple[Record, list[tuple[str, bytes]]]]]:
-    """What `Delivery.on_record` does with each record, without the I/O."""
+    """What `Delivery.on_records` does with each record, without the I/O."""
     validator = jsonschema.Draft202012Validator(SCHEMA)
     batcher = Batcher({"orders": BatchPolicy(max_records=5, max_bytes=600, max_wait_s=60.0)})
     batches: list[Batch] = []
     letters: list[tuple[Record, list[tuple[str, bytes]]]] = []
     for record in batch:
         try:
-            record.decoded = decode_value(record, MAX_MESSAGE_BYTES, validator, BOUNDS)
+            decode_value(record, MAX_MESSAGE_BYTES, validator, BOUNDS)
         except PermanentError as exc:
             assert exc.stage in ("decode", "validate")
             split = batcher.split(record.tp)
@@ -110,25 +110,26 @@ def test_decoding_raises_nothing_but_classified_errors(value: bytes | None) -> N
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(records)
-def test_the_worker_delivery_path_places_every_record(raw: list[Any]) -> None:
-    """The real `Delivery` (fake Dagster, fake DLQ sink): each offset is launched once or dead-lettered once."""
-    placed = asyncio.run(_deliver(_records(raw)))
-    launched, dead = placed
+@given(records, st.integers(min_value=1, max_value=10))
+def test_the_worker_delivery_path_places_every_record(raw: list[Any], chunk: int) -> None:
+    """The real `Delivery` (fake Dagster, fake DLQ sink), fed in fetched chunks: each offset is launched
+    once or dead-lettered once, and in the end the committable offset covers them all."""
+    launched, dead, committable = asyncio.run(_deliver(_records(raw), chunk))
     assert sorted(launched + dead) == list(range(len(raw)))
+    assert committable == len(raw)
 
 
-async def _deliver(batch: list[Record]) -> tuple[list[int], list[int]]:
+async def _deliver(batch: list[Record], chunk: int) -> tuple[list[int], list[int], int]:
     harness = Harness(CollectorRegistry(), max_records=5, max_bytes=600, schema=SCHEMA)
     harness.delivery.max_message_bytes = MAX_MESSAGE_BYTES
     harness.delivery.bounds = BOUNDS
     try:
-        for record in batch:
-            await harness.delivery.on_record(record)
+        for start in range(0, len(batch), chunk):
+            await harness.deliver(*batch[start:start + chunk])
         harness.clock.now += 120
         await harness.delivery.tick()
         assert await harness.settle(5.0)
         launched = [o for start, end in harness.launched() for o in range(start, end + 1)]
-        return launched, harness.sink.offsets()
+        return launched, harness.sink.offsets(), harness.done.get(0, 0)
     finally:
         await harness.close()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from service.batching import Batch, batch_id
+from service.batching import Batch, Record, batch_id
 from service.delivery import run_config, run_tags
 from service.routes import Route
 from tests.unit.factories import make_record
@@ -14,11 +14,8 @@ def route(**kw: object) -> Route:
     return Route("orders", "process_orders", 500, 1_000_000, 5.0, **kw)  # type: ignore[arg-type]
 
 
-def batch(*records: object, topic: str = "orders", partition: int = 2) -> Batch:
-    b = Batch(topic, partition, opened_at=0.0)
-    for r in records:
-        b.append(r)  # type: ignore[arg-type]
-    return b
+def batch(*records: Record, topic: str = "orders", partition: int = 2) -> Batch:
+    return Batch(topic, partition, opened_at=0.0, records=list(records), size=sum(r.size for r in records))
 
 
 def three() -> Batch:
