@@ -34,8 +34,26 @@ from faust.types import TP
 RecordSink = Callable[[TP, Sequence[Any]], Awaitable[None]]
 
 
+# How long the broker may hold a fetch waiting for data. Faust fixes 1,500 ms; Tansu holds a fetch
+# that long even with records waiting, which measured here as ~0.4 s median delivery delay at
+# 1,000 msg/s. 100 ms costs an idle worker ten small fetches a second.
+FETCH_MAX_WAIT_MS = 100
+
+
+class ConsumerThread(aiokafka_driver.AIOKafkaConsumerThread):
+    """Faust's thread running the aiokafka consumer, with a shorter fetch wait."""
+
+    def _create_worker_consumer(self, transport: Any) -> Any:
+        consumer = super()._create_worker_consumer(transport)
+        consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS  # no Faust setting; read when the consumer starts
+        return consumer
+
+
 class Consumer(aiokafka_driver.Consumer):
     """Chunks to `app.record_sink`; commits up to what the worker marked done."""
+
+    def _new_consumer_thread(self) -> ConsumerThread:
+        return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
