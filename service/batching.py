@@ -9,6 +9,7 @@ splits the open batch, so no run's offset range covers a dead-lettered record.
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -67,6 +68,7 @@ class Batch:
     records: list[Record] = field(default_factory=list)
     size: int = 0
     reason: str | None = None
+    wait_s: float = math.inf  # closes on time once `wait_s` has passed since `opened_at`
 
     @property
     def tp(self) -> TP:
@@ -95,6 +97,20 @@ class Batcher:
     def __init__(self, policies: dict[str, BatchPolicy]) -> None:
         self.policies = policies
         self.open: dict[TP, Batch] = {}
+        self.first_wait: dict[TP, float] = {}  # fraction of max_wait_s for a partition's next batch
+
+    def stagger(self, tps: Iterable[TP]) -> None:
+        """Spread the first deadlines of newly assigned partitions over `max_wait_s`.
+
+        Partitions assigned together would otherwise open their batches
+        together and close them together, every `max_wait_s`, so their launches
+        would reach Dagster in bursts and queue there. The i-th of n partitions
+        waits (i + 1) / n of `max_wait_s` for its first batch; later batches
+        wait the full `max_wait_s` and keep the spread.
+        """
+        ordered = sorted(tp for tp in tps if tp.topic in self.policies)
+        for index, tp in enumerate(ordered):
+            self.first_wait[tp] = (index + 1) / len(ordered)
 
     def add(self, record: Record, now: float) -> list[Batch]:
         """Add `record` to its partition's open batch; return the batches this closed."""
@@ -115,7 +131,8 @@ class Batcher:
                 closed.append(batch.close(BYTES))
                 batch = None
             if batch is None:
-                batch = Batch(tp.topic, tp.partition, opened_at=now)
+                batch = Batch(tp.topic, tp.partition, opened_at=now,
+                              wait_s=policy.max_wait_s * self.first_wait.pop(tp, 1.0))
             batch.records.append(record)
             batch.size += size
             if len(batch.records) >= max_records:
@@ -137,7 +154,7 @@ class Batcher:
         """Close every batch that has waited `max_wait_s` or longer."""
         due = [
             tp for tp, batch in self.open.items()
-            if now - batch.opened_at >= self.policies[tp.topic].max_wait_s
+            if now - batch.opened_at >= batch.wait_s
         ]
         return [self.open.pop(tp).close(TIME) for tp in due]
 

@@ -269,10 +269,13 @@ class Delivery:
 
     # -- reconciliation -----------------------------------------------------
 
-    def prefetch_covered(self, tps: Iterable[TP]) -> None:
-        """Start reconciling newly assigned partitions, all at once, before their records arrive."""
+    def on_assigned(self, tps: Iterable[TP]) -> None:
+        """New assignment: reconcile its partitions all at once, before their records arrive,
+        and spread their first batch deadlines."""
+        tps = [tp for tp in tps if tp.topic in self.routes]
+        self.batcher.stagger(tps)
         for tp in tps:
-            if tp.topic in self.routes and tp not in self.covered:
+            if tp not in self.covered:
                 self._reconcile_task(tp)
 
     async def covered_offset(self, tp: TP) -> int:

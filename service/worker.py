@@ -143,7 +143,7 @@ def _add_lifecycle(app: App, settings: Settings, delivery: Delivery, dlq_produce
 
     @app.on_partitions_assigned.connect  # type: ignore[arg-type]  # Faust's signal type wants a keyword `signal`
     async def on_assigned(app: Any, assigned: set[Any], **kwargs: Any) -> None:
-        delivery.prefetch_covered(TP(tp.topic, tp.partition) for tp in assigned)
+        delivery.on_assigned(TP(tp.topic, tp.partition) for tp in assigned)
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def on_revoked(app: Any, revoked: set[Any], **kwargs: Any) -> None:

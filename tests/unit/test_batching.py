@@ -269,3 +269,19 @@ def test_adding_a_fetched_chunk_closes_the_same_batches_as_adding_one_by_one(
     got = [b for start in range(0, len(records), chunk) for b in chunked.add_many(records[start:start + chunk], 0.0)]
     assert [(offsets(b), b.size, b.reason) for b in got] == [(offsets(b), b.size, b.reason) for b in expected]
     assert [offsets(b) for b in chunked.drain()] == [offsets(b) for b in one_by_one.drain()]
+
+
+def test_partitions_assigned_together_close_their_first_batches_spread_over_max_wait() -> None:
+    b = batcher(max_wait_s=8.0)
+    b.stagger([TP("orders", p) for p in (3, 1, 0, 2)] + [TP("not-routed", 0)])
+    for p in range(4):
+        b.add(make_record(0, partition=p), 0.0)
+    closed_at = {}
+    for now in [x / 2 for x in range(1, 17)]:
+        for batch in b.expire(now):
+            closed_at[batch.partition] = now
+    assert closed_at == {0: 2.0, 1: 4.0, 2: 6.0, 3: 8.0}
+    # Later batches wait the whole max_wait_s, so the spread stays.
+    b.add(make_record(1, partition=0), 10.0)
+    assert b.expire(17.9) == []
+    assert [offsets(batch) for batch in b.expire(18.0)] == [[1]]

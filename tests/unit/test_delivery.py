@@ -331,7 +331,7 @@ async def test_a_chunk_straddling_the_covered_offset_launches_only_what_is_new(
 async def test_partitions_are_reconciled_as_soon_as_they_are_assigned(
         make_harness: Callable[..., Harness]) -> None:
     h = make_harness(max_records=1)
-    h.delivery.prefetch_covered([TP("orders", 0), TP("orders", 1), TP("not-routed", 0)])
+    h.delivery.on_assigned([TP("orders", 0), TP("orders", 1), TP("not-routed", 0)])
     await asyncio.sleep(0)
     assert sorted(c["kafka/partition"] for c in h.client.find_calls) == ["0", "1"]
     await h.feed(0, partition=0)
@@ -344,7 +344,7 @@ async def test_a_revoke_cancels_a_reconcile_still_waiting_for_dagster(
         make_harness: Callable[..., Harness]) -> None:
     h = make_harness()
     h.client.find_failures = [DagsterUnavailable("down")] * 1000
-    h.delivery.prefetch_covered([TP("orders", 0)])
+    h.delivery.on_assigned([TP("orders", 0)])
     await asyncio.sleep(0.01)
     [task] = h.delivery.reconciles.values()
     await h.delivery.on_revoked([TP("orders", 0)], timeout_s=1.0)
