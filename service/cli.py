@@ -33,7 +33,7 @@ def worker() -> None:
 
     from service.logs import logging_config
     from service.settings import load_settings
-    from service.worker import build_worker
+    from service.worker import build_worker, tune_gc
 
     try:
         settings = load_settings()
@@ -42,6 +42,7 @@ def worker() -> None:
     except ConfigurationError as exc:
         raise click.ClickException(str(exc)) from None
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    tune_gc()
     Worker(app, loglevel=settings.log_level.lower(), quiet=True,
            logging_config=logging_config(settings.log_format, settings.log_level)).execute_from_commandline()
 
