@@ -48,6 +48,8 @@ def table(results: dict[str, Any]) -> str:
         f"{'naive: Faust take(' + str(results['naive_take']) + ') agent, JSON values':<46}{_fmt(t['naive']):>12}",
         f"{'service: worker, max_records ' + format(results['service_max_records'], ',') + ', launched':<46}"
         f"{_fmt(t['service']):>12}",
+        f"{'  ... into closed batches, before the launch tail':<46}"
+        f"{_fmt(results['service_consumed_msgs_per_s']['median']):>12}",
     ]
     for count, rate in results.get("workers", {}).items():
         lines.append(f"{'service, ' + count + ' worker(s), live producer':<46}{_fmt(rate):>12}")

@@ -47,15 +47,19 @@ def measure(ctx: Context, started: float, profile: bool = False) -> dict[str, An
                                             mode.partitions))
     results["producer_msgs_per_s"] = produce_rate
     samples: dict[str, list[float]] = {"limit": [], "naive": [], "service": []}
+    consumed: list[float] = []
     for repetition in range(1, mode.repetitions + 1):
         _step(f"repetition {repetition}/{mode.repetitions}: limit, naive, service", started)
         samples["limit"].append(run_limit(ctx.bootstrap, ctx.topic, mode.messages))
         samples["naive"].append(run_naive(ctx.bootstrap, ctx.topic, mode, ctx.workdir))
         flame = RESULTS / "profile-service.svg" if profile and repetition == 1 else None
-        samples["service"].append(run_service(ctx, flame).msgs_per_s)
+        service = run_service(ctx, flame)
+        samples["service"].append(service.msgs_per_s)
+        consumed.append(service.consumed_msgs_per_s)
         _step("  " + ", ".join(f"{k} {v[-1]:,.0f}" for k, v in samples.items()), started)
     results["throughput_samples"] = samples
     results["throughput_msgs_per_s"] = {name: median(values) for name, values in samples.items()}
+    results["service_consumed_msgs_per_s"] = {"median": median(consumed), "samples": consumed}
     _step(f"launchRun latency: {mode.launch_samples} launches", started)
     latencies = launch_latencies(ctx)
     results["launch_latency_s"] = _percentiles(latencies) | {"samples": len(latencies), "values": latencies}

@@ -1,7 +1,9 @@
 """Contender 3, this service: real `kafka-dagster worker` processes launching real runs.
 
 Throughput counts a message once a launched run's offset range covers it (the
-`launched run` log lines), from the moment the first record reached the agent.
+`launched run` log lines), from the moment the first fetched records reached
+the worker's delivery code (its `consuming` log lines). The consumption rate
+alone counts to the moment the last batch closed, before its launch.
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ REBALANCE_SETTLE_S = 6.0  # longer than a Tansu join (half the session timeout)
 
 @dataclass(frozen=True)
 class ServiceRun:
-    msgs_per_s: float
+    msgs_per_s: float  # into launched runs
+    consumed_msgs_per_s: float  # into closed batches
     runs: int
     pid: int
 
@@ -38,7 +41,8 @@ def run_service(ctx: Context, profile: Path | None = None) -> ServiceRun:
     with ctx.workers(1, RouteSpec(ctx.topic, mode.service_max_records, MAX_WAIT_S)) as workers, \
             _py_spy(workers[0].pid, profile):
         started, launches = wait_launched(workers, mode.messages, timeout_s=300)
-        return ServiceRun(_rate(mode.messages, started, launches), len(launches), workers[0].pid)
+        consumed = mode.messages / (max(launch.closed_at for launch in launches) - started)
+        return ServiceRun(_rate(mode.messages, started, launches), consumed, len(launches), workers[0].pid)
 
 
 @contextmanager

@@ -40,12 +40,13 @@ def routes_toml(routes: Iterable[RouteSpec], max_bytes: int = 16 * 1_048_576) ->
 
 @dataclass(frozen=True)
 class Launch:
-    """One `launched run` log line: when, and which offsets it covers."""
+    """One `launched run` log line: when, which offsets it covers, and when its batch closed."""
 
     at: float
     partition: int
     offset_start: int
     offset_end: int
+    closed_at: float
 
     @property
     def records(self) -> int:
@@ -108,13 +109,14 @@ class Worker:
 
     def launches(self) -> list[Launch]:
         return [
-            Launch(_epoch(line["time"]), line["partition"], line["offset_start"], line["offset_end"])
+            Launch(_epoch(line["time"]), line["partition"], line["offset_start"], line["offset_end"],
+                   _epoch(line["time"]) - line["closed_s_ago"])
             for line in self.log_lines() if line.get("message", "").startswith("launched run")
         ]
 
     def first_consumed_at(self, topic: str = "") -> float | None:
-        """When the first record (of `topic`) reached the agent: the first partition reconcile it triggers."""
-        prefix = f"reconciled {topic}/" if topic else "reconciled "
+        """When the first fetched records (of `topic`) reached the worker's delivery code."""
+        prefix = f"consuming {topic}/" if topic else "consuming "
         times = [_epoch(line["time"]) for line in self.log_lines() if line.get("message", "").startswith(prefix)]
         return min(times, default=None)
 

@@ -69,6 +69,7 @@ class Batch:
     size: int = 0
     reason: str | None = None
     wait_s: float = math.inf  # closes on time once `wait_s` has passed since `opened_at`
+    closed_at: float | None = None  # when it was handed to its partition's lane
 
     @property
     def tp(self) -> TP:

@@ -194,7 +194,9 @@ class Delivery:
             return
         tp = records[0].tp
         self.metrics.messages_consumed.labels(tp.topic).inc(len(records))
-        self.positions.setdefault(tp, records[0].offset)
+        if tp not in self.positions:
+            self.positions[tp] = records[0].offset
+            logger.info("consuming %s/%d from offset %d", tp.topic, tp.partition, records[0].offset)
         self.next_offsets[tp] = records[-1].offset + 1
         try:
             covered = await self.covered_offset(tp)
@@ -249,9 +251,13 @@ class Delivery:
             await self._submit(batch)
 
     async def _submit(self, batch: Batch) -> None:
+        self._count_closed(batch)
+        await self._lane(batch.tp).put(batch)
+
+    def _count_closed(self, batch: Batch) -> None:
+        batch.closed_at = self.clock()
         self.metrics.batches.labels(batch.topic, batch.reason).inc()
         self.metrics.batch_records.observe(len(batch.records))
-        await self._lane(batch.tp).put(batch)
 
     def _lane(self, tp: TP) -> Lane:
         lane = self.lanes.get(tp)
@@ -337,9 +343,11 @@ class Delivery:
         oldest = min((r.timestamp_ms for r in batch.records if r.timestamp_ms), default=None)
         if oldest:
             self.metrics.event_to_launch.observe(max(0.0, time.time() - oldest / 1000))
-        logger.info("launched run %s for batch %s (%s/%d offsets %d-%d, %d records, closed by %s)",
+        waited_s = self.clock() - batch.closed_at if batch.closed_at is not None else 0.0
+        logger.info("launched run %s for batch %s (%s/%d offsets %d-%d, %d records, closed by %s %.3fs ago)",
                     run_id, batch.batch_id, batch.topic, batch.partition, batch.offset_start,
-                    batch.offset_end, len(batch.records), batch.reason, extra=batch_extra(batch, run_id))
+                    batch.offset_end, len(batch.records), batch.reason, waited_s,
+                    extra=batch_extra(batch, run_id) | {"closed_s_ago": round(waited_s, 3)})
         last = batch.records[-1]
         self._done(batch.tp, last.offset + 1, last.epoch)
         await self.watcher.add(_launched(run_id, route.job, tags))
@@ -451,8 +459,7 @@ class Delivery:
             lane = self._lane(batch.tp)
             if lane.queue.full():
                 continue  # its records stay uncommitted: whoever consumes them next reconciles first
-            self.metrics.batches.labels(batch.topic, batch.reason).inc()
-            self.metrics.batch_records.observe(len(batch.records))
+            self._count_closed(batch)
             lane.queue.put_nowait(batch)
         lanes = [lane for tp, lane in self.lanes.items() if tp in tps]
         if lanes:

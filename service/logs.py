@@ -1,8 +1,9 @@
 """Log format: human-readable by default, JSON lines with KAFKA_DAGSTER_LOG_FORMAT=json.
 
 Lines about a batch carry its fields (`topic`, `partition`, `offset_start`,
-`offset_end`, `batch_id`, `run_id`) as `extra`, so JSON lines can be filtered
-without parsing messages.
+`offset_end`, `batch_id`, `run_id`; on a launch, `closed_s_ago`: seconds from
+the batch closing to its LaunchRunSuccess) as `extra`, so JSON lines can be
+filtered without parsing messages.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any
 
 import orjson
 
-BATCH_FIELDS = ("topic", "partition", "offset_start", "offset_end", "batch_id", "run_id", "stage")
+BATCH_FIELDS = ("topic", "partition", "offset_start", "offset_end", "batch_id", "run_id", "stage", "closed_s_ago")
 
 
 class JsonFormatter(logging.Formatter):
