@@ -151,6 +151,10 @@ class Batcher:
         batch = self.open.pop(tp, None)
         return batch.close(SPLIT) if batch else None
 
+    def next_deadline(self) -> float | None:
+        """When the first open batch closes on time, if nothing else closes it first (None: no open batch)."""
+        return min((batch.opened_at + batch.wait_s for batch in self.open.values()), default=None)
+
     def expire(self, now: float) -> list[Batch]:
         """Close every batch that has waited `max_wait_s` or longer."""
         due = [

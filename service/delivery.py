@@ -250,6 +250,11 @@ class Delivery:
         for batch in self.batcher.expire(self.clock()):
             await self._submit(batch)
 
+    def seconds_to_next_deadline(self, at_most: float) -> float:
+        """How long until the next open batch is due to close on time, capped at `at_most`."""
+        deadline = self.batcher.next_deadline()
+        return at_most if deadline is None else min(at_most, max(0.0, deadline - self.clock()))
+
     async def _submit(self, batch: Batch) -> None:
         self._count_closed(batch)
         await self._lane(batch.tp).put(batch)

@@ -131,9 +131,13 @@ def _add_intake(app: App, routes: dict[str, Route], delivery: Delivery) -> None:
 
     app.record_sink = on_records
 
-    @app.timer(TICK_S, name="kafka_dagster.close_expired_batches")
+    @app.task
     async def close_expired_batches() -> None:
-        await delivery.tick()
+        """Close each batch when its wait is over: sleep to the next deadline, waking every TICK_S
+        at the latest, as batches opened meanwhile may be due sooner."""
+        while True:
+            await asyncio.sleep(delivery.seconds_to_next_deadline(TICK_S))
+            await delivery.tick()
 
 
 def _add_lifecycle(app: App, settings: Settings, delivery: Delivery, dlq_producer: Producer,

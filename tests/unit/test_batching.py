@@ -285,3 +285,13 @@ def test_partitions_assigned_together_close_their_first_batches_spread_over_max_
     b.add(make_record(1, partition=0), 10.0)
     assert b.expire(17.9) == []
     assert [offsets(batch) for batch in b.expire(18.0)] == [[1]]
+
+
+def test_next_deadline_is_the_earliest_open_batch_closing_on_time() -> None:
+    b = batcher(max_wait_s=5.0)
+    assert b.next_deadline() is None
+    b.add(make_record(0, partition=0), 10.0)
+    b.add(make_record(0, partition=1), 12.0)
+    assert b.next_deadline() == 15.0
+    b.expire(15.0)
+    assert b.next_deadline() == 17.0

@@ -545,3 +545,14 @@ async def test_other_permanent_reconcile_failures_still_stop_the_worker(make_har
     with pytest.raises(PermanentError):
         await h.feed(0)
     assert h.sink.sent == [] and h.acked() == []
+
+
+async def test_the_timer_sleeps_until_the_next_deadline_and_no_longer_than_a_tick(
+        make_harness: Callable[..., Harness]) -> None:
+    h = make_harness()
+    assert h.delivery.seconds_to_next_deadline(0.05) == 0.05  # nothing open
+    await h.feed(0)
+    h.clock.now += 4.97
+    assert h.delivery.seconds_to_next_deadline(0.05) == pytest.approx(0.03)
+    h.clock.now += 1
+    assert h.delivery.seconds_to_next_deadline(0.05) == 0.0
