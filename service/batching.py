@@ -169,5 +169,5 @@ class Batcher:
         return [self.open.pop(tp).close(reason) for tp in selected]
 
     def discard(self, tps: Iterable[TP]) -> list[Batch]:
-        """Forget the open batches of `tps` without closing them (records stay unacked)."""
+        """Forget the open batches of `tps` without closing them (their records stay uncommitted)."""
         return [batch for tp in list(tps) if (batch := self.open.pop(tp, None)) is not None]
