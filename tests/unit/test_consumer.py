@@ -80,6 +80,13 @@ async def test_each_partition_chunk_reaches_the_sink_in_one_call(app: App, sink:
     assert consumer(app)._read_offset[P0] == 2
 
 
+async def test_faust_livelock_check_sees_the_partitions_taking_records(app: App, sink: Sink) -> None:
+    """Without streams, nothing else tells Faust's check; it would log "Stream has not started processing"."""
+    await consumer(app)._deliver({P0: chunk(0)}, None)
+    assert P0 in app.monitor.stream_inbound_time
+    assert P1 not in app.monitor.stream_inbound_time
+
+
 async def test_records_before_the_read_offset_are_not_handed_over_again(app: App, sink: Sink) -> None:
     consumer(app)._read_offset[P0] = 2
     await consumer(app)._deliver({P0: chunk(0, 1, 2, 3)}, None)
