@@ -25,8 +25,10 @@ class Sink:
     def __init__(self) -> None:
         self.chunks: list[tuple[TP, list[int]]] = []
         self.gate: asyncio.Event | None = None
+        self.entered = asyncio.Event()  # set once the sink has been handed a chunk
 
     async def __call__(self, tp: TP, chunk: Sequence[Any]) -> None:
+        self.entered.set()
         if self.gate is not None:
             await self.gate.wait()
         self.chunks.append((tp, [record.offset for record in chunk]))
@@ -102,7 +104,7 @@ async def test_a_new_generation_stops_the_hand_over(app: App, sink: Sink) -> Non
     sink.gate = asyncio.Event()
     c = consumer(app)
     delivering = asyncio.create_task(c._deliver({P0: chunk(0), P1: chunk(0)}, None))
-    await asyncio.sleep(0.01)
+    await asyncio.wait_for(sink.entered.wait(), 5)
     app.consumer_generation_id += 1
     sink.gate.set()
     await delivering
@@ -113,7 +115,7 @@ async def test_a_rebalance_abandons_a_blocked_hand_off(app: App, sink: Sink) -> 
     sink.gate = asyncio.Event()  # never set: a sink blocked on a full lane
     c = consumer(app)
     delivering = asyncio.create_task(c._deliver({P0: chunk(0, 1)}, None))
-    await asyncio.sleep(0.01)
+    await asyncio.wait_for(sink.entered.wait(), 5)
     c.suspend_flow.set()
     await asyncio.wait_for(delivering, 5)
     assert sink.chunks == []

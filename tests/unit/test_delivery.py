@@ -345,10 +345,11 @@ async def test_a_revoke_cancels_a_reconcile_still_waiting_for_dagster(
     h = make_harness()
     h.client.find_failures = [DagsterUnavailable("down")] * 1000
     h.delivery.on_assigned([TP("orders", 0)])
-    await asyncio.sleep(0.01)
     [task] = h.delivery.reconciles.values()
+    await asyncio.sleep(0)  # the reconcile's first step: it asks Dagster and starts backing off
+    assert h.client.find_calls
     await h.delivery.on_revoked([TP("orders", 0)], timeout_s=1.0)
-    await asyncio.sleep(0)
+    await asyncio.gather(task, return_exceptions=True)
     assert task.cancelled()
     assert h.delivery.reconciles == {}
 
