@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 
 from service.batching import Record
 
-STAGES = ("decode", "validate", "launch", "run", "process")
+STAGES = ("decode", "validate", "route", "launch", "run", "process")
 PRE_LAUNCH_STAGES = ("decode", "validate", "launch")
 MAX_ERROR_MESSAGE_CHARS = 1024
 PREFIX = "dlq."
