@@ -140,7 +140,8 @@ class DagsterApi:
 
     RUNS = """
     query Runs($filter: RunsFilter) {
-      runsOrError(filter: $filter) { __typename ... on Runs { results { runId status jobName tags { key value } } } }
+      runsOrError(filter: $filter) { __typename ... on Runs {
+        results { runId status jobName startTime tags { key value } } } }
     }"""
 
     MATERIALIZATIONS = """
@@ -271,7 +272,7 @@ async def account(bootstrap: str, api: DagsterApi, topic: str, dlq_topic: str) -
     from service.kafka import read_topic
 
     offsets = {(p, o) for p, o, _ in await read_topic(bootstrap, topic)}
-    runs = await api.runs(topic)
+    runs = executed_runs(await api.runs(topic))
     letters = [d for d in await dead_letters(bootstrap, dlq_topic) if d.dlq.get("dlq.topic") == topic]
     covering: dict[tuple[int, int], list[dict[str, Any]]] = {}
     for run in runs:
@@ -316,6 +317,19 @@ async def account(bootstrap: str, api: DagsterApi, topic: str, dlq_topic: str) -
             counted[stage] = counted.get(stage, 0) + 1
     return Accounting(len(offsets), sum(1 for p in offsets if p in covering), counted,
                       sum(len(v) for v in run_copies.values()), duplicates, problems, stages, classes)
+
+
+def executed_runs(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The runs that count: a duplicate of a batch canceled before it started never processed anything."""
+    by_batch: dict[str, int] = {}
+    for run in runs:
+        by_batch[run["tags"].get("kafka/batch_id", "")] = by_batch.get(run["tags"].get("kafka/batch_id", ""), 0) + 1
+    return [run for run in runs if not (run["status"] == "CANCELED" and run.get("startTime") is None
+                                        and by_batch[run["tags"].get("kafka/batch_id", "")] > 1)]
+
+
+def canceled_duplicates(runs: list[dict[str, Any]]) -> int:
+    return len(runs) - len(executed_runs(runs))
 
 
 async def settled(bootstrap: str, api: DagsterApi, topic: str, dlq_topic: str, expected: int) -> Accounting:

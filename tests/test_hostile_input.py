@@ -21,7 +21,7 @@ pytestmark = pytest.mark.integration
 
 # The worker's tags, plus the one the job definition carries.
 EXPECTED_TAGS = {"kafka/topic", "kafka/partition", "kafka/offset_start", "kafka/offset_end", "kafka/record_count",
-                 "kafka/batch_id", TAG_CONSUMER_GROUP, "kafka-dagster/kind"}
+                 "kafka/batch_id", TAG_CONSUMER_GROUP, "kafka/route", "kafka-dagster/kind"}
 BATCH_CONFIG_KEYS = {"topic", "partition", "offset_start", "offset_end", "record_count", "batch_id", "records"}
 
 

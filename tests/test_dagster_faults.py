@@ -1,0 +1,160 @@
+"""Dagster itself failing mid-stream: frozen, killed, its code location stopped.
+
+These faults run on a Dagster deployment of their own (code server, webserver
+and daemon, as compose runs them), so freezing or killing it does not touch
+the session's shared Dagster. The code location runs in its own
+`dagster code-server`, so freezing the webserver does not also lose it.
+Records flow from a producer task throughout each fault.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import orjson
+import pytest
+
+from service.kafka import ensure_topics
+from service.stack import Dagster, port_open, wait_until
+from tests.conftest import Stack
+from tests.support import (
+    DagsterApi,
+    WorkerProcess,
+    canceled_duplicates,
+    dead_letters,
+    eventually,
+    metric,
+    produce,
+    route_toml,
+    settled,
+    unique,
+)
+
+pytestmark = pytest.mark.integration
+
+PARTITIONS = 2
+
+
+def order(i: int) -> bytes:
+    return orjson.dumps({"order_id": f"o-{i}", "customer": f"c-{i % 5}", "amount": 2.5})
+
+
+@pytest.fixture(scope="module")
+def own_dagster(stack: Stack) -> Iterator[Dagster]:
+    dagster = Dagster(stack.workdir / unique("own-dagster"), {"KAFKA_BOOTSTRAP_SERVERS": stack.bootstrap})
+    try:
+        dagster.start()
+        yield dagster
+    finally:
+        dagster.stop()
+
+
+class Flow:
+    """Produces orders to `topic` at a steady pace until stopped; counts what it sent."""
+
+    def __init__(self, bootstrap: str, topic: str, per_second: int = 100) -> None:
+        self.bootstrap, self.topic, self.per_second = bootstrap, topic, per_second
+        self.sent = 0
+        self._task: asyncio.Task[None] | None = None
+
+    async def _run(self) -> None:
+        while True:
+            step = self.per_second // 4
+            await produce(self.bootstrap, self.topic, [order(i) for i in range(self.sent, self.sent + step)],
+                          partitions=PARTITIONS)
+            self.sent += step
+            await asyncio.sleep(0.25)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def stop(self) -> int:
+        assert self._task is not None
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        return self.sent
+
+
+@pytest.fixture
+async def flowing(stack: Stack, own_dagster: Dagster, start_worker: Any
+                  ) -> AsyncIterator[tuple[WorkerProcess, Flow, str, DagsterApi]]:
+    topic, dlq = unique("dagster-fault"), unique("dlq")
+    await ensure_topics(stack.bootstrap, {topic: PARTITIONS})
+    worker = await start_worker(route_toml(topic, max_records=50, max_wait_s=1.0), KAFKA_DAGSTER_DLQ_TOPIC=dlq,
+                                DAGSTER_GRAPHQL_URL=own_dagster.graphql_url, KAFKA_DAGSTER_DAGSTER_TIMEOUT_S="4",
+                                KAFKA_DAGSTER_ROUTE_RETRY_MAX_DELAY_S="5")
+    flow = Flow(stack.bootstrap, topic)
+    flow.start()
+    api = DagsterApi(own_dagster.graphql_url)
+    await eventually(lambda: _launched(worker), 90, "the first launches")
+    yield worker, flow, dlq, api
+    with contextlib.suppress(AssertionError):
+        await flow.stop()
+
+
+async def _launched(worker: WorkerProcess) -> bool:
+    return "launched run" in worker.log_path.read_text(errors="replace")
+
+
+async def assert_every_record_in_exactly_one_executed_run(stack: Stack, api: DagsterApi, worker: WorkerProcess,
+                                                          flow: Flow, dlq: str) -> list[dict[str, Any]]:
+    sent = await flow.stop()
+    result = await eventually(lambda: settled(stack.bootstrap, api, flow.topic, dlq, sent), 240,
+                              "every record in exactly one run")
+    assert result.problems == [], result.problems[:10]
+    assert result.in_runs == sent
+    assert await dead_letters(stack.bootstrap, dlq) == []
+    runs = await api.runs(flow.topic)
+    cancelled = metric(await worker.metrics(), "kafka_dagster_duplicate_runs_cancelled_total",
+                       dagster_job="process_orders")
+    assert canceled_duplicates(runs) == cancelled
+    return runs
+
+
+async def test_a_webserver_frozen_past_the_timeout_never_gets_a_batch_run_twice(
+        stack: Stack, own_dagster: Dagster, flowing: tuple[WorkerProcess, Flow, str, DagsterApi]) -> None:
+    worker, flow, dlq, api = flowing
+    own_dagster.webserver.signal_group(signal.SIGSTOP)
+    try:
+        async def timed_out() -> bool:
+            return "ReadTimeout" in worker.log_path.read_text(errors="replace")
+
+        await eventually(timed_out, 60, "a launch to time out against the frozen webserver")
+        await asyncio.sleep(6)  # the freeze under test: longer than the 4 s timeout, retries pile up
+    finally:
+        own_dagster.webserver.signal_group(signal.SIGCONT)
+    await assert_every_record_in_exactly_one_executed_run(stack, api, worker, flow, dlq)
+
+
+async def test_a_webserver_killed_and_restarted_mid_stream_loses_and_duplicates_nothing(
+        stack: Stack, own_dagster: Dagster, flowing: tuple[WorkerProcess, Flow, str, DagsterApi]) -> None:
+    worker, flow, dlq, api = flowing
+    own_dagster.webserver.kill()
+    await asyncio.to_thread(wait_until, lambda: not port_open(own_dagster.webserver_port), 10, "the port to close")
+    await asyncio.sleep(3)  # the outage under test
+    await asyncio.to_thread(own_dagster.start_webserver)
+    await assert_every_record_in_exactly_one_executed_run(stack, api, worker, flow, dlq)
+
+
+async def test_a_stopped_code_location_pauses_launching_and_nothing_is_dead_lettered(
+        stack: Stack, own_dagster: Dagster, flowing: tuple[WorkerProcess, Flow, str, DagsterApi]) -> None:
+    """A broken deploy: the code server is gone. Launches wait (no PipelineNotFoundError dead letters)."""
+    worker, flow, dlq, api = flowing
+    log_before = len(worker.log_path.read_text(errors="replace"))
+    own_dagster.code_server.stop()
+    try:
+        async def refused() -> str:
+            log = worker.log_path.read_text(errors="replace")[log_before:]
+            return next((line for line in log.splitlines() if "paused" in line or "failed (" in line), "")
+
+        line = await eventually(refused, 120, "launches refused while the code location is down")
+        assert await dead_letters(stack.bootstrap, dlq) == [], line
+    finally:
+        own_dagster.code_server.start()
+        await asyncio.to_thread(wait_until, lambda: port_open(own_dagster.grpc_port), 60, "the code server")
+    await assert_every_record_in_exactly_one_executed_run(stack, api, worker, flow, dlq)
