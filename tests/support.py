@@ -141,7 +141,7 @@ class DagsterApi:
     RUNS = """
     query Runs($filter: RunsFilter) {
       runsOrError(filter: $filter) { __typename ... on Runs {
-        results { runId status jobName startTime tags { key value } } } }
+        results { runId status jobName tags { key value } stats { ... on RunStatsSnapshot { startTime } } } } }
     }"""
 
     MATERIALIZATIONS = """
@@ -176,6 +176,7 @@ class DagsterApi:
         runs = data["runsOrError"]["results"]
         for run in runs:
             run["tags"] = {t["key"]: t["value"] for t in run["tags"]}
+            run["started"] = (run.pop("stats", None) or {}).get("startTime") is not None  # a RunStartEvent
         return runs  # type: ignore[no-any-return]
 
     async def materializations(self, asset: str, limit: int = 1000) -> list[dict[str, Any]]:
@@ -324,7 +325,7 @@ def executed_runs(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     by_batch: dict[str, int] = {}
     for run in runs:
         by_batch[run["tags"].get("kafka/batch_id", "")] = by_batch.get(run["tags"].get("kafka/batch_id", ""), 0) + 1
-    return [run for run in runs if not (run["status"] == "CANCELED" and run.get("startTime") is None
+    return [run for run in runs if not (run["status"] == "CANCELED" and not run.get("started")
                                         and by_batch[run["tags"].get("kafka/batch_id", "")] > 1)]
 
 

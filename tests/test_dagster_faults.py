@@ -103,12 +103,13 @@ async def _launched(worker: WorkerProcess) -> bool:
 
 async def assert_every_record_in_exactly_one_executed_run(stack: Stack, api: DagsterApi, worker: WorkerProcess,
                                                           flow: Flow, dlq: str) -> list[dict[str, Any]]:
+    """Every record in exactly one run that executed; the DLQ holds nothing but copies of failed runs."""
     sent = await flow.stop()
     result = await eventually(lambda: settled(stack.bootstrap, api, flow.topic, dlq, sent), 240,
                               "every record in exactly one run")
     assert result.problems == [], result.problems[:10]
-    assert result.in_runs == sent
-    assert await dead_letters(stack.bootstrap, dlq) == []
+    assert result.in_runs == result.offsets  # >= sent: a produce cut short by stop() may have landed
+    assert {letter.stage for letter in await dead_letters(stack.bootstrap, dlq)} <= {"run"}
     runs = await api.runs(flow.topic)
     cancelled = metric(await worker.metrics(), "kafka_dagster_duplicate_runs_cancelled_total",
                        dagster_job="process_orders")
@@ -153,8 +154,54 @@ async def test_a_stopped_code_location_pauses_launching_and_nothing_is_dead_lett
             return next((line for line in log.splitlines() if "paused" in line or "failed (" in line), "")
 
         line = await eventually(refused, 120, "launches refused while the code location is down")
-        assert await dead_letters(stack.bootstrap, dlq) == [], line
+        # Runs that were executing when their code server went away may fail, and are copied (stage run);
+        # the records waiting to be launched are not dead-lettered.
+        letters = await dead_letters(stack.bootstrap, dlq)
+        assert {letter.stage for letter in letters} <= {"run"}, line
     finally:
         own_dagster.code_server.start()
         await asyncio.to_thread(wait_until, lambda: port_open(own_dagster.grpc_port), 60, "the code server")
     await assert_every_record_in_exactly_one_executed_run(stack, api, worker, flow, dlq)
+
+
+async def test_two_runs_of_one_batch_are_settled_to_one_that_runs(stack: Stack, own_dagster: Dagster) -> None:
+    """What a late, lost launch leaves behind (two runs with one kafka/batch_id), made harmless in real Dagster:
+    the queue's per-batch limit keeps them apart and the worker's sweep cancels one before it runs."""
+    from prometheus_client import CollectorRegistry
+
+    from service.batching import Batch, Record
+    from service.dagster_client import DagsterClient
+    from service.delivery import TAG_BATCH_ID, run_config, run_tags
+    from service.duplicates import DuplicateRuns
+    from service.metrics import Metrics
+    from service.routes import Route
+
+    topic = unique("duplicate")
+    await produce(stack.bootstrap, topic, [order(i) for i in range(3)])
+    route = Route(topic, "process_orders", 10, 1_000_000, 1.0, inline_max_bytes=0)  # the run reads Kafka
+    records = [Record(topic, 0, i, None, None, order(i)) for i in range(3)]
+    batch = Batch(topic, 0, opened_at=0.0, records=records, size=sum(r.size for r in records))
+    tags = run_tags(route, batch, unique("group"))
+    client = DagsterClient(own_dagster.graphql_url)
+    metrics = Metrics(CollectorRegistry())
+    try:
+        selector = await client.resolve_job("process_orders")
+        first = await client.launch_run(selector, run_config(route, batch), tags)
+        second = await client.launch_run(selector, run_config(route, batch), tags)  # the retry's duplicate
+        kept = await DuplicateRuns(client, metrics, window_s=60).settle(
+            "process_orders", batch.batch_id, {TAG_BATCH_ID: batch.batch_id}, second)
+    finally:
+        await client.aclose()
+    api = DagsterApi(own_dagster.graphql_url)
+
+    async def both_finished() -> list[dict[str, Any]]:
+        runs = await api.runs(topic)
+        return runs if len(runs) == 2 and all(r["status"] in ("SUCCESS", "FAILURE", "CANCELED") for r in runs) else []
+
+    runs = {r["runId"]: r for r in await eventually(both_finished, 120, "both runs finished")}
+    canceled = first if kept == second else second
+    assert runs[kept]["status"] == "SUCCESS"
+    assert runs[canceled]["status"] == "CANCELED" and not runs[canceled]["started"]
+    assert canceled_duplicates(list(runs.values())) == 1
+    assert metrics.registry.get_sample_value("kafka_dagster_duplicate_runs_cancelled_total",
+                                             {"dagster_job": "process_orders"}) == 1
