@@ -18,8 +18,8 @@ from bench.context import Context
 from bench.data import make_values, produce_to
 from bench.worker import RouteSpec, Worker, unique
 from service.dagster_client import DagsterClient
+from service.dev.stack import StackError
 from service.kafka import ensure_topics
-from service.stack import StackError
 
 RUNS_QUERY = """
 query Runs($filter: RunsFilter) {

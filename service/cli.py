@@ -57,7 +57,7 @@ def worker() -> None:
               help="Partitions to create the topic with if it does not exist.")
 def produce(topic: str, bootstrap_servers: str, demo_count: int | None, rate: float, partitions: int) -> None:
     """Send JSON lines from stdin, or generated demo events, to a topic."""
-    from service.demo import demo_order
+    from service.dev.demo import demo_order
 
     security = _kafka_security(bootstrap_servers)
     if demo_count is not None:
@@ -149,7 +149,7 @@ async def _produce(bootstrap_servers: str, topic: str, values: Iterable[bytes], 
 @click.option("--rate", type=float, default=20.0, show_default=True, help="Demo events per second.")
 def dev(workdir: str, routes: str, rate: float) -> None:
     """Run everything locally: broker, Dagster, worker and a demo producer."""
-    from service.devstack import run_dev
+    from service.dev.devstack import run_dev
 
     run_dev(workdir, routes, rate)
 

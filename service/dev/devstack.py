@@ -10,9 +10,9 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
+from service.dev.stack import Broker, Dagster, ManagedProcess, free_port, port_open, running
 from service.errors import ConfigurationError
 from service.routes import load_routes
-from service.stack import Broker, Dagster, ManagedProcess, free_port, port_open, running
 
 DEMO_PARTITIONS = 2
 
