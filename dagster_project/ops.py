@@ -34,6 +34,7 @@ from dagster_project.resources import (
     KafkaUnavailable,
     MetricsResource,
 )
+from service.contract import STAGE_PROCESS
 
 MAX_RETRIES = 3
 RETRY_WAIT_S = 2.0
@@ -217,7 +218,7 @@ def dead_letter_rejects(context: dg.OpExecutionContext, batch: BatchInfo, reject
                                       **coordinates(batch),
                                       "dead_letter_count": dg.MetadataValue.int(len(rejects)),
                                       "dlq_topic": dg.MetadataValue.text(dead_letters.topic),
-                                      "dlq_stage": dg.MetadataValue.text("process"),
+                                      "dlq_stage": dg.MetadataValue.text(STAGE_PROCESS),
                                       "dead_letter_offsets": dg.MetadataValue.json(
                                           [r.offset for r in rejects][:MAX_SAMPLES]),
                                       "error_classes": dg.MetadataValue.json(

@@ -19,6 +19,7 @@ import orjson
 from aiokafka.structs import ConsumerRecord
 from faust.worker import Worker
 
+from service.contract import DEFAULT_BOOTSTRAP_SERVERS, DEFAULT_DLQ_TOPIC, DEFAULT_ROUTES_FILE, STAGES
 from service.dlq import DeadLetter, describe, replay_headers, select
 from service.errors import ConfigurationError
 from service.kafka import Producer, check_security, ensure_topics, read_topic
@@ -57,7 +58,8 @@ def worker() -> None:
 
 @main.command()
 @click.option("--topic", required=True, help="Topic to produce to.")
-@click.option("--bootstrap-servers", envvar="KAFKA_BOOTSTRAP_SERVERS", default="localhost:9092", show_default=True)
+@click.option("--bootstrap-servers", envvar="KAFKA_BOOTSTRAP_SERVERS", default=DEFAULT_BOOTSTRAP_SERVERS,
+              show_default=True)
 @click.option("--demo", "demo_count", type=int, default=None,
               help="Send N generated demo orders instead of reading JSON lines from stdin (0: forever).")
 @click.option("--rate", type=click.FloatRange(min=0.0), default=0.0,
@@ -74,7 +76,7 @@ def produce(topic: str, bootstrap_servers: str, demo_count: int | None, rate: fl
 
 @main.command()
 @click.option("--workdir", default=".kafka-dagster", show_default=True, help="Where logs and Dagster state go.")
-@click.option("--routes", default="routes.toml", show_default=True)
+@click.option("--routes", default=DEFAULT_ROUTES_FILE, show_default=True)
 @click.option("--rate", type=click.FloatRange(min=0.0), default=20.0, show_default=True,
               help="Demo events per second.")
 def dev(workdir: str, routes: str, rate: float) -> None:
@@ -90,11 +92,11 @@ def dlq() -> None:
 
 
 def _dlq_options(command: F) -> F:
-    command = click.option("--bootstrap-servers", envvar="KAFKA_BOOTSTRAP_SERVERS", default="localhost:9092",
+    command = click.option("--bootstrap-servers", envvar="KAFKA_BOOTSTRAP_SERVERS", default=DEFAULT_BOOTSTRAP_SERVERS,
                            show_default=True)(command)
-    command = click.option("--dlq-topic", envvar="KAFKA_DAGSTER_DLQ_TOPIC", default="kafka-dagster.dlq",
+    command = click.option("--dlq-topic", envvar="KAFKA_DAGSTER_DLQ_TOPIC", default=DEFAULT_DLQ_TOPIC,
                            show_default=True)(command)
-    command = click.option("--stage", type=click.Choice(["decode", "validate", "launch", "run", "process"]),
+    command = click.option("--stage", type=click.Choice(STAGES),
                            default=None, help="Only dead letters of this stage.")(command)
     command = click.option("--source-topic", default=None, help="Only dead letters from this topic.")(command)
     return command
