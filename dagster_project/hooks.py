@@ -11,6 +11,7 @@ from typing import Any
 
 import dagster as dg
 
+from dagster_project.ops import BATCH_SUMMARY
 from service.contract import (
     TAG_BATCH_ID,
     TAG_OFFSET_END,
@@ -44,7 +45,7 @@ def batch_fields(tags: dict[str, str]) -> dict[str, Any]:
 @dg.success_hook(required_resource_keys={"notifications"})
 def notify_batch_published(context: dg.HookContext) -> None:
     """Announce a published batch with the summary `publish_batch` returned."""
-    summary = context.op_output_values.get("result")
+    summary = context.op_output_values.get(BATCH_SUMMARY)
     if not isinstance(summary, dict):
         return  # the op produced no summary: the batch was not published
     context.resources.notifications.notify("batch_published", job=context.job_name, run_id=context.run_id,
