@@ -25,11 +25,16 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from time import monotonic
-from typing import Any
+from typing import Any, cast
 
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+from aiokafka.structs import OffsetAndMetadata
+from aiokafka.structs import TopicPartition as AIOKafkaTP
 from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers import aiokafka as aiokafka_driver
 from faust.types import TP
+
+from service.kafka import kafka_error
 
 # What the fetch loop hands over: one partition and its fetched aiokafka `ConsumerRecord`s, in offset order.
 RecordSink = Callable[[TP, Sequence[Any]], Awaitable[None]]
@@ -42,12 +47,31 @@ FETCH_MAX_WAIT_MS = 100
 
 
 class ConsumerThread(aiokafka_driver.AIOKafkaConsumerThread):
-    """Faust's thread running the aiokafka consumer, with a shorter fetch wait."""
+    """Faust's thread running the aiokafka consumer, with a shorter fetch wait and a fencing commit."""
 
     def _create_worker_consumer(self, transport: Any) -> Any:
         consumer = super()._create_worker_consumer(transport)
         consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS  # no Faust setting; read when the consumer starts
         return consumer
+
+    async def prove_ownership(self, tp: TP, offset: int) -> bool:
+        """Commit `offset` for `tp` now, in this member's current generation: False if the group refuses."""
+        return bool(await self.call_thread(self._commit_owned, tp, offset))
+
+    async def _commit_owned(self, tp: TP, offset: int) -> bool:
+        consumer = self._ensure_consumer()
+        if consumer._coordinator.generation < 0:  # kicked out of the group, not yet rejoined
+            return False
+        try:
+            await consumer.commit({AIOKafkaTP(tp.topic, tp.partition): OffsetAndMetadata(offset, "")})
+        except (CommitFailedError, IllegalStateError) as exc:
+            # The coordinator answered UNKNOWN_MEMBER_ID, ILLEGAL_GENERATION or REBALANCE_IN_PROGRESS
+            # (aiokafka raises CommitFailedError for all three), or the partition is no longer assigned.
+            self.log.info("commit for %s/%d refused: %r", tp.topic, tp.partition, exc)
+            return False
+        except KafkaError as exc:
+            raise kafka_error(f"committing {tp.topic}/{tp.partition}", exc) from exc
+        return True
 
 
 class Consumer(aiokafka_driver.Consumer):
@@ -61,6 +85,11 @@ class Consumer(aiokafka_driver.Consumer):
         self._done: dict[TP, int] = {}
 
     # -- commits ------------------------------------------------------------
+
+    async def prove_ownership(self, tp: TP, offset: int) -> bool:
+        """True when the group coordinator accepts a commit of `offset` for `tp` from this member now."""
+        thread = cast(ConsumerThread, self._thread)
+        return await thread.prove_ownership(tp, offset)
 
     def mark_done(self, tp: TP, next_offset: int) -> None:
         """Every offset of `tp` below `next_offset` is in a launched run or the DLQ: commit up to it."""
@@ -97,12 +126,11 @@ class Consumer(aiokafka_driver.Consumer):
             return
         sink: RecordSink = self.app.record_sink  # type: ignore[attr-defined]  # service.app.App
         generation_id = self.app.consumer_generation_id
+        # Every fetched chunk is handed off, also of a partition paused since the fetch (a paused route):
+        # aiokafka has moved past it, so skipping it would leave a gap when the partition resumes.
         for tp, chunk in records.items():
             if not self.flow_active or self.app.consumer_generation_id != generation_id:
                 return
-            if active_partitions is not None and tp not in active_partitions \
-                    and tp not in self._buffered_partitions:
-                continue
             r_offset = self._read_offset[tp]
             if r_offset is not None and chunk and chunk[0].offset < r_offset:
                 chunk = [record for record in chunk if record.offset >= r_offset]

@@ -1,22 +1,36 @@
 """An async client for the Dagster GraphQL API.
 
 The one place that talks HTTP to Dagster. httpx failures are translated here:
-connection errors, timeouts and HTTP 5xx become `DagsterUnavailable`
-(transient); every member of the `LaunchRunResult` union is handled by name.
+connection errors, timeouts, HTTP 5xx and 408 become `DagsterUnavailable`
+and 429 `RateLimited` (transient); 401/403 `Unauthorized`, other 4xx and
+GraphQL errors `RequestRejected` (the route pauses); 413 `BatchTooLarge`.
+Every member of the `LaunchRunResult` union is handled by name: `PythonError`
+is `DagsterError` (transient), every other error member `LaunchRejected`.
 Message content only ever travels as GraphQL variables.
 """
 
 from __future__ import annotations
 
+import email.utils
 import logging
 import ssl
+import time
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
-from service.errors import DagsterUnavailable, KafkaDagsterError, LaunchRejected, PermanentError, TransientError
+from service.errors import (
+    BatchTooLarge,
+    DagsterError,
+    DagsterUnavailable,
+    KafkaDagsterError,
+    LaunchRejected,
+    RateLimited,
+    RequestRejected,
+    Unauthorized,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +70,7 @@ RUNS = """
 query Runs($filter: RunsFilter, $limit: Int) {
   runsOrError(filter: $filter, limit: $limit) {
     __typename
-    ... on Runs { results { runId status jobName tags { key value } } }
+    ... on Runs { results { runId status jobName creationTime tags { key value } } }
     ... on InvalidPipelineRunsFilterError { message }
     ... on PythonError { message }
   }
@@ -102,8 +116,25 @@ query RunEvents($runId: ID!, $afterCursor: String, $limit: Int) {
 }
 """
 
-# A launch result that may succeed if tried again later.
-RETRYABLE_LAUNCH_RESULTS = frozenset({"PythonError"})
+LOCATIONS = """
+{ workspaceOrError { __typename ... on Workspace { locationEntries { name locationOrLoadError {
+  __typename ... on PythonError { message } } } } ... on PythonError { message } } }
+"""
+
+TERMINATE_RUN = """
+mutation Terminate($runId: String!) {
+  terminateRun(runId: $runId) {
+    __typename
+    ... on TerminateRunFailure { message }
+    ... on RunNotFoundError { message }
+    ... on UnauthorizedError { message }
+    ... on PythonError { message }
+  }
+}
+"""
+
+# HTTP statuses that say "try again later" rather than "this request is wrong".
+RETRY_LATER_STATUSES = frozenset({408, 425})
 
 
 @dataclass(frozen=True)
@@ -119,6 +150,7 @@ class RunInfo:
     status: str
     job: str
     tags: dict[str, str]
+    creation_time: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -136,14 +168,6 @@ class RunEventLog:
 
     events: list[RunEvent]
     complete: bool
-
-
-class RetryableLaunchError(TransientError):
-    """Dagster answered `launchRun` with an error that may pass (PythonError)."""
-
-    def __init__(self, typename: str, message: str) -> None:
-        super().__init__(f"{typename}: {message}")
-        self.typename = typename
 
 
 class DagsterClient:
@@ -169,22 +193,15 @@ class DagsterClient:
         except httpx.TransportError as exc:
             raise DagsterUnavailable(f"{type(exc).__name__} talking to Dagster at {self.shown_url}{_tls_hint(exc)}") \
                 from exc
-        if response.status_code >= 500:
-            raise DagsterUnavailable(f"Dagster answered HTTP {response.status_code}")
-        if response.status_code in (401, 403):
-            raise LaunchRejected("UnauthorizedError",
-                                 f"Dagster at {self.shown_url} answered HTTP {response.status_code}: "
-                                 "the request was not authorized; check DAGSTER_API_TOKEN")
-        if response.status_code != 200:
-            raise PermanentError(f"Dagster answered HTTP {response.status_code}")
+        _raise_for_status(response, self.shown_url)
         try:
             body = response.json()
         except ValueError:
-            raise DagsterUnavailable(f"{self.shown_url} did not answer with JSON; is it Dagster's /graphql?") from None
+            raise RequestRejected(f"{self.shown_url} did not answer with JSON; is it Dagster's /graphql?") from None
         if not isinstance(body, dict) or (not isinstance(body.get("data"), dict) and not body.get("errors")):
-            raise DagsterUnavailable(f"{self.shown_url} did not answer with a GraphQL result")
+            raise RequestRejected(f"{self.shown_url} did not answer with a GraphQL result")
         if body.get("errors"):
-            raise PermanentError(f"GraphQL error: {body['errors'][0].get('message')}")
+            raise RequestRejected(f"GraphQL error: {body['errors'][0].get('message')}")
         return body["data"]  # type: ignore[no-any-return]
 
     async def ping(self) -> bool:
@@ -195,18 +212,35 @@ class DagsterClient:
             return False
         return True
 
+    async def reachable(self) -> bool:
+        """True when Dagster's GraphQL endpoint answers at all (a refused token is an answer)."""
+        try:
+            await self.execute("{ version }")
+        except RateLimited:
+            return True
+        except DagsterUnavailable:
+            return False
+        except KafkaDagsterError:
+            return True
+        return True
+
     async def resolve_job(self, job: str, location: str | None = None,
                           repository: str | None = None) -> JobSelector:
-        """The selector of `job`, looked up once and cached."""
+        """The selector of `job`, looked up once and cached (`forget_job` drops it)."""
         key = (job, location, repository)
         if key not in self._selectors:
             self._selectors[key] = await self._find_job(job, location, repository)
         return self._selectors[key]
 
+    def forget_job(self, job: str) -> None:
+        """Look `job` up again next time: a deploy may have moved, renamed or broken it."""
+        for key in [key for key in self._selectors if key[0] == job]:
+            del self._selectors[key]
+
     async def _find_job(self, job: str, location: str | None, repository: str | None) -> JobSelector:
         result = (await self.execute(REPOSITORIES))["repositoriesOrError"]
         if result["__typename"] != "RepositoryConnection":
-            raise RetryableLaunchError(result["__typename"], result.get("message", ""))
+            raise DagsterError(result["__typename"], result.get("message", ""))
         for node in result["nodes"]:
             if location and node["location"]["name"] != location:
                 continue
@@ -214,7 +248,23 @@ class DagsterClient:
                 continue
             if any(j["name"] == job for j in node["jobs"]):
                 return JobSelector(node["location"]["name"], node["name"], job)
-        raise LaunchRejected("PipelineNotFoundError", f"no job named {job!r} in any loaded code location")
+        broken = await self.broken_locations()
+        where = f" (code location {location!r})" if location else ""
+        if broken:
+            errors = "; ".join(f"{name}: {message.splitlines()[0] if message else ''}"
+                               for name, message in sorted(broken.items()))
+            raise LaunchRejected("PipelineNotFoundError", f"no job named {job!r}{where}: code location failed "
+                                 f"to load: {errors}", hint="fix the code location and reload it")
+        raise LaunchRejected("PipelineNotFoundError", f"job {job}{where} not found in any loaded code location")
+
+    async def broken_locations(self) -> dict[str, str]:
+        """The workspace's code locations that failed to load, with the first line of their error."""
+        result = (await self.execute(LOCATIONS)).get("workspaceOrError") or {}
+        if result.get("__typename") != "Workspace":
+            return {}
+        return {entry["name"]: (entry.get("locationOrLoadError") or {}).get("message", "")
+                for entry in result["locationEntries"]
+                if (entry.get("locationOrLoadError") or {}).get("__typename") == "PythonError"}
 
     async def launch_run(self, selector: JobSelector, run_config: dict[str, Any],
                          tags: dict[str, str]) -> str:
@@ -233,9 +283,16 @@ class DagsterClient:
         if typename == "LaunchRunSuccess":
             return str(result["run"]["runId"])
         message = _launch_error_message(result)
-        if typename in RETRYABLE_LAUNCH_RESULTS:
-            raise RetryableLaunchError(typename, message)
+        if typename == "PythonError":
+            raise DagsterError(typename, message)
+        if typename == "PipelineNotFoundError":
+            self.forget_job(selector.job)
         raise LaunchRejected(typename, message)
+
+    async def terminate_queued(self, run_id: str) -> bool:
+        """Cancel a run that has not started (a queued run is canceled at once); True if Dagster did."""
+        result = (await self.execute(TERMINATE_RUN, {"runId": run_id}))["terminateRun"]
+        return result["__typename"] == "TerminateRunSuccess"
 
     async def find_runs(self, tags: dict[str, str], job: str | None = None,
                         limit: int = 100) -> list[RunInfo]:
@@ -245,14 +302,14 @@ class DagsterClient:
             run_filter["pipelineName"] = job
         result = (await self.execute(RUNS, {"filter": run_filter, "limit": limit}))["runsOrError"]
         if result["__typename"] != "Runs":
-            raise RetryableLaunchError(result["__typename"], result.get("message", ""))
+            raise DagsterError(result["__typename"], result.get("message", ""))
         return [_run_info(run) for run in result["results"]]
 
     async def run_statuses(self, run_ids: list[str]) -> dict[str, str]:
         """Status of each run in `run_ids` that Dagster knows, in one query."""
         result = (await self.execute(RUN_STATUSES, {"filter": {"runIds": run_ids}}))["runsOrError"]
         if result["__typename"] != "Runs":
-            raise RetryableLaunchError(result["__typename"], result.get("message", ""))
+            raise DagsterError(result["__typename"], result.get("message", ""))
         return {run["runId"]: run["status"] for run in result["results"]}
 
     async def get_run(self, run_id: str) -> RunInfo | None:
@@ -260,7 +317,7 @@ class DagsterClient:
         if result["__typename"] == "RunNotFoundError":
             return None
         if result["__typename"] != "Run":
-            raise RetryableLaunchError(result["__typename"], result.get("message", ""))
+            raise DagsterError(result["__typename"], result.get("message", ""))
         return _run_info(result)
 
     async def run_events(self, run_id: str, page_size: int = 500, max_pages: int = 20) -> RunEventLog:
@@ -271,15 +328,50 @@ class DagsterClient:
             variables = {"runId": run_id, "afterCursor": cursor, "limit": page_size}
             result = (await self.execute(RUN_EVENTS, variables))["runOrError"]
             if result["__typename"] == "RunNotFoundError":
-                raise PermanentError(f"run {run_id} not found: {result.get('message', '')}")
+                raise RequestRejected(f"run {run_id} not found: {result.get('message', '')}")
             if result["__typename"] != "Run":
-                raise RetryableLaunchError(result["__typename"], result.get("message", ""))
+                raise DagsterError(result["__typename"], result.get("message", ""))
             page = result["eventConnection"]
             events.extend(_run_event(event) for event in page["events"])
             if not page["hasMore"] or not page["events"]:
                 return RunEventLog(events, complete=True)
             cursor = page["cursor"]
         return RunEventLog(events, complete=False)
+
+
+def _raise_for_status(response: httpx.Response, shown_url: str) -> None:
+    """Map an HTTP status other than 200 to the kind of failure it is."""
+    status = response.status_code
+    if status == 200:
+        return
+    if status >= 500 or status in RETRY_LATER_STATUSES:
+        raise DagsterUnavailable(f"Dagster answered HTTP {status}")
+    if status == 429:
+        retry_after = retry_after_s(response.headers.get("Retry-After"))
+        raise RateLimited(f"Dagster answered HTTP 429 (Retry-After: {response.headers.get('Retry-After')})",
+                          retry_after)
+    if status in (401, 403):
+        raise Unauthorized(f"Dagster at {shown_url} answered HTTP {status}: the request was not authorized; "
+                           "check DAGSTER_API_TOKEN")
+    if status == 413:
+        raise BatchTooLarge(f"Dagster at {shown_url} answered HTTP 413: the request is too large")
+    raise RequestRejected(f"Dagster at {shown_url} answered HTTP {status}")
+
+
+def retry_after_s(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header (delta-seconds or an HTTP date); None if absent or bad."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
 def _tls_hint(exc: BaseException) -> str:
@@ -320,6 +412,7 @@ def _run_info(run: dict[str, Any]) -> RunInfo:
         status=run["status"],
         job=run["jobName"],
         tags={t["key"]: t["value"] for t in run["tags"]},
+        creation_time=float(run.get("creationTime") or 0.0),
     )
 
 

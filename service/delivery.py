@@ -2,38 +2,61 @@
 
 This is where the delivery invariant is kept. Every record of a routed topic
 ends in exactly one launched run's offset range or in the DLQ (stages decode,
-validate, launch), and only then is it marked done, so its offset may be
-committed. Records arrive as fetched chunks of one partition, in offset order;
-each partition's records are marked done in that same order.
+validate, and launch where a route asks to dead-letter refused launches), and
+only then is it marked done, so its offset may be committed. Records arrive as
+fetched chunks of one partition, in offset order; each partition's records are
+marked done in that same order.
 
-- Each topic-partition has a `Lane`: its closed batches and dead letters are
-  handled one at a time, in offset order. A full lane blocks the consumer,
-  which is what keeps memory bounded while Dagster is down.
+- Each owned topic-partition is one `OwnedPartition`, made when it is
+  assigned and dropped when it is revoked: its lane of closed batches and
+  dead letters (worked one at a time, in offset order; a full lane blocks the
+  consumer, which keeps memory bounded while Dagster is down), its reconcile
+  with Dagster, the highest offset covered by a run, and its read positions.
 - Before the first record of a partition is handled, the partition is
-  reconciled with Dagster: runs tagged with its topic, partition and consumer
-  group tell the highest offset already covered, and those records are
-  skipped, whatever batch boundaries the earlier worker chose.
-- Transient failures are retried with backoff, forever, and never dead-letter.
+  reconciled: runs tagged with its topic, partition and consumer group tell
+  the highest offset already covered, and those records are skipped.
+- Before every launch the worker proves with the group coordinator that it
+  still owns the partition (`fence`); a worker that lost it (frozen past its
+  session timeout) drops the partition's batches and launches nothing.
+- The three kinds of failure (`service.errors`): transient ones are retried
+  with backoff and never dead-letter; a bad record goes to the DLQ alone; a
+  route that Dagster refuses pauses (`service.pauses`) and retries the same
+  batch until it is fixed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Protocol
 
 from service.batching import TP, Batch, Batcher, BatchPolicy, Record
-from service.dagster_client import DagsterClient, RetryableLaunchError
+from service.dagster_client import DagsterClient
 from service.decoding import JsonBounds, decode_value
 from service.dlq import Failure, dlq_headers
-from service.errors import LaunchRejected, PermanentError, TransientError
+from service.duplicates import DuplicateRuns
+from service.errors import (
+    BatchTooLarge,
+    DagsterError,
+    DagsterUnavailable,
+    Fenced,
+    KafkaRejected,
+    LaunchRejected,
+    RateLimited,
+    RecordError,
+    RequestRejected,
+    RouteError,
+    TransientError,
+)
 from service.logs import batch_extra
 from service.metrics import Metrics
+from service.pauses import RoutePauses
 from service.retry import Backoff
 from service.routes import Route
 from service.watcher import TERMINAL, LaunchedRun, RunWatcher
@@ -48,11 +71,11 @@ TAG_OFFSET_END = "kafka/offset_end"
 TAG_RECORD_COUNT = "kafka/record_count"
 TAG_BATCH_ID = "kafka/batch_id"
 TAG_CONSUMER_GROUP = "kafka/consumer_group"
+TAG_ROUTE = "kafka/route"
 
-UNAUTHORIZED = "UnauthorizedError"
-
-# Dagster answering launchRun with PythonError this many times in a row is no passing trouble.
-MAX_PYTHON_ERROR_ATTEMPTS = 10
+# Dagster answering PythonError this many times in a row is no passing trouble: the route pauses.
+MAX_DAGSTER_ERROR_ATTEMPTS = 10
+ROUTE_RETRY_BASE_S = 2.0
 
 
 class DeadLetterSink(Protocol):
@@ -60,7 +83,12 @@ class DeadLetterSink(Protocol):
                    headers: list[tuple[str, bytes]], timestamp_ms: int | None) -> None: ...
 
 
-def run_tags(batch: Batch, group_id: str) -> dict[str, str]:
+# (topic, partition, offset) -> next offset: proves ownership by committing it (see `Delivery`).
+Fence = Callable[[TP, int], Awaitable[bool]]
+ReadRange = Callable[[str, int, int, int], Awaitable[list[Record]]]
+
+
+def run_tags(route: Route, batch: Batch, group_id: str) -> dict[str, str]:
     return {
         TAG_TOPIC: batch.topic,
         TAG_PARTITION: str(batch.partition),
@@ -69,11 +97,12 @@ def run_tags(batch: Batch, group_id: str) -> dict[str, str]:
         TAG_RECORD_COUNT: str(len(batch.records)),
         TAG_BATCH_ID: batch.batch_id,
         TAG_CONSUMER_GROUP: group_id,
+        TAG_ROUTE: route.name,
     }
 
 
-def run_config(route: Route, batch: Batch) -> dict[str, Any]:
-    """The batch as `ops.<batch_op>.config`; records inline only below the route's bound."""
+def run_config(route: Route, batch: Batch, inline: bool = True) -> dict[str, Any]:
+    """The batch as `ops.<batch_op>.config`; records inline only below the route's bound (and if `inline`)."""
     config: dict[str, Any] = {
         "topic": batch.topic,
         "partition": batch.partition,
@@ -82,7 +111,7 @@ def run_config(route: Route, batch: Batch) -> dict[str, Any]:
         "record_count": len(batch.records),
         "batch_id": batch.batch_id,
     }
-    if batch.size <= route.inline_max_bytes:
+    if inline and batch.size <= route.inline_max_bytes:
         config["records"] = [
             {
                 "offset": r.offset,
@@ -107,7 +136,7 @@ class Lane:
     """One partition's queue of closed batches and dead letters, worked in order."""
 
     def __init__(self, tp: TP, maxsize: int, handle: Callable[[Batch | DeadLetters], Awaitable[None]],
-                 on_fatal: Callable[[BaseException], Awaitable[None]] | None = None) -> None:
+                 on_fatal: Callable[[BaseException], Awaitable[None]]) -> None:
         self.tp = tp
         self.queue: asyncio.Queue[Batch | DeadLetters] = asyncio.Queue(maxsize)
         self._handle = handle
@@ -128,8 +157,7 @@ class Lane:
                 # A bug, not a classified failure: the item is neither launched nor dead-lettered,
                 # so the worker must stop and let a restart reconcile rather than skip it.
                 logger.exception("lane %s/%d failed; stopping the worker", self.tp.topic, self.tp.partition)
-                if self._on_fatal is not None:
-                    await self._on_fatal(exc)
+                await self._on_fatal(exc)
                 raise
             finally:
                 self.queue.task_done()
@@ -150,16 +178,57 @@ class Lane:
             self.queue.get_nowait()
 
 
+@dataclass(eq=False)
+class OwnedPartition:
+    """What the worker holds for one partition it owns, from assignment to revoke."""
+
+    tp: TP
+    epoch: int
+    route: Route
+    lane: Lane
+    covered: int | None = None  # highest offset inside a launched run; None until reconciled
+    reconcile: asyncio.Task[int] | None = None
+    position: int | None = None  # first offset consumed since assignment (the committed offset then)
+    next_offset: int | None = None
+    handing_over: bool = False  # revoked or shutting down: launch what is open, commit nothing more
+    fenced: bool = False  # the coordinator says another worker owns it now
+    dropped: bool = field(default=False)
+
+
 class Delivery:
-    """Owns batching, launching, reconciling and dead-lettering for one worker."""
+    """Owns batching, launching, reconciling and dead-lettering for one worker.
+
+    :param routes: the routes, keyed by topic
+    :param client: the Dagster GraphQL client
+    :param dead_letters: where dead letters are written (the DLQ producer)
+    :param metrics: the worker's metrics
+    :param group_id: the consumer group, tagged on every run and used to reconcile
+    :param dlq_topic: the dead-letter topic
+    :param max_message_bytes: the record size bound (stage `validate` above it)
+    :param read_range: reads a partition's offset range back, to copy a failed run's records to the DLQ
+    :param fence: proves with the group coordinator that this worker owns a partition (a synchronous
+        commit of the given offset); False means another worker owns it now
+    :param mark_done: every offset of the partition below the given one is launched or dead-lettered
+    :param pause_fetching: stop (True) or resume (False) fetching these partitions
+    :param on_fatal: a bug in a lane: stop the worker
+    :param queued_batches_per_partition: closed batches a lane holds before the consumer blocks
+    :param retry_max_delay_s: the cap of the backoff for transient failures
+    :param route_retry_max_delay_s: the cap of the backoff of a paused route
+    :param max_inflight_runs: launched runs watched at once before launching waits
+    :param run_poll_interval_s: how often run statuses are polled
+    :param duplicate_window_s: how long a batch whose launch answer was lost is checked for duplicates
+    :param clock: monotonic time, for batch deadlines
+    :param json_bounds: depth and key bounds of decoded values
+    """
 
     def __init__(self, routes: dict[str, Route], client: DagsterClient, dead_letters: DeadLetterSink,
                  metrics: Metrics, *, group_id: str, dlq_topic: str, max_message_bytes: int,
+                 read_range: ReadRange, fence: Fence, mark_done: Callable[[TP, int], None],
+                 pause_fetching: Callable[[set[TP], bool], None],
+                 on_fatal: Callable[[BaseException], Awaitable[None]],
                  queued_batches_per_partition: int = 4, retry_max_delay_s: float = 30.0,
-                 read_range: Callable[[str, int, int, int], Awaitable[list[Record]]] | None = None,
-                 max_inflight_runs: int = 64, run_poll_interval_s: float = 1.0,
-                 on_fatal: Callable[[BaseException], Awaitable[None]] | None = None,
-                 mark_done: Callable[[TP, int], None] | None = None,
+                 route_retry_max_delay_s: float = 120.0, max_inflight_runs: int = 64,
+                 run_poll_interval_s: float = 1.0, duplicate_window_s: float = 120.0,
                  clock: Callable[[], float] = time.monotonic, json_bounds: JsonBounds | None = None) -> None:
         self.routes = routes
         self.client = client
@@ -168,23 +237,61 @@ class Delivery:
         self.group_id = group_id
         self.dlq_topic = dlq_topic
         self.max_message_bytes = max_message_bytes
+        self.read_range = read_range
+        self.fence = fence
+        self.mark_done = mark_done
+        self.pause_fetching = pause_fetching
+        self.on_fatal = on_fatal
         self.bounds = json_bounds or JsonBounds()
         self.queue_size = queued_batches_per_partition
         self.retry_max_delay_s = retry_max_delay_s
+        self.route_retry_max_delay_s = route_retry_max_delay_s
         self.clock = clock
         self.batcher = Batcher({t: BatchPolicy(r.max_records, r.max_bytes, r.max_wait_s) for t, r in routes.items()})
         self.validators = {t: r.validator() for t, r in routes.items()}
-        self.covered: dict[TP, int] = {}
-        self.reconciles: dict[TP, asyncio.Task[int]] = {}
-        self.epochs: dict[TP, int] = {}
-        self.lanes: dict[TP, Lane] = {}
-        # First offset consumed since assignment (= the group's committed offset then), and the next one.
-        self.positions: dict[TP, int] = {}
-        self.next_offsets: dict[TP, int] = {}
-        self.read_range = read_range
-        self.on_fatal = on_fatal
-        self.mark_done = mark_done
-        self.watcher = RunWatcher(client, metrics, self.on_run_failed, max_inflight_runs, run_poll_interval_s)
+        self.partitions: dict[TP, OwnedPartition] = {}
+        self._epochs = itertools.count(1)
+        self.closing = False
+        self.pauses = RoutePauses(metrics, self._on_route_pause)
+        self.duplicates = DuplicateRuns(client, metrics, duplicate_window_s)
+        self.watcher = RunWatcher(client, metrics, self.on_run_failed, max_inflight_runs, run_poll_interval_s,
+                                  sweep=self.duplicates.sweep)
+
+    # -- owned partitions ---------------------------------------------------
+
+    def epoch(self, tp: TP) -> int:
+        """The current assignment epoch of `tp` (made on first use); 0 while shutting down."""
+        if self.closing:
+            return 0
+        return self._owned(tp).epoch
+
+    def _owned(self, tp: TP) -> OwnedPartition:
+        owned = self.partitions.get(tp)
+        if owned is None:
+            owned = self.partitions[tp] = OwnedPartition(tp, next(self._epochs), self.routes[tp.topic],
+                                                         Lane(tp, self.queue_size, self._handle, self.on_fatal))
+        return owned
+
+    def _current(self, record: Record) -> OwnedPartition | None:
+        """The partition the record was consumed for, if this worker still holds that assignment."""
+        owned = self.partitions.get(record.tp)
+        if owned is None or owned.epoch != record.epoch or owned.fenced:
+            return None
+        return owned
+
+    def _done(self, tp: TP, next_offset: int, epoch: int) -> None:
+        owned = self.partitions.get(tp)
+        # Records from before a revoke must not commit for a partition we may no longer own.
+        if owned is not None and owned.epoch == epoch and not owned.handing_over and not owned.fenced:
+            self.mark_done(tp, next_offset)
+
+    @property
+    def next_offsets(self) -> dict[TP, int]:
+        return {tp: p.next_offset for tp, p in self.partitions.items() if p.next_offset is not None}
+
+    @property
+    def positions(self) -> dict[TP, int]:
+        return {tp: p.position for tp, p in self.partitions.items() if p.position is not None}
 
     # -- records in ---------------------------------------------------------
 
@@ -192,26 +299,19 @@ class Delivery:
         """Handle consecutive records of one partition: skip, dead-letter, or add each to its batch."""
         if not records:
             return
-        tp = records[0].tp
+        owned = self._current(records[0])
+        if owned is None:
+            return  # consumed for an assignment this worker no longer holds: its next owner reads them
+        tp = owned.tp
         self.metrics.messages_consumed.labels(tp.topic).inc(len(records))
-        if tp not in self.positions:
-            self.positions[tp] = records[0].offset
+        if owned.position is None:
+            owned.position = records[0].offset
             logger.info("consuming %s/%d from offset %d", tp.topic, tp.partition, records[0].offset)
-        self.next_offsets[tp] = records[-1].offset + 1
-        try:
-            covered = await self.covered_offset(tp)
-        except LaunchRejected as exc:
-            if exc.typename != UNAUTHORIZED:
-                raise
-            # Dagster refuses us (HTTP 401/403: a wrong DAGSTER_API_TOKEN): nothing can be launched,
-            # so the records go where a rejected launch goes. Not cached: the next chunk asks again.
-            logger.error("cannot reconcile %s/%d with Dagster: %s", tp.topic, tp.partition, exc)
-            for record in records:
-                await self._reject(record, Failure.from_exception("launch", exc))
-            return
+        owned.next_offset = records[-1].offset + 1
+        covered = await self.covered_offset(tp)
         if records[0].offset <= covered:
             records = self._skip_covered(records, covered)
-        if records:
+        if records and self._current(records[0]) is owned:
             await self._add_checked(records)
 
     def _skip_covered(self, records: Sequence[Record], covered: int) -> Sequence[Record]:
@@ -228,7 +328,7 @@ class Delivery:
         for index, record in enumerate(records):
             try:
                 decode_value(record, self.max_message_bytes, validator, self.bounds)
-            except PermanentError as exc:
+            except RecordError as exc:
                 await self._add(records[good_from:index])
                 await self._reject(record, Failure.from_exception(exc.stage, exc))
                 good_from = index + 1
@@ -243,7 +343,7 @@ class Delivery:
         split = self.batcher.split(record.tp)
         if split is not None:
             await self._submit(split)
-        await self._lane(record.tp).put(DeadLetters([record], failure))
+        await self._owned(record.tp).lane.put(DeadLetters([record], failure))
 
     async def tick(self) -> None:
         """Close the batches whose `max_wait_s` has passed."""
@@ -256,58 +356,50 @@ class Delivery:
         return at_most if deadline is None else min(at_most, max(0.0, deadline - self.clock()))
 
     async def _submit(self, batch: Batch) -> None:
+        owned = self.partitions.get(batch.tp)
+        if owned is None or owned.fenced:
+            return  # the partition moved on: its next owner reconciles and launches these records
         self._count_closed(batch)
-        await self._lane(batch.tp).put(batch)
+        await owned.lane.put(batch)
 
     def _count_closed(self, batch: Batch) -> None:
         batch.closed_at = self.clock()
         self.metrics.batches.labels(batch.topic, batch.reason).inc()
         self.metrics.batch_records.observe(len(batch.records))
 
-    def _lane(self, tp: TP) -> Lane:
-        lane = self.lanes.get(tp)
-        if lane is None:
-            lane = self.lanes[tp] = Lane(tp, self.queue_size, self._handle, self.on_fatal)
-        return lane
-
-    def _done(self, tp: TP, next_offset: int, epoch: int) -> None:
-        # Records from before a revoke must not commit for a partition we may no longer own.
-        if self.mark_done is not None and self.epochs.get(tp, 0) == epoch:
-            self.mark_done(tp, next_offset)
-
-    def epoch(self, tp: TP) -> int:
-        return self.epochs.get(tp, 0)
-
     # -- reconciliation -----------------------------------------------------
 
     def on_assigned(self, tps: Iterable[TP]) -> None:
         """New assignment: reconcile its partitions all at once, before their records arrive,
-        and spread their first batch deadlines."""
+        spread their first batch deadlines, and keep paused routes' partitions from fetching."""
         tps = [tp for tp in tps if tp.topic in self.routes]
         self.batcher.stagger(tps)
         for tp in tps:
-            if tp not in self.covered:
-                self._reconcile_task(tp)
+            owned = self._owned(tp)
+            if owned.covered is None:
+                self._reconcile_task(owned)
+        paused = {tp for tp in tps if self.pauses.is_paused(self.routes[tp.topic].name)}
+        if paused:
+            self.pause_fetching(paused, True)
 
     async def covered_offset(self, tp: TP) -> int:
         """Highest offset of `tp` inside a launched run's range (-1: none); asks Dagster once."""
-        covered = self.covered.get(tp)
-        if covered is None:
-            task = self._reconcile_task(tp)
+        owned = self._owned(tp)
+        if owned.covered is None:
+            task = self._reconcile_task(owned)
             try:
-                covered = self.covered[tp] = await asyncio.shield(task)
+                owned.covered = await asyncio.shield(task)
             finally:
-                if task.done():  # a failure is not kept: the next caller asks again
-                    self.reconciles.pop(tp, None)
-        return covered
+                if task.done() and owned.covered is None:  # a failure is not kept: the next caller asks again
+                    owned.reconcile = None
+        return owned.covered
 
-    def _reconcile_task(self, tp: TP) -> asyncio.Task[int]:
-        task = self.reconciles.get(tp)
-        if task is None:
-            task = self.reconciles[tp] = asyncio.create_task(
-                self.retry_transient(lambda: self._reconcile(tp), "reconcile"),
-                name=f"reconcile-{tp.topic}-{tp.partition}")
-        return task
+    def _reconcile_task(self, owned: OwnedPartition) -> asyncio.Task[int]:
+        if owned.reconcile is None:
+            owned.reconcile = asyncio.create_task(
+                self.retry(lambda: self._reconcile(owned.tp), owned.route, "reconcile"),
+                name=f"reconcile-{owned.tp.topic}-{owned.tp.partition}")
+        return owned.reconcile
 
     async def _reconcile(self, tp: TP) -> int:
         route = self.routes[tp.topic]
@@ -327,24 +419,35 @@ class Delivery:
     # -- lanes: launch and dead-letter --------------------------------------
 
     async def _handle(self, item: Batch | DeadLetters) -> None:
+        tp = item.tp if isinstance(item, Batch) else item.records[0].tp
+        owned = self.partitions.get(tp)
+        if owned is None or owned.fenced:
+            return  # dropped: launch nothing for a partition another worker owns now
         if isinstance(item, DeadLetters):
             await self.dead_letter(item.records, item.failure, done=True)
         else:
-            await self._launch(item)
+            await self._launch(owned, item)
 
-    async def _launch(self, batch: Batch) -> None:
-        route = self.routes[batch.topic]
-        tags = run_tags(batch, self.group_id)
-        config = run_config(route, batch)
+    async def _launch(self, owned: OwnedPartition, batch: Batch) -> None:
+        route = owned.route
         try:
-            run_id = await self._launch_once(route, batch, tags, config)
-        except PermanentError as exc:
-            logger.error("launch of batch %s (%s/%d offsets %d-%d) rejected: %s",
-                         batch.batch_id, batch.topic, batch.partition, batch.offset_start, batch.offset_end, exc,
-                         extra=batch_extra(batch))
+            run_id = await self._launch_until_accepted(owned, batch)
+        except Fenced as exc:
+            self._drop_fenced(owned, batch, exc)
+            return
+        except RouteError as exc:  # only where the route dead-letters refused launches
+            logger.error("launch of batch %s (%s/%d offsets %d-%d) rejected: %s; dead-lettering it "
+                         "(on_launch_rejected = \"dead_letter\")", batch.batch_id, batch.topic, batch.partition,
+                         batch.offset_start, batch.offset_end, exc, extra=batch_extra(batch))
             await self.dead_letter(batch.records, Failure.from_exception("launch", exc), done=True)
             return
-        self.covered[batch.tp] = max(self.covered.get(batch.tp, -1), batch.offset_end)
+        owned.covered = max(owned.covered if owned.covered is not None else -1, batch.offset_end)
+        self._observe_launched(batch, run_id)
+        last = batch.records[-1]
+        self._done(batch.tp, last.offset + 1, last.epoch)
+        await self.watcher.add(_launched(run_id, route.job, run_tags(route, batch, self.group_id)))
+
+    def _observe_launched(self, batch: Batch, run_id: str) -> None:
         oldest = min((r.timestamp_ms for r in batch.records if r.timestamp_ms), default=None)
         if oldest:
             self.metrics.event_to_launch.observe(max(0.0, time.time() - oldest / 1000))
@@ -353,66 +456,138 @@ class Delivery:
                     run_id, batch.batch_id, batch.topic, batch.partition, batch.offset_start,
                     batch.offset_end, len(batch.records), batch.reason, waited_s,
                     extra=batch_extra(batch, run_id) | {"closed_s_ago": round(waited_s, 3)})
-        last = batch.records[-1]
-        self._done(batch.tp, last.offset + 1, last.epoch)
-        await self.watcher.add(_launched(run_id, route.job, tags))
 
-    async def _launch_once(self, route: Route, batch: Batch, tags: dict[str, str],
-                           config: dict[str, Any]) -> str:
-        """Launch the batch's run, retrying transient failures; never launches it twice."""
+    async def _launch_until_accepted(self, owned: OwnedPartition, batch: Batch) -> str:
+        """Launch the batch's run; while the route is refused, pause it and retry the same batch.
+
+        Raises `Fenced` if the partition moved, and `RouteError` only for a route that
+        dead-letters refused launches. A batch refused for its size goes again with its
+        offset range only (the run reads the records back from Kafka).
+        """
+        route = owned.route
+        backoff = Backoff(base_s=ROUTE_RETRY_BASE_S, max_delay_s=self.route_retry_max_delay_s)
+        inline = True
+        while True:
+            try:
+                run_id = await self._launch_once(owned, batch, inline)
+            except BatchTooLarge as exc:
+                if not inline:
+                    exc = RequestRejected(f"{exc}, even with the offset range only",  # type: ignore[assignment]
+                                          hint="raise the request size limit of the proxy in front of Dagster")
+                    await self._route_refused(route, exc, backoff)  # type: ignore[arg-type]
+                    continue
+                logger.warning("batch %s was refused for its size (%s); launching it with its offset range only",
+                               batch.batch_id, exc, extra=batch_extra(batch))
+                inline = False
+                continue
+            except RouteError as exc:
+                if route.dead_letters_rejected_launches:
+                    raise
+                await self._route_refused(route, exc, backoff)
+                continue
+            self.pauses.resume(route.name)
+            return run_id
+
+    async def _route_refused(self, route: Route, exc: RouteError, backoff: Backoff) -> None:
+        self.pauses.pause(route.name, exc.reason, str(exc), exc.hint)
+        self.client.forget_job(route.job)
+        await self.pauses.wait(route.name, backoff.next_delay())
+
+    async def _launch_once(self, owned: OwnedPartition, batch: Batch, inline: bool) -> str:
+        """Launch the batch's run, retrying transient failures; never launches it twice knowingly."""
+        route = owned.route
+        tags = run_tags(route, batch, self.group_id)
+        config = run_config(route, batch, inline)
         backoff = Backoff(max_delay_s=self.retry_max_delay_s)
-        attempts = python_errors = 0
+        attempts = dagster_errors = 0
+        outcome_unknown = False
         while True:
             attempts += 1
             try:
                 selector = await self.client.resolve_job(route.job, route.location, route.repository)
-                if attempts > 1:
+                if outcome_unknown:
                     existing = await self.client.find_runs({TAG_BATCH_ID: batch.batch_id}, job=route.job, limit=1)
                     if existing:
-                        return existing[0].run_id
-                started = time.monotonic()
-                try:
-                    run_id = await self.client.launch_run(selector, config, tags)
-                finally:
-                    self.metrics.run_launch_duration.observe(time.monotonic() - started)
-                self.metrics.run_launches.labels(route.job, "LaunchRunSuccess").inc()
-                self.metrics.dagster_up.set(1)
-                return run_id
-            except PermanentError as exc:
-                result = exc.typename if isinstance(exc, LaunchRejected) else type(exc).__name__
-                self.metrics.run_launches.labels(route.job, result).inc()
-                self.metrics.dagster_up.set(1)
-                raise
+                        return await self.duplicates.settle(route.job, batch.batch_id,
+                                                            {TAG_BATCH_ID: batch.batch_id}, existing[0].run_id)
+                await self._prove_ownership(owned, batch)
+                run_id = await self._timed_launch(route, selector, config, tags, outcome_unknown)
+            except DagsterError as exc:
+                dagster_errors += 1
+                self._count_launch(route, exc.typename)
+                if dagster_errors >= MAX_DAGSTER_ERROR_ATTEMPTS:
+                    raise LaunchRejected(exc.typename, f"{exc} ({dagster_errors} times in a row)") from exc
+                await self._wait_transient(exc, backoff, f"launch of batch {batch.batch_id}", attempts)
             except TransientError as exc:
-                result = getattr(exc, "typename", "transport_error")
-                self.metrics.run_launches.labels(route.job, result).inc()
-                if isinstance(exc, RetryableLaunchError):
-                    python_errors += 1
-                    if python_errors >= MAX_PYTHON_ERROR_ATTEMPTS:
-                        raise LaunchRejected(exc.typename, f"{exc} ({python_errors} times in a row)") from exc
-                else:
-                    self.metrics.dagster_up.set(0)
-                delay = backoff.next_delay()
-                logger.warning("launch of batch %s failed (%s), attempt %d; retrying in %.1fs",
-                               batch.batch_id, exc, attempts, delay, extra=batch_extra(batch))
-                await asyncio.sleep(delay)
+                # The request may have reached Dagster: a run may exist that this worker never heard of.
+                outcome_unknown = outcome_unknown or (isinstance(exc, DagsterUnavailable)
+                                                      and not isinstance(exc, RateLimited))
+                await self._wait_transient(exc, backoff, f"launch of batch {batch.batch_id}", attempts)
+            except (RouteError, BatchTooLarge) as exc:
+                self._count_launch(route, getattr(exc, "typename", type(exc).__name__))
+                raise
+            else:
+                if outcome_unknown:
+                    run_id = await self.duplicates.settle(route.job, batch.batch_id,
+                                                          {TAG_BATCH_ID: batch.batch_id}, run_id)
+                return run_id
+
+    async def _timed_launch(self, route: Route, selector: Any, config: dict[str, Any], tags: dict[str, str],
+                            retried: bool) -> str:
+        started = time.monotonic()
+        try:
+            run_id = await self.client.launch_run(selector, config, tags)
+        except DagsterUnavailable:
+            self._count_launch(route, "transport_error")
+            raise
+        finally:
+            self.metrics.run_launch_duration.observe(time.monotonic() - started)
+        self._count_launch(route, "LaunchRunSuccess")
+        self.metrics.dagster_up.set(1)
+        return run_id
+
+    def _count_launch(self, route: Route, result: str) -> None:
+        self.metrics.run_launches.labels(route.job, result).inc()
+
+    async def _prove_ownership(self, owned: OwnedPartition, batch: Batch) -> None:
+        """Raise `Fenced` unless the coordinator confirms this worker owns the partition now."""
+        if owned.fenced or self.partitions.get(owned.tp) is not owned:
+            raise Fenced(f"{owned.tp.topic}/{owned.tp.partition} is no longer assigned to this worker")
+        owns = await self.retry_transient(partial(self.fence, owned.tp, batch.offset_start),
+                                          f"proving ownership of {owned.tp.topic}/{owned.tp.partition}")
+        if not owns:
+            raise Fenced(f"the group coordinator refused this worker's commit for "
+                         f"{owned.tp.topic}/{owned.tp.partition}: the group has rebalanced without it")
+
+    def _drop_fenced(self, owned: OwnedPartition, batch: Batch, exc: Fenced) -> None:
+        """Another worker owns the partition: launch and commit nothing more for it here."""
+        owned.fenced = True
+        open_batches = self.batcher.drain({owned.tp})
+        queued = [item for item in _drain_queue(owned.lane.queue) if isinstance(item, Batch)]
+        dropped = [batch, *queued, *open_batches]
+        self.metrics.fenced.labels(owned.tp.topic).inc(len(dropped))
+        logger.warning("%s; dropped %d unlaunched batches (offsets %d-%d) for its new owner to reconcile and "
+                       "launch", exc, len(dropped), min(b.offset_start for b in dropped),
+                       max(b.offset_end for b in dropped))
 
     async def on_run_failed(self, run: LaunchedRun, status: str) -> None:
         """Copy the records of a run that ended FAILURE or CANCELED to the DLQ, stage `run`."""
-        if self.read_range is None:
+        kept = self.duplicates.canceled.get(run.run_id)
+        if kept is not None:  # the worker canceled it as a duplicate: its records are in run `kept`
+            self.watcher.adopt(LaunchedRun(kept, run.job, run.topic, run.partition, run.offset_start,
+                                           run.offset_end))
             return
-        reader = self.read_range
         records = await self.retry_transient(
-            partial(reader, run.topic, run.partition, run.offset_start, run.offset_end),
+            partial(self.read_range, run.topic, run.partition, run.offset_start, run.offset_end),
             "reading a failed run's records")
         failure = Failure("run", f"Run{status.title()}", f"Dagster run {run.run_id} ended {status}",
                           run_id=run.run_id)
         await self.dead_letter(records, failure)
 
     async def dead_letter(self, records: Iterable[Record], failure: Failure, done: bool = False) -> None:
-        """Write records to the DLQ (retrying transient broker failures); `done`: then mark each done."""
+        """Write records to the DLQ (retrying what Kafka refuses); `done`: then mark each done."""
         for record in records:
-            await self.retry_transient(partial(self._send_dead_letter, record, failure), "dead-letter")
+            await self._send_until_accepted(record, failure)
             self.metrics.dlq_messages.labels(record.topic, failure.stage).inc()
             logger.warning("dead-lettered %s/%d offset %d at stage %s: %s: %s", record.topic,
                            record.partition, record.offset, failure.stage, failure.error_class,
@@ -420,68 +595,113 @@ class Delivery:
             if done:
                 self._done(record.tp, record.offset + 1, record.epoch)
 
+    async def _send_until_accepted(self, record: Record, failure: Failure) -> None:
+        """Send one dead letter; a broker that refuses it (e.g. for its size) pauses its route, reason dlq_write."""
+        route = self.routes.get(record.topic)
+        name = route.name if route is not None else record.topic
+        backoff = Backoff(base_s=ROUTE_RETRY_BASE_S, max_delay_s=self.route_retry_max_delay_s)
+        while True:
+            try:
+                await self.retry_transient(partial(self._send_dead_letter, record, failure), "dead-letter")
+            except KafkaRejected as exc:
+                self.pauses.pause(name, "dlq_write", f"the DLQ topic {self.dlq_topic} refused a dead letter of "
+                                  f"{record.topic}/{record.partition} offset {record.offset}: {exc}",
+                                  "raise the DLQ topic's max.message.bytes (or the broker's message.max.bytes)")
+                await self.pauses.wait(name, backoff.next_delay())
+                continue
+            if self.pauses.paused.get(name) is not None and self.pauses.paused[name].reason == "dlq_write":
+                self.pauses.resume(name)
+            return
+
     async def _send_dead_letter(self, record: Record, failure: Failure) -> None:
         headers = dlq_headers(record, failure)
         await self.sink.send(self.dlq_topic, record.key, record.value, headers, record.timestamp_ms)
 
     async def retry_transient(self, call: Callable[[], Awaitable[Any]], what: str) -> Any:
+        """`call()`, retried with backoff for as long as it fails transiently."""
         backoff = Backoff(max_delay_s=self.retry_max_delay_s)
+        attempts = 0
+        while True:
+            attempts += 1
+            try:
+                return await call()
+            except TransientError as exc:
+                await self._wait_transient(exc, backoff, what, attempts)
+
+    async def retry(self, call: Callable[[], Awaitable[Any]], route: Route, what: str) -> Any:
+        """`call()`, retried through transient failures and, pausing `route`, through route failures."""
+        backoff = Backoff(base_s=ROUTE_RETRY_BASE_S, max_delay_s=self.route_retry_max_delay_s)
         while True:
             try:
-                result = await call()
-            except TransientError as exc:
-                self.metrics.dagster_up.set(0)
-                delay = backoff.next_delay()
-                logger.warning("%s failed (%s); retrying in %.1fs", what, exc, delay)
-                await asyncio.sleep(delay)
-            else:
-                return result
+                result = await self.retry_transient(call, what)
+            except RouteError as exc:
+                await self._route_refused(route, exc, backoff)
+                continue
+            self.pauses.resume(route.name)
+            return result
+
+    async def _wait_transient(self, exc: TransientError, backoff: Backoff, what: str, attempts: int) -> None:
+        if isinstance(exc, DagsterUnavailable) and not isinstance(exc, RateLimited):
+            self.metrics.dagster_up.set(0)
+        delay = max(backoff.next_delay(), exc.retry_after_s or 0.0)
+        logger.warning("%s failed (%s), attempt %d; retrying in %.1fs", what, exc, attempts, delay)
+        await asyncio.sleep(delay)
+
+    def _on_route_pause(self, route_name: str, paused: bool) -> None:
+        tps = {tp for tp, owned in self.partitions.items() if owned.route.name == route_name}
+        if tps:
+            self.pause_fetching(tps, paused)
 
     # -- rebalance and shutdown ---------------------------------------------
 
     async def on_revoked(self, tps: Iterable[TP], timeout_s: float) -> None:
-        """Rebalance: launch what is open for the revoked partitions, then forget them.
+        """Rebalance: launch what is open for the revoked partitions (each launch fenced), then drop them.
 
         Revoked partitions are no longer marked done (their commits are Faust's
         no more); the next owner learns what was launched by reconciling with Dagster.
         """
-        tps = set(tps)
-        self._bump_epochs(tps)
-        await self._hand_over(tps, timeout_s)
+        owned = [self.partitions[tp] for tp in set(tps) if tp in self.partitions]
+        for partition in owned:
+            partition.handing_over = True
+        await self._hand_over(owned, timeout_s)
 
     async def close(self, timeout_s: float) -> None:
         """Shutdown: launch and mark done what is open, within `timeout_s`, so the last commit covers it."""
-        tps = set(self.lanes) | set(self.batcher.open) | set(self.reconciles)
-        await self._hand_over(tps, timeout_s)
-        self._bump_epochs(tps)
+        self.closing = True
+        owned = list(self.partitions.values())
+        await self._hand_over(owned, timeout_s)
 
-    def _bump_epochs(self, tps: Iterable[TP]) -> None:
-        for tp in tps:
-            self.epochs[tp] = self.epochs.get(tp, 0) + 1
-
-    async def _hand_over(self, tps: set[TP], timeout_s: float) -> None:
+    async def _hand_over(self, owned: list[OwnedPartition], timeout_s: float) -> None:
+        tps = {partition.tp for partition in owned}
         for batch in self.batcher.drain(tps):
-            lane = self._lane(batch.tp)
-            if lane.queue.full():
+            partition = self.partitions[batch.tp]
+            if partition.lane.queue.full() or partition.fenced:
                 continue  # its records stay uncommitted: whoever consumes them next reconciles first
             self._count_closed(batch)
-            lane.queue.put_nowait(batch)
-        lanes = [lane for tp, lane in self.lanes.items() if tp in tps]
-        if lanes:
-            done = await asyncio.gather(*(lane.join(timeout_s) for lane in lanes))
+            partition.lane.queue.put_nowait(batch)
+        if owned:
+            done = await asyncio.gather(*(partition.lane.join(timeout_s) for partition in owned))
             if not all(done):
                 logger.warning("%d partitions still launching after %.0fs; leaving their batches uncommitted",
                                done.count(False), timeout_s)
-        for tp in tps:
-            handed = self.lanes.pop(tp, None)
-            if handed is not None:
-                await handed.close()
-            self.covered.pop(tp, None)
-            reconcile = self.reconciles.pop(tp, None)
-            if reconcile is not None:
-                reconcile.cancel()
-            self.positions.pop(tp, None)
-            self.next_offsets.pop(tp, None)
+        for partition in owned:
+            await self._drop(partition)
+
+    async def _drop(self, owned: OwnedPartition) -> None:
+        if self.partitions.get(owned.tp) is owned:
+            del self.partitions[owned.tp]
+        owned.dropped = True
+        await owned.lane.close()
+        if owned.reconcile is not None:
+            owned.reconcile.cancel()
+
+
+def _drain_queue(queue: asyncio.Queue[Batch | DeadLetters]) -> list[Batch | DeadLetters]:
+    items = []
+    while not queue.empty():
+        items.append(queue.get_nowait())
+        queue.task_done()
+    return items
 
 
 def _launched(run_id: str, job: str, tags: dict[str, str]) -> LaunchedRun:

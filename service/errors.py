@@ -1,23 +1,36 @@
-"""Errors the delivery path decides on.
+"""Errors the delivery path decides on: three kinds of failure, and who is fenced.
 
-Every failure that reaches the delivery logic is one of two kinds, translated
-at the edge where it happens (httpx in `dagster_client`, aiokafka in `dlq` and
-`kafka`):
+Every failure that reaches the delivery logic is translated at the edge of the
+library it comes from, in one place per library: httpx and GraphQL results in
+`dagster_client`, aiokafka errors (by their own `retriable` flag) in
+`kafka.map_kafka_errors`. The rest of the code decides on these classes only:
 
     KafkaDagsterError
-    ├── TransientError          retry with backoff; never dead-lettered
-    │   └── DagsterUnavailable  connection refused, timeout, HTTP 5xx
-    ├── PermanentError          dead-letter the affected records; never retried
+    ├── TransientError          retry with backoff and jitter; consumption pauses; never dead-lettered
+    │   ├── DagsterUnavailable  connection refused or reset, timeout, HTTP 5xx and 408
+    │   │   └── RateLimited     HTTP 429; waits at least its Retry-After
+    │   ├── DagsterError        Dagster answered PythonError (it may pass; ten in a row pause the route)
+    │   └── BrokerUnavailable   a retriable Kafka error, or the broker cannot be reached
+    ├── RecordError             the record itself is bad: that record alone goes to the DLQ
     │   ├── DecodeError         stage `decode`
     │   │   ├── NullValue       the value is null (a tombstone)
     │   │   ├── NotUtf8         the value is not UTF-8
     │   │   └── InvalidJson     the value is UTF-8 but not JSON
-    │   ├── ValidationError     stage `validate`
-    │   │   ├── MessageTooLarge the record is over the size bound
-    │   │   ├── JsonTooDeep     the value nests deeper than the depth bound
-    │   │   ├── TooManyKeys     the value has more object keys than the bound
-    │   │   └── SchemaViolation the value breaks the route's JSON Schema
-    │   └── LaunchRejected      Dagster refused the run (stage `launch`)
+    │   └── ValidationError     stage `validate`
+    │       ├── MessageTooLarge the record is over the size bound
+    │       ├── JsonTooDeep     the value nests deeper than the depth bound
+    │       ├── TooManyKeys     the value has more object keys than the bound
+    │       └── SchemaViolation the value breaks the route's JSON Schema
+    ├── RouteError              the route cannot launch anything now: it pauses and retries the
+    │   │                       same batch with a capped backoff; nothing is dead-lettered
+    │   │                       (unless the route sets on_launch_rejected = "dead_letter")
+    │   ├── LaunchRejected      a LaunchRunResult error member (PipelineNotFoundError, ...)
+    │   ├── Unauthorized        HTTP 401/403 or UnauthorizedError: the token is refused
+    │   └── RequestRejected     HTTP 400/404 and other 4xx, GraphQL errors: a wrong URL or query
+    ├── BatchTooLarge           HTTP 413: relaunch the batch with its offset range only
+    ├── KafkaRejected           a Kafka error that waiting will not fix (e.g. a record too large
+    │                           for the broker): pauses the partition with a reason
+    ├── Fenced                  this worker no longer owns the partition in the current generation
     └── ConfigurationError      a bad setting or routes file: fail at start
 """
 
@@ -31,24 +44,46 @@ class KafkaDagsterError(Exception):
 class TransientError(KafkaDagsterError):
     """A failure that may go away on its own: retry, do not dead-letter."""
 
+    retry_after_s: float | None = None
+
 
 class DagsterUnavailable(TransientError):
-    """Dagster's GraphQL endpoint could not be reached or answered 5xx."""
+    """Dagster's GraphQL endpoint could not be reached, timed out, or answered 5xx/408."""
 
 
-class PermanentError(KafkaDagsterError):
-    """A failure that retrying cannot fix: dead-letter the records involved."""
+class RateLimited(DagsterUnavailable):
+    """Dagster (or a proxy in front of it) answered HTTP 429."""
 
-    stage = "launch"
+    def __init__(self, message: str, retry_after_s: float | None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
-class DecodeError(PermanentError):
+class DagsterError(TransientError):
+    """Dagster answered a query or launch with PythonError: its own trouble, which may pass."""
+
+    def __init__(self, typename: str, message: str) -> None:
+        super().__init__(f"{typename}: {message}")
+        self.typename = typename
+
+
+class BrokerUnavailable(TransientError):
+    """The Kafka broker could not be reached, or answered a retriable error."""
+
+
+class RecordError(KafkaDagsterError):
+    """The record itself cannot be delivered: dead-letter it alone; never retried."""
+
+    stage = "validate"
+
+
+class DecodeError(RecordError):
     """The record's value is not decodable (not UTF-8, not JSON, null)."""
 
     stage = "decode"
 
 
-class ValidationError(PermanentError):
+class ValidationError(RecordError):
     """The decoded value breaks its route's schema or an input bound."""
 
     stage = "validate"
@@ -82,14 +117,71 @@ class SchemaViolation(ValidationError):
     """The value does not conform to the route's JSON Schema."""
 
 
-class LaunchRejected(PermanentError):
-    """Dagster answered `launchRun` with a result that cannot succeed on retry."""
+class RouteError(KafkaDagsterError):
+    """The route cannot launch anything until something outside the worker is fixed.
 
-    stage = "launch"
+    `reason` is a metric label from a small fixed set; `hint` says what to fix.
+    """
 
-    def __init__(self, typename: str, message: str) -> None:
-        super().__init__(f"{typename}: {message}")
+    reason = "launch_rejected"
+    typename = "LaunchRejected"
+    hint = "check the route's job and the Dagster deployment"
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        if hint is not None:
+            self.hint = hint
+
+
+# The reason label and the fix for each LaunchRunResult error member.
+LAUNCH_RESULT_REASONS: dict[str, tuple[str, str]] = {
+    "PipelineNotFoundError": ("job_not_found", "deploy the job, or fix the route's job/location"),
+    "RunConfigValidationInvalid": ("run_config_invalid",
+                                   "the job's config no longer accepts the batch: check the route's batch_op"),
+    "InvalidSubsetError": ("launch_rejected", "check the route's job or asset selection"),
+    "UnauthorizedError": ("unauthorized", "check DAGSTER_API_TOKEN"),
+    "PythonError": ("dagster_error", "Dagster keeps failing to launch: see the webserver's log"),
+}
+
+
+class LaunchRejected(RouteError):
+    """Dagster answered `launchRun` with an error member of `LaunchRunResult`."""
+
+    def __init__(self, typename: str, message: str, hint: str | None = None) -> None:
+        reason, default_hint = LAUNCH_RESULT_REASONS.get(typename, ("launch_rejected", RouteError.hint))
+        super().__init__(f"{typename}: {message}", hint or default_hint)
         self.typename = typename
+        self.reason = reason
+
+
+class Unauthorized(RouteError):
+    """Dagster refused the request's credentials."""
+
+    reason = "unauthorized"
+    typename = "UnauthorizedError"
+    hint = "check DAGSTER_API_TOKEN"
+
+
+class RequestRejected(RouteError):
+    """Dagster answered a 4xx other than 401/403/408/413/429, or a GraphQL error."""
+
+    reason = "bad_request"
+    typename = "RequestRejected"
+    hint = "check DAGSTER_GRAPHQL_URL (it must end in /graphql)"
+
+
+class BatchTooLarge(KafkaDagsterError):
+    """The launch request was refused for its size (HTTP 413)."""
+
+
+class KafkaRejected(KafkaDagsterError):
+    """Kafka refused a request in a way that waiting alone will not fix."""
+
+    reason = "kafka_rejected"
+
+
+class Fenced(KafkaDagsterError):
+    """The group coordinator says this worker no longer owns the partition."""
 
 
 class ConfigurationError(KafkaDagsterError):

@@ -54,6 +54,24 @@ async def readiness(bootstrap_servers: str, client: DagsterClient, assigned: boo
     return {"broker": broker, "partitions_assigned": assigned, "dagster": dagster}
 
 
+async def probe_once(metrics: Metrics, client: DagsterClient, bootstrap_servers: str) -> None:
+    """Set `kafka_dagster_dagster_up` and `kafka_dagster_kafka_up` from one probe of each."""
+    dagster, kafka = await asyncio.gather(client.reachable(), broker_reachable(bootstrap_servers))
+    metrics.dagster_up.set(int(dagster))
+    metrics.kafka_up.set(int(kafka))
+
+
+async def probe_forever(metrics: Metrics, client: DagsterClient, bootstrap_servers: str,
+                        interval_s: float) -> None:
+    """Probe Dagster and Kafka every `interval_s`, so an idle worker's gauges say the truth too."""
+    while True:
+        try:
+            await probe_once(metrics, client, bootstrap_servers)
+        except Exception:  # a probe must never stop probing
+            logger.exception("probing Dagster and Kafka failed")
+        await asyncio.sleep(interval_s)
+
+
 def partition_lag(end_offset: int, committed: int) -> int:
     return max(0, end_offset - committed)
 

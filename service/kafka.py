@@ -1,7 +1,9 @@
 """aiokafka at the edge: topic creation, a producer and readers, with errors translated.
 
-Broker failures that may pass (connection lost, timeouts, leader changes)
-become `TransientError`; the rest of the code never sees aiokafka exceptions.
+Every aiokafka error is translated in one place, `map_kafka_errors`, by
+aiokafka's own `retriable` flag: failures that may pass (connection lost,
+timeouts, leader changes) become `BrokerUnavailable` (transient), the rest
+`KafkaRejected`; the rest of the code never sees aiokafka exceptions.
 A TLS or SASL failure cannot pass by waiting: `check_security` finds it at
 start and raises `ConfigurationError` with one line naming what to fix.
 Every client takes its TLS/SASL arguments from `service.kafka_security`.
@@ -13,15 +15,15 @@ import asyncio
 import contextlib
 import logging
 import ssl
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.conn import create_conn
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import KafkaError, KafkaTimeoutError, TopicAlreadyExistsError
 
 from service.batching import Record
-from service.errors import ConfigurationError, TransientError
+from service.errors import BrokerUnavailable, ConfigurationError, KafkaRejected
 from service.kafka_security import KafkaSecurity, aiokafka_kwargs
 
 PLAINTEXT = KafkaSecurity()
@@ -29,8 +31,23 @@ PLAINTEXT = KafkaSecurity()
 logger = logging.getLogger(__name__)
 
 
-class BrokerUnavailable(TransientError):
-    """The Kafka broker could not be reached or did not acknowledge in time."""
+# Errors aiokafka does not flag retriable that still only mean "not now": the client gave up waiting.
+TRANSIENT_UNFLAGGED = (KafkaTimeoutError,)
+
+
+@contextlib.contextmanager
+def map_kafka_errors(what: str) -> Iterator[None]:
+    """Translate aiokafka's errors raised inside the block: retriable -> `BrokerUnavailable`, else `KafkaRejected`."""
+    try:
+        yield
+    except KafkaError as exc:
+        raise kafka_error(what, exc) from exc
+
+
+def kafka_error(what: str, exc: KafkaError) -> BrokerUnavailable | KafkaRejected:
+    if exc.retriable or isinstance(exc, TRANSIENT_UNFLAGGED):
+        return BrokerUnavailable(f"{what}: {exc!r}")
+    return KafkaRejected(f"{what}: {exc!r}")
 
 
 async def ensure_topics(bootstrap_servers: str, topics: Mapping[str, int],
@@ -38,17 +55,14 @@ async def ensure_topics(bootstrap_servers: str, topics: Mapping[str, int],
     """Create each topic with its number of partitions unless it exists."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, **aiokafka_kwargs(security))
     try:
-        await admin.start()
-        existing = set(await admin.list_topics())
-        missing = [NewTopic(name, partitions, 1) for name, partitions in topics.items() if name not in existing]
-        if missing:
-            try:
-                await admin.create_topics(missing)
-            except TopicAlreadyExistsError:
-                pass
-            logger.info("created topics %s", ", ".join(t.name for t in missing))
-    except KafkaError as exc:
-        raise BrokerUnavailable(f"creating topics on {bootstrap_servers}: {exc!r}") from exc
+        with map_kafka_errors(f"creating topics on {bootstrap_servers}"):
+            await admin.start()
+            existing = set(await admin.list_topics())
+            missing = [NewTopic(name, partitions, 1) for name, partitions in topics.items() if name not in existing]
+            if missing:
+                with contextlib.suppress(TopicAlreadyExistsError):
+                    await admin.create_topics(missing)
+                logger.info("created topics %s", ", ".join(t.name for t in missing))
     finally:
         await admin.close()
 
@@ -56,23 +70,29 @@ async def ensure_topics(bootstrap_servers: str, topics: Mapping[str, int],
 class Producer:
     """An idempotent-enough aiokafka producer (acks=all) with translated errors."""
 
-    def __init__(self, bootstrap_servers: str, linger_ms: int = 5, security: KafkaSecurity = PLAINTEXT) -> None:
+    def __init__(self, bootstrap_servers: str, linger_ms: int = 5, security: KafkaSecurity = PLAINTEXT,
+                 max_request_size: int = 1_048_576) -> None:
+        """`max_request_size`: the largest record (key, value and headers) it will send."""
         self.bootstrap_servers = bootstrap_servers
         self.linger_ms = linger_ms
         self.security = security
+        self.max_request_size = max_request_size
         self._producer: AIOKafkaProducer | None = None
 
     async def start(self) -> AIOKafkaProducer:
         """The started aiokafka producer (created on first use, inside the event loop)."""
         if self._producer is None:
             producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap_servers, acks="all",
-                                        linger_ms=self.linger_ms, max_batch_size=1_048_576,
+                                        linger_ms=self.linger_ms,
+                                        max_batch_size=max(1_048_576, self.max_request_size),
+                                        max_request_size=self.max_request_size,
                                         **aiokafka_kwargs(self.security))
             try:
-                await producer.start()
-            except KafkaError as exc:
+                with map_kafka_errors("connecting the producer"):
+                    await producer.start()
+            except BrokerUnavailable:
                 await producer.stop()
-                raise BrokerUnavailable(f"connecting the producer: {exc!r}") from exc
+                raise
             self._producer = producer
         return self._producer
 
@@ -86,22 +106,18 @@ class Producer:
                    partition: int | None = None) -> None:
         """Send one record and wait for the broker's acknowledgement."""
         producer = await self.start()
-        try:
+        with map_kafka_errors(f"producing to {topic}"):
             await producer.send_and_wait(topic, value=value, key=key, headers=headers or None,
-                                               timestamp_ms=timestamp_ms, partition=partition)
-        except KafkaError as exc:
-            raise BrokerUnavailable(f"producing to {topic}: {exc!r}") from exc
+                                         timestamp_ms=timestamp_ms, partition=partition)
 
     async def send_batch(self, topic: str, records: list[tuple[bytes | None, bytes | None]],
                          partition: int | None = None) -> None:
         """Send many records, waiting for all acknowledgements at the end."""
         producer = await self.start()
-        try:
+        with map_kafka_errors(f"producing to {topic}"):
             futures = [await producer.send(topic, value=v, key=k, partition=partition) for k, v in records]
             for future in futures:
                 await future
-        except KafkaError as exc:
-            raise BrokerUnavailable(f"producing to {topic}: {exc!r}") from exc
 
 
 async def read_range(bootstrap_servers: str, topic: str, partition: int, start: int, end: int,
@@ -126,7 +142,7 @@ async def read_range(bootstrap_servers: str, topic: str, partition: int, start: 
                 records.append(Record(topic, partition, message.offset, message.timestamp, message.key,
                                       message.value, list(message.headers or ())))
     except KafkaError as exc:
-        raise BrokerUnavailable(f"reading {topic}/{partition}: {exc!r}") from exc
+        raise kafka_error(f"reading {topic}/{partition}", exc) from exc
     finally:
         await consumer.stop()
     return records
@@ -169,7 +185,7 @@ async def read_topic(bootstrap_servers: str, topic: str, timeout_s: float = 30.0
             if not any(fetched.values()) and all(next_offset[tp] >= ends[tp] for tp in tps):
                 return found
     except KafkaError as exc:
-        raise BrokerUnavailable(f"reading {topic}: {exc!r}") from exc
+        raise kafka_error(f"reading {topic}", exc) from exc
     finally:
         await consumer.stop()
 

@@ -1,6 +1,6 @@
 """Every Prometheus metric of the worker, defined once, with the contract's names.
 
-Labels take values from small fixed sets (topic, job, result typename,
+Labels take values from small fixed sets (topic, dagster_job, result typename,
 status, stage, reason, partition, and the GraphQL type names of Dagster's
 event log): never run ids, step keys, keys or offsets.
 
@@ -35,13 +35,13 @@ class Metrics:
         self.run_launches = Counter(
             "kafka_dagster_run_launches",
             "launchRun calls, by the GraphQL result __typename or transport_error.",
-            ["job", "result"], registry=r)
+            ["dagster_job", "result"], registry=r)
         self.run_launch_duration = Histogram(
             "kafka_dagster_run_launch_duration_seconds", "Duration of one launchRun call.",
             buckets=LATENCY_BUCKETS, registry=r)
         self.runs_finished = Counter(
             "kafka_dagster_runs_finished", "Launched runs seen reaching a terminal status.",
-            ["job", "status"], registry=r)
+            ["dagster_job", "status"], registry=r)
         self.dlq_messages = Counter(
             "kafka_dagster_dlq_messages", "Messages written to the dead-letter topic.",
             ["topic", "stage"], registry=r)
@@ -56,7 +56,27 @@ class Metrics:
             "From the oldest message timestamp of a batch to its LaunchRunSuccess.",
             buckets=LATENCY_BUCKETS, registry=r)
         self.dagster_up = Gauge(
-            "kafka_dagster_dagster_up", "1 when Dagster's GraphQL API answered the last call.",
+            "kafka_dagster_dagster_up",
+            "1 when Dagster's GraphQL API answered the last probe or call (an HTTP answer counts).",
+            registry=r)
+        self.kafka_up = Gauge(
+            "kafka_dagster_kafka_up", "1 when a Kafka bootstrap server answered the last probe.", registry=r)
+        self.route_paused = Gauge(
+            "kafka_dagster_route_paused",
+            "1 while a route cannot launch (reason: unauthorized, job_not_found, run_config_invalid, "
+            "bad_request, launch_rejected, dagster_error, dlq_write).",
+            ["route", "reason"], registry=r)
+        self.duplicate_runs_cancelled = Counter(
+            "kafka_dagster_duplicate_runs_cancelled",
+            "Queued runs canceled because another run of the same kafka/batch_id exists "
+            "(a launch whose answer was lost, retried).",
+            ["dagster_job"], registry=r)
+        self.fenced = Counter(
+            "kafka_dagster_fenced_batches",
+            "Batches dropped unlaunched because the partition had moved to another worker.",
+            ["topic"], registry=r)
+        self.build_info = Gauge(
+            "kafka_dagster_build_info", "The running kafka-dagster version (always 1).", ["version"],
             registry=r)
         self.dagster_events = Counter(
             "dagster_events",

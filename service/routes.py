@@ -9,6 +9,7 @@ A routes file is TOML with one `[[routes]]` table per topic:
     max_bytes = 1048576
     max_wait_s = 5.0
     schema_file = "schemas/order.json"   # optional JSON Schema for the value
+    on_launch_rejected = "pause"         # or "dead_letter": what a refused launch does
 
 The file is validated whole at start: an unknown key, a missing field or a
 bad value fails with one line naming the route and the field.
@@ -28,7 +29,9 @@ import jsonschema
 from service.errors import ConfigurationError
 
 REQUIRED = ("topic", "job", "max_records", "max_bytes", "max_wait_s")
-OPTIONAL = ("location", "repository", "batch_op", "inline_max_bytes", "schema", "schema_file")
+OPTIONAL = ("name", "location", "repository", "batch_op", "inline_max_bytes", "schema", "schema_file",
+            "on_launch_rejected")
+ON_LAUNCH_REJECTED = ("pause", "dead_letter")
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,17 @@ class Route:
     batch_op: str = "read_batch"
     inline_max_bytes: int = 262_144
     schema: dict[str, Any] | None = field(default=None, compare=False)
+    name: str = ""
+    on_launch_rejected: str = "pause"
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            object.__setattr__(self, "name", self.topic)
+
+    @property
+    def dead_letters_rejected_launches(self) -> bool:
+        """True when a launch Dagster refuses dead-letters the batch instead of pausing the route."""
+        return self.on_launch_rejected == "dead_letter"
 
     def validator(self) -> jsonschema.protocols.Validator | None:
         if self.schema is None:
@@ -102,7 +116,7 @@ def parse_route(table: dict[str, Any], where: str, base: Path = Path(".")) -> Ro
 
 
 def _check_types(values: dict[str, Any], where: str) -> None:
-    for name in ("topic", "job", "location", "repository", "batch_op"):
+    for name in ("name", "topic", "job", "location", "repository", "batch_op"):
         if name in values and (not isinstance(values[name], str) or not values[name]):
             raise ConfigurationError(f"{where}: {name} must be a non-empty string")
     for name in ("max_records", "max_bytes", "inline_max_bytes"):
@@ -111,6 +125,8 @@ def _check_types(values: dict[str, Any], where: str) -> None:
             value == 0 and name != "inline_max_bytes"
         ):
             raise ConfigurationError(f"{where}: {name} must be a positive integer")
+    if values.get("on_launch_rejected", "pause") not in ON_LAUNCH_REJECTED:
+        raise ConfigurationError(f"{where}: on_launch_rejected must be one of {', '.join(ON_LAUNCH_REJECTED)}")
     wait = values["max_wait_s"]
     if not isinstance(wait, (int, float)) or isinstance(wait, bool) or not math.isfinite(wait) or wait <= 0:
         raise ConfigurationError(f"{where}: max_wait_s must be a positive number of seconds")

@@ -52,8 +52,11 @@ class RunWatcher:
 
     def __init__(self, client: DagsterClient, metrics: Metrics,
                  on_failed: Callable[[LaunchedRun, str], Awaitable[None]],
-                 max_inflight: int = 64, poll_interval_s: float = 1.0) -> None:
+                 max_inflight: int = 64, poll_interval_s: float = 1.0,
+                 sweep: Callable[[], Awaitable[None]] | None = None) -> None:
+        """`sweep`: also called at every poll (the check for duplicate runs of suspect batches)."""
         self.client = client
+        self.sweep = sweep
         self.metrics = metrics
         self.on_failed = on_failed
         self.max_inflight = max_inflight
@@ -80,6 +83,8 @@ class RunWatcher:
             while True:
                 try:
                     await self.poll()
+                    if self.sweep is not None:
+                        await self.sweep()
                 except KafkaDagsterError as exc:
                     logger.warning("polling run statuses failed: %s", exc)
                 await asyncio.sleep(self.poll_interval_s)

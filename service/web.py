@@ -28,6 +28,8 @@ def add_pages(app: faust.App, metrics: Metrics, readiness: Any, liveness: Any) -
     @app.page("/readyz")
     class Ready(View):
         async def get(self, request: Request) -> Response:
-            checks = await readiness()
-            ready = all(checks.values())
-            return self.json({"ready": ready, "checks": checks}, status=200 if ready else 503)
+            checks = dict(await readiness())
+            paused = checks.pop("routes_paused", {})
+            ready = all(checks.values()) and not paused
+            return self.json({"ready": ready, "checks": checks, "routes_paused": paused},
+                             status=200 if ready else 503)

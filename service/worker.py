@@ -9,12 +9,13 @@ from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlparse
 
+from service import __version__
 from service.app import App, create_app
 from service.batching import TP, Record
 from service.dagster_client import DagsterClient
 from service.decoding import JsonBounds
 from service.delivery import Delivery
-from service.health import Heartbeat, readiness, update_lag
+from service.health import Heartbeat, probe_forever, readiness, update_lag
 from service.kafka import Producer, ensure_topics, read_range
 from service.metrics import Metrics
 from service.routes import Route, check_batch_bytes, load_routes
@@ -26,6 +27,7 @@ logger = logging.getLogger(__name__)
 TICK_S = 0.05
 LAG_INTERVAL_S = 5.0
 GC_THRESHOLDS = (50_000, 20, 10)
+DLQ_HEADER_ROOM_BYTES = 64 * 1024
 
 
 def build_worker(settings: Settings, metrics: Metrics | None = None) -> App:
@@ -38,19 +40,25 @@ def build_worker(settings: Settings, metrics: Metrics | None = None) -> App:
                            cafile=settings.dagster_ssl_cafile)
     _warn_if_token_in_the_clear(settings)
     security = settings.kafka_security
-    dlq_producer = Producer(settings.bootstrap_servers, security=security)
+    # Room for the largest record plus its dlq.* headers (the error message is bounded).
+    dlq_producer = Producer(settings.bootstrap_servers, security=security,
+                            max_request_size=settings.max_message_bytes + DLQ_HEADER_ROOM_BYTES)
     delivery = Delivery(
         routes, client, dlq_producer, metrics,
         group_id=settings.group_id,
         dlq_topic=settings.dlq_topic,
         max_message_bytes=settings.max_message_bytes,
-        queued_batches_per_partition=settings.queued_batches_per_partition,
-        retry_max_delay_s=settings.retry_max_delay_s,
         read_range=lambda topic, partition, start, end: read_range(
             settings.bootstrap_servers, topic, partition, start, end, security=security),
-        max_inflight_runs=settings.max_inflight_runs,
-        on_fatal=lambda exc: app.crash(exc),
+        fence=lambda tp, offset: app.consumer.prove_ownership(tp, offset),  # type: ignore[attr-defined]
         mark_done=lambda tp, next_offset: app.consumer.mark_done(tp, next_offset),  # type: ignore[attr-defined]
+        pause_fetching=lambda tps, paused: _pause_fetching(app, tps, paused),
+        on_fatal=lambda exc: app.crash(exc),
+        queued_batches_per_partition=settings.queued_batches_per_partition,
+        retry_max_delay_s=settings.retry_max_delay_s,
+        route_retry_max_delay_s=settings.route_retry_max_delay_s,
+        max_inflight_runs=settings.max_inflight_runs,
+        duplicate_window_s=2 * settings.dagster_timeout_s + 60,
         json_bounds=JsonBounds(settings.max_json_depth, settings.max_json_keys),
     )
     _add_intake(app, routes, delivery)
@@ -58,12 +66,23 @@ def build_worker(settings: Settings, metrics: Metrics | None = None) -> App:
 
     heartbeat = Heartbeat()
 
-    async def ready() -> dict[str, bool]:
-        return await readiness(settings.bootstrap_servers, client, bool(app.consumer.assignment()))
+    async def ready() -> dict[str, Any]:
+        checks = await readiness(settings.bootstrap_servers, client, bool(app.consumer.assignment()))
+        return {**checks, "routes_paused": delivery.pauses.status()}
 
     add_pages(app, metrics, ready, heartbeat.status)
-    _add_monitors(app, routes, delivery, metrics, heartbeat)
+    _add_monitors(app, settings, routes, delivery, metrics, heartbeat, client)
+    metrics.build_info.labels(__version__).set(1)
     return app
+
+
+def _pause_fetching(app: App, tps: set[TP], paused: bool) -> None:
+    """Stop or resume fetching these partitions (a paused route's), where this worker holds them."""
+    held = {tp for tp in app.consumer.assignment() if TP(tp.topic, tp.partition) in tps}
+    if paused:
+        app.consumer.pause_partitions(held)
+    else:
+        app.consumer.resume_partitions(held)
 
 
 def tune_gc() -> None:
@@ -85,13 +104,17 @@ def _warn_if_token_in_the_clear(settings: Settings) -> None:
                        url.hostname)
 
 
-def _add_monitors(app: App, routes: dict[str, Route], delivery: Delivery, metrics: Metrics,
-                  heartbeat: Heartbeat) -> None:
+def _add_monitors(app: App, settings: Settings, routes: dict[str, Route], delivery: Delivery, metrics: Metrics,
+                  heartbeat: Heartbeat, client: DagsterClient) -> None:
     lag_gauges: set[TP] = set()
 
     @app.task
     async def beat() -> None:
         await heartbeat.run_forever()
+
+    @app.task
+    async def probe_dependencies() -> None:
+        await probe_forever(metrics, client, settings.bootstrap_servers, settings.probe_interval_s)
 
     @app.timer(LAG_INTERVAL_S, name="kafka_dagster.consumer_lag")
     async def consumer_lag() -> None:

@@ -59,7 +59,7 @@ async def start_worker(stack: Stack, tmp_path: Path) -> AsyncIterator[Callable[.
     group = unique("group")
 
     async def start(routes: str, wait: bool = True, **env: str) -> WorkerProcess:
-        routes_path = tmp_path / "routes.toml"
+        routes_path = tmp_path / f"routes-{len(workers)}.toml"
         routes_path.write_text(routes)
         port = new_web_port()
         worker_env = dict(os.environ)

@@ -102,27 +102,6 @@ async def test_launches_through_https_with_the_token_and_the_token_stays_secret(
     assert '"POST /graphql HTTP/1.1" 200' in access and " 401 " not in access
 
 
-async def test_without_the_token_launches_are_rejected_and_dead_lettered(
-        stack: Stack, dagster_proxy: DagsterProxy, start_worker) -> None:
-    topic, dlq_topic = unique("https-no-token"), unique("https-no-token-dlq")
-    worker: WorkerProcess = await start_worker(
-        route_toml(topic, max_records=3, max_wait_s=1.0), wait=False, KAFKA_DAGSTER_DLQ_TOPIC=dlq_topic,
-        DAGSTER_GRAPHQL_URL=dagster_proxy.graphql_url, DAGSTER_SSL_CAFILE=str(dagster_proxy.ca.cert))
-    await produce(stack.bootstrap, topic, orders(3))
-
-    async def three_letters() -> list[DeadLetter]:
-        letters = await dead_letters(stack.bootstrap, dlq_topic)
-        return letters if len(letters) >= 3 else []
-
-    letters = await eventually(three_letters, 120, "the records dead-lettered at launch")
-    assert sorted(letter.origin[2] for letter in letters) == [0, 1, 2]
-    assert {(letter.stage, letter.dlq["dlq.error.class"]) for letter in letters} == {("launch", "UnauthorizedError")}
-    assert all("HTTP 401" in letter.dlq["dlq.error.message"] for letter in letters)
-    log = worker.log_path.read_text(errors="replace")
-    assert "HTTP 401" in log and "check DAGSTER_API_TOKEN" in log, log[-3000:]
-    assert " 401 " in dagster_proxy.access_log.read_text()
-
-
 async def test_an_untrusted_dagster_certificate_is_retried_with_a_clear_hint(
         stack: Stack, dagster_proxy: DagsterProxy, start_worker) -> None:
     """Without DAGSTER_SSL_CAFILE the system CAs do not trust the proxy: nothing is launched, nothing lost."""

@@ -102,12 +102,15 @@ async def test_dead_letters_keep_the_original_record_byte_for_byte(stack: Stack,
     assert letter.dlq["dlq.failed_at"].endswith("Z")
 
 
-async def test_rejected_launches_go_to_the_dlq_once_and_are_not_retried(stack: Stack, dagster_api: DagsterApi,
-                                                                        start_worker) -> None:
+async def test_rejected_launches_go_to_the_dlq_once_where_the_route_asks_for_it(
+        stack: Stack, dagster_api: DagsterApi, start_worker) -> None:
+    """on_launch_rejected = "dead_letter": a refused launch dead-letters its batch once (the default pauses)."""
     missing_job, bad_config, dlq = unique("no-job"), unique("bad-config"), unique("dlq")
     await ensure_topics(stack.bootstrap, {missing_job: 1, bad_config: 1})
-    routes = (route_toml(missing_job, job="no_such_job", max_records=40, max_wait_s=1.0)
-              + route_toml(bad_config, batch_op="no_such_op", max_records=40, max_wait_s=1.0))
+    routes = (route_toml(missing_job, job="no_such_job", max_records=40, max_wait_s=1.0,
+                         on_launch_rejected="dead_letter")
+              + route_toml(bad_config, batch_op="no_such_op", max_records=40, max_wait_s=1.0,
+                           on_launch_rejected="dead_letter"))
     worker = await start_worker(routes, KAFKA_DAGSTER_DLQ_TOPIC=dlq)
     await produce(stack.bootstrap, missing_job, [order(i) for i in range(100)])
     await produce(stack.bootstrap, bad_config, [order(i) for i in range(100)])
@@ -120,7 +123,7 @@ async def test_rejected_launches_go_to_the_dlq_once_and_are_not_retried(stack: S
         assert {c for classes in result.error_classes.values() for c in classes} == {error_class}
 
     samples = await worker.metrics()
-    assert metric(samples, "kafka_dagster_run_launches_total", job="process_orders",
+    assert metric(samples, "kafka_dagster_run_launches_total", dagster_job="process_orders",
                   result="RunConfigValidationInvalid") == 3  # one launch per batch: 40 + 40 + 20
     assert metric(samples, "kafka_dagster_dlq_messages_total", topic=missing_job, stage="launch") == 100
     assert metric(samples, "kafka_dagster_dlq_messages_total", topic=bad_config, stage="launch") == 100
@@ -131,8 +134,8 @@ async def test_replayed_dead_letters_reach_runs_once_the_cause_is_fixed(stack: S
                                                                         start_worker, tmp_path) -> None:
     topic, dlq = unique("replay"), unique("dlq")
     await ensure_topics(stack.bootstrap, {topic: 1})
-    broken = await start_worker(route_toml(topic, job="no_such_job", max_records=25, max_wait_s=1.0),
-                                KAFKA_DAGSTER_DLQ_TOPIC=dlq)
+    broken = await start_worker(route_toml(topic, job="no_such_job", max_records=25, max_wait_s=1.0,
+                                           on_launch_rejected="dead_letter"), KAFKA_DAGSTER_DLQ_TOPIC=dlq)
     await produce(stack.bootstrap, topic, [order(i) for i in range(50)])
     result = await eventually(lambda: settled(stack.bootstrap, dagster_api, topic, dlq, 50), 120, "dead letters")
     assert result.dead_lettered == {"launch": 50}
@@ -288,7 +291,7 @@ async def test_rebalances_between_two_and_three_workers_lose_and_duplicate_nothi
 
 
 async def launches(worker: WorkerProcess) -> float:
-    return metric(await worker.metrics(), "kafka_dagster_run_launches_total", job="process_orders",
+    return metric(await worker.metrics(), "kafka_dagster_run_launches_total", dagster_job="process_orders",
                   result="LaunchRunSuccess")
 
 
@@ -315,8 +318,8 @@ async def test_a_failed_run_sends_its_batch_to_the_dlq_with_the_run_id(stack: St
 
     async def outcomes() -> dict[str, float]:
         samples = await worker.metrics()
-        counted = {status: metric(samples, "kafka_dagster_runs_finished_total", job="process_orders", status=status)
-                   for status in ("SUCCESS", "FAILURE")}
+        counted = {status: metric(samples, "kafka_dagster_runs_finished_total", dagster_job="process_orders",
+                                  status=status) for status in ("SUCCESS", "FAILURE")}
         return counted if sum(counted.values()) == 3 else {}
 
     assert await eventually(outcomes, 30, "the worker to count 3 finished runs") == {"SUCCESS": 2, "FAILURE": 1}

@@ -703,10 +703,9 @@ def test_dashboard_queries_are_valid_promql(tmp_path: Path) -> None:
     run_tool([promtool, "check", "rules", str(path)])
 
 
-def test_dashboard_uses_the_relabelled_dagster_job_label() -> None:
-    """Prometheus renames the worker's `job` label (taken by the scrape job); prometheus.yml calls it dagster_job."""
-    relabel = worker_scrape_job()["metric_relabel_configs"]
-    assert {"source_labels": ["exported_job"], "regex": "(.+)", "target_label": "dagster_job"} in relabel
+def test_dashboard_uses_the_dagster_job_label_without_relabelling() -> None:
+    """The worker names the Dagster job `dagster_job` itself: no relabelling needed, none shipped."""
+    assert "metric_relabel_configs" not in worker_scrape_job()
     for where, expr in [*dashboard_queries(), *alert_queries()]:
         if "run_launches" in expr or "runs_finished" in expr:
             assert "exported_job" not in expr and not re.search(r"\bby \([^)]*\bjob\b", expr), where

@@ -76,7 +76,7 @@ async def assert_orders_become_runs(bootstrap: str, dagster_api: DagsterApi, wor
 
     samples = await worker.metrics()
     assert metric(samples, "kafka_dagster_messages_consumed_total", topic=topic) == 2000
-    assert metric(samples, "kafka_dagster_run_launches_total", job="process_orders",
+    assert metric(samples, "kafka_dagster_run_launches_total", dagster_job="process_orders",
                   result="LaunchRunSuccess") == len(runs)
     batches = sum(v for (name, labels), v in samples.items()
                   if name == "kafka_dagster_batches_total" and ("topic", topic) in labels)

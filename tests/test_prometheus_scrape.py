@@ -139,7 +139,7 @@ async def test_prometheus_scrapes_the_worker_with_the_deployment_config(stack: S
         second = await eventually(lambda: consumed_at_least(50), 120, f"{consumed} >= 50")
         assert second > first
 
-        # The worker's `job` label (the Dagster job) survives the scrape as `dagster_job`.
+        # The Dagster job is labelled `dagster_job` by the worker itself: no relabelling, no `exported_job`.
         launched = (f'kafka_dagster_run_launches_total{{job="{WORKER_JOB}", dagster_job="{DAGSTER_JOB}", '
                     f'result="LaunchRunSuccess"}}')
 

@@ -7,7 +7,9 @@ from Debian's packages (stunnel4, nginx; scripts/ensure-system-deps.sh) as a
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,6 +114,7 @@ http {{
         ssl_certificate_key {key};
         location / {{
             if ($http_dagster_cloud_api_token != "{token}") {{ return 401; }}
+            {rule}
             proxy_pass {upstream};
             proxy_set_header Host $host;
         }}
@@ -123,15 +126,30 @@ http {{
 class Nginx:
     """nginx terminating TLS in front of `upstream`, answering 401 without the right API token header."""
 
-    def __init__(self, workdir: Path, server: CertPair, upstream: str, token: str) -> None:
+    def __init__(self, workdir: Path, server: CertPair, upstream: str, token: str, rule: str = "",
+                 name: str = "nginx") -> None:
+        """`rule`: nginx directives run before the request is passed on (e.g. `return 429;`)."""
         self.port = free_port()
-        prefix = workdir / "nginx"
-        prefix.mkdir(parents=True, exist_ok=True)
-        conf = prefix / "nginx.conf"
-        conf.write_text(NGINX_CONF.format(prefix=prefix, port=self.port, cert=server.cert, key=server.key,
-                                          upstream=upstream, token=token))
+        self.prefix = workdir / name
+        self.prefix.mkdir(parents=True, exist_ok=True)
+        self.conf = self.prefix / "nginx.conf"
+        self.settings = {"prefix": self.prefix, "port": self.port, "cert": server.cert, "key": server.key,
+                         "upstream": upstream, "token": token, "rule": rule}
+        self.conf.write_text(NGINX_CONF.format(**self.settings))
         binary = shutil.which("nginx") or "/usr/sbin/nginx"
-        self.process = ManagedProcess("nginx", [binary, "-p", str(prefix), "-c", str(conf)], prefix / "nginx.log")
+        self.process = ManagedProcess("nginx", [binary, "-p", str(self.prefix), "-c", str(self.conf)],
+                                      self.prefix / "nginx.log")
+
+    @property
+    def access_log(self) -> Path:
+        return self.prefix / "access.log"
+
+    def reconfigure(self, **settings: str) -> None:
+        """Change the token or the rule and reload nginx (SIGHUP to its master process)."""
+        self.settings.update(settings)
+        self.conf.write_text(NGINX_CONF.format(**self.settings))
+        assert self.process.proc is not None
+        os.kill(self.process.proc.pid, signal.SIGHUP)
 
     @property
     def url(self) -> str:

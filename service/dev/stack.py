@@ -165,6 +165,11 @@ run_coordinator:
   config:
     max_concurrent_runs: {max_concurrent_runs}
     dequeue_interval_seconds: 1
+    tag_concurrency_limits:
+      - key: kafka/batch_id
+        value:
+          applyLimitPerUniqueValue: true
+        limit: 1
 {storage}"""
 
 POSTGRES_STORAGE = """\

@@ -15,16 +15,21 @@ from service.dagster_client import (
     TOKEN_HEADER,
     DagsterClient,
     JobSelector,
-    RetryableLaunchError,
     _tls_hint,
+    retry_after_s,
     without_credentials,
 )
 from service.errors import (
+    BatchTooLarge,
+    DagsterError,
     DagsterUnavailable,
     KafkaDagsterError,
     LaunchRejected,
-    PermanentError,
+    RateLimited,
+    RequestRejected,
+    RouteError,
     TransientError,
+    Unauthorized,
 )
 from tests.tls import make_ca
 
@@ -105,9 +110,9 @@ async def test_every_other_launch_result_is_rejected_by_name(
     with pytest.raises(LaunchRejected) as info:
         await client.launch_run(SELECTOR, {}, {})
     assert info.value.typename == result["__typename"]
-    assert isinstance(info.value, PermanentError)
+    assert isinstance(info.value, RouteError)  # the route pauses; nothing is dead-lettered
     assert not isinstance(info.value, TransientError)
-    assert info.value.stage == "launch"
+    assert info.value.reason in ("job_not_found", "run_config_invalid", "launch_rejected", "unauthorized")
     assert str(info.value).startswith(result["__typename"] + ": ")
 
 
@@ -132,8 +137,8 @@ async def test_python_error_is_transient(make_client: Callable[..., DagsterClien
         {"__typename": "PythonError", "message": "duplicate key", "className": "IntegrityError"})))
     with pytest.raises(TransientError) as info:
         await client.launch_run(SELECTOR, {}, {})
-    assert isinstance(info.value, RetryableLaunchError)
-    assert not isinstance(info.value, PermanentError)
+    assert isinstance(info.value, DagsterError)
+    assert not isinstance(info.value, RouteError)
     assert info.value.typename == "PythonError"
     assert "duplicate key" in str(info.value)
 
@@ -156,7 +161,7 @@ async def test_transport_failures_are_dagster_unavailable(
     assert type(exc).__name__ in str(info.value)
 
 
-@pytest.mark.parametrize("status", [500, 502, 503, 504])
+@pytest.mark.parametrize("status", [500, 502, 503, 504, 408])
 async def test_http_5xx_is_dagster_unavailable(make_client: Callable[..., DagsterClient], status: int) -> None:
     client = make_client(FakeDagster(lambda body: httpx.Response(status, text="down")))
     with pytest.raises(DagsterUnavailable, match=str(status)):
@@ -166,18 +171,60 @@ async def test_http_5xx_is_dagster_unavailable(make_client: Callable[..., Dagste
 @pytest.mark.parametrize("status", [401, 403])
 async def test_http_401_is_rejected_as_unauthorized(make_client: Callable[..., DagsterClient], status: int) -> None:
     client = make_client(FakeDagster(lambda body: httpx.Response(status, text="no")))
-    with pytest.raises(LaunchRejected) as info:
+    with pytest.raises(Unauthorized) as info:
         await client.launch_run(SELECTOR, {}, {})
-    assert info.value.typename == "UnauthorizedError"
+    assert info.value.typename == "UnauthorizedError" and info.value.reason == "unauthorized"
+    assert info.value.hint == "check DAGSTER_API_TOKEN"
 
 
-async def test_other_http_errors_and_graphql_errors_are_permanent(make_client: Callable[..., DagsterClient]) -> None:
-    client = make_client(FakeDagster(lambda body: httpx.Response(400, text="bad request")))
-    with pytest.raises(PermanentError, match="400"):
+@pytest.mark.parametrize("status", [400, 404, 405])
+async def test_other_http_errors_and_graphql_errors_pause_the_route(
+        make_client: Callable[..., DagsterClient], status: int) -> None:
+    client = make_client(FakeDagster(lambda body: httpx.Response(status, text="bad request")))
+    with pytest.raises(RequestRejected, match=str(status)) as info:
         await client.launch_run(SELECTOR, {}, {})
+    assert "DAGSTER_GRAPHQL_URL" in info.value.hint
     client = make_client(FakeDagster(lambda body: {"errors": [{"message": "Cannot query field"}], "data": None}))
-    with pytest.raises(PermanentError, match="Cannot query field"):
+    with pytest.raises(RequestRejected, match="Cannot query field"):
         await client.launch_run(SELECTOR, {}, {})
+
+
+@pytest.mark.parametrize(("header", "seconds"), [("7", 7.0), (None, None), ("soon", None)])
+async def test_http_429_is_transient_and_carries_retry_after(
+        make_client: Callable[..., DagsterClient], header: str | None, seconds: float | None) -> None:
+    headers = {"Retry-After": header} if header else {}
+    client = make_client(FakeDagster(lambda body: httpx.Response(429, headers=headers, text="slow down")))
+    with pytest.raises(RateLimited) as info:
+        await client.launch_run(SELECTOR, {}, {})
+    assert isinstance(info.value, TransientError)
+    assert info.value.retry_after_s == seconds
+
+
+def test_retry_after_as_an_http_date() -> None:
+    assert retry_after_s("Wed, 21 Oct 2015 07:28:30 GMT", now=1445412500.0) == pytest.approx(10.0)
+    assert retry_after_s("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412500.0) == 0.0
+
+
+async def test_http_413_is_a_batch_too_large(make_client: Callable[..., DagsterClient]) -> None:
+    client = make_client(FakeDagster(lambda body: httpx.Response(413, text="too large")))
+    with pytest.raises(BatchTooLarge):
+        await client.launch_run(SELECTOR, {}, {})
+
+
+async def test_an_unknown_job_names_the_code_location_that_failed_to_load(
+        make_client: Callable[..., DagsterClient]) -> None:
+    def respond(body: dict[str, Any]) -> Any:
+        if "workspaceOrError" in body["query"]:
+            return {"data": {"workspaceOrError": {"__typename": "Workspace", "locationEntries": [
+                {"name": "orders_location", "locationOrLoadError": {
+                    "__typename": "PythonError", "message": "ModuleNotFoundError: No module named 'x'\n..."}}]}}}
+        return {"data": {"repositoriesOrError": {"__typename": "RepositoryConnection", "nodes": []}}}
+
+    client = make_client(FakeDagster(respond))
+    with pytest.raises(LaunchRejected) as info:
+        await client.resolve_job("process_orders")
+    assert info.value.reason == "job_not_found"
+    assert "orders_location: ModuleNotFoundError: No module named 'x'" in str(info.value)
 
 
 async def test_a_200_answer_that_is_not_json_is_a_classified_error(
@@ -313,7 +360,7 @@ async def test_a_private_ca_file_is_what_the_client_trusts(tmp_path: Path) -> No
 
 async def test_unauthorized_names_the_setting_never_the_token(make_client: Callable[..., DagsterClient]) -> None:
     client = make_client(lambda request: httpx.Response(401), token="tok-0f1e2d3c")
-    with pytest.raises(LaunchRejected) as info:
+    with pytest.raises(Unauthorized) as info:
         await client.launch_run(SELECTOR, {}, {})
     assert "DAGSTER_API_TOKEN" in str(info.value) and "tok-0f1e2d3c" not in str(info.value)
     assert await client.ping() is False

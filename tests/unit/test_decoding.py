@@ -13,7 +13,7 @@ from service.errors import (
     MessageTooLarge,
     NotUtf8,
     NullValue,
-    PermanentError,
+    RecordError,
     SchemaViolation,
     TooManyKeys,
     ValidationError,
@@ -112,10 +112,10 @@ def test_schema_violation_names_the_path(value: bytes, path: str) -> None:
 
 def test_hierarchy_and_stages() -> None:
     for decode_cls in (NullValue, NotUtf8, InvalidJson):
-        assert issubclass(decode_cls, DecodeError) and issubclass(decode_cls, PermanentError)
+        assert issubclass(decode_cls, DecodeError) and issubclass(decode_cls, RecordError)
         assert decode_cls.stage == "decode"
     for validate_cls in (MessageTooLarge, SchemaViolation):
-        assert issubclass(validate_cls, ValidationError) and issubclass(validate_cls, PermanentError)
+        assert issubclass(validate_cls, ValidationError) and issubclass(validate_cls, RecordError)
         assert validate_cls.stage == "validate"
 
 
@@ -132,7 +132,7 @@ def test_hierarchy_and_stages() -> None:
     ],
 )
 def test_values_over_a_shape_bound_are_validation_errors(value: bytes, bounds: JsonBounds,
-                                                          error: type[PermanentError]) -> None:
+                                                          error: type[RecordError]) -> None:
     with pytest.raises(error) as info:
         decode_value(make_record(0, value=value), 1_000_000, None, bounds)
     assert info.value.stage == ("decode" if error is InvalidJson else "validate")

@@ -2,7 +2,7 @@
 
 Whatever a producer writes, the path either batches a record or turns it into
 a dead letter; the only exception it ever raises is a classified
-`PermanentError`, and the dead letter carries the original bytes back intact.
+`RecordError`, and the dead letter carries the original bytes back intact.
 The real `Delivery` is driven too, with the fake Dagster and sink of
 `test_delivery`, to show the same of the code the worker runs.
 """
@@ -23,7 +23,7 @@ from service.batching import Batch, Batcher, BatchPolicy, Record
 from service.decoding import JsonBounds, decode_value
 from service.delivery import run_config
 from service.dlq import PRE_LAUNCH_STAGES, DeadLetter, Failure, dlq_headers
-from service.errors import PermanentError
+from service.errors import RecordError
 from service.routes import Route
 from tests.unit.test_delivery import Harness
 
@@ -65,7 +65,7 @@ def _pipeline(batch: list[Record]) -> tuple[list[Batch], list[tuple[Record, list
     for record in batch:
         try:
             decode_value(record, MAX_MESSAGE_BYTES, validator, BOUNDS)
-        except PermanentError as exc:
+        except RecordError as exc:
             assert exc.stage in ("decode", "validate")
             split = batcher.split(record.tp)
             batches.extend([split] if split else [])
@@ -105,7 +105,7 @@ def test_decoding_raises_nothing_but_classified_errors(value: bytes | None) -> N
     record = Record("orders", 0, 0, None, None, value)
     try:
         decode_value(record, MAX_MESSAGE_BYTES, jsonschema.Draft202012Validator(SCHEMA), BOUNDS)
-    except PermanentError as exc:
+    except RecordError as exc:
         assert exc.stage in ("decode", "validate") and str(exc)
 
 

@@ -27,7 +27,7 @@ def three() -> Batch:
 
 
 def test_run_tags_are_the_contract_tags() -> None:
-    tags = run_tags(three(), "my-group")
+    tags = run_tags(route(name="orders-route"), three(), "my-group")
     assert tags == {
         "kafka/topic": "orders",
         "kafka/partition": "2",
@@ -36,12 +36,14 @@ def test_run_tags_are_the_contract_tags() -> None:
         "kafka/record_count": "3",
         "kafka/batch_id": batch_id("orders", 2, 10, 12),
         "kafka/consumer_group": "my-group",
+        "kafka/route": "orders-route",
     }
     assert all(isinstance(v, str) for v in tags.values())
 
 
 def test_run_tags_single_record_batch() -> None:
-    tags = run_tags(batch(make_record(7, partition=0), partition=0), "g")
+    tags = run_tags(route(), batch(make_record(7, partition=0), partition=0), "g")
+    assert tags["kafka/route"] == "orders"  # a route's name defaults to its topic
     assert (tags["kafka/offset_start"], tags["kafka/offset_end"], tags["kafka/record_count"]) == ("7", "7", "1")
 
 

@@ -147,7 +147,7 @@ async def test_a_finished_run_s_event_log_becomes_counters_and_durations(
     assert sample(registry, "event_processing_seconds_sum", event_type="run") == pytest.approx(2.0)
     assert sample(registry, "event_processing_seconds_bucket", event_type="run", le="2.5") == 1
     assert sample(registry, "event_processing_seconds_bucket", event_type="run", le="1.0") == 0
-    assert sample(registry, "kafka_dagster_runs_finished_total", job="process_orders", status="SUCCESS") == 1
+    assert sample(registry, "kafka_dagster_runs_finished_total", dagster_job="process_orders", status="SUCCESS") == 1
     assert len(fake.event_queries) == 1, "one finished run, one event-log fetch"
 
 
@@ -226,7 +226,7 @@ async def test_a_log_that_cannot_be_read_is_counted_once_and_never_raises(
 
     assert watcher.inflight == {}
     assert len(fake.event_queries) == 1, "at most one fetch per finished run"
-    assert sample(registry, "kafka_dagster_runs_finished_total", job="process_orders", status="CANCELED") == 1
+    assert sample(registry, "kafka_dagster_runs_finished_total", dagster_job="process_orders", status="CANCELED") == 1
     assert sample(registry, "kafka_dagster_run_event_log_failures_total", reason=reason) == 1
     assert sample(registry, "dagster_events_total", event_type="RunStartEvent", status="CANCELED") is None
     assert any(r.levelname == "WARNING" and "not counting the events of run run-1" in r.getMessage()

@@ -1,0 +1,201 @@
+"""Real-world faults, made to happen against the real broker and Dagster.
+
+- Dagster refusing the worker (a token rotated, a proxy rate-limiting) is a
+  failure of the system, not of the data: the route pauses, nothing is
+  dead-lettered, `/readyz` and `kafka_dagster_route_paused` say why, and
+  every record reaches exactly one run once the cause is gone.
+- A worker frozen past its session timeout (SIGSTOP: a GC pause, a paused
+  container) wakes up holding open batches of partitions that moved to
+  another worker: it must launch none of them (fencing).
+- An idle worker with healthy dependencies shows them up.
+
+The proxy scenarios share one test and run side by side, each on its own
+nginx, topic, consumer group and worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+
+from service.kafka import ensure_topics
+from tests.conftest import Stack
+from tests.support import (
+    DagsterApi,
+    WorkerProcess,
+    dead_letters,
+    eventually,
+    metric,
+    produce,
+    route_toml,
+    settled,
+    unique,
+)
+from tests.tls import Nginx, issue_server_cert, make_ca
+
+pytestmark = pytest.mark.integration
+
+WORKER_TOKEN = "tok-" + unique("rotated")
+
+
+def order(i: int) -> bytes:
+    return orjson.dumps({"order_id": f"o-{i}", "customer": f"c-{i % 5}", "amount": 2.5})
+
+
+async def readyz(worker: WorkerProcess) -> tuple[int, dict[str, Any]]:
+    try:
+        async with httpx.AsyncClient() as client:
+            response = await client.get(f"{worker.base_url}/readyz", timeout=5)
+    except httpx.HTTPError:
+        return 0, {}  # not serving yet
+    return response.status_code, response.json()
+
+
+def proxy(stack: Stack, name: str, token: str, rule: str = "") -> tuple[Nginx, str]:
+    workdir = stack.workdir / unique(name)
+    ca = make_ca(workdir, f"{name}-ca")
+    nginx = Nginx(workdir, issue_server_cert(workdir, ca), stack.dagster.url, token, rule=rule, name=name)
+    nginx.start()
+    return nginx, str(ca.cert)
+
+
+async def refused_token_then_accepted(stack: Stack, api: DagsterApi, start_worker: Any) -> None:
+    """The worker's token is refused (HTTP 401) for a while, then the proxy accepts it."""
+    nginx, cafile = proxy(stack, "token-proxy", token="tok-the-old-one")
+    try:
+        topic, dlq = unique("refused-token"), unique("dlq")
+        await ensure_topics(stack.bootstrap, {topic: 2})
+        worker = await start_worker(
+            route_toml(topic, max_records=20, max_wait_s=1.0), wait=False, KAFKA_DAGSTER_DLQ_TOPIC=dlq,
+            DAGSTER_GRAPHQL_URL=f"{nginx.url}/graphql", DAGSTER_SSL_CAFILE=cafile, DAGSTER_API_TOKEN=WORKER_TOKEN,
+            KAFKA_DAGSTER_ROUTE_RETRY_MAX_DELAY_S="3", KAFKA_DAGSTER_GROUP_ID=unique("group"))
+        await produce(stack.bootstrap, topic, [order(i) for i in range(200)], partitions=2)
+
+        async def paused_for_the_token() -> dict[str, Any] | None:
+            status, body = await readyz(worker)
+            pause = body.get("routes_paused", {}).get(topic)
+            return pause if status == 503 and pause and pause["reason"] == "unauthorized" else None
+
+        pause = await eventually(paused_for_the_token, 120, "/readyz naming the paused route")
+        assert "DAGSTER_API_TOKEN" in pause["fix"]
+        assert metric(await worker.metrics(), "kafka_dagster_route_paused", route=topic, reason="unauthorized") == 1
+        log = worker.log_path.read_text(errors="replace")
+        assert f"route {topic} paused (unauthorized)" in log and "check DAGSTER_API_TOKEN" in log
+        assert WORKER_TOKEN not in log
+        assert await api.runs(topic) == []
+
+        nginx.reconfigure(token=WORKER_TOKEN)  # the operator rotates the proxy's token to the worker's
+        result = await eventually(lambda: settled(stack.bootstrap, api, topic, dlq, 200), 180,
+                                  "every record in a run after the token is accepted")
+        assert result.problems == [] and result.in_runs == 200
+        assert await dead_letters(stack.bootstrap, dlq) == []
+        assert metric(await worker.metrics(), "kafka_dagster_route_paused", route=topic, reason="unauthorized") == 0
+        assert f"route {topic} resumed" in worker.log_path.read_text(errors="replace")
+        assert " 401 " in nginx.access_log.read_text()
+    finally:
+        nginx.stop()
+
+
+async def rate_limited_then_served(stack: Stack, api: DagsterApi, start_worker: Any) -> None:
+    """The proxy answers 429 with Retry-After for a while: waited out, nothing dead-lettered."""
+    limit = 'add_header Retry-After 2 always; return 429;'
+    nginx, cafile = proxy(stack, "limit-proxy", token=WORKER_TOKEN, rule=limit)
+    try:
+        topic, dlq = unique("rate-limited"), unique("dlq")
+        await ensure_topics(stack.bootstrap, {topic: 1})
+        worker = await start_worker(
+            route_toml(topic, max_records=25, max_wait_s=1.0), wait=False, KAFKA_DAGSTER_DLQ_TOPIC=dlq,
+            DAGSTER_GRAPHQL_URL=f"{nginx.url}/graphql", DAGSTER_SSL_CAFILE=cafile, DAGSTER_API_TOKEN=WORKER_TOKEN,
+            KAFKA_DAGSTER_GROUP_ID=unique("group"))
+        await produce(stack.bootstrap, topic, [order(i) for i in range(100)])
+
+        async def limited() -> bool:
+            return nginx.access_log.read_text().count(" 429 ") >= 5
+
+        await eventually(limited, 120, "the worker to meet the rate limit")
+        assert "HTTP 429" in worker.log_path.read_text(errors="replace")
+        nginx.reconfigure(rule="")
+        result = await eventually(lambda: settled(stack.bootstrap, api, topic, dlq, 100), 180,
+                                  "every record in a run once the limit is lifted")
+        assert result.problems == [] and result.in_runs == 100
+        assert await dead_letters(stack.bootstrap, dlq) == []
+    finally:
+        nginx.stop()
+
+
+async def test_dagster_refusing_or_limiting_the_worker_pauses_and_resumes_without_dead_letters(
+        stack: Stack, dagster_api: DagsterApi, start_worker: Any) -> None:
+    await asyncio.gather(refused_token_then_accepted(stack, dagster_api, start_worker),
+                         rate_limited_then_served(stack, dagster_api, start_worker))
+
+
+async def test_a_worker_frozen_past_its_session_timeout_launches_nothing_twice(
+        stack: Stack, dagster_api: DagsterApi, start_worker: Any) -> None:
+    """SIGSTOP one of two workers holding open batches; its partitions move; on SIGCONT it drops them."""
+    topic, dlq = unique("frozen"), unique("dlq")
+    await ensure_topics(stack.bootstrap, {topic: 4})
+    # Long batches: whatever the frozen worker holds when it stops is still open when it wakes.
+    routes = route_toml(topic, max_records=100_000, max_wait_s=8.0)
+    frozen = await start_worker(routes, KAFKA_DAGSTER_DLQ_TOPIC=dlq)
+    other = await start_worker(routes, KAFKA_DAGSTER_DLQ_TOPIC=dlq)
+
+    async def both_consuming() -> bool:
+        logs = [w.log_path.read_text(errors="replace") for w in (frozen, other)]
+        return all("consuming" in log for log in logs)
+
+    sent = 0
+
+    async def send(count: int) -> None:
+        nonlocal sent
+        await produce(stack.bootstrap, topic, [order(i) for i in range(sent, sent + count)], partitions=4)
+        sent += count
+
+    await send(400)
+    await eventually(both_consuming, 120, "both workers consuming their partitions")
+    await send(400)  # open batches on both workers
+    assert frozen.proc is not None
+    os.killpg(frozen.proc.pid, signal.SIGSTOP)
+    try:
+        await eventually(lambda: _took_all_partitions(other, topic), 90, "the other worker to take all partitions")
+        await send(200)
+    finally:
+        os.killpg(frozen.proc.pid, signal.SIGCONT)
+
+    async def dropped() -> bool:
+        return "dropped" in frozen.log_path.read_text(errors="replace")
+
+    await eventually(dropped, 60, "the woken worker to drop the batches of partitions it lost")
+    result = await eventually(lambda: settled(stack.bootstrap, dagster_api, topic, dlq, sent), 180,
+                              "every offset in exactly one run")
+    assert result.problems == [], result.problems[:10]
+    assert result.in_runs == sent
+    assert frozen.proc.poll() is None and other.proc is not None and other.proc.poll() is None
+    log = frozen.log_path.read_text(errors="replace")
+    assert "refused this worker's commit" in log or "no longer assigned" in log, log[-3000:]
+    assert metric(await frozen.metrics(), "kafka_dagster_fenced_batches_total", topic=topic) >= 1
+
+
+async def _took_all_partitions(worker: WorkerProcess, topic: str) -> bool:
+    log = worker.log_path.read_text(errors="replace")
+    return all(f"reconciled {topic}/{p}:" in log for p in range(4))
+
+
+async def test_an_idle_worker_shows_its_dependencies_up(stack: Stack, start_worker: Any) -> None:
+    """No message has flowed: the probes alone say Dagster and Kafka are up (no false DagsterDown alert)."""
+    worker = await start_worker(route_toml(unique("idle"), max_wait_s=1.0))
+
+    async def both_up() -> bool:
+        samples = await worker.metrics()
+        return metric(samples, "kafka_dagster_dagster_up") == 1 and metric(samples, "kafka_dagster_kafka_up") == 1
+
+    await eventually(both_up, 10, "kafka_dagster_dagster_up and kafka_dagster_kafka_up to be 1")
+    samples = await worker.metrics()
+    assert metric(samples, "kafka_dagster_run_launches_total", dagster_job="process_orders",
+                  result="LaunchRunSuccess") == 0
+    assert metric(samples, "kafka_dagster_build_info", version="0.1.0") == 1
