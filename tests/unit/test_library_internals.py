@@ -1,12 +1,13 @@
 """The Faust and aiokafka internals the worker relies on, pinned: an upgrade that changes them fails here.
 
 `service/consumer.py` copies faust-streaming 0.15's `_drain_messages` and
-`getmany` and overrides private methods of its aiokafka driver; `service/app.py`
-overrides two `App` methods; `service/worker.py` reads the consumer's
-`_committed_offset`. None of that is public API, so nothing else would notice a
-Faust or aiokafka release that changes it. When a test here fails, the upgrade
-is a decision to make: re-read the code named in the message against the new
-version, adapt it, then record the new hash.
+`getmany`, overrides private methods of its aiokafka driver and reads the
+aiokafka consumer's group generation; `service/app.py` overrides two `App`
+methods; `service/worker.py` reads the consumer's `_committed_offset`. None of
+that is public API, so nothing else would notice a Faust or aiokafka release
+that changes it. When a test here fails, the upgrade is a decision to make:
+re-read the code named in the message against the new version, adapt it, then
+record the new hash.
 
 `app` is the unstarted app of tests/unit/conftest.py.
 """
@@ -21,6 +22,7 @@ from typing import Any
 import aiokafka
 import faust
 import pytest
+from aiokafka.consumer.group_coordinator import GroupCoordinator
 from faust.transport import consumer as faust_consumer
 from faust.transport.drivers import aiokafka as aiokafka_driver
 from faust.types import TP
@@ -70,13 +72,15 @@ FAUST_SOURCES: list[tuple[type, str, str, str]] = [
 CONSUMER_METHODS = [
     "_wait_next_records", "_filter_tps_with_pending_acks", "_new_offset", "_filter_committable_offsets",
     "_new_consumer_thread", "on_partitions_revoked", "perform_seek", "wait_first", "sleep", "stop_flow",
-    "highwaters", "assignment",
+    "highwaters", "assignment", "pause_partitions", "resume_partitions",
 ]
 # Instance state of an (unstarted) consumer the same code reads or writes.
 CONSUMER_STATE = [
-    "_read_offset", "_committed_offset", "_buffered_partitions", "_stopped", "suspend_flow", "flow_active",
-    "diag", "transport", "consumer_stopped_errors",
+    "_read_offset", "_committed_offset", "_stopped", "suspend_flow", "flow_active", "diag", "transport",
+    "consumer_stopped_errors", "_thread",
 ]
+# Called on Faust's consumer thread by service/consumer.py ConsumerThread (the fencing commit).
+THREAD_METHODS = ["_create_worker_consumer", "_ensure_consumer", "call_thread"]
 
 
 def upgrade_message(what: str, found: str) -> str:
@@ -113,9 +117,9 @@ def test_the_consumer_methods_relied_on_exist(name: str) -> None:
     assert callable(getattr(DriverConsumer, name, None)), upgrade_message(f"Consumer.{name}", "it is gone")
 
 
-def test_the_thread_method_wrapped_exists() -> None:
-    assert callable(getattr(DriverThread, "_create_worker_consumer", None)), \
-        upgrade_message("AIOKafkaConsumerThread._create_worker_consumer", "it is gone")
+@pytest.mark.parametrize("name", THREAD_METHODS)
+def test_the_thread_methods_relied_on_exist(name: str) -> None:
+    assert callable(getattr(DriverThread, name, None)), upgrade_message(f"AIOKafkaConsumerThread.{name}", "it is gone")
     assert issubclass(consumer.ConsumerThread, DriverThread)
 
 
@@ -133,7 +137,6 @@ async def test_the_consumer_and_monitor_state_relied_on_exists(app: App) -> None
     assert c._read_offset[TP("t", 0)] is None, \
         upgrade_message("Consumer._read_offset", "it is no longer a defaultdict of None")
     assert c._committed_offset.get(TP("t", 0)) is None
-    assert isinstance(c._buffered_partitions, set)
     assert isinstance(app.monitor.stream_inbound_time, dict), \
         upgrade_message("Monitor.stream_inbound_time", "it is no longer a dict")
     assert isinstance(app.consumer_generation_id, int), \
@@ -149,3 +152,13 @@ def test_aiokafka_reads_the_fetch_wait_when_the_consumer_starts() -> None:
         upgrade_message("AIOKafkaConsumer.__init__", "it no longer stores self._fetch_max_wait_ms")
     assert "fetch_max_wait_ms=self._fetch_max_wait_ms" in start, \
         upgrade_message("AIOKafkaConsumer.start", "it no longer hands self._fetch_max_wait_ms to its Fetcher")
+
+
+def test_aiokafka_keeps_the_group_generation_on_its_coordinator() -> None:
+    """`ConsumerThread._commit_owned` reads `consumer._coordinator.generation` (< 0: not in the group)."""
+    start = inspect.getsource(aiokafka.AIOKafkaConsumer.start)
+    init = inspect.getsource(GroupCoordinator.__init__)
+    assert "self._coordinator = GroupCoordinator(" in start, \
+        upgrade_message("AIOKafkaConsumer.start", "it no longer keeps its GroupCoordinator as self._coordinator")
+    assert "self.generation = " in init, \
+        upgrade_message("GroupCoordinator.__init__", "it no longer keeps the group generation as self.generation")
