@@ -17,9 +17,10 @@ from typing import Any
 from bench.context import Context
 from bench.data import make_values, produce_to
 from bench.worker import RouteSpec, Worker, unique
+from service.contract import TAG_TOPIC
 from service.dagster_client import DagsterClient
+from service.dev.stack import StackError
 from service.kafka import ensure_topics
-from service.stack import StackError
 
 RUNS_QUERY = """
 query Runs($filter: RunsFilter) {
@@ -39,7 +40,7 @@ class AmortisationPoint:
 async def _runs(graphql_url: str, topic: str) -> list[dict[str, Any]]:
     client = DagsterClient(graphql_url)
     try:
-        data = await client.execute(RUNS_QUERY, {"filter": {"tags": [{"key": "kafka/topic", "value": topic}]}})
+        data = await client.execute(RUNS_QUERY, {"filter": {"tags": [{"key": TAG_TOPIC, "value": topic}]}})
     finally:
         await client.aclose()
     return list(data["runsOrError"]["results"])

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from bench.config import Mode
 from bench.worker import RouteSpec, Worker, routes_toml, unique, worker_env
-from service.stack import Broker, Dagster
+from service.dev.stack import Broker, Dagster
 
 
 @dataclass

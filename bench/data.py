@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping, Sequence
 import orjson
 from aiokafka import AIOKafkaProducer
 
-from service.demo import demo_order
+from service.dev.demo import demo_order
 from service.kafka import ensure_topics
 
 SEED = 6

@@ -9,6 +9,7 @@ from typing import Any
 from bench.context import Context
 from bench.data import make_values, produce_steady
 from bench.worker import RouteSpec, unique, wait_launched
+from service.contract import TAG_BATCH_ID, TAG_TOPIC
 from service.dagster_client import DagsterClient
 from service.kafka import ensure_topics, read_topic
 
@@ -35,7 +36,7 @@ async def _launch_latencies(graphql_url: str, samples: int, inline: list[bytes])
             batch_id = unique("bench-launch")
             config = _config(batch_id, index * 1000, inline)
             started = time.perf_counter()
-            await client.launch_run(selector, config, {"kafka/batch_id": batch_id, "kafka/topic": "bench.latency"})
+            await client.launch_run(selector, config, {TAG_BATCH_ID: batch_id, TAG_TOPIC: "bench.latency"})
             latencies.append(time.perf_counter() - started)
         return latencies
     finally:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from bench.config import Mode
 from bench.worker import ROOT, unique
-from service.stack import ManagedProcess, StackError
+from service.dev.stack import ManagedProcess, StackError
 
 
 def run_naive(bootstrap: str, topic: str, mode: Mode, workdir: Path, timeout_s: float = 180) -> float:

@@ -23,7 +23,7 @@ from bench.naive import run_naive
 from bench.service import run_scaling, run_service
 from bench.stats import median, percentile, ratio
 from bench.worker import ROOT, unique
-from service.stack import Broker, Dagster, running
+from service.dev.stack import Broker, Dagster, running
 
 logger = logging.getLogger("bench")
 RESULTS = ROOT / "bench" / "results"

@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 import httpx
 import orjson
 
-from service.stack import ManagedProcess, StackError, free_port, wait_until
+from service.dev.stack import ManagedProcess, StackError, free_port, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 

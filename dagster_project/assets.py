@@ -13,12 +13,12 @@ import os
 import tomllib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import dagster as dg
 
 from dagster_project.checks import ORDER_BATCHES
 from dagster_project.resources import KafkaResource
+from dagster_project.routes_file import routes_file
 
 logger = logging.getLogger(__name__)
 
@@ -31,11 +31,11 @@ PAGE = 1000
 def source_topics(environ: Mapping[str, str] = os.environ) -> list[str]:
     """The routed topics, read from the worker's routes file (`KAFKA_DAGSTER_ROUTES`, default routes.toml).
 
-    The code location does not import the service; it only needs the topic
-    names, to draw lineage from Kafka. Without a readable routes file it models
-    the demo topic.
+    Only the topic names are needed, to draw lineage from Kafka, so the file is
+    read here rather than through the worker's route loader. Without a readable
+    routes file it models the demo topic.
     """
-    path = Path(environ.get("KAFKA_DAGSTER_ROUTES", "routes.toml"))
+    path = routes_file(environ)
     try:
         routes = tomllib.loads(path.read_text()).get("routes", [])
         topics = [str(route["topic"]) for route in routes if isinstance(route, dict) and "topic" in route]

@@ -91,6 +91,11 @@ class Outcome:
     description: str
     metadata: Mapping[str, Any]
 
+    @property
+    def blocks_publishing(self) -> bool:
+        """A failed blocking check: the batch must not be materialized."""
+        return self.spec.blocking and not self.passed
+
     def evaluation(self) -> dg.AssetCheckEvaluation:
         return dg.AssetCheckEvaluation(
             asset_key=self.spec.asset_key, check_name=self.spec.name, passed=self.passed,

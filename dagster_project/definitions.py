@@ -8,7 +8,6 @@ from dagster_project.assets import build_kafka_topics, order_batches_spec, order
 from dagster_project.checks import order_batch_checks
 from dagster_project.jobs import aggregate_orders_job, process_orders_job
 from dagster_project.resources import (
-    DEFAULT_DLQ_TOPIC,
     DEFAULT_NOTIFICATIONS_TOPIC,
     DeadLetterResource,
     KafkaResource,
@@ -17,12 +16,13 @@ from dagster_project.resources import (
     env_or,
 )
 from dagster_project.sensors import build_kafka_topic_observer, notify_run_failure, order_batches_sensor
+from service.contract import DEFAULT_BOOTSTRAP_SERVERS, DEFAULT_DLQ_TOPIC
 
 
 def build_definitions(topics: list[str]) -> dg.Definitions:
     """Everything the code location serves, with resources read from the environment at run time."""
     kafka = KafkaResource(
-        bootstrap_servers=env_or("KAFKA_BOOTSTRAP_SERVERS", "localhost:9092"),
+        bootstrap_servers=env_or("KAFKA_BOOTSTRAP_SERVERS", DEFAULT_BOOTSTRAP_SERVERS),
         security_protocol=env_or("KAFKA_SECURITY_PROTOCOL", "PLAINTEXT"),
         sasl_mechanism=env_or("KAFKA_SASL_MECHANISM", "PLAIN"),
         sasl_username=env_or("KAFKA_SASL_USERNAME", None),

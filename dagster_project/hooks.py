@@ -11,15 +11,25 @@ from typing import Any
 
 import dagster as dg
 
-from dagster_project.dead_letters import truncate
+from dagster_project.ops import BATCH_SUMMARY
+from service.contract import (
+    TAG_BATCH_ID,
+    TAG_OFFSET_END,
+    TAG_OFFSET_START,
+    TAG_PARTITION,
+    TAG_RECORD_COUNT,
+    TAG_TOPIC,
+)
+from service.dlq import truncate
 
+# The worker's run tags (service/contract.py), under the names batch notifications use.
 BATCH_TAGS = {
-    "kafka/topic": "kafka_topic",
-    "kafka/partition": "kafka_partition",
-    "kafka/offset_start": "offset_start",
-    "kafka/offset_end": "offset_end",
-    "kafka/record_count": "record_count",
-    "kafka/batch_id": "batch_id",
+    TAG_TOPIC: "kafka_topic",
+    TAG_PARTITION: "kafka_partition",
+    TAG_OFFSET_START: "offset_start",
+    TAG_OFFSET_END: "offset_end",
+    TAG_RECORD_COUNT: "record_count",
+    TAG_BATCH_ID: "batch_id",
 }
 
 
@@ -35,7 +45,7 @@ def batch_fields(tags: dict[str, str]) -> dict[str, Any]:
 @dg.success_hook(required_resource_keys={"notifications"})
 def notify_batch_published(context: dg.HookContext) -> None:
     """Announce a published batch with the summary `publish_batch` returned."""
-    summary = context.op_output_values.get("result")
+    summary = context.op_output_values.get(BATCH_SUMMARY)
     if not isinstance(summary, dict):
         return  # the op produced no summary: the batch was not published
     context.resources.notifications.notify("batch_published", job=context.job_name, run_id=context.run_id,

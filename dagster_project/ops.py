@@ -21,6 +21,7 @@ from dagster_project.dead_letters import dead_letter
 from dagster_project.orders import (
     NO_KEY,
     BatchInfo,
+    Order,
     Reject,
     SubTotal,
     classify,
@@ -34,10 +35,13 @@ from dagster_project.resources import (
     KafkaUnavailable,
     MetricsResource,
 )
+from service.contract import STAGE_PROCESS
 
 MAX_RETRIES = 3
 RETRY_WAIT_S = 2.0
 MAX_SAMPLES = 10
+# The output of `publish_batch` that the `notify_batch_published` hook announces.
+BATCH_SUMMARY = "summary"
 
 
 class KafkaRecord(dg.Config):
@@ -123,8 +127,8 @@ def _fail_if_unusable(config: KafkaBatch, received: int, fail_run_offsets: list[
 @dg.op(
     out={
         "batch": dg.Out(BatchInfo, description="Where the batch comes from and how many records it holds."),
-        "orders": dg.Out(list, description="The processable records, as orders."),
-        "rejects": dg.Out(list, description="The records the job cannot process, and why."),
+        "orders": dg.Out(list[Order], description="The processable records, as orders."),
+        "rejects": dg.Out(list[Reject], description="The records the job cannot process, and why."),
     },
     tags={"kafka-dagster/role": "source"},
 )
@@ -161,8 +165,8 @@ def read_batch(context: dg.OpExecutionContext, config: KafkaBatch, kafka: KafkaR
     })
 
 
-@dg.op(out=dg.DynamicOut(list, description="One sub-batch of orders per key group."))
-def split_by_key(config: SplitConfig, orders: list) -> Iterator[dg.DynamicOutput]:
+@dg.op(out=dg.DynamicOut(list[Order], description="One sub-batch of orders per key group."))
+def split_by_key(config: SplitConfig, orders: list[Order]) -> Iterator[dg.DynamicOutput]:
     """Fan the batch out by record key; a key always maps to the same `mapping_key`."""
     for mapping_key, group in group_by_key(orders, config.sub_batches).items():
         yield dg.DynamicOutput(group, mapping_key=mapping_key, metadata={
@@ -173,7 +177,7 @@ def split_by_key(config: SplitConfig, orders: list) -> Iterator[dg.DynamicOutput
 
 
 @dg.op(out=dg.Out(SubTotal, description="What the sub-batch adds to its batch."))
-def total_orders(context: dg.OpExecutionContext, orders: list) -> dg.Output:
+def total_orders(context: dg.OpExecutionContext, orders: list[Order]) -> dg.Output:
     """Total one sub-batch of orders."""
     subtotal = SubTotal.of(context.get_mapping_key() or NO_KEY, orders)
     return dg.Output(subtotal, metadata={
@@ -195,7 +199,7 @@ def _originals(batch: BatchInfo, rejects: list[Reject], kafka: KafkaResource) ->
 
 
 @dg.op(out=dg.Out(int, description="How many records went to the DLQ."))
-def dead_letter_rejects(context: dg.OpExecutionContext, batch: BatchInfo, rejects: list,
+def dead_letter_rejects(context: dg.OpExecutionContext, batch: BatchInfo, rejects: list[Reject],
                         kafka: KafkaResource, dead_letters: DeadLetterResource) -> Iterator:
     """Send the records the job cannot process to the DLQ (stage `process`), and observe how many."""
     if rejects:
@@ -217,7 +221,7 @@ def dead_letter_rejects(context: dg.OpExecutionContext, batch: BatchInfo, reject
                                       **coordinates(batch),
                                       "dead_letter_count": dg.MetadataValue.int(len(rejects)),
                                       "dlq_topic": dg.MetadataValue.text(dead_letters.topic),
-                                      "dlq_stage": dg.MetadataValue.text("process"),
+                                      "dlq_stage": dg.MetadataValue.text(STAGE_PROCESS),
                                       "dead_letter_offsets": dg.MetadataValue.json(
                                           [r.offset for r in rejects][:MAX_SAMPLES]),
                                       "error_classes": dg.MetadataValue.json(
@@ -243,20 +247,23 @@ def audit(batch: BatchInfo, totals: list[SubTotal], rejects: list[Reject], thres
     )
 
 
-@dg.op(out=dg.Out(dict, is_required=False, description="The published batch's summary (for hooks)."))
-def publish_batch(context: dg.OpExecutionContext, config: AuditConfig, batch: BatchInfo, totals: list,
-                  rejects: list, dead_letter_count: int, metrics: MetricsResource) -> Iterator:
+@dg.op(out={BATCH_SUMMARY: dg.Out(dict, is_required=False,
+                                   description="The published batch's summary (for notify_batch_published).")})
+def publish_batch(context: dg.OpExecutionContext, config: AuditConfig, batch: BatchInfo, totals: list[SubTotal],
+                  rejects: list[Reject], dead_letter_count: int, metrics: MetricsResource) -> Iterator:
     """Audit the batch, then publish it as a materialization of `order_batches` (write-audit-publish).
 
-    The checks are yielded first; if the blocking `completeness` check fails the
+    The checks are yielded first; if a blocking check (`completeness`) fails the
     batch is not materialized and Dagster fails the step.
     """
     facts = audit(batch, totals, rejects, config.completeness_threshold)
     results = outcomes(facts)
     for outcome in results:
         yield outcome.evaluation()
-    if not results[0].passed:
-        context.log.error("batch %s not published: %s", batch.batch_id, results[0].description)
+    blocked = [outcome for outcome in results if outcome.blocks_publishing]
+    if blocked:
+        context.log.error("batch %s not published: %s", batch.batch_id,
+                          "; ".join(outcome.description for outcome in blocked))
         return
     processed = sum(t.record_count for t in totals)
     amount = round(sum(t.amount_total for t in totals), 2)
@@ -282,6 +289,6 @@ def publish_batch(context: dg.OpExecutionContext, config: AuditConfig, batch: Ba
         "record_count": batch.record_count, "orders_processed": processed,
         "dead_letter_count": dead_letter_count, "amount_total": amount,
     }
-    yield dg.Output(summary, metadata={"orders_processed": dg.MetadataValue.int(processed),
+    yield dg.Output(summary, BATCH_SUMMARY, metadata={"orders_processed": dg.MetadataValue.int(processed),
                                        "amount_total": dg.MetadataValue.float(amount)})
 

@@ -19,21 +19,10 @@ from typing import Any
 import jsonschema
 
 from dagster_project.resources import KafkaMessage
+from dagster_project.routes_file import load_order_schema
 
-# The demo order, as schemas/order.json describes it for the worker's routes.
-ORDER_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "required": ["order_id", "customer", "amount"],
-    "properties": {
-        "order_id": {"type": "string"},
-        "customer": {"type": "string"},
-        "sku": {"type": "string"},
-        "quantity": {"type": "integer", "minimum": 1},
-        "amount": {"type": "number", "minimum": 0},
-        "currency": {"type": "string"},
-        "created_at": {"type": "number"},
-    },
-}
+# The demo order: schemas/order.json, the schema the worker's route validates with.
+ORDER_SCHEMA: dict[str, Any] = load_order_schema()
 _VALIDATOR = jsonschema.Draft202012Validator(ORDER_SCHEMA)
 NO_KEY = "no_key"
 

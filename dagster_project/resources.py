@@ -4,6 +4,12 @@ Every resource is a `dg.ConfigurableResource`, configured in `definitions.py`
 from the environment (`dg.EnvVar`), never from module globals. Kafka errors are
 translated here, at the aiokafka edge: ops only ever see `KafkaUnavailable`
 (transient: worth a `RetryRequested`).
+
+TLS and SASL settings are read and mapped to aiokafka by the worker's own code
+(`service.settings.load_kafka_security`, `service.kafka_security`): pure
+modules of the standard library, like the contract's names
+(`service.contract`) and the dead-letter format (`service.dlq`), which are all
+the code location imports from `service`.
 """
 
 from __future__ import annotations
@@ -23,12 +29,12 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
+from service.contract import DEFAULT_DLQ_TOPIC
 from service.kafka_security import aiokafka_kwargs
 from service.settings import load_kafka_security
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_DLQ_TOPIC = "kafka-dagster.dlq"
 DEFAULT_NOTIFICATIONS_TOPIC = "kafka-dagster.notifications"
 
 

@@ -12,10 +12,10 @@ import dagster as dg
 
 from dagster_project.assets import topic_key, topic_metadata
 from dagster_project.checks import ORDER_BATCHES
-from dagster_project.dead_letters import truncate
 from dagster_project.hooks import batch_fields
 from dagster_project.jobs import aggregate_orders_job, process_orders_job
 from dagster_project.resources import KafkaResource, KafkaUnavailable, NotificationsResource
+from service.dlq import truncate
 
 SENSOR_INTERVAL_S = 5
 # Aggregating at most twice a minute keeps run slots for the batches themselves.

@@ -113,10 +113,6 @@ class Batcher:
         for index, tp in enumerate(ordered):
             self.first_wait[tp] = (index + 1) / len(ordered)
 
-    def add(self, record: Record, now: float) -> list[Batch]:
-        """Add `record` to its partition's open batch; return the batches this closed."""
-        return self.add_many([record], now)
-
     def add_many(self, records: Sequence[Record], now: float) -> list[Batch]:
         """Add consecutive records of one partition, in order; return the batches they closed."""
         if not records:
@@ -167,7 +163,3 @@ class Batcher:
         """Close the open batches of `tps` (default: all), e.g. on revoke or shutdown."""
         selected = list(self.open) if tps is None else [tp for tp in tps if tp in self.open]
         return [self.open.pop(tp).close(reason) for tp in selected]
-
-    def discard(self, tps: Iterable[TP]) -> list[Batch]:
-        """Forget the open batches of `tps` without closing them (their records stay uncommitted)."""
-        return [batch for tp in list(tps) if (batch := self.open.pop(tp, None)) is not None]

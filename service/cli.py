@@ -1,24 +1,39 @@
-"""The `kafka-dagster` command line: dev, worker, produce, dlq."""
+"""The `kafka-dagster` command line: dev, worker, produce, dlq.
+
+Each command runs at most one event loop of its own (`_run`); `worker` then
+hands over to Faust's, which it creates itself. Only `dev` and `produce --demo`
+import the development tooling (`service.dev`), and only when they run.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import sys
-from collections.abc import Coroutine, Iterable, Iterator
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator
+from typing import Any, TypeVar, cast
 
 import click
 import orjson
+from aiokafka.structs import ConsumerRecord
+from faust.worker import Worker
 
+from service.contract import DEFAULT_BOOTSTRAP_SERVERS, DEFAULT_DLQ_TOPIC, DEFAULT_ROUTES_FILE, STAGES
+from service.dlq import DeadLetter, describe, replay_headers, select
 from service.errors import ConfigurationError
-
-if TYPE_CHECKING:
-    from service.kafka_security import KafkaSecurity
+from service.kafka import Producer, check_security, ensure_topics, read_topic
+from service.kafka_security import KafkaSecurity
+from service.logs import logging_config
+from service.settings import load_kafka_security, load_settings
+from service.worker import build_worker, tune_gc
 
 T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
 
 logger = logging.getLogger(__name__)
+
+CHUNK = 1000  # records per send_batch when producing unpaced
 
 
 @click.group()
@@ -29,15 +44,9 @@ def main() -> None:
 @main.command()
 def worker() -> None:
     """Run the worker, configured from the environment (see the README)."""
-    from faust.worker import Worker
-
-    from service.logs import logging_config
-    from service.settings import load_settings
-    from service.worker import build_worker, tune_gc
-
     try:
         settings = load_settings()
-        _check_kafka(settings.bootstrap_servers, settings.kafka_security)
+        _run(check_security(settings.bootstrap_servers, settings.kafka_security))
         app = build_worker(settings)
     except ConfigurationError as exc:
         raise click.ClickException(str(exc)) from None
@@ -49,58 +58,123 @@ def worker() -> None:
 
 @main.command()
 @click.option("--topic", required=True, help="Topic to produce to.")
-@click.option("--bootstrap-servers", envvar="KAFKA_BOOTSTRAP_SERVERS", default="localhost:9092", show_default=True)
+@click.option("--bootstrap-servers", envvar="KAFKA_BOOTSTRAP_SERVERS", default=DEFAULT_BOOTSTRAP_SERVERS,
+              show_default=True)
 @click.option("--demo", "demo_count", type=int, default=None,
               help="Send N generated demo orders instead of reading JSON lines from stdin (0: forever).")
-@click.option("--rate", type=float, default=0.0, help="Messages per second (0: as fast as possible).")
+@click.option("--rate", type=click.FloatRange(min=0.0), default=0.0,
+              help="Messages per second (0: as fast as possible).")
 @click.option("--partitions", type=int, default=1, show_default=True,
               help="Partitions to create the topic with if it does not exist.")
 def produce(topic: str, bootstrap_servers: str, demo_count: int | None, rate: float, partitions: int) -> None:
     """Send JSON lines from stdin, or generated demo events, to a topic."""
-    from service.demo import demo_order
-
-    security = _kafka_security(bootstrap_servers)
-    if demo_count is not None:
-        values: Iterable[bytes] = (orjson.dumps(demo_order()) for _ in _count(demo_count))
-    else:
-        values = _json_lines(sys.stdin.buffer)
+    security = _kafka_security()
+    values = _demo_values(demo_count) if demo_count is not None else _json_lines(sys.stdin.buffer)
     sent = _run(_produce(bootstrap_servers, topic, values, rate, partitions, security))
     click.echo(f"sent {sent} messages to {topic}", err=True)
 
 
+@main.command()
+@click.option("--workdir", default=".kafka-dagster", show_default=True, help="Where logs and Dagster state go.")
+@click.option("--routes", default=DEFAULT_ROUTES_FILE, show_default=True)
+@click.option("--rate", type=click.FloatRange(min=0.0), default=20.0, show_default=True,
+              help="Demo events per second.")
+def dev(workdir: str, routes: str, rate: float) -> None:
+    """Run everything locally: broker, Dagster, worker and a demo producer."""
+    from service.dev.devstack import run_dev  # development tooling: never imported by the worker
+
+    run_dev(workdir, routes, rate)
+
+
+@main.group()
+def dlq() -> None:
+    """Inspect and replay the dead-letter topic."""
+
+
+def _dlq_options(command: F) -> F:
+    command = click.option("--bootstrap-servers", envvar="KAFKA_BOOTSTRAP_SERVERS", default=DEFAULT_BOOTSTRAP_SERVERS,
+                           show_default=True)(command)
+    command = click.option("--dlq-topic", envvar="KAFKA_DAGSTER_DLQ_TOPIC", default=DEFAULT_DLQ_TOPIC,
+                           show_default=True)(command)
+    command = click.option("--stage", type=click.Choice(STAGES),
+                           default=None, help="Only dead letters of this stage.")(command)
+    command = click.option("--source-topic", default=None, help="Only dead letters from this topic.")(command)
+    return command
+
+
+@dlq.command()
+@_dlq_options
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line instead of text.")
+def inspect(bootstrap_servers: str, dlq_topic: str, stage: str | None, source_topic: str | None,
+            as_json: bool) -> None:
+    """List dead letters with their reasons: DLQ offset, origin, stage, error."""
+    security = _kafka_security()
+    letters = select(_run(_read_dead_letters(bootstrap_servers, dlq_topic, security)), stage, source_topic)
+    for letter in letters:
+        click.echo(_as_json(letter) if as_json else describe(letter))
+    click.echo(f"{len(letters)} dead letters", err=True)
+
+
+@dlq.command()
+@_dlq_options
+@click.option("--to", "target_topic", default=None, help="Send to this topic instead of each record's origin.")
+@click.option("--rate", type=click.FloatRange(min=0.0, min_open=True), default=100.0, show_default=True,
+              help="Records per second at most.")
+@click.option("--dry-run", is_flag=True, help="Show what would be replayed; send nothing.")
+def replay(bootstrap_servers: str, dlq_topic: str, stage: str | None, source_topic: str | None,
+           target_topic: str | None, rate: float, dry_run: bool) -> None:
+    """Send dead letters back to their original topic (or --to), original key, value and headers."""
+    security = _kafka_security()
+    letters = _run(_replay(bootstrap_servers, dlq_topic, stage, source_topic, target_topic, rate, dry_run,
+                           security))
+    if dry_run:
+        for letter in letters:
+            click.echo(describe(letter))
+    click.echo(f"{'would replay' if dry_run else 'replayed'} {len(letters)} dead letters", err=True)
+
+
+# -- helpers -------------------------------------------------------------------
+
+
 def _run(coro: Coroutine[Any, Any, T]) -> T:
-    """Run `coro` on a loop of its own, leaving no loop set (Faust's worker creates its own after)."""
+    """Run `coro` on a loop of its own, leaving no loop set (Faust's worker creates its own after).
+
+    A `ConfigurationError` (the broker refusing the TLS/SASL settings) ends the
+    command with its one line.
+    """
     loop = asyncio.new_event_loop()
     try:
         return loop.run_until_complete(coro)
+    except ConfigurationError as exc:
+        raise click.ClickException(str(exc)) from None
     finally:
         loop.run_until_complete(loop.shutdown_asyncgens())
         loop.close()
 
 
-def _check_kafka(bootstrap_servers: str, security: KafkaSecurity) -> None:
-    from service.kafka import check_security
-
-    _run(check_security(bootstrap_servers, security))
-
-
-def _kafka_security(bootstrap_servers: str) -> KafkaSecurity:
-    """The KAFKA_SECURITY_PROTOCOL/KAFKA_SASL_*/KAFKA_SSL_* settings, checked against the broker once."""
-    from service.settings import load_kafka_security
-
+def _kafka_security() -> KafkaSecurity:
+    """The KAFKA_SECURITY_PROTOCOL/KAFKA_SASL_*/KAFKA_SSL_* settings (checked against the broker by the command)."""
     try:
-        security = load_kafka_security()
-        _check_kafka(bootstrap_servers, security)
+        return load_kafka_security()
     except ConfigurationError as exc:
         raise click.ClickException(str(exc)) from None
-    return security
 
 
-def _count(n: int) -> Iterator[int]:
-    i = 0
-    while n == 0 or i < n:
-        yield i
-        i += 1
+async def paced(items: Iterable[T], rate: float) -> AsyncIterator[T]:
+    """`items` at `rate` per second at most: the n-th comes n / rate seconds after the first, or later."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    for n, item in enumerate(items):
+        await asyncio.sleep(max(0.0, started + n / rate - loop.time()))
+        yield item
+
+
+def _demo_values(count: int) -> Iterator[bytes]:
+    """`count` generated demo orders as JSON (0: forever)."""
+    from service.dev.demo import demo_order  # development tooling: never imported by the worker
+
+    times = itertools.count() if count == 0 else range(count)
+    return (orjson.dumps(demo_order()) for _ in times)
 
 
 def _json_lines(stream: Iterable[bytes]) -> Iterator[bytes]:
@@ -115,124 +189,60 @@ def _json_lines(stream: Iterable[bytes]) -> Iterator[bytes]:
         yield line
 
 
+def _chunks(values: Iterable[bytes], size: int) -> Iterator[list[tuple[bytes | None, bytes | None]]]:
+    """(key, value) records of `values`, `size` at a time."""
+    records: Iterator[tuple[bytes | None, bytes | None]] = ((None, value) for value in values)
+    while chunk := list(itertools.islice(records, size)):
+        yield chunk
+
+
 async def _produce(bootstrap_servers: str, topic: str, values: Iterable[bytes], rate: float,
                    partitions: int, security: KafkaSecurity) -> int:
-    from service.kafka import Producer, ensure_topics
-
+    await check_security(bootstrap_servers, security)
     await ensure_topics(bootstrap_servers, {topic: partitions}, security)
     producer = Producer(bootstrap_servers, security=security)
     sent = 0
-    loop = asyncio.get_running_loop()
-    started = loop.time()
     try:
-        chunk: list[tuple[bytes | None, bytes | None]] = []
-        for value in values:
-            chunk.append((None, value))
-            sent += 1
-            if rate > 0:
+        if rate > 0:
+            async for value in paced(values, rate):
+                await producer.send_batch(topic, [(None, value)])
+                sent += 1
+        else:
+            for chunk in _chunks(values, CHUNK):
                 await producer.send_batch(topic, chunk)
-                chunk = []
-                await asyncio.sleep(max(0.0, started + sent / rate - loop.time()))
-            elif len(chunk) >= 1000:
-                await producer.send_batch(topic, chunk)
-                chunk = []
-        if chunk:
-            await producer.send_batch(topic, chunk)
+                sent += len(chunk)
     finally:
         await producer.stop()
     return sent
 
 
-@main.command()
-@click.option("--workdir", default=".kafka-dagster", show_default=True, help="Where logs and Dagster state go.")
-@click.option("--routes", default="routes.toml", show_default=True)
-@click.option("--rate", type=float, default=20.0, show_default=True, help="Demo events per second.")
-def dev(workdir: str, routes: str, rate: float) -> None:
-    """Run everything locally: broker, Dagster, worker and a demo producer."""
-    from service.devstack import run_dev
-
-    run_dev(workdir, routes, rate)
-
-
-@main.group()
-def dlq() -> None:
-    """Inspect and replay the dead-letter topic."""
+async def _read_dead_letters(bootstrap_servers: str, dlq_topic: str, security: KafkaSecurity) -> list[DeadLetter]:
+    await check_security(bootstrap_servers, security)
+    letters = []
+    for _, offset, message in await read_topic(bootstrap_servers, dlq_topic, security=security):
+        record = cast(ConsumerRecord[bytes, bytes], message)
+        letters.append(DeadLetter.parse(record.key, record.value, record.timestamp, list(record.headers or ()),
+                                        offset))
+    return letters
 
 
-def _dlq_options(command):  # type: ignore[no-untyped-def]
-    command = click.option("--bootstrap-servers", envvar="KAFKA_BOOTSTRAP_SERVERS", default="localhost:9092",
-                           show_default=True)(command)
-    command = click.option("--dlq-topic", envvar="KAFKA_DAGSTER_DLQ_TOPIC", default="kafka-dagster.dlq",
-                           show_default=True)(command)
-    command = click.option("--stage", type=click.Choice(["decode", "validate", "launch", "run", "process"]),
-                           default=None, help="Only dead letters of this stage.")(command)
-    command = click.option("--source-topic", default=None, help="Only dead letters from this topic.")(command)
-    return command
-
-
-@dlq.command()
-@_dlq_options
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per line instead of text.")
-def inspect(bootstrap_servers: str, dlq_topic: str, stage: str | None, source_topic: str | None,
-            as_json: bool) -> None:
-    """List dead letters with their reasons: DLQ offset, origin, stage, error."""
-    from service.dlq import describe, select
-
-    security = _kafka_security(bootstrap_servers)
-    letters = select(_run(_read_dead_letters(bootstrap_servers, dlq_topic, security)), stage, source_topic)
-    for letter in letters:
-        if as_json:
-            click.echo(orjson.dumps({"dlq_offset": letter.dlq_offset, **letter.dlq,
-                                     "key": (letter.key or b"").decode("utf-8", "backslashreplace"),
-                                     "value": (letter.value or b"").decode("utf-8", "backslashreplace")}))
-        else:
-            click.echo(describe(letter))
-    click.echo(f"{len(letters)} dead letters", err=True)
-
-
-@dlq.command()
-@_dlq_options
-@click.option("--to", "target_topic", default=None, help="Send to this topic instead of each record's origin.")
-@click.option("--rate", type=float, default=100.0, show_default=True, help="Records per second at most.")
-@click.option("--dry-run", is_flag=True, help="Show what would be replayed; send nothing.")
-def replay(bootstrap_servers: str, dlq_topic: str, stage: str | None, source_topic: str | None,
-           target_topic: str | None, rate: float, dry_run: bool) -> None:
-    """Send dead letters back to their original topic (or --to), original key, value and headers."""
-    from service.dlq import describe, select
-
-    security = _kafka_security(bootstrap_servers)
-    letters = select(_run(_read_dead_letters(bootstrap_servers, dlq_topic, security)), stage, source_topic)
+async def _replay(bootstrap_servers: str, dlq_topic: str, stage: str | None, source_topic: str | None,
+                  target_topic: str | None, rate: float, dry_run: bool,
+                  security: KafkaSecurity) -> list[DeadLetter]:
+    """The selected dead letters, sent back at `rate` per second at most unless `dry_run`."""
+    letters = select(await _read_dead_letters(bootstrap_servers, dlq_topic, security), stage, source_topic)
     if dry_run:
-        for letter in letters:
-            click.echo(describe(letter))
-    else:
-        _run(_replay(bootstrap_servers, letters, target_topic, rate, security))
-    click.echo(f"{'would replay' if dry_run else 'replayed'} {len(letters)} dead letters", err=True)
-
-
-async def _read_dead_letters(bootstrap_servers: str, dlq_topic: str,  # type: ignore[type-arg]
-                             security: KafkaSecurity) -> list:
-    from service.dlq import DeadLetter
-    from service.kafka import read_topic
-
-    return [
-        DeadLetter.parse(m.key, m.value, m.timestamp, list(m.headers or ()), offset)  # type: ignore[attr-defined]
-        for _, offset, m in await read_topic(bootstrap_servers, dlq_topic, security=security)
-    ]
-
-
-async def _replay(bootstrap_servers: str, letters: list, target_topic: str | None,  # type: ignore[type-arg]
-                  rate: float, security: KafkaSecurity) -> None:
-    from service.dlq import replay_headers
-    from service.kafka import Producer
-
+        return letters
     producer = Producer(bootstrap_servers, security=security)
-    loop = asyncio.get_running_loop()
-    started = loop.time()
     try:
-        for sent, letter in enumerate(letters, 1):
-            await producer.send(target_topic or letter.origin[0], letter.key, letter.value,
-                                replay_headers(letter))
-            await asyncio.sleep(max(0.0, started + sent / rate - loop.time()))
+        async for letter in paced(letters, rate):
+            await producer.send(target_topic or letter.origin[0], letter.key, letter.value, replay_headers(letter))
     finally:
         await producer.stop()
+    return letters
+
+
+def _as_json(letter: DeadLetter) -> bytes:
+    return orjson.dumps({"dlq_offset": letter.dlq_offset, **letter.dlq,
+                         "key": (letter.key or b"").decode("utf-8", "backslashreplace"),
+                         "value": (letter.value or b"").decode("utf-8", "backslashreplace")})

@@ -1,9 +1,12 @@
-"""The dead-letter record format.
+"""The dead-letter record format, written by the worker and by the code location.
 
 A dead letter keeps the original key, value, headers and timestamp byte for
 byte and adds `dlq.*` headers saying where it came from and why it failed.
 Error messages are truncated to a bound; secrets never reach them because
 only exception text of our own making, or Dagster's answer, is used.
+
+Pure (the standard library, `service.contract` and `service.batching`), so
+that `dagster_project` writes its dead letters with `failure_headers` too.
 """
 
 from __future__ import annotations
@@ -13,11 +16,26 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from service.batching import Record
+from service.contract import (
+    HEADER_ATTEMPTS,
+    HEADER_ERROR_CLASS,
+    HEADER_ERROR_MESSAGE,
+    HEADER_FAILED_AT,
+    HEADER_OFFSET,
+    HEADER_PARTITION,
+    HEADER_PREFIX,
+    HEADER_RUN_ID,
+    HEADER_STAGE,
+    HEADER_TOPIC,
+    REPLAY_HEADER,
+    STAGE_DECODE,
+    STAGE_LAUNCH,
+    STAGE_VALIDATE,
+    STAGES,
+)
 
-STAGES = ("decode", "validate", "route", "launch", "run", "process")
-PRE_LAUNCH_STAGES = ("decode", "validate", "launch")
+PRE_LAUNCH_STAGES = (STAGE_DECODE, STAGE_VALIDATE, STAGE_LAUNCH)
 MAX_ERROR_MESSAGE_CHARS = 1024
-PREFIX = "dlq."
 
 
 @dataclass(frozen=True)
@@ -39,23 +57,29 @@ class Failure:
 
 def dlq_headers(record: Record, failure: Failure, now: datetime | None = None) -> list[tuple[str, bytes]]:
     """The record's own headers followed by the `dlq.*` headers for `failure`."""
+    return failure_headers(record.headers, record.topic, record.partition, record.offset, failure, now)
+
+
+def failure_headers(own: Sequence[tuple[str, bytes]], topic: str, partition: int, offset: int, failure: Failure,
+                    now: datetime | None = None) -> list[tuple[str, bytes]]:
+    """`own` headers (less any `dlq.*`) followed by the `dlq.*` headers of the record at topic/partition/offset."""
     if failure.stage not in STAGES:
         raise ValueError(f"unknown DLQ stage {failure.stage!r}")
     failed_at = (now or datetime.now(UTC)).isoformat(timespec="milliseconds").replace("+00:00", "Z")
     added = {
-        "dlq.topic": record.topic,
-        "dlq.partition": str(record.partition),
-        "dlq.offset": str(record.offset),
-        "dlq.stage": failure.stage,
-        "dlq.error.class": failure.error_class,
-        "dlq.error.message": truncate(failure.error_message),
-        "dlq.attempts": str(failure.attempts),
-        "dlq.failed_at": failed_at,
+        HEADER_TOPIC: topic,
+        HEADER_PARTITION: str(partition),
+        HEADER_OFFSET: str(offset),
+        HEADER_STAGE: failure.stage,
+        HEADER_ERROR_CLASS: failure.error_class,
+        HEADER_ERROR_MESSAGE: truncate(failure.error_message),
+        HEADER_ATTEMPTS: str(failure.attempts),
+        HEADER_FAILED_AT: failed_at,
     }
     if failure.run_id is not None:
-        added["dlq.run_id"] = failure.run_id
-    own = [(k, v) for k, v in record.headers if not k.startswith(PREFIX)]
-    return own + [(k, v.encode()) for k, v in added.items()]
+        added[HEADER_RUN_ID] = failure.run_id
+    kept = [(k, v) for k, v in own if not k.startswith(HEADER_PREFIX)]
+    return kept + [(k, v.encode()) for k, v in added.items()]
 
 
 def truncate(text: str, limit: int = MAX_ERROR_MESSAGE_CHARS) -> str:
@@ -76,20 +100,17 @@ class DeadLetter:
     @classmethod
     def parse(cls, key: bytes | None, value: bytes | None, timestamp_ms: int | None,
               headers: Sequence[tuple[str, bytes]], dlq_offset: int = -1) -> DeadLetter:
-        own = [(k, v) for k, v in headers if not k.startswith(PREFIX)]
-        dlq = {k: v.decode("utf-8", "replace") for k, v in headers if k.startswith(PREFIX)}
+        own = [(k, v) for k, v in headers if not k.startswith(HEADER_PREFIX)]
+        dlq = {k: v.decode("utf-8", "replace") for k, v in headers if k.startswith(HEADER_PREFIX)}
         return cls(key, value, timestamp_ms, own, dlq, dlq_offset)
 
     @property
     def origin(self) -> tuple[str, int, int]:
-        return self.dlq["dlq.topic"], int(self.dlq["dlq.partition"]), int(self.dlq["dlq.offset"])
+        return self.dlq[HEADER_TOPIC], int(self.dlq[HEADER_PARTITION]), int(self.dlq[HEADER_OFFSET])
 
     @property
     def stage(self) -> str:
-        return self.dlq.get("dlq.stage", "")
-
-
-REPLAY_HEADER = "kafka-dagster.replay-of"
+        return self.dlq.get(HEADER_STAGE, "")
 
 
 def select(letters: Sequence[DeadLetter], stage: str | None = None,
@@ -100,7 +121,7 @@ def select(letters: Sequence[DeadLetter], stage: str | None = None,
     for letter in letters:
         if stage and letter.stage != stage:
             continue
-        if source_topic and letter.dlq.get("dlq.topic") != source_topic:
+        if source_topic and letter.dlq.get(HEADER_TOPIC) != source_topic:
             continue
         key = (*letter.origin, letter.stage)
         if key not in seen:
@@ -118,6 +139,6 @@ def replay_headers(letter: DeadLetter) -> list[tuple[str, bytes]]:
 def describe(letter: DeadLetter) -> str:
     """One line per dead letter, for `kafka-dagster dlq inspect`."""
     topic, partition, offset = letter.origin
-    run = f" run={letter.dlq['dlq.run_id']}" if "dlq.run_id" in letter.dlq else ""
+    run = f" run={letter.dlq[HEADER_RUN_ID]}" if HEADER_RUN_ID in letter.dlq else ""
     return (f"{letter.dlq_offset}\t{topic}/{partition}/{offset}\t{letter.stage}\t"
-            f"{letter.dlq.get('dlq.error.class', '')}: {letter.dlq.get('dlq.error.message', '')}{run}")
+            f"{letter.dlq.get(HEADER_ERROR_CLASS, '')}: {letter.dlq.get(HEADER_ERROR_MESSAGE, '')}{run}")

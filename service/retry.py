@@ -18,6 +18,3 @@ class Backoff:
         delay = min(self.max_delay_s, self.base_s * 2 ** min(self.attempts, 32))
         self.attempts += 1
         return delay * random.uniform(0.5, 1.0)
-
-    def reset(self) -> None:
-        self.attempts = 0

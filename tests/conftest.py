@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from service.stack import Broker, Dagster
+from service.dev.stack import Broker, Dagster
 from tests.support import ROOT, DagsterApi, WorkerProcess, new_web_port, route_toml, unique
 
 os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "1")

@@ -15,6 +15,7 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from service.contract import DEFAULT_DLQ_TOPIC
 from service.kafka import ensure_topics
 from tests.conftest import Stack
 from tests.support import DagsterApi, eventually, produce, record_counts, route_toml, unique
@@ -22,7 +23,7 @@ from tests.support import DagsterApi, eventually, produce, record_counts, route_
 pytestmark = pytest.mark.integration
 
 DEADLINE_S = 240
-DLQ_TOPIC = "kafka-dagster.dlq"
+DLQ_TOPIC = DEFAULT_DLQ_TOPIC  # the code location's default
 NOTIFICATIONS_TOPIC = "kafka-dagster.notifications"
 
 CHECK_EXECUTIONS = """

@@ -22,10 +22,10 @@ import orjson
 import pytest
 
 from dagster_project.resources import KafkaMessage, KafkaResource
+from service.dev.stack import Broker, free_port
 from service.dlq import DeadLetter
 from service.kafka import Producer, ensure_topics, read_topic
 from service.kafka_security import KafkaSecurity
-from service.stack import Broker, free_port
 from tests.conftest import Stack
 from tests.support import ROOT, DagsterApi, eventually, finished_runs, route_toml, unique
 from tests.tls import CertPair, Stunnel, issue_server_cert, make_ca

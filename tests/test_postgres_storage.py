@@ -17,8 +17,8 @@ from urllib.parse import urlparse, urlunparse
 
 import pytest
 
+from service.dev.stack import Dagster
 from service.kafka import ensure_topics
-from service.stack import Dagster
 from tests.conftest import Stack
 from tests.support import ROOT, DagsterApi, route_toml, unique
 from tests.test_end_to_end import assert_orders_become_runs

@@ -14,7 +14,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from service.stack import ManagedProcess, free_port, port_open, wait_until
+from service.dev.stack import ManagedProcess, free_port, port_open, wait_until
 
 
 @dataclass(frozen=True)

@@ -32,15 +32,20 @@ def sized(offset: int, size: int, partition: int = 0) -> Record:
     return make_record(offset, value=b"x" * size, partition=partition)
 
 
+def add_one(b: Batcher, record: Record, now: float) -> list[Batch]:
+    """One record through `add_many`: what the worker hands over is a chunk of one or more."""
+    return b.add_many([record], now)
+
+
 def offsets(batch: Batch) -> list[int]:
     return [r.offset for r in batch.records]
 
 
 def test_closes_on_max_records() -> None:
     b = batcher(max_records=3)
-    assert b.add(make_record(0), 0.0) == []
-    assert b.add(make_record(1), 0.0) == []
-    [closed] = b.add(make_record(2), 0.0)
+    assert add_one(b, make_record(0), 0.0) == []
+    assert add_one(b, make_record(1), 0.0) == []
+    [closed] = add_one(b, make_record(2), 0.0)
     assert closed.reason == RECORDS
     assert offsets(closed) == [0, 1, 2]
     assert (closed.offset_start, closed.offset_end) == (0, 2)
@@ -50,15 +55,15 @@ def test_closes_on_max_records() -> None:
 def test_max_records_one_closes_every_record() -> None:
     b = batcher(max_records=1)
     for offset in range(5):
-        [closed] = b.add(make_record(offset), 0.0)
+        [closed] = add_one(b, make_record(offset), 0.0)
         assert offsets(closed) == [offset]
         assert closed.reason == RECORDS
 
 
 def test_closes_when_exactly_max_bytes() -> None:
     b = batcher(max_bytes=10)
-    assert b.add(sized(0, 4), 0.0) == []
-    [closed] = b.add(sized(1, 6), 0.0)
+    assert add_one(b, sized(0, 4), 0.0) == []
+    [closed] = add_one(b, sized(1, 6), 0.0)
     assert closed.reason == BYTES
     assert closed.size == 10
     assert offsets(closed) == [0, 1]
@@ -66,8 +71,8 @@ def test_closes_when_exactly_max_bytes() -> None:
 
 def test_record_that_would_overflow_closes_the_open_batch_and_starts_the_next() -> None:
     b = batcher(max_bytes=10)
-    b.add(sized(0, 6), 0.0)
-    [closed] = b.add(sized(1, 6), 0.0)
+    add_one(b, sized(0, 6), 0.0)
+    [closed] = add_one(b, sized(1, 6), 0.0)
     assert closed.reason == BYTES
     assert offsets(closed) == [0]
     assert closed.size == 6
@@ -76,8 +81,8 @@ def test_record_that_would_overflow_closes_the_open_batch_and_starts_the_next() 
 
 def test_oversized_record_goes_alone_in_its_own_batch() -> None:
     b = batcher(max_bytes=10)
-    b.add(sized(0, 3), 0.0)
-    closed = b.add(sized(1, 50), 0.0)
+    add_one(b, sized(0, 3), 0.0)
+    closed = add_one(b, sized(1, 50), 0.0)
     assert [offsets(c) for c in closed] == [[0], [1]]
     assert [c.reason for c in closed] == [BYTES, BYTES]
     assert closed[1].size == 50
@@ -86,7 +91,7 @@ def test_oversized_record_goes_alone_in_its_own_batch() -> None:
 
 def test_key_counts_toward_size() -> None:
     b = batcher(max_bytes=10)
-    [closed] = b.add(make_record(0, key=b"k" * 5, value=b"v" * 5), 0.0)
+    [closed] = add_one(b, make_record(0, key=b"k" * 5, value=b"v" * 5), 0.0)
     assert closed.reason == BYTES
     assert closed.size == 10
 
@@ -97,7 +102,7 @@ def test_batch_never_exceeds_max_bytes_unless_one_record_alone_is_larger(max_byt
     sizes = [3, 9, 1, 0, 12, 5, 5, 5, 30, 2, 2, 2, 2, 2, 2, 2, 7, 1, 64, 0]
     closed: list[Batch] = []
     for offset, size in enumerate(sizes):
-        closed += b.add(sized(offset, size), 0.0)
+        closed += add_one(b, sized(offset, size), 0.0)
     closed += b.drain()
     for batch in closed:
         assert batch.size == sum(r.size for r in batch.records)
@@ -108,15 +113,15 @@ def test_batch_never_exceeds_max_bytes_unless_one_record_alone_is_larger(max_byt
 
 def test_records_before_bytes_when_both_reached() -> None:
     b = batcher(max_records=2, max_bytes=10)
-    b.add(sized(0, 5), 0.0)
-    [closed] = b.add(sized(1, 5), 0.0)
+    add_one(b, sized(0, 5), 0.0)
+    [closed] = add_one(b, sized(1, 5), 0.0)
     assert closed.reason == RECORDS
 
 
 def test_expire_closes_on_max_wait_s() -> None:
     b = batcher(max_wait_s=5.0)
-    b.add(make_record(0), now=100.0)
-    b.add(make_record(1), now=103.0)
+    add_one(b, make_record(0), now=100.0)
+    add_one(b, make_record(1), now=103.0)
     assert b.expire(104.9) == []
     [closed] = b.expire(105.0)
     assert closed.reason == TIME
@@ -127,19 +132,19 @@ def test_expire_closes_on_max_wait_s() -> None:
 
 def test_wait_counts_from_the_batch_opening_not_the_last_record() -> None:
     b = batcher(max_wait_s=5.0)
-    b.add(make_record(0), now=0.0)
-    b.add(make_record(1), now=4.9)
+    add_one(b, make_record(0), now=0.0)
+    add_one(b, make_record(1), now=4.9)
     [closed] = b.expire(5.0)
     assert offsets(closed) == [0, 1]
-    b.add(make_record(2), now=6.0)
+    add_one(b, make_record(2), now=6.0)
     assert b.expire(10.9) == []
     assert offsets(b.expire(11.0)[0]) == [2]
 
 
 def test_expire_uses_each_topics_own_policy() -> None:
     b = batcher(max_wait_s=10.0, fast=BatchPolicy(BIG, BIG, 1.0))
-    b.add(make_record(0), 0.0)
-    b.add(make_record(0, topic="fast"), 0.0)
+    add_one(b, make_record(0), 0.0)
+    add_one(b, make_record(0, topic="fast"), 0.0)
     [closed] = b.expire(1.0)
     assert closed.tp == TP("fast", 0)
     assert list(b.open) == [TP("orders", 0)]
@@ -147,14 +152,14 @@ def test_expire_uses_each_topics_own_policy() -> None:
 
 def test_split_closes_the_open_batch_before_a_dead_lettered_record() -> None:
     b = batcher()
-    b.add(make_record(0), 0.0)
-    b.add(make_record(1), 0.0)
+    add_one(b, make_record(0), 0.0)
+    add_one(b, make_record(1), 0.0)
     split = b.split(TP("orders", 0))
     assert split is not None
     assert split.reason == SPLIT
     assert offsets(split) == [0, 1]
     # offset 2 is dead-lettered; the next batch starts after it
-    b.add(make_record(3), 0.0)
+    add_one(b, make_record(3), 0.0)
     [rest] = b.drain()
     assert offsets(rest) == [3]
 
@@ -162,7 +167,7 @@ def test_split_closes_the_open_batch_before_a_dead_lettered_record() -> None:
 def test_split_without_an_open_batch_is_none() -> None:
     b = batcher()
     assert b.split(TP("orders", 0)) is None
-    b.add(make_record(0, partition=1), 0.0)
+    add_one(b, make_record(0, partition=1), 0.0)
     assert b.split(TP("orders", 0)) is None
     assert list(b.open) == [TP("orders", 1)]
 
@@ -170,7 +175,7 @@ def test_split_without_an_open_batch_is_none() -> None:
 def test_drain_closes_selected_partitions_with_a_reason() -> None:
     b = batcher()
     for partition in range(3):
-        b.add(make_record(0, partition=partition), 0.0)
+        add_one(b, make_record(0, partition=partition), 0.0)
     closed = b.drain([TP("orders", 0), TP("orders", 2), TP("orders", 9)])
     assert sorted(c.partition for c in closed) == [0, 2]
     assert {c.reason for c in closed} == {REVOKE}
@@ -181,23 +186,13 @@ def test_drain_closes_selected_partitions_with_a_reason() -> None:
     assert b.drain() == []
 
 
-def test_discard_forgets_without_closing() -> None:
-    b = batcher()
-    b.add(make_record(0, partition=0), 0.0)
-    b.add(make_record(0, partition=1), 0.0)
-    dropped = b.discard([TP("orders", 0), TP("orders", 5)])
-    assert [d.partition for d in dropped] == [0]
-    assert dropped[0].reason is None
-    assert list(b.open) == [TP("orders", 1)]
-
-
 def test_partitions_are_independent() -> None:
     b = batcher(max_records=3)
     closed: list[Batch] = []
     for offset in range(4):
-        closed += b.add(make_record(offset, partition=0), 0.0)
+        closed += add_one(b, make_record(offset, partition=0), 0.0)
         if offset < 2:
-            closed += b.add(make_record(offset + 100, partition=1), 0.0)
+            closed += add_one(b, make_record(offset + 100, partition=1), 0.0)
     assert [(c.partition, offsets(c)) for c in closed] == [(0, [0, 1, 2])]
     assert offsets(b.open[TP("orders", 1)]) == [100, 101]
     assert offsets(b.open[TP("orders", 0)]) == [3]
@@ -205,9 +200,9 @@ def test_partitions_are_independent() -> None:
 
 def test_topics_are_independent() -> None:
     b = batcher(max_records=2, other=BatchPolicy(5, BIG, 1e9))
-    assert b.add(make_record(0, topic="other"), 0.0) == []
-    assert b.add(make_record(0), 0.0) == []
-    [closed] = b.add(make_record(1), 0.0)
+    assert add_one(b, make_record(0, topic="other"), 0.0) == []
+    assert add_one(b, make_record(0), 0.0) == []
+    [closed] = add_one(b, make_record(1), 0.0)
     assert closed.topic == "orders"
     assert offsets(b.open[TP("other", 0)]) == [0]
 
@@ -220,7 +215,7 @@ def test_interleaved_partitions_give_consecutive_single_partition_batches() -> N
     for step, partition in enumerate(pattern):
         record = sized(next_offset[partition], (step * 7) % 13, partition=partition)
         next_offset[partition] += 1
-        closed += b.add(record, float(step))
+        closed += add_one(b, record, float(step))
         if step % 9 == 8:
             closed += b.expire(float(step))
     closed += b.drain()
@@ -237,10 +232,10 @@ def test_interleaved_partitions_give_consecutive_single_partition_batches() -> N
 def test_batch_id_is_deterministic() -> None:
     assert batch_id("orders", 0, 10, 20) == batch_id("orders", 0, 10, 20)
     b1, b2 = batcher(max_records=2), batcher(max_records=2)
-    b1.add(make_record(10), 0.0)
-    [first] = b1.add(make_record(11), 0.0)
-    b2.add(make_record(10, value=b'{"other": 1}'), 5.0)
-    [second] = b2.add(make_record(11, value=b"[]"), 9.0)
+    add_one(b1, make_record(10), 0.0)
+    [first] = add_one(b1, make_record(11), 0.0)
+    add_one(b2, make_record(10, value=b'{"other": 1}'), 5.0)
+    [second] = add_one(b2, make_record(11, value=b"[]"), 9.0)
     assert first.batch_id == second.batch_id == batch_id("orders", 0, 10, 11)
 
 
@@ -264,7 +259,7 @@ def test_adding_a_fetched_chunk_closes_the_same_batches_as_adding_one_by_one(
         chunk: int, max_records: int, max_bytes: int) -> None:
     sizes = [3, 9, 1, 0, 12, 5, 5, 5, 30, 2, 2, 2, 2, 2, 2, 2, 7, 1, 64, 0]
     one_by_one, chunked = batcher(max_records, max_bytes), batcher(max_records, max_bytes)
-    expected = [b for offset, size in enumerate(sizes) for b in one_by_one.add(sized(offset, size), 0.0)]
+    expected = [b for offset, size in enumerate(sizes) for b in add_one(one_by_one, sized(offset, size), 0.0)]
     records = [sized(offset, size) for offset, size in enumerate(sizes)]
     got = [b for start in range(0, len(records), chunk) for b in chunked.add_many(records[start:start + chunk], 0.0)]
     assert [(offsets(b), b.size, b.reason) for b in got] == [(offsets(b), b.size, b.reason) for b in expected]
@@ -275,14 +270,14 @@ def test_partitions_assigned_together_close_their_first_batches_spread_over_max_
     b = batcher(max_wait_s=8.0)
     b.stagger([TP("orders", p) for p in (3, 1, 0, 2)] + [TP("not-routed", 0)])
     for p in range(4):
-        b.add(make_record(0, partition=p), 0.0)
+        add_one(b, make_record(0, partition=p), 0.0)
     closed_at = {}
     for now in [x / 2 for x in range(1, 17)]:
         for batch in b.expire(now):
             closed_at[batch.partition] = now
     assert closed_at == {0: 2.0, 1: 4.0, 2: 6.0, 3: 8.0}
     # Later batches wait the whole max_wait_s, so the spread stays.
-    b.add(make_record(1, partition=0), 10.0)
+    add_one(b, make_record(1, partition=0), 10.0)
     assert b.expire(17.9) == []
     assert [offsets(batch) for batch in b.expire(18.0)] == [[1]]
 
@@ -290,8 +285,8 @@ def test_partitions_assigned_together_close_their_first_batches_spread_over_max_
 def test_next_deadline_is_the_earliest_open_batch_closing_on_time() -> None:
     b = batcher(max_wait_s=5.0)
     assert b.next_deadline() is None
-    b.add(make_record(0, partition=0), 10.0)
-    b.add(make_record(0, partition=1), 12.0)
+    add_one(b, make_record(0, partition=0), 10.0)
+    add_one(b, make_record(0, partition=1), 12.0)
     assert b.next_deadline() == 15.0
     b.expire(15.0)
     assert b.next_deadline() == 17.0

@@ -1,9 +1,12 @@
-"""The consumer's chunked hand-off and its commits, on an unstarted Faust app (no broker needed)."""
+"""The consumer's chunked hand-off and its commits, on an unstarted Faust app (no broker needed).
+
+`app` is the unstarted app of tests/unit/conftest.py.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,14 +35,6 @@ class Sink:
         if self.gate is not None:
             await self.gate.wait()
         self.chunks.append((tp, [record.offset for record in chunk]))
-
-
-@pytest.fixture
-async def app() -> AsyncIterator[App]:  # async: the app takes the test's running loop
-    app = App("unit", broker="kafka://127.0.0.1:1", autodiscover=False, store="memory://", web_enabled=False)
-    yield app
-    if app._consumer is not None:  # its (never started) aiokafka thread made an event loop of its own
-        app.consumer._thread.thread_loop.close()  # type: ignore[attr-defined]
 
 
 @pytest.fixture

@@ -173,8 +173,8 @@ def test_code_location_reads_the_settings_as_env_vars_and_shows_only_their_names
 
 async def test_an_unreachable_broker_is_not_a_security_failure(caplog: pytest.LogCaptureFixture) -> None:
     """The worker starts and retries as without TLS; only a broker that answers and refuses ends it."""
+    from service.dev.stack import free_port
     from service.kafka import check_security
-    from service.stack import free_port
 
     await check_security(f"127.0.0.1:{free_port()}", KafkaSecurity(protocol="SSL"), timeout_s=2)
     assert "TLS/SASL not checked yet" in caplog.text

@@ -71,7 +71,7 @@ def _pipeline(batch: list[Record]) -> tuple[list[Batch], list[tuple[Record, list
             batches.extend([split] if split else [])
             letters.append((record, dlq_headers(record, Failure.from_exception(exc.stage, exc))))
             continue
-        batches.extend(batcher.add(record, 0.0))
+        batches.extend(batcher.add_many([record], 0.0))
     batches.extend(batcher.drain())
     return batches, letters
 

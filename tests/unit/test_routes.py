@@ -127,8 +127,8 @@ def test_bad_route_fails_with_one_line_naming_the_field(tmp_path: Path, edit, fi
 
 
 def test_nan_max_wait_s_is_rejected(tmp_path: Path) -> None:
-    # BUG (service/routes.py, _check_types): `wait <= 0` is False for NaN, so `max_wait_s = nan`
-    # is accepted and such a batch never closes on time (`now - opened_at >= nan` is always False).
+    # `wait <= 0` is False for NaN, and a batch waiting NaN seconds never closes on time
+    # (`now - opened_at >= nan` is always False): NaN must be refused by name.
     message = config_error(tmp_path, BASE.replace("max_wait_s = 5.0", "max_wait_s = nan"))
     assert "max_wait_s" in message
 
@@ -190,11 +190,9 @@ def test_missing_file(tmp_path: Path) -> None:
 )
 def test_wrongly_typed_tables_and_schema_fields_fail_as_configuration_errors(
         tmp_path: Path, text: str, field: str) -> None:
-    # BUG (service/routes.py): these escape as raw exceptions instead of one-line ConfigurationErrors:
-    # `routes = [1]` -> TypeError from `set(table)` in parse_route (a non-table entry);
-    # `schema_file = 5` -> TypeError from `base / schema_file` in parse_route (not a string);
-    # `schema = {"$schema" = 5}` -> AttributeError from jsonschema.validators.validator_for in
-    # _check_types, which catches only SchemaError and TypeError.
+    # Unchecked, each would escape as a raw exception instead of a one-line ConfigurationError:
+    # `routes = [1]` (a non-table entry) and `schema_file = 5` (not a string) as TypeErrors, and
+    # `schema = {"$schema" = 5}` as an AttributeError from jsonschema's validator_for.
     message = config_error(tmp_path, text)
     assert field in message
 

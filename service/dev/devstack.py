@@ -10,9 +10,10 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
+from service.contract import DEFAULT_DLQ_TOPIC
+from service.dev.stack import Broker, Dagster, ManagedProcess, free_port, port_open, running
 from service.errors import ConfigurationError
 from service.routes import load_routes
-from service.stack import Broker, Dagster, ManagedProcess, free_port, port_open, running
 
 DEMO_PARTITIONS = 2
 
@@ -50,7 +51,7 @@ def run_dev(workdir: str, routes_file: str, rate: float) -> None:
     code_location_env = {
         "KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{broker.port}",
         "KAFKA_DAGSTER_ROUTES": str(routes_path),
-        "KAFKA_DAGSTER_DLQ_TOPIC": os.environ.get("KAFKA_DAGSTER_DLQ_TOPIC", "kafka-dagster.dlq"),
+        "KAFKA_DAGSTER_DLQ_TOPIC": os.environ.get("KAFKA_DAGSTER_DLQ_TOPIC", DEFAULT_DLQ_TOPIC),
     }
     dagster = Dagster(work / "dagster", code_location_env,
                       pg_url=os.environ.get("DAGSTER_PG_URL") or None,

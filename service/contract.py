@@ -1,0 +1,48 @@
+"""The names the worker and the Dagster code location agree on, defined once.
+
+Run tags the worker puts on every run it launches, the `dlq.*` headers of a
+dead letter and its stages, and the defaults both sides fall back to. Names
+only, and no imports beyond the standard library, so that `dagster_project`
+can import this module without pulling in the worker. The dead-letter header
+*format* (which headers, how they are written) lives in `service.dlq`.
+"""
+
+from __future__ import annotations
+
+# -- run tags: where a run's batch sits in Kafka, and who launched it ------------
+TAG_TOPIC = "kafka/topic"
+TAG_PARTITION = "kafka/partition"
+TAG_OFFSET_START = "kafka/offset_start"
+TAG_OFFSET_END = "kafka/offset_end"
+TAG_RECORD_COUNT = "kafka/record_count"
+TAG_CONSUMER_GROUP = "kafka/consumer_group"
+TAG_ROUTE = "kafka/route"
+TAG_BATCH_ID = "kafka/batch_id"
+
+# -- dead letters: the headers added to the original record ---------------------
+HEADER_PREFIX = "dlq."
+HEADER_TOPIC = "dlq.topic"
+HEADER_PARTITION = "dlq.partition"
+HEADER_OFFSET = "dlq.offset"
+HEADER_STAGE = "dlq.stage"
+HEADER_ERROR_CLASS = "dlq.error.class"
+HEADER_ERROR_MESSAGE = "dlq.error.message"
+HEADER_ATTEMPTS = "dlq.attempts"
+HEADER_FAILED_AT = "dlq.failed_at"
+HEADER_RUN_ID = "dlq.run_id"
+# On a record `kafka-dagster dlq replay` sent back: "<topic>/<partition>/<offset>" of the original.
+REPLAY_HEADER = "kafka-dagster.replay-of"
+
+# Where a record failed: `dlq.stage`.
+STAGE_DECODE = "decode"
+STAGE_VALIDATE = "validate"
+STAGE_ROUTE = "route"
+STAGE_LAUNCH = "launch"
+STAGE_RUN = "run"
+STAGE_PROCESS = "process"  # inside a run, by the code location
+STAGES = (STAGE_DECODE, STAGE_VALIDATE, STAGE_ROUTE, STAGE_LAUNCH, STAGE_RUN, STAGE_PROCESS)
+
+# -- defaults ----------------------------------------------------------------------
+DEFAULT_DLQ_TOPIC = "kafka-dagster.dlq"
+DEFAULT_BOOTSTRAP_SERVERS = "localhost:9092"
+DEFAULT_ROUTES_FILE = "routes.toml"

@@ -1,0 +1,39 @@
+"""What the code location may import from the worker: the contract's pure modules, nothing else."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from service import contract, dlq
+from tests.support import ROOT
+
+# The modules of `service` that `dagster_project` imports (docs/dagster_project.md says why).
+SHARED = {"service", "service.batching", "service.contract", "service.dlq", "service.errors",
+          "service.kafka_security", "service.settings"}
+
+
+def imported_after(statement: str) -> set[str]:
+    code = f"import json, sys; {statement}; print(json.dumps(sorted(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT,
+                         timeout=120).stdout
+    return set(json.loads(out))
+
+
+def test_the_code_location_imports_only_the_shared_modules_of_the_worker() -> None:
+    modules = imported_after("import dagster_project.definitions")
+
+    assert {m for m in modules if m.split(".")[0] == "service"} <= SHARED
+    assert "faust" not in modules
+
+
+def test_the_dead_letter_format_needs_no_third_party_library() -> None:
+    modules = imported_after("import service.dlq")
+
+    assert not {m.split(".")[0] for m in modules} & {"faust", "aiokafka", "httpx", "dagster", "jsonschema"}
+
+
+def test_the_worker_and_the_cli_use_the_contract_stages() -> None:
+    assert dlq.STAGES is contract.STAGES
+    assert set(dlq.PRE_LAUNCH_STAGES) <= set(contract.STAGES)
