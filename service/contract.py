@@ -30,6 +30,7 @@ HEADER_ERROR_MESSAGE = "dlq.error.message"
 HEADER_ATTEMPTS = "dlq.attempts"
 HEADER_FAILED_AT = "dlq.failed_at"
 HEADER_RUN_ID = "dlq.run_id"
+HEADER_ROUTE = "dlq.route"  # the route the record was dead-lettered for
 # On a record `kafka-dagster dlq replay` sent back: "<topic>/<partition>/<offset>" of the original.
 REPLAY_HEADER = "kafka-dagster.replay-of"
 

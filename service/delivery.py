@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import logging
 import time
@@ -37,6 +38,18 @@ from functools import partial
 from typing import Any, Protocol
 
 from service.batching import TP, Batch, Batcher, BatchPolicy, Record
+from service.contract import (
+    STAGE_LAUNCH,
+    STAGE_RUN,
+    TAG_BATCH_ID,
+    TAG_CONSUMER_GROUP,
+    TAG_OFFSET_END,
+    TAG_OFFSET_START,
+    TAG_PARTITION,
+    TAG_RECORD_COUNT,
+    TAG_ROUTE,
+    TAG_TOPIC,
+)
 from service.dagster_client import DagsterClient
 from service.decoding import JsonBounds, decode_value
 from service.dlq import Failure, dlq_headers
@@ -62,16 +75,6 @@ from service.routes import Route
 from service.watcher import TERMINAL, LaunchedRun, RunWatcher
 
 logger = logging.getLogger(__name__)
-
-# The run tags of the contract, plus the consumer group that launched the run.
-TAG_TOPIC = "kafka/topic"
-TAG_PARTITION = "kafka/partition"
-TAG_OFFSET_START = "kafka/offset_start"
-TAG_OFFSET_END = "kafka/offset_end"
-TAG_RECORD_COUNT = "kafka/record_count"
-TAG_BATCH_ID = "kafka/batch_id"
-TAG_CONSUMER_GROUP = "kafka/consumer_group"
-TAG_ROUTE = "kafka/route"
 
 # Dagster answering PythonError this many times in a row is no passing trouble: the route pauses.
 MAX_DAGSTER_ERROR_ATTEMPTS = 10
@@ -439,7 +442,7 @@ class Delivery:
             logger.error("launch of batch %s (%s/%d offsets %d-%d) rejected: %s; dead-lettering it "
                          "(on_launch_rejected = \"dead_letter\")", batch.batch_id, batch.topic, batch.partition,
                          batch.offset_start, batch.offset_end, exc, extra=batch_extra(batch))
-            await self.dead_letter(batch.records, Failure.from_exception("launch", exc), done=True)
+            await self.dead_letter(batch.records, Failure.from_exception(STAGE_LAUNCH, exc), done=True)
             return
         owned.covered = max(owned.covered if owned.covered is not None else -1, batch.offset_end)
         self._observe_launched(batch, run_id)
@@ -580,7 +583,7 @@ class Delivery:
         records = await self.retry_transient(
             partial(self.read_range, run.topic, run.partition, run.offset_start, run.offset_end),
             "reading a failed run's records")
-        failure = Failure("run", f"Run{status.title()}", f"Dagster run {run.run_id} ended {status}",
+        failure = Failure(STAGE_RUN, f"Run{status.title()}", f"Dagster run {run.run_id} ended {status}",
                           run_id=run.run_id)
         await self.dead_letter(records, failure)
 
@@ -614,6 +617,9 @@ class Delivery:
             return
 
     async def _send_dead_letter(self, record: Record, failure: Failure) -> None:
+        route = self.routes.get(record.topic)
+        if failure.route is None and route is not None:
+            failure = dataclasses.replace(failure, route=route.name)
         headers = dlq_headers(record, failure)
         await self.sink.send(self.dlq_topic, record.key, record.value, headers, record.timestamp_ms)
 

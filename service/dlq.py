@@ -24,6 +24,7 @@ from service.contract import (
     HEADER_OFFSET,
     HEADER_PARTITION,
     HEADER_PREFIX,
+    HEADER_ROUTE,
     HEADER_RUN_ID,
     HEADER_STAGE,
     HEADER_TOPIC,
@@ -47,6 +48,7 @@ class Failure:
     error_message: str
     attempts: int = 1
     run_id: str | None = None
+    route: str | None = None  # the route the record was dead-lettered for, when it was routed
 
     @classmethod
     def from_exception(cls, stage: str, exc: BaseException, attempts: int = 1,
@@ -76,6 +78,8 @@ def failure_headers(own: Sequence[tuple[str, bytes]], topic: str, partition: int
         HEADER_ATTEMPTS: str(failure.attempts),
         HEADER_FAILED_AT: failed_at,
     }
+    if failure.route is not None:
+        added[HEADER_ROUTE] = failure.route
     if failure.run_id is not None:
         added[HEADER_RUN_ID] = failure.run_id
     kept = [(k, v) for k, v in own if not k.startswith(HEADER_PREFIX)]

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TypeVar
 from urllib.parse import urlparse
 
+from service.contract import DEFAULT_BOOTSTRAP_SERVERS, DEFAULT_DLQ_TOPIC, DEFAULT_ROUTES_FILE
 from service.errors import ConfigurationError
 from service.kafka_security import MECHANISMS, PROTOCOLS, KafkaSecurity, ssl_context
 
@@ -24,13 +25,13 @@ T = TypeVar("T")
 class Settings:
     """Everything the worker reads from its environment."""
 
-    bootstrap_servers: str = "localhost:9092"
+    bootstrap_servers: str = DEFAULT_BOOTSTRAP_SERVERS
     dagster_graphql_url: str = "http://localhost:3000/graphql"
     dagster_api_token: str | None = None
     dagster_ssl_cafile: str | None = None
-    routes_path: Path = Path("routes.toml")
+    routes_path: Path = Path(DEFAULT_ROUTES_FILE)
     group_id: str = "kafka-dagster"
-    dlq_topic: str = "kafka-dagster.dlq"
+    dlq_topic: str = DEFAULT_DLQ_TOPIC
     web_host: str = "127.0.0.1"
     web_port: int = 6066
     session_timeout_s: float = 10.0
@@ -64,13 +65,13 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     env = os.environ if env is None else env
     read = _Reader(env)
     return Settings(
-        bootstrap_servers=read("KAFKA_BOOTSTRAP_SERVERS", _bootstrap_servers, "localhost:9092"),
+        bootstrap_servers=read("KAFKA_BOOTSTRAP_SERVERS", _bootstrap_servers, DEFAULT_BOOTSTRAP_SERVERS),
         dagster_graphql_url=read("DAGSTER_GRAPHQL_URL", _http_url, "http://localhost:3000/graphql"),
         dagster_api_token=env.get("DAGSTER_API_TOKEN") or None,
         dagster_ssl_cafile=_dagster_cafile("DAGSTER_SSL_CAFILE", env, read),
-        routes_path=read("KAFKA_DAGSTER_ROUTES", _existing_file, "routes.toml"),
+        routes_path=read("KAFKA_DAGSTER_ROUTES", _existing_file, DEFAULT_ROUTES_FILE),
         group_id=read("KAFKA_DAGSTER_GROUP_ID", _non_empty, "kafka-dagster"),
-        dlq_topic=read("KAFKA_DAGSTER_DLQ_TOPIC", _non_empty, "kafka-dagster.dlq"),
+        dlq_topic=read("KAFKA_DAGSTER_DLQ_TOPIC", _non_empty, DEFAULT_DLQ_TOPIC),
         web_host=read("KAFKA_DAGSTER_WEB_HOST", _non_empty, "127.0.0.1"),
         web_port=read("KAFKA_DAGSTER_WEB_PORT", _port, "6066"),
         session_timeout_s=read("KAFKA_DAGSTER_SESSION_TIMEOUT_S", _positive_float, "10"),

@@ -17,8 +17,8 @@ from typing import Any, TypeVar
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from service.dev.stack import free_port
 from service.kafka import Producer, ensure_topics
-from service.stack import free_port
 
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parent.parent

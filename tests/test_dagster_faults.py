@@ -18,8 +18,8 @@ from typing import Any
 import orjson
 import pytest
 
+from service.dev.stack import Dagster, port_open, wait_until
 from service.kafka import ensure_topics
-from service.stack import Dagster, port_open, wait_until
 from tests.conftest import Stack
 from tests.support import (
     DagsterApi,

@@ -275,6 +275,7 @@ async def test_poison_record_splits_the_batch_and_is_dead_lettered_at_decode(
         DLQ, b"k-2", b"\xff not utf-8", TIMESTAMP_MS)
     assert letter["headers"][0] == ("trace", b"t-1")
     assert letter["dlq"]["dlq.stage"] == "decode"
+    assert letter["dlq"]["dlq.route"] == "orders"  # the route it was dead-lettered for
     assert letter["dlq"]["dlq.error.class"] == "NotUtf8"
     assert (letter["dlq"]["dlq.topic"], letter["dlq"]["dlq.partition"], letter["dlq"]["dlq.offset"]) == (
         "orders", "0", "2")

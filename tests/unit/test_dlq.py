@@ -53,7 +53,14 @@ def test_run_id_only_when_given() -> None:
     assert "dlq.run_id" not in as_dict(without)
 
 
-@pytest.mark.parametrize("stage", ["decode", "validate", "launch", "run", "process"])
+def test_route_only_when_routed() -> None:
+    routed = dlq_headers(record(), Failure("validate", "SchemaViolation", "bad", route="orders-created"))
+    assert [k for k, _ in routed[len(ORIGINAL):]] == [*CONTRACT_HEADERS, "dlq.route"]
+    assert as_dict(routed)["dlq.route"] == "orders-created"
+    assert "dlq.route" not in as_dict(dlq_headers(record(), Failure("decode", "InvalidJson", "bad")))
+
+
+@pytest.mark.parametrize("stage", ["decode", "validate", "route", "launch", "run", "process"])
 def test_each_contract_stage(stage: str) -> None:
     assert as_dict(dlq_headers(record(), Failure(stage, "E", "m")))["dlq.stage"] == stage
 

@@ -1,1 +1,0 @@
-from service.dev.stack import *  # noqa
