@@ -72,7 +72,7 @@ from service.metrics import Metrics
 from service.pauses import RoutePauses
 from service.retry import Backoff
 from service.routes import Route
-from service.watcher import TERMINAL, LaunchedRun, RunWatcher
+from service.watcher import FAILED, TERMINAL, LaunchedRun, RunWatcher
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +84,14 @@ ROUTE_RETRY_BASE_S = 2.0
 class DeadLetterSink(Protocol):
     async def send(self, topic: str, key: bytes | None, value: bytes | None,
                    headers: list[tuple[str, bytes]], timestamp_ms: int | None) -> None: ...
+
+
+class HandledOutcomes(Protocol):
+    """Which failed runs' records are in the DLQ already (`service.outcomes.OutcomeLog`)."""
+
+    async def handled(self, run_id: str) -> bool: ...
+
+    async def record(self, run_id: str, status: str) -> None: ...
 
 
 # (topic, partition, offset) -> next offset: proves ownership by committing it (see `Delivery`).
@@ -209,6 +217,7 @@ class Delivery:
     :param dlq_topic: the dead-letter topic
     :param max_message_bytes: the record size bound (stage `validate` above it)
     :param read_range: reads a partition's offset range back, to copy a failed run's records to the DLQ
+    :param outcomes: which failed runs are copied already, by any worker (each is copied once)
     :param fence: proves with the group coordinator that this worker owns a partition (a synchronous
         commit of the given offset); False means another worker owns it now
     :param mark_done: every offset of the partition below the given one is launched or dead-lettered
@@ -226,7 +235,7 @@ class Delivery:
 
     def __init__(self, routes: dict[str, Route], client: DagsterClient, dead_letters: DeadLetterSink,
                  metrics: Metrics, *, group_id: str, dlq_topic: str, max_message_bytes: int,
-                 read_range: ReadRange, fence: Fence, mark_done: Callable[[TP, int], None],
+                 read_range: ReadRange, outcomes: HandledOutcomes, fence: Fence, mark_done: Callable[[TP, int], None],
                  pause_fetching: Callable[[set[TP], bool], None],
                  on_fatal: Callable[[BaseException], Awaitable[None]],
                  queued_batches_per_partition: int = 4, retry_max_delay_s: float = 30.0,
@@ -241,6 +250,7 @@ class Delivery:
         self.dlq_topic = dlq_topic
         self.max_message_bytes = max_message_bytes
         self.read_range = read_range
+        self.outcomes = outcomes
         self.fence = fence
         self.mark_done = mark_done
         self.pause_fetching = pause_fetching
@@ -412,11 +422,16 @@ class Delivery:
             limit=1000,
         )
         covered = max((int(run.tags[TAG_OFFSET_END]) for run in runs), default=-1)
+        unhandled = 0
         for run in runs:
             if run.status not in TERMINAL:
                 self.watcher.adopt(_launched(run.run_id, run.job, run.tags))
-        logger.info("reconciled %s/%d: %d earlier runs, covered up to offset %d",
-                    tp.topic, tp.partition, len(runs), covered)
+            elif run.status in FAILED and not await self.outcomes.handled(run.run_id):
+                # It ended while no worker watched it: the watcher copies its records at its next poll.
+                self.watcher.adopt(_launched(run.run_id, run.job, run.tags))
+                unhandled += 1
+        logger.info("reconciled %s/%d: %d earlier runs (%d failed ones not yet in the DLQ), covered up to offset %d",
+                    tp.topic, tp.partition, len(runs), unhandled, covered)
         return covered
 
     # -- lanes: launch and dead-letter --------------------------------------
@@ -577,15 +592,20 @@ class Delivery:
         """Copy the records of a run that ended FAILURE or CANCELED to the DLQ, stage `run`."""
         kept = self.duplicates.canceled.get(run.run_id)
         if kept is not None:  # the worker canceled it as a duplicate: its records are in run `kept`
+            await self.retry_transient(partial(self.outcomes.record, run.run_id, "DUPLICATE"),
+                                       "recording a canceled duplicate")
             self.watcher.adopt(LaunchedRun(kept, run.job, run.topic, run.partition, run.offset_start,
                                            run.offset_end))
             return
+        if await self.retry_transient(partial(self.outcomes.handled, run.run_id), "reading handled outcomes"):
+            return  # another worker (or an earlier life of this one) copied it already
         records = await self.retry_transient(
             partial(self.read_range, run.topic, run.partition, run.offset_start, run.offset_end),
             "reading a failed run's records")
         failure = Failure(STAGE_RUN, f"Run{status.title()}", f"Dagster run {run.run_id} ended {status}",
                           run_id=run.run_id)
         await self.dead_letter(records, failure)
+        await self.retry_transient(partial(self.outcomes.record, run.run_id, status), "recording a handled outcome")
 
     async def dead_letter(self, records: Iterable[Record], failure: Failure, done: bool = False) -> None:
         """Write records to the DLQ (retrying what Kafka refuses); `done`: then mark each done."""

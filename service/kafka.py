@@ -51,14 +51,15 @@ def kafka_error(what: str, exc: KafkaError) -> BrokerUnavailable | KafkaRejected
 
 
 async def ensure_topics(bootstrap_servers: str, topics: Mapping[str, int],
-                        security: KafkaSecurity = PLAINTEXT) -> None:
-    """Create each topic with its number of partitions unless it exists."""
+                        security: KafkaSecurity = PLAINTEXT, configs: Mapping[str, str] | None = None) -> None:
+    """Create each topic with its number of partitions (and `configs`) unless it exists."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, **aiokafka_kwargs(security))
     try:
         with map_kafka_errors(f"creating topics on {bootstrap_servers}"):
             await admin.start()
             existing = set(await admin.list_topics())
-            missing = [NewTopic(name, partitions, 1) for name, partitions in topics.items() if name not in existing]
+            missing = [NewTopic(name, partitions, 1, topic_configs=dict(configs or {}))
+                       for name, partitions in topics.items() if name not in existing]
             if missing:
                 with contextlib.suppress(TopicAlreadyExistsError):
                     await admin.create_topics(missing)

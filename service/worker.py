@@ -18,6 +18,7 @@ from service.delivery import Delivery
 from service.health import Heartbeat, probe_forever, readiness, update_lag
 from service.kafka import Producer, ensure_topics, read_range
 from service.metrics import Metrics
+from service.outcomes import OutcomeLog, outcomes_topic
 from service.routes import Route, check_batch_bytes, load_routes
 from service.settings import Settings
 from service.web import add_pages
@@ -43,6 +44,7 @@ def build_worker(settings: Settings, metrics: Metrics | None = None) -> App:
     # Room for the largest record plus its dlq.* headers (the error message is bounded).
     dlq_producer = Producer(settings.bootstrap_servers, security=security,
                             max_request_size=settings.max_message_bytes + DLQ_HEADER_ROOM_BYTES)
+    outcomes = OutcomeLog(settings.bootstrap_servers, outcomes_topic(settings.dlq_topic), dlq_producer, security)
     delivery = Delivery(
         routes, client, dlq_producer, metrics,
         group_id=settings.group_id,
@@ -50,6 +52,7 @@ def build_worker(settings: Settings, metrics: Metrics | None = None) -> App:
         max_message_bytes=settings.max_message_bytes,
         read_range=lambda topic, partition, start, end: read_range(
             settings.bootstrap_servers, topic, partition, start, end, security=security),
+        outcomes=outcomes,
         fence=lambda tp, offset: app.consumer.prove_ownership(tp, offset),  # type: ignore[attr-defined]
         mark_done=lambda tp, next_offset: app.consumer.mark_done(tp, next_offset),  # type: ignore[attr-defined]
         pause_fetching=lambda tps, paused: _pause_fetching(app, tps, paused),
@@ -62,7 +65,7 @@ def build_worker(settings: Settings, metrics: Metrics | None = None) -> App:
         json_bounds=JsonBounds(settings.max_json_depth, settings.max_json_keys),
     )
     _add_intake(app, routes, delivery)
-    _add_lifecycle(app, settings, delivery, dlq_producer, client)
+    _add_lifecycle(app, settings, delivery, dlq_producer, client, outcomes)
 
     heartbeat = Heartbeat()
 
@@ -164,7 +167,7 @@ def _add_intake(app: App, routes: dict[str, Route], delivery: Delivery) -> None:
 
 
 def _add_lifecycle(app: App, settings: Settings, delivery: Delivery, dlq_producer: Producer,
-                   client: DagsterClient) -> None:
+                   client: DagsterClient, outcomes: OutcomeLog) -> None:
     revoke_timeout_s = settings.session_timeout_s / 2
 
     async def before_stop() -> None:
@@ -198,4 +201,4 @@ def _add_lifecycle(app: App, settings: Settings, delivery: Delivery, dlq_produce
 
     @app.on_before_shutdown.connect  # type: ignore[arg-type]
     async def on_shutdown(app: Any, **kwargs: Any) -> None:
-        await asyncio.gather(dlq_producer.stop(), client.aclose(), return_exceptions=True)
+        await asyncio.gather(outcomes.stop(), dlq_producer.stop(), client.aclose(), return_exceptions=True)

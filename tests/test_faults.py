@@ -199,3 +199,44 @@ async def test_an_idle_worker_shows_its_dependencies_up(stack: Stack, start_work
     assert metric(samples, "kafka_dagster_run_launches_total", dagster_job="process_orders",
                   result="LaunchRunSuccess") == 0
     assert metric(samples, "kafka_dagster_build_info", version="0.1.0") == 1
+
+
+async def test_a_run_that_fails_while_no_worker_runs_is_copied_to_the_dlq_once_by_the_next(
+        stack: Stack, dagster_api: DagsterApi, start_worker: Any) -> None:
+    topic, dlq = unique("orphan-failure"), unique("dlq")
+    await ensure_topics(stack.bootstrap, {topic: 1})
+    routes = route_toml(topic, max_records=20, max_wait_s=1.0)
+    first = await start_worker(routes, KAFKA_DAGSTER_DLQ_TOPIC=dlq)
+    values = [order(i) for i in range(20)]
+    values[5] = orjson.dumps({"order_id": "o-5", "customer": "c", "amount": 1.0, "fail_run": True})
+    await produce(stack.bootstrap, topic, values)
+
+    async def launched() -> bool:
+        return "launched run" in first.log_path.read_text(errors="replace")
+
+    await eventually(launched, 90, "the run launched", interval_s=0.1)
+    assert first.proc is not None
+    os.killpg(first.proc.pid, signal.SIGSTOP)  # at once: its watcher never sees the run end
+    first.kill()
+
+    async def failed() -> list[dict[str, Any]]:
+        runs = await dagster_api.runs(topic)
+        return runs if runs and all(r["status"] == "FAILURE" for r in runs) else []
+
+    [run] = await eventually(failed, 120, "the run to fail with no worker watching")
+    assert await dead_letters(stack.bootstrap, dlq) == []  # nobody has copied it yet
+
+    second = await start_worker(routes, KAFKA_DAGSTER_DLQ_TOPIC=dlq)
+    result = await eventually(lambda: settled(stack.bootstrap, dagster_api, topic, dlq, 20), 120,
+                              "the next worker to copy the failed run's records")
+    assert result.problems == [] and result.run_copies == 20
+    second.stop()
+    third = await start_worker(routes, KAFKA_DAGSTER_DLQ_TOPIC=dlq)  # and the one after: nothing more
+
+    async def reconciled() -> bool:
+        return f"reconciled {topic}/0: 1 earlier runs (0 failed ones" in third.log_path.read_text(errors="replace")
+
+    await eventually(reconciled, 90, "the third worker to reconcile and find the outcome handled")
+    letters = await dead_letters(stack.bootstrap, dlq)
+    assert len(letters) == 20 and {letter.dlq["dlq.run_id"] for letter in letters} == {run["runId"]}
+    assert sorted(letter.origin[2] for letter in letters) == list(range(20))

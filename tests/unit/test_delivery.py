@@ -113,6 +113,19 @@ class FakeSink:
         return [int(m["dlq"]["dlq.offset"]) for m in self.sent if stage is None or m["dlq"]["dlq.stage"] == stage]
 
 
+class FakeOutcomes:
+    """The outcomes topic: run ids whose records are in the DLQ."""
+
+    def __init__(self) -> None:
+        self.recorded: dict[str, str] = {}
+
+    async def handled(self, run_id: str) -> bool:
+        return run_id in self.recorded
+
+    async def record(self, run_id: str, status: str) -> None:
+        self.recorded[run_id] = status
+
+
 class Clock:
     def __init__(self) -> None:
         self.now = 1000.0
@@ -134,10 +147,11 @@ class Harness:
         self.fenced_at: list[tuple[TP, int]] = []
         self.paused: list[tuple[set[TP], bool]] = []
         self.read_back: dict[tuple[int, int], list[Record]] = {}
+        self.outcomes = FakeOutcomes()
         self.delivery = Delivery(
             self.routes, self.client, self.sink, Metrics(registry),  # type: ignore[arg-type]
             group_id=GROUP, dlq_topic=DLQ, max_message_bytes=10_000,
-            read_range=self._read_range, fence=self._fence, mark_done=self._mark_done,
+            read_range=self._read_range, outcomes=self.outcomes, fence=self._fence, mark_done=self._mark_done,
             pause_fetching=lambda tps, paused: self.paused.append((set(tps), paused)),
             on_fatal=self._fatal,
             retry_max_delay_s=0.001, route_retry_max_delay_s=0.001, clock=self.clock,
@@ -711,3 +725,44 @@ async def test_the_timer_sleeps_until_the_next_deadline_and_no_longer_than_a_tic
     assert h.delivery.seconds_to_next_deadline(0.05) == pytest.approx(0.03)
     h.clock.now += 1
     assert h.delivery.seconds_to_next_deadline(0.05) == 0.0
+
+
+def _failed_run(run_id: str, start: int, end: int) -> RunInfo:
+    return RunInfo(run_id, "FAILURE", JOB, {
+        "kafka/topic": "orders", "kafka/partition": "0", "kafka/consumer_group": GROUP,
+        "kafka/offset_start": str(start), "kafka/offset_end": str(end), "kafka/batch_id": f"b-{run_id}"})
+
+
+async def test_a_run_that_failed_while_no_worker_watched_is_copied_once_by_the_next_owner(
+        make_harness: Callable[..., Harness]) -> None:
+    h = make_harness(max_records=1)
+    h.client.runs.append(_failed_run("died-with-its-worker", 0, 2))
+    h.read_back[(0, 2)] = [h.record(offset) for offset in range(3)]
+    await h.feed(0, 1, 2, 3)  # the next owner re-reads from the committed offset 0
+    assert await h.settle()
+    assert h.launched() == [(3, 3)]  # 0-2 are covered by the failed run
+    await h.delivery.watcher.poll()
+    assert h.sink.offsets("run") == [0, 1, 2]
+    assert {m["dlq"]["dlq.run_id"] for m in h.sink.sent} == {"died-with-its-worker"}
+    assert h.outcomes.recorded == {"died-with-its-worker": "FAILURE"}
+
+    later = Harness(CollectorRegistry(), max_records=1)  # the owner after that one: the outcome is recorded
+    later.client.runs.append(_failed_run("died-with-its-worker", 0, 2))
+    later.outcomes = h.outcomes
+    later.delivery.outcomes = h.outcomes
+    await later.feed(0, 1, 2, 3)
+    assert await later.settle()
+    await later.delivery.watcher.poll()
+    assert later.sink.sent == []
+    await later.close()
+
+
+async def test_a_watched_run_that_fails_is_recorded_as_handled(make_harness: Callable[..., Harness]) -> None:
+    h = make_harness()
+    await h.feed(0, 1, 2)
+    assert await h.settle()
+    h.read_back[(0, 2)] = [h.record(offset) for offset in range(3)]
+    h.client.runs = [RunInfo(r.run_id, "FAILURE", r.job, r.tags) for r in h.client.runs]
+    await h.delivery.watcher.poll()
+    assert h.sink.offsets("run") == [0, 1, 2]
+    assert h.outcomes.recorded == {"run-0": "FAILURE"}

@@ -1,0 +1,98 @@
+"""Handled run outcomes: whose failed runs' records are already in the DLQ, shared by every worker.
+
+A run that ends FAILURE or CANCELED has its records copied to the DLQ (stage
+`run`) once. The worker watching it does that; but a run may end while no
+worker watches it (its worker was killed), and then its partition's next
+owner finds it terminal at reconcile. To copy it exactly once, whoever copies
+a run's records then writes the run id to a compacted topic next to the DLQ
+(`<KAFKA_DAGSTER_DLQ_TOPIC>.outcomes`, key: run id, value: its status), and
+the next owner copies only the failed runs that topic does not name. Dagster's
+GraphQL cannot tag a finished run, so the record lives in Kafka.
+
+A worker killed between the copy and the record copies the run again after
+restart; `dlq inspect`/`replay` drop such duplicates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from service.kafka import PLAINTEXT, Producer, ensure_topics, map_kafka_errors
+from service.kafka_security import KafkaSecurity, aiokafka_kwargs
+
+logger = logging.getLogger(__name__)
+
+OUTCOMES_SUFFIX = ".outcomes"
+COMPACTED = {"cleanup.policy": "compact"}
+
+
+def outcomes_topic(dlq_topic: str) -> str:
+    return dlq_topic + OUTCOMES_SUFFIX
+
+
+class OutcomeLog:
+    """The run ids whose failure is handled, read from and written to the outcomes topic.
+
+    :param bootstrap_servers: the Kafka bootstrap servers
+    :param topic: the outcomes topic (one partition, compacted)
+    :param producer: the worker's DLQ producer, which writes the records too
+    :param security: Kafka TLS/SASL settings
+    """
+
+    def __init__(self, bootstrap_servers: str, topic: str, producer: Producer,
+                 security: KafkaSecurity = PLAINTEXT) -> None:
+        self.bootstrap_servers = bootstrap_servers
+        self.topic = topic
+        self.producer = producer
+        self.security = security
+        self.handled_runs: set[str] = set()
+        self._consumer: AIOKafkaConsumer | None = None
+        self._lock = asyncio.Lock()
+
+    async def handled(self, run_id: str) -> bool:
+        """True when some worker has already copied this run's records (read up to the topic's end now)."""
+        await self.catch_up()
+        return run_id in self.handled_runs
+
+    async def record(self, run_id: str, status: str) -> None:
+        """Remember that the records of `run_id` (which ended `status`) are in the DLQ."""
+        await self._start()
+        await self.producer.send(self.topic, run_id.encode(), status.encode())
+        self.handled_runs.add(run_id)
+
+    async def catch_up(self) -> None:
+        """Read every record the outcomes topic holds now."""
+        async with self._lock:
+            consumer = await self._start()
+            tp = TopicPartition(self.topic, 0)
+            with map_kafka_errors(f"reading {self.topic}"):
+                end = (await consumer.end_offsets([tp]))[tp]
+                while await consumer.position(tp) < end:
+                    fetched = await consumer.getmany(tp, timeout_ms=500)
+                    for message in fetched.get(tp, []):
+                        if message.key is not None:
+                            self.handled_runs.add(message.key.decode("utf-8", "replace"))
+
+    async def _start(self) -> AIOKafkaConsumer:
+        if self._consumer is None:
+            await ensure_topics(self.bootstrap_servers, {self.topic: 1}, self.security, configs=COMPACTED)
+            consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap_servers, enable_auto_commit=False,
+                                        auto_offset_reset="earliest", **aiokafka_kwargs(self.security))
+            try:
+                with map_kafka_errors(f"reading {self.topic}"):
+                    await consumer.start()
+                    consumer.assign([TopicPartition(self.topic, 0)])
+                    await consumer.seek_to_beginning(TopicPartition(self.topic, 0))
+            except BaseException:
+                await consumer.stop()
+                raise
+            self._consumer = consumer
+        return self._consumer
+
+    async def stop(self) -> None:
+        if self._consumer is not None:
+            await self._consumer.stop()
+            self._consumer = None
