@@ -188,6 +188,8 @@ class DagsterClient:
 
     async def execute(self, query: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:
         """POST one GraphQL document; return its `data`, or raise a classified error."""
+        if self._http.is_closed:  # shutting down: tasks still polling must not crash the worker
+            raise DagsterUnavailable("the Dagster client is closed (the worker is stopping)")
         try:
             response = await self._http.post(self.url, json={"query": query, "variables": variables or {}})
         except httpx.TransportError as exc:

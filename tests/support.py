@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
+import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
 from service.dev.stack import free_port
@@ -133,6 +135,34 @@ async def produce(bootstrap: str, topic: str, values: Iterable[bytes | tuple[byt
         return count
     finally:
         await producer.stop()
+
+
+class Flow:
+    """Produces orders to `topic` at a steady pace until stopped; counts what it sent."""
+
+    def __init__(self, bootstrap: str, topic: str, per_second: int = 100, partitions: int = 1) -> None:
+        self.bootstrap, self.topic, self.per_second, self.partitions = bootstrap, topic, per_second, partitions
+        self.sent = 0
+        self._task: asyncio.Task[None] | None = None
+
+    async def _run(self) -> None:
+        while True:
+            step = self.per_second // 4
+            values = [orjson.dumps({"order_id": f"o-{i}", "customer": f"c-{i % 5}", "amount": 2.5})
+                      for i in range(self.sent, self.sent + step)]
+            await produce(self.bootstrap, self.topic, values, partitions=self.partitions)
+            self.sent += step
+            await asyncio.sleep(0.25)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def stop(self) -> int:
+        assert self._task is not None
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        return self.sent
 
 
 class DagsterApi:

@@ -23,6 +23,7 @@ from service.kafka import ensure_topics
 from tests.conftest import Stack
 from tests.support import (
     DagsterApi,
+    Flow,
     WorkerProcess,
     canceled_duplicates,
     dead_letters,
@@ -53,33 +54,6 @@ def own_dagster(stack: Stack) -> Iterator[Dagster]:
         dagster.stop()
 
 
-class Flow:
-    """Produces orders to `topic` at a steady pace until stopped; counts what it sent."""
-
-    def __init__(self, bootstrap: str, topic: str, per_second: int = 100) -> None:
-        self.bootstrap, self.topic, self.per_second = bootstrap, topic, per_second
-        self.sent = 0
-        self._task: asyncio.Task[None] | None = None
-
-    async def _run(self) -> None:
-        while True:
-            step = self.per_second // 4
-            await produce(self.bootstrap, self.topic, [order(i) for i in range(self.sent, self.sent + step)],
-                          partitions=PARTITIONS)
-            self.sent += step
-            await asyncio.sleep(0.25)
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run())
-
-    async def stop(self) -> int:
-        assert self._task is not None
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-        return self.sent
-
-
 @pytest.fixture
 async def flowing(stack: Stack, own_dagster: Dagster, start_worker: Any
                   ) -> AsyncIterator[tuple[WorkerProcess, Flow, str, DagsterApi]]:
@@ -88,7 +62,7 @@ async def flowing(stack: Stack, own_dagster: Dagster, start_worker: Any
     worker = await start_worker(route_toml(topic, max_records=50, max_wait_s=1.0), KAFKA_DAGSTER_DLQ_TOPIC=dlq,
                                 DAGSTER_GRAPHQL_URL=own_dagster.graphql_url, KAFKA_DAGSTER_DAGSTER_TIMEOUT_S="4",
                                 KAFKA_DAGSTER_ROUTE_RETRY_MAX_DELAY_S="5")
-    flow = Flow(stack.bootstrap, topic)
+    flow = Flow(stack.bootstrap, topic, partitions=PARTITIONS)
     flow.start()
     api = DagsterApi(own_dagster.graphql_url)
     await eventually(lambda: _launched(worker), 90, "the first launches")

@@ -95,8 +95,8 @@ async def test_dead_letters_keep_the_original_record_byte_for_byte(stack: Stack,
     assert letter.timestamp_ms == 1_700_000_000_123
     assert letter.headers == [("trace", b"\x01\x02")]
     assert set(letter.dlq) == {"dlq.topic", "dlq.partition", "dlq.offset", "dlq.stage", "dlq.error.class",
-                               "dlq.error.message", "dlq.attempts", "dlq.failed_at"}
-    assert letter.dlq["dlq.topic"] == topic
+                               "dlq.error.message", "dlq.attempts", "dlq.failed_at", "dlq.route"}
+    assert letter.dlq["dlq.topic"] == topic and letter.dlq["dlq.route"] == topic  # a route's name: its topic
     assert (letter.dlq["dlq.partition"], letter.dlq["dlq.offset"]) == ("0", "0")
     assert (letter.dlq["dlq.stage"], letter.dlq["dlq.error.class"]) == ("decode", "NotUtf8")
     assert letter.dlq["dlq.failed_at"].endswith("Z")

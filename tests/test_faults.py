@@ -28,6 +28,7 @@ from service.kafka import ensure_topics
 from tests.conftest import Stack
 from tests.support import (
     DagsterApi,
+    Flow,
     WorkerProcess,
     dead_letters,
     eventually,
@@ -240,3 +241,54 @@ async def test_a_run_that_fails_while_no_worker_runs_is_copied_to_the_dlq_once_b
     letters = await dead_letters(stack.bootstrap, dlq)
     assert len(letters) == 20 and {letter.dlq["dlq.run_id"] for letter in letters} == {run["runId"]}
     assert sorted(letter.origin[2] for letter in letters) == list(range(20))
+
+
+async def test_the_broker_frozen_mid_stream_loses_and_duplicates_nothing(
+        stack: Stack, dagster_api: DagsterApi, start_worker: Any) -> None:
+    topic, dlq = unique("broker-frozen"), unique("dlq")
+    await ensure_topics(stack.bootstrap, {topic: 2})
+    worker = await start_worker(route_toml(topic, max_records=50, max_wait_s=1.0), KAFKA_DAGSTER_DLQ_TOPIC=dlq)
+    flow = Flow(stack.bootstrap, topic, partitions=2)
+    flow.start()
+    await eventually(lambda: _has_launched(worker), 90, "the first launches")
+    await flow.stop()  # the producer would block on the frozen broker too
+    stack.broker.process.signal_group(signal.SIGSTOP)
+    try:
+        await asyncio.sleep(20)  # the fault under test: the broker frozen for 20 s
+    finally:
+        stack.broker.process.signal_group(signal.SIGCONT)
+    flow.start()
+    await asyncio.sleep(3)
+    sent = await flow.stop()
+    result = await eventually(lambda: settled(stack.bootstrap, dagster_api, topic, dlq, sent), 180,
+                              "every record in exactly one run after the freeze")
+    assert result.problems == [], result.problems[:10]
+    assert result.in_runs == result.offsets
+    assert await dead_letters(stack.bootstrap, dlq) == []
+    assert worker.proc is not None and worker.proc.poll() is None
+
+
+async def test_rolling_restarts_of_two_workers_lose_and_duplicate_nothing(
+        stack: Stack, dagster_api: DagsterApi, start_worker: Any) -> None:
+    """SIGTERM each of two workers and start it again, twice, with records flowing."""
+    topic, dlq = unique("rolling"), unique("dlq")
+    await ensure_topics(stack.bootstrap, {topic: 4})
+    routes = route_toml(topic, max_records=200, max_wait_s=1.0)
+    workers = [await start_worker(routes, KAFKA_DAGSTER_DLQ_TOPIC=dlq) for _ in range(2)]
+    flow = Flow(stack.bootstrap, topic, per_second=40, partitions=4)
+    flow.start()
+    await eventually(lambda: _has_launched(workers[0]), 90, "the first launches")
+    for _ in range(2):
+        for index in range(2):
+            assert await asyncio.to_thread(workers[index].stop) == 0  # a clean shutdown
+            workers[index] = await start_worker(routes, KAFKA_DAGSTER_DLQ_TOPIC=dlq)
+    sent = await flow.stop()
+    result = await eventually(lambda: settled(stack.bootstrap, dagster_api, topic, dlq, sent), 240,
+                              "every record in exactly one run after the restarts")
+    assert result.problems == [], result.problems[:10]
+    assert result.in_runs == result.offsets
+    assert await dead_letters(stack.bootstrap, dlq) == []
+
+
+async def _has_launched(worker: WorkerProcess) -> bool:
+    return "launched run" in worker.log_path.read_text(errors="replace")

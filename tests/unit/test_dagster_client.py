@@ -392,3 +392,11 @@ async def test_credentials_in_the_url_never_reach_an_error_message() -> None:
         finally:
             await client.aclose()
         assert "pw-4b3a2c1d" not in str(info.value) and "dagster.test" in str(info.value)
+
+
+async def test_a_closed_client_answers_unavailable_not_a_crash() -> None:
+    """Tasks still polling while the worker stops get a transient error, which they log, not a RuntimeError."""
+    client = DagsterClient(URL, transport=httpx.MockTransport(FakeDagster()))
+    await client.aclose()
+    with pytest.raises(DagsterUnavailable, match="closed"):
+        await client.run_statuses(["r"])
