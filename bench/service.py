@@ -1,5 +1,8 @@
 """Contender 3, this service: real `kafka-dagster worker` processes launching real runs.
 
+`service_schema` is the same worker with the sample route's JSON Schema
+(`schemas/order.json`) on its route, on the same data: what users run.
+
 Throughput counts a message once a launched run's offset range covers it (the
 `launched run` log lines), from the moment the first fetched records reached
 the worker's delivery code (its `consuming` log lines). The consumption rate
@@ -20,7 +23,7 @@ from pathlib import Path
 
 from bench.context import Context
 from bench.data import make_values, produce_fast
-from bench.worker import Launch, RouteSpec, unique, wait_launched
+from bench.worker import ORDER_SCHEMA, Launch, RouteSpec, unique, wait_launched
 from service.kafka import ensure_topics
 
 MAX_WAIT_S = 60.0
@@ -35,10 +38,14 @@ class ServiceRun:
     pid: int
 
 
-def run_service(ctx: Context, profile: Path | None = None) -> ServiceRun:
-    """One worker on the pre-produced data set, large batches, until every message is in a launched run."""
+def run_service(ctx: Context, profile: Path | None = None, schema: bool = False) -> ServiceRun:
+    """One worker on the pre-produced data set, large batches, until every message is in a launched run.
+
+    :param schema: validate every value against `schemas/order.json`, as the sample route does.
+    """
     mode = ctx.mode
-    with ctx.workers(1, RouteSpec(ctx.topic, mode.service_max_records, MAX_WAIT_S)) as workers, \
+    route = RouteSpec(ctx.topic, mode.service_max_records, MAX_WAIT_S, ORDER_SCHEMA if schema else None)
+    with ctx.workers(1, route) as workers, \
             _py_spy(workers[0].pid, profile):
         started, launches = wait_launched(workers, mode.messages, timeout_s=300)
         consumed = mode.messages / (max(launch.closed_at for launch in launches) - started)

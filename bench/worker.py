@@ -24,16 +24,21 @@ def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
+ORDER_SCHEMA = ROOT / "schemas" / "order.json"  # the sample route's schema, which users start from
+
+
 class RouteSpec(NamedTuple):
     topic: str
     max_records: int
     max_wait_s: float
+    schema_file: Path | None = None
 
 
 def routes_toml(routes: Iterable[RouteSpec], max_bytes: int = 16 * 1_048_576) -> str:
     return "".join(
         f'[[routes]]\ntopic = "{r.topic}"\njob = "process_orders"\nmax_records = {r.max_records}\n'
         f"max_bytes = {max_bytes}\nmax_wait_s = {r.max_wait_s}\n"
+        + (f"schema_file = {str(r.schema_file)!r}\n" if r.schema_file is not None else "")
         for r in routes
     )
 

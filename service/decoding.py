@@ -4,6 +4,8 @@ Checks run cheapest first and each bound is checked before the work it
 protects: the byte size before parsing, nesting depth and key count (walked
 iteratively, stopping at the first excess) before the JSON Schema, which
 recurses. orjson itself refuses nesting deeper than 1024 (`InvalidJson`).
+The schema check is the compiled verdict of `service.schemas`; only a
+rejected value pays for `jsonschema`'s explanation.
 """
 
 from __future__ import annotations
@@ -11,11 +13,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import jsonschema
 import orjson
 
 from service.batching import Record
 from service.errors import InvalidJson, JsonTooDeep, MessageTooLarge, NotUtf8, NullValue, SchemaViolation, TooManyKeys
+from service.schemas import SchemaValidator, first_error
 
 
 @dataclass(frozen=True)
@@ -27,7 +29,7 @@ class JsonBounds:
 
 
 def decode_value(record: Record, max_message_bytes: int,
-                 validator: jsonschema.protocols.Validator | None = None,
+                 validator: SchemaValidator | None = None,
                  bounds: JsonBounds | None = None) -> Any:
     """The record's value as JSON, checked against its bounds and schema."""
     if record.size > max_message_bytes:
@@ -47,7 +49,7 @@ def decode_value(record: Record, max_message_bytes: int,
     if _may_exceed(raw, bounds):
         check_shape(value, bounds)
     if validator is not None:
-        error = jsonschema.exceptions.best_match(validator.iter_errors(value))
+        error = first_error(validator, value)
         if error is not None:
             path = "/".join(str(p) for p in error.absolute_path) or "(root)"
             raise SchemaViolation(f"value fails the route schema at {path}: {error.message}")

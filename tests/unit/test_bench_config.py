@@ -4,14 +4,30 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bench.worker import RouteSpec, routes_toml
+from bench.data import make_values
+from bench.worker import ORDER_SCHEMA, RouteSpec, routes_toml
+from service.decoding import decode_value
 from service.routes import check_batch_bytes, load_routes
 from service.settings import Settings
+from tests.unit.factories import make_record
 
 
 def test_bench_routes_pass_the_workers_checks_with_default_settings(tmp_path: Path) -> None:
     path = tmp_path / "routes.toml"
-    path.write_text(routes_toml([RouteSpec("bench.a", 12_500, 1.0), RouteSpec("bench.b", 1_000_000, 2.5)]))
+    path.write_text(routes_toml([RouteSpec("bench.a", 12_500, 1.0), RouteSpec("bench.b", 1_000_000, 2.5),
+                                 RouteSpec("bench.c", 12_500, 1.0, ORDER_SCHEMA)]))
     routes = load_routes(path)
     check_batch_bytes(routes, Settings().max_batch_bytes)
-    assert {route.topic for route in routes.values()} == {"bench.a", "bench.b"}
+    assert {route.topic for route in routes.values()} == {"bench.a", "bench.b", "bench.c"}
+    assert routes["bench.a"].schema is None and routes["bench.c"].schema is not None
+
+
+def test_the_bench_orders_all_pass_the_sample_schema(tmp_path: Path) -> None:
+    """`service_schema` measures validation, not dead-lettering: every benchmark value is valid."""
+    path = tmp_path / "routes.toml"
+    path.write_text(routes_toml([RouteSpec("bench.c", 12_500, 1.0, ORDER_SCHEMA)]))
+    validator = load_routes(path)["bench.c"].validator()
+    assert validator is not None and validator.fast is not None
+    settings = Settings()
+    for value in make_values(2_000):
+        decode_value(make_record(0, value=value), settings.max_message_bytes, validator)
