@@ -22,6 +22,7 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 
 from service.errors import (
+    CODE_LOCATION_HINT,
     BatchTooLarge,
     DagsterError,
     DagsterUnavailable,
@@ -253,10 +254,9 @@ class DagsterClient:
         broken = await self.broken_locations()
         where = f" (code location {location!r})" if location else ""
         if broken:
-            errors = "; ".join(f"{name}: {message.splitlines()[0] if message else ''}"
-                               for name, message in sorted(broken.items()))
+            errors = "; ".join(f"{name}: {first_line(message)}" for name, message in sorted(broken.items()))
             raise LaunchRejected("PipelineNotFoundError", f"no job named {job!r}{where}: code location failed "
-                                 f"to load: {errors}", hint="fix the code location and reload it")
+                                 f"to load: {errors}", hint=CODE_LOCATION_HINT, reason="code_location_error")
         raise LaunchRejected("PipelineNotFoundError", f"job {job}{where} not found in any loaded code location")
 
     async def broken_locations(self) -> dict[str, str]:
@@ -289,6 +289,11 @@ class DagsterClient:
             raise DagsterError(typename, message)
         if typename == "PipelineNotFoundError":
             self.forget_job(selector.job)
+            broken = await self.broken_locations()
+            if selector.location in broken:
+                raise LaunchRejected(typename, f"{message}: code location {selector.location} failed to load: "
+                                     f"{first_line(broken[selector.location])}",
+                                     hint=CODE_LOCATION_HINT, reason="code_location_error")
         raise LaunchRejected(typename, message)
 
     async def terminate_queued(self, run_id: str) -> bool:
@@ -341,13 +346,17 @@ class DagsterClient:
         return RunEventLog(events, complete=False)
 
 
+def first_line(text: str | None) -> str:
+    return text.splitlines()[0] if text else ""
+
+
 def _raise_for_status(response: httpx.Response, shown_url: str) -> None:
     """Map an HTTP status other than 200 to the kind of failure it is."""
     status = response.status_code
     if status == 200:
         return
     if status >= 500 or status in RETRY_LATER_STATUSES:
-        raise DagsterUnavailable(f"Dagster answered HTTP {status}")
+        raise DagsterUnavailable(f"Dagster answered HTTP {status}", status)
     if status == 429:
         retry_after = retry_after_s(response.headers.get("Retry-After"))
         raise RateLimited(f"Dagster answered HTTP 429 (Retry-After: {response.headers.get('Retry-After')})",

@@ -540,6 +540,8 @@ class Delivery:
                 # The request may have reached Dagster: a run may exist that this worker never heard of.
                 outcome_unknown = outcome_unknown or (isinstance(exc, DagsterUnavailable)
                                                       and not isinstance(exc, RateLimited))
+                if isinstance(exc, DagsterUnavailable) and exc.http_status is not None and exc.http_status >= 500:
+                    await self._raise_if_location_broken(route)
                 await self._wait_transient(exc, backoff, f"launch of batch {batch.batch_id}", attempts)
             except (RouteError, BatchTooLarge) as exc:
                 self._count_launch(route, getattr(exc, "typename", type(exc).__name__))
@@ -549,6 +551,18 @@ class Delivery:
                     run_id = await self.duplicates.settle(route.job, batch.batch_id,
                                                           {TAG_BATCH_ID: batch.batch_id}, run_id)
                 return run_id
+
+    async def _raise_if_location_broken(self, route: Route) -> None:
+        """The webserver is up but failed: if the route's code location failed to load, that is a route fault."""
+        try:
+            broken = await self.client.broken_locations()
+        except TransientError:
+            return
+        broken = {name: error for name, error in broken.items() if route.location in (None, name)}
+        if broken:
+            errors = "; ".join(f"{name}: {(error or '').splitlines()[0] if error else ''}"
+                               for name, error in sorted(broken.items()))
+            raise LaunchRejected("CodeLocationError", f"code location failed to load: {errors}")
 
     async def _timed_launch(self, route: Route, selector: Any, config: dict[str, Any], tags: dict[str, str],
                             retried: bool) -> str:

@@ -50,12 +50,16 @@ class TransientError(KafkaDagsterError):
 class DagsterUnavailable(TransientError):
     """Dagster's GraphQL endpoint could not be reached, timed out, or answered 5xx/408."""
 
+    def __init__(self, message: str, http_status: int | None = None) -> None:
+        super().__init__(message)
+        self.http_status = http_status  # set when the webserver answered (it is up, something behind it is not)
+
 
 class RateLimited(DagsterUnavailable):
     """Dagster (or a proxy in front of it) answered HTTP 429."""
 
     def __init__(self, message: str, retry_after_s: float | None) -> None:
-        super().__init__(message)
+        super().__init__(message, 429)
         self.retry_after_s = retry_after_s
 
 
@@ -133,6 +137,8 @@ class RouteError(KafkaDagsterError):
             self.hint = hint
 
 
+CODE_LOCATION_HINT = "fix the code location (its load error is in the Dagster UI) and reload it"
+
 # The reason label and the fix for each LaunchRunResult error member.
 LAUNCH_RESULT_REASONS: dict[str, tuple[str, str]] = {
     "PipelineNotFoundError": ("job_not_found", "deploy the job, or fix the route's job/location"),
@@ -141,17 +147,18 @@ LAUNCH_RESULT_REASONS: dict[str, tuple[str, str]] = {
     "InvalidSubsetError": ("launch_rejected", "check the route's job or asset selection"),
     "UnauthorizedError": ("unauthorized", "check DAGSTER_API_TOKEN"),
     "PythonError": ("dagster_error", "Dagster keeps failing to launch: see the webserver's log"),
+    "CodeLocationError": ("code_location_error", CODE_LOCATION_HINT),
 }
 
 
 class LaunchRejected(RouteError):
     """Dagster answered `launchRun` with an error member of `LaunchRunResult`."""
 
-    def __init__(self, typename: str, message: str, hint: str | None = None) -> None:
-        reason, default_hint = LAUNCH_RESULT_REASONS.get(typename, ("launch_rejected", RouteError.hint))
+    def __init__(self, typename: str, message: str, hint: str | None = None, reason: str | None = None) -> None:
+        default_reason, default_hint = LAUNCH_RESULT_REASONS.get(typename, ("launch_rejected", RouteError.hint))
         super().__init__(f"{typename}: {message}", hint or default_hint)
         self.typename = typename
-        self.reason = reason
+        self.reason = reason or default_reason
 
 
 class Unauthorized(RouteError):

@@ -15,6 +15,7 @@ import signal
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+import httpx
 import orjson
 import pytest
 
@@ -120,22 +121,30 @@ async def test_a_stopped_code_location_pauses_launching_and_nothing_is_dead_lett
         stack: Stack, own_dagster: Dagster, flowing: tuple[WorkerProcess, Flow, str, DagsterApi]) -> None:
     """A broken deploy: the code server is gone. Launches wait (no PipelineNotFoundError dead letters)."""
     worker, flow, dlq, api = flowing
-    log_before = len(worker.log_path.read_text(errors="replace"))
     own_dagster.code_server.stop()
     try:
-        async def refused() -> str:
-            log = worker.log_path.read_text(errors="replace")[log_before:]
-            return next((line for line in log.splitlines() if "paused" in line or "failed (" in line), "")
+        async def paused() -> dict[str, Any] | None:
+            try:
+                async with httpx.AsyncClient() as client:
+                    body = (await client.get(f"{worker.base_url}/readyz", timeout=5)).json()
+            except httpx.HTTPError:
+                return None
+            return body.get("routes_paused", {}).get(flow.topic)
 
-        line = await eventually(refused, 120, "launches refused while the code location is down")
+        pause = await eventually(paused, 120, "/readyz to name the route paused for its code location")
+        assert pause["reason"] == "code_location_error", pause
+        assert metric(await worker.metrics(), "kafka_dagster_route_paused", route=flow.topic,
+                      reason="code_location_error") == 1
         # Runs that were executing when their code server went away may fail, and are copied (stage run);
         # the records waiting to be launched are not dead-lettered.
         letters = await dead_letters(stack.bootstrap, dlq)
-        assert {letter.stage for letter in letters} <= {"run"}, line
+        assert {letter.stage for letter in letters} <= {"run"}
     finally:
         own_dagster.code_server.start()
         await asyncio.to_thread(wait_until, lambda: port_open(own_dagster.grpc_port), 60, "the code server")
     await assert_every_record_in_exactly_one_executed_run(stack, api, worker, flow, dlq)
+    assert metric(await worker.metrics(), "kafka_dagster_route_paused", route=flow.topic,
+                  reason="code_location_error") == 0
 
 
 async def test_two_runs_of_one_batch_are_settled_to_one_that_runs(stack: Stack, own_dagster: Dagster) -> None:

@@ -130,10 +130,33 @@ async def rate_limited_then_served(stack: Stack, api: DagsterApi, start_worker: 
         nginx.stop()
 
 
+async def too_large_then_claim_checked(stack: Stack, api: DagsterApi, start_worker: Any) -> None:
+    """A proxy refuses large requests (HTTP 413): the batch is launched again with its offset range only."""
+    nginx, cafile = proxy(stack, "size-proxy", token=WORKER_TOKEN, rule="client_max_body_size 4k;")
+    try:
+        topic, dlq = unique("too-large"), unique("dlq")
+        await ensure_topics(stack.bootstrap, {topic: 1})
+        await start_worker(
+            route_toml(topic, max_records=100, max_wait_s=1.0), wait=False, KAFKA_DAGSTER_DLQ_TOPIC=dlq,
+            DAGSTER_GRAPHQL_URL=f"{nginx.url}/graphql", DAGSTER_SSL_CAFILE=cafile, DAGSTER_API_TOKEN=WORKER_TOKEN,
+            KAFKA_DAGSTER_GROUP_ID=unique("group"))
+        await produce(stack.bootstrap, topic, [order(i) for i in range(200)])
+        result = await eventually(lambda: settled(stack.bootstrap, api, topic, dlq, 200), 180,
+                                  "every record in a run, launched by offset range")
+        assert result.problems == [] and result.in_runs == 200
+        assert await dead_letters(stack.bootstrap, dlq) == []
+        assert " 413 " in nginx.access_log.read_text()
+        for run in await api.runs(topic):
+            assert "records:" not in (await api.run_details(run["runId"]))["runConfigYaml"]
+    finally:
+        nginx.stop()
+
+
 async def test_dagster_refusing_or_limiting_the_worker_pauses_and_resumes_without_dead_letters(
         stack: Stack, dagster_api: DagsterApi, start_worker: Any) -> None:
     await asyncio.gather(refused_token_then_accepted(stack, dagster_api, start_worker),
-                         rate_limited_then_served(stack, dagster_api, start_worker))
+                         rate_limited_then_served(stack, dagster_api, start_worker),
+                         too_large_then_claim_checked(stack, dagster_api, start_worker))
 
 
 async def test_a_worker_frozen_past_its_session_timeout_launches_nothing_twice(

@@ -112,7 +112,8 @@ async def test_every_other_launch_result_is_rejected_by_name(
     assert info.value.typename == result["__typename"]
     assert isinstance(info.value, RouteError)  # the route pauses; nothing is dead-lettered
     assert not isinstance(info.value, TransientError)
-    assert info.value.reason in ("job_not_found", "run_config_invalid", "launch_rejected", "unauthorized")
+    assert info.value.reason in ("job_not_found", "run_config_invalid", "launch_rejected", "unauthorized",
+                                 "code_location_error")
     assert str(info.value).startswith(result["__typename"] + ": ")
 
 
@@ -223,7 +224,7 @@ async def test_an_unknown_job_names_the_code_location_that_failed_to_load(
     client = make_client(FakeDagster(respond))
     with pytest.raises(LaunchRejected) as info:
         await client.resolve_job("process_orders")
-    assert info.value.reason == "job_not_found"
+    assert info.value.reason == "code_location_error"
     assert "orders_location: ModuleNotFoundError: No module named 'x'" in str(info.value)
 
 

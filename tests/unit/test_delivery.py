@@ -50,9 +50,13 @@ class FakeDagster:
         self.gate: asyncio.Event | None = None
         self.terminated: list[str] = []
         self.forgotten: list[str] = []
+        self.broken: list[dict[str, str]] = []  # what broken_locations answers, call by call
 
     def forget_job(self, job: str) -> None:
         self.forgotten.append(job)
+
+    async def broken_locations(self) -> dict[str, str]:
+        return self.broken.pop(0) if self.broken else {}
 
     async def terminate_queued(self, run_id: str) -> bool:
         self.terminated.append(run_id)
@@ -766,3 +770,19 @@ async def test_a_watched_run_that_fails_is_recorded_as_handled(make_harness: Cal
     await h.delivery.watcher.poll()
     assert h.sink.offsets("run") == [0, 1, 2]
     assert h.outcomes.recorded == {"run-0": "FAILURE"}
+
+
+async def test_a_code_location_that_failed_to_load_pauses_its_route_until_it_loads(
+        make_harness: Callable[..., Harness]) -> None:
+    h = make_harness()
+    h.client.gate = asyncio.Event()
+    down = DagsterUnavailable("Dagster answered HTTP 500", 500)
+    h.client.script = [down, down]
+    h.client.broken = [{"orders_location": "ModuleNotFoundError: No module named 'orders'\n  ..."}, {}]
+    await h.feed(0, 1, 2)
+    h.client.gate.set()
+    assert await h.settle()
+    assert h.launched() == [(0, 2)]
+    assert h.sink.sent == []
+    assert h.paused == [({TP("orders", 0)}, True), ({TP("orders", 0)}, False)]
+    assert h.sample("kafka_dagster_route_paused", route="orders", reason="code_location_error") == 0
