@@ -63,7 +63,8 @@ class Metrics:
             "kafka_dagster_kafka_up", "1 when a Kafka bootstrap server answered the last probe.", registry=r)
         self.route_paused = Gauge(
             "kafka_dagster_route_paused",
-            "1 while a route cannot launch (reason: unauthorized, job_not_found, run_config_invalid, "
+            "1 while a route cannot launch (reason: unauthorized, job_not_found, code_location_error, "
+            "run_config_invalid, "
             "bad_request, launch_rejected, dagster_error, dlq_write).",
             ["route", "reason"], registry=r)
         self.duplicate_runs_cancelled = Counter(
