@@ -43,6 +43,11 @@ async def eventually(check: Callable[[], Awaitable[T]], timeout_s: float, what: 
     raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}; last value: {last!r}")
 
 
+def order(i: int, **extra: object) -> bytes:
+    """A demo order, as JSON (`extra` adds fields, e.g. fail_run=True)."""
+    return orjson.dumps({"order_id": f"o-{i}", "customer": f"c-{i % 5}", "amount": 2.5, **extra})
+
+
 def route_toml(topic: str, job: str = "process_orders", **fields: Any) -> str:
     values = {"max_records": 500, "max_bytes": 1_048_576, "max_wait_s": 2.0, **fields}
     lines = ["[[routes]]", f'topic = "{topic}"', f'job = "{job}"']
@@ -148,8 +153,7 @@ class Flow:
     async def _run(self) -> None:
         while True:
             step = self.per_second // 4
-            values = [orjson.dumps({"order_id": f"o-{i}", "customer": f"c-{i % 5}", "amount": 2.5})
-                      for i in range(self.sent, self.sent + step)]
+            values = [order(i) for i in range(self.sent, self.sent + step)]
             await produce(self.bootstrap, self.topic, values, partitions=self.partitions)
             self.sent += step
             await asyncio.sleep(0.25)

@@ -16,7 +16,6 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpx
-import orjson
 import pytest
 
 from service.dev.stack import Dagster, port_open, wait_until
@@ -30,6 +29,7 @@ from tests.support import (
     dead_letters,
     eventually,
     metric,
+    order,
     produce,
     route_toml,
     settled,
@@ -39,10 +39,6 @@ from tests.support import (
 pytestmark = pytest.mark.integration
 
 PARTITIONS = 2
-
-
-def order(i: int) -> bytes:
-    return orjson.dumps({"order_id": f"o-{i}", "customer": f"c-{i % 5}", "amount": 2.5})
 
 
 @pytest.fixture(scope="module")

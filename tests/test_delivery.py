@@ -21,6 +21,7 @@ from tests.support import (
     dead_letters,
     eventually,
     metric,
+    order,
     produce,
     route_toml,
     settled,
@@ -30,10 +31,6 @@ from tests.support import (
 pytestmark = pytest.mark.integration
 
 SCHEMA_FILE = str(ROOT / "schemas" / "order.json")
-
-
-def order(i: int, **extra: object) -> bytes:
-    return orjson.dumps({"order_id": f"o-{i}", "customer": f"c-{i % 5}", "amount": 2.5, **extra})
 
 
 POISON = {

@@ -33,6 +33,7 @@ from tests.support import (
     dead_letters,
     eventually,
     metric,
+    order,
     produce,
     route_toml,
     settled,
@@ -43,10 +44,6 @@ from tests.tls import Nginx, issue_server_cert, make_ca
 pytestmark = pytest.mark.integration
 
 WORKER_TOKEN = "tok-" + unique("rotated")
-
-
-def order(i: int) -> bytes:
-    return orjson.dumps({"order_id": f"o-{i}", "customer": f"c-{i % 5}", "amount": 2.5})
 
 
 async def readyz(worker: WorkerProcess) -> tuple[int, dict[str, Any]]:
