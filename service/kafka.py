@@ -123,7 +123,12 @@ class Producer:
 
 async def read_range(bootstrap_servers: str, topic: str, partition: int, start: int, end: int,
                      timeout_s: float = 30.0, security: KafkaSecurity = PLAINTEXT) -> list[Record]:
-    """The records of one partition with offsets in [start, end], read without a consumer group."""
+    """The records of one partition with offsets in [start, end] still in the log, read without a consumer group.
+
+    Records below the log start are gone (retention) and are not waited for;
+    the read ends once the position passes `end`, so gaps (compaction,
+    transaction markers) do not hold it up either.
+    """
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, enable_auto_commit=False,
                                 auto_offset_reset="earliest", **aiokafka_kwargs(security))
     records: list[Record] = []
@@ -131,17 +136,18 @@ async def read_range(bootstrap_servers: str, topic: str, partition: int, start: 
         await consumer.start()
         tp = TopicPartition(topic, partition)
         consumer.assign([tp])
+        start = max(start, (await consumer.beginning_offsets([tp]))[tp])
+        if start > end:
+            return []
         consumer.seek(tp, start)
         deadline = asyncio.get_running_loop().time() + timeout_s
-        while not records or records[-1].offset < end:
+        while await consumer.position(tp) <= end:
             if asyncio.get_running_loop().time() > deadline:
                 raise BrokerUnavailable(f"reading {topic}/{partition} offsets {start}-{end} timed out")
             fetched = await consumer.getmany(tp, timeout_ms=500)
-            for message in fetched.get(tp, []):
-                if message.offset > end:
-                    break
-                records.append(Record(topic, partition, message.offset, message.timestamp, message.key,
-                                      message.value, list(message.headers or ())))
+            records.extend(Record(topic, partition, message.offset, message.timestamp, message.key, message.value,
+                                  list(message.headers or ()))
+                           for message in fetched.get(tp, []) if message.offset <= end)
     except KafkaError as exc:
         raise kafka_error(f"reading {topic}/{partition}", exc) from exc
     finally:
