@@ -12,15 +12,11 @@ import hashlib
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple
+
+from service.records import TP, Record
 
 # Why a batch closed; the values of the `reason` label of kafka_dagster_batches_total.
 RECORDS, BYTES, TIME, REVOKE, SPLIT = "records", "bytes", "time", "revoke", "split"
-
-
-class TP(NamedTuple):
-    topic: str
-    partition: int
 
 
 @dataclass(frozen=True)
@@ -28,28 +24,6 @@ class BatchPolicy:
     max_records: int
     max_bytes: int
     max_wait_s: float
-
-
-@dataclass(slots=True)
-class Record:
-    """One consumed Kafka record, raw bytes kept for the run and the DLQ."""
-
-    topic: str
-    partition: int
-    offset: int
-    timestamp_ms: int | None
-    key: bytes | None
-    value: bytes | None
-    headers: Sequence[tuple[str, bytes]] = ()
-    epoch: int = 0  # the partition's assignment epoch when the record was consumed
-
-    @property
-    def tp(self) -> TP:
-        return TP(self.topic, self.partition)
-
-    @property
-    def size(self) -> int:
-        return len(self.value or b"") + len(self.key or b"")
 
 
 def batch_id(topic: str, partition: int, offset_start: int, offset_end: int) -> str:

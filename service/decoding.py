@@ -15,8 +15,8 @@ from typing import Any
 
 import orjson
 
-from service.batching import Record
 from service.errors import InvalidJson, JsonTooDeep, MessageTooLarge, NotUtf8, NullValue, SchemaViolation, TooManyKeys
+from service.records import Record
 from service.schemas import SchemaValidator, first_error
 
 

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Protocol
 
-from service.batching import TP, Batch, Batcher, BatchPolicy, Record
+from service.batching import Batch, Batcher, BatchPolicy
 from service.contract import (
     STAGE_LAUNCH,
     STAGE_RUN,
@@ -70,6 +70,7 @@ from service.errors import (
 from service.logs import batch_extra
 from service.metrics import Metrics
 from service.pauses import RoutePauses
+from service.records import TP, Record
 from service.retry import Backoff
 from service.routes import Route
 from service.watcher import FAILED, TERMINAL, LaunchedRun, RunWatcher

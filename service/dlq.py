@@ -15,7 +15,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from service.batching import Record
 from service.contract import (
     HEADER_ATTEMPTS,
     HEADER_ERROR_CLASS,
@@ -34,6 +33,7 @@ from service.contract import (
     STAGE_VALIDATE,
     STAGES,
 )
+from service.records import Record
 
 PRE_LAUNCH_STAGES = (STAGE_DECODE, STAGE_VALIDATE, STAGE_LAUNCH)
 MAX_ERROR_MESSAGE_CHARS = 1024

@@ -9,10 +9,10 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from service.batching import TP
 from service.dagster_client import DagsterClient
 from service.kafka import tcp_reachable
 from service.metrics import Metrics
+from service.records import TP
 
 logger = logging.getLogger(__name__)
 

@@ -22,9 +22,9 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.conn import create_conn
 from aiokafka.errors import KafkaError, KafkaTimeoutError, TopicAlreadyExistsError
 
-from service.batching import Record
 from service.errors import BrokerUnavailable, ConfigurationError, KafkaRejected
 from service.kafka_security import KafkaSecurity, aiokafka_kwargs
+from service.records import Record
 
 PLAINTEXT = KafkaSecurity()
 

@@ -11,7 +11,6 @@ from urllib.parse import urlparse
 
 from service import __version__
 from service.app import App, create_app
-from service.batching import TP, Record
 from service.dagster_client import DagsterClient
 from service.decoding import JsonBounds
 from service.delivery import Delivery
@@ -19,6 +18,7 @@ from service.health import Heartbeat, probe_forever, readiness, update_lag
 from service.kafka import Producer, ensure_topics, read_range
 from service.metrics import Metrics
 from service.outcomes import OutcomeLog, outcomes_topic
+from service.records import TP, Record
 from service.routes import Route, check_batch_bytes, load_routes
 from service.settings import Settings
 from service.web import add_pages
@@ -81,7 +81,7 @@ def build_worker(settings: Settings, metrics: Metrics | None = None) -> App:
 
 def _pause_fetching(app: App, tps: set[TP], paused: bool) -> None:
     """Stop or resume fetching these partitions (a paused route's), where this worker holds them."""
-    held = {tp for tp in app.consumer.assignment() if TP(tp.topic, tp.partition) in tps}
+    held = {tp for tp in app.consumer.assignment() if TP.of(tp) in tps}
     if paused:
         app.consumer.pause_partitions(held)
     else:
@@ -130,8 +130,8 @@ def _add_monitors(app: App, settings: Settings, routes: dict[str, Route], delive
         except Exception as exc:  # a broker hiccup must not stop the timer
             logger.warning("reading end offsets for the lag gauge failed: %r", exc)
             return
-        committed = {TP(tp.topic, tp.partition): _committed(app, tp, delivery) for tp in tps}
-        lag_gauges = update_lag(metrics, {TP(tp.topic, tp.partition): end for tp, end in ends.items()},
+        committed = {TP.of(tp): _committed(app, tp, delivery) for tp in tps}
+        lag_gauges = update_lag(metrics, {TP.of(tp): end for tp, end in ends.items()},
                                 committed, delivery.next_offsets, lag_gauges)
 
 
@@ -140,7 +140,7 @@ def _committed(app: App, tp: Any, delivery: Delivery) -> int | None:
     committed = app.consumer._committed_offset.get(tp)  # type: ignore[attr-defined]  # no public accessor
     if committed is not None:
         return int(committed)
-    return delivery.positions.get(TP(tp.topic, tp.partition))
+    return delivery.positions.get(TP.of(tp))
 
 
 def _add_intake(app: App, routes: dict[str, Route], delivery: Delivery) -> None:
@@ -149,7 +149,7 @@ def _add_intake(app: App, routes: dict[str, Route], delivery: Delivery) -> None:
                              value_serializer="raw", allow_empty=True))
 
     async def on_records(tp: Any, fetched: Sequence[Any]) -> None:
-        epoch = delivery.epoch(TP(tp.topic, tp.partition))
+        epoch = delivery.epoch(TP.of(tp))
         await delivery.on_records([
             Record(r.topic, r.partition, r.offset, r.timestamp or None, r.key, r.value, r.headers, epoch)
             for r in fetched
@@ -187,11 +187,11 @@ def _add_lifecycle(app: App, settings: Settings, delivery: Delivery, dlq_produce
 
     @app.on_partitions_assigned.connect  # type: ignore[arg-type]  # Faust's signal type wants a keyword `signal`
     async def on_assigned(app: Any, assigned: set[Any], **kwargs: Any) -> None:
-        delivery.on_assigned(TP(tp.topic, tp.partition) for tp in assigned)
+        delivery.on_assigned(TP.of(tp) for tp in assigned)
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def on_revoked(app: Any, revoked: set[Any], **kwargs: Any) -> None:
-        await delivery.on_revoked({TP(tp.topic, tp.partition) for tp in revoked}, revoke_timeout_s)
+        await delivery.on_revoked({TP.of(tp) for tp in revoked}, revoke_timeout_s)
 
     @app.task
     async def create_dlq_topic() -> None:

@@ -148,11 +148,12 @@ async def test_two_runs_of_one_batch_are_settled_to_one_that_runs(stack: Stack, 
     the queue's per-batch limit keeps them apart and the worker's sweep cancels one before it runs."""
     from prometheus_client import CollectorRegistry
 
-    from service.batching import Batch, Record
+    from service.batching import Batch
     from service.dagster_client import DagsterClient
     from service.delivery import TAG_BATCH_ID, run_config, run_tags
     from service.duplicates import DuplicateRuns
     from service.metrics import Metrics
+    from service.records import Record
     from service.routes import Route
 
     topic = unique("duplicate")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from service.batching import Record
+from service.records import Record
 
 
 def make_record(offset: int, *, topic: str = "orders", partition: int = 0, value: bytes | None = b"{}",

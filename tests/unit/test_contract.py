@@ -10,7 +10,7 @@ from service import contract, dlq
 from tests.support import ROOT
 
 # The modules of `service` that `dagster_project` imports (docs/dagster_project.md says why).
-SHARED = {"service", "service.batching", "service.contract", "service.dlq", "service.errors",
+SHARED = {"service", "service.batching", "service.records", "service.contract", "service.dlq", "service.errors",
           "service.kafka_security", "service.settings"}
 
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from service.batching import RECORDS, REVOKE, SPLIT, TIME, TP, Record, batch_id
+from service.batching import RECORDS, REVOKE, SPLIT, TIME, batch_id
 from service.dagster_client import JobSelector, RunInfo
 from service.delivery import Delivery
 from service.errors import (
@@ -25,6 +25,7 @@ from service.errors import (
     Unauthorized,
 )
 from service.metrics import Metrics
+from service.records import TP, Record
 from service.routes import Route
 from tests.unit.factories import make_record
 

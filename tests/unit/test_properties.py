@@ -19,11 +19,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
-from service.batching import Batch, Batcher, BatchPolicy, Record
+from service.batching import Batch, Batcher, BatchPolicy
 from service.decoding import JsonBounds, decode_value
 from service.delivery import run_config
 from service.dlq import PRE_LAUNCH_STAGES, DeadLetter, Failure, dlq_headers
 from service.errors import RecordError
+from service.records import Record
 from service.routes import Route
 from tests.unit.test_delivery import Harness
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from service.batching import Batch, Record, batch_id
+from service.batching import Batch, batch_id
 from service.delivery import run_config, run_tags
+from service.records import Record
 from service.routes import Route
 from tests.unit.factories import make_record
 
