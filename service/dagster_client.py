@@ -251,12 +251,11 @@ class DagsterClient:
                 continue
             if any(j["name"] == job for j in node["jobs"]):
                 return JobSelector(node["location"]["name"], node["name"], job)
-        broken = await self.broken_locations()
         where = f" (code location {location!r})" if location else ""
-        if broken:
-            errors = "; ".join(f"{name}: {first_line(message)}" for name, message in sorted(broken.items()))
-            raise LaunchRejected("PipelineNotFoundError", f"no job named {job!r}{where}: code location failed "
-                                 f"to load: {errors}", hint=CODE_LOCATION_HINT, reason="code_location_error")
+        failure = location_failure("PipelineNotFoundError", f"no job named {job!r}{where}",
+                                   await self.broken_locations(), location)
+        if failure is not None:
+            raise failure
         raise LaunchRejected("PipelineNotFoundError", f"job {job}{where} not found in any loaded code location")
 
     async def broken_locations(self) -> dict[str, str]:
@@ -289,11 +288,9 @@ class DagsterClient:
             raise DagsterError(typename, message)
         if typename == "PipelineNotFoundError":
             self.forget_job(selector.job)
-            broken = await self.broken_locations()
-            if selector.location in broken:
-                raise LaunchRejected(typename, f"{message}: code location {selector.location} failed to load: "
-                                     f"{first_line(broken[selector.location])}",
-                                     hint=CODE_LOCATION_HINT, reason="code_location_error")
+            failure = location_failure(typename, message, await self.broken_locations(), selector.location)
+            if failure is not None:
+                raise failure
         raise LaunchRejected(typename, message)
 
     async def terminate_queued(self, run_id: str) -> bool:
@@ -348,6 +345,17 @@ class DagsterClient:
 
 def first_line(text: str | None) -> str:
     return text.splitlines()[0] if text else ""
+
+
+def location_failure(typename: str, context: str, broken: dict[str, str],
+                     location: str | None) -> LaunchRejected | None:
+    """The route fault when `location` (any location, if None) is among the `broken` ones, else None."""
+    failed = {name: error for name, error in broken.items() if location in (None, name)}
+    if not failed:
+        return None
+    errors = "; ".join(f"{name}: {first_line(error)}" for name, error in sorted(failed.items()))
+    return LaunchRejected(typename, f"{context}: code location failed to load: {errors}",
+                          hint=CODE_LOCATION_HINT, reason="code_location_error")
 
 
 def _raise_for_status(response: httpx.Response, shown_url: str) -> None:

@@ -33,7 +33,7 @@ import itertools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from typing import Any, Protocol
 
@@ -50,7 +50,7 @@ from service.contract import (
     TAG_ROUTE,
     TAG_TOPIC,
 )
-from service.dagster_client import DagsterClient
+from service.dagster_client import DagsterClient, location_failure
 from service.decoding import JsonBounds, decode_value
 from service.dlq import Failure, dlq_headers
 from service.duplicates import DuplicateRuns
@@ -204,7 +204,6 @@ class OwnedPartition:
     next_offset: int | None = None
     handing_over: bool = False  # revoked or shutting down: launch what is open, commit nothing more
     fenced: bool = False  # the coordinator says another worker owns it now
-    dropped: bool = field(default=False)
 
 
 class Delivery:
@@ -491,9 +490,9 @@ class Delivery:
                 run_id = await self._launch_once(owned, batch, inline)
             except BatchTooLarge as exc:
                 if not inline:
-                    exc = RequestRejected(f"{exc}, even with the offset range only",  # type: ignore[assignment]
-                                          hint="raise the request size limit of the proxy in front of Dagster")
-                    await self._route_refused(route, exc, backoff)  # type: ignore[arg-type]
+                    refused = RequestRejected(f"{exc}, even with the offset range only",
+                                              hint="raise the request size limit of the proxy in front of Dagster")
+                    await self._route_refused(route, refused, backoff)
                     continue
                 logger.warning("batch %s was refused for its size (%s); launching it with its offset range only",
                                batch.batch_id, exc, extra=batch_extra(batch))
@@ -559,11 +558,9 @@ class Delivery:
             broken = await self.client.broken_locations()
         except TransientError:
             return
-        broken = {name: error for name, error in broken.items() if route.location in (None, name)}
-        if broken:
-            errors = "; ".join(f"{name}: {(error or '').splitlines()[0] if error else ''}"
-                               for name, error in sorted(broken.items()))
-            raise LaunchRejected("CodeLocationError", f"code location failed to load: {errors}")
+        failure = location_failure("CodeLocationError", "Dagster answered HTTP 5xx", broken, route.location)
+        if failure is not None:
+            raise failure
 
     async def _timed_launch(self, route: Route, selector: Any, config: dict[str, Any], tags: dict[str, str],
                             retried: bool) -> str:
@@ -647,8 +644,7 @@ class Delivery:
                                   "raise the DLQ topic's max.message.bytes (or the broker's message.max.bytes)")
                 await self.pauses.wait(name, backoff.next_delay())
                 continue
-            if self.pauses.paused.get(name) is not None and self.pauses.paused[name].reason == "dlq_write":
-                self.pauses.resume(name)
+            self.pauses.resume(name, reason="dlq_write")
             return
 
     async def _send_dead_letter(self, record: Record, failure: Failure) -> None:
@@ -731,7 +727,6 @@ class Delivery:
     async def _drop(self, owned: OwnedPartition) -> None:
         if self.partitions.get(owned.tp) is owned:
             del self.partitions[owned.tp]
-        owned.dropped = True
         await owned.lane.close()
         if owned.reconcile is not None:
             owned.reconcile.cancel()

@@ -147,7 +147,6 @@ LAUNCH_RESULT_REASONS: dict[str, tuple[str, str]] = {
     "InvalidSubsetError": ("launch_rejected", "check the route's job or asset selection"),
     "UnauthorizedError": ("unauthorized", "check DAGSTER_API_TOKEN"),
     "PythonError": ("dagster_error", "Dagster keeps failing to launch: see the webserver's log"),
-    "CodeLocationError": ("code_location_error", CODE_LOCATION_HINT),
 }
 
 
@@ -183,8 +182,6 @@ class BatchTooLarge(KafkaDagsterError):
 
 class KafkaRejected(KafkaDagsterError):
     """Kafka refused a request in a way that waiting alone will not fix."""
-
-    reason = "kafka_rejected"
 
 
 class Fenced(KafkaDagsterError):

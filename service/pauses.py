@@ -60,10 +60,12 @@ class RoutePauses:
         if current is None:
             self.on_change(route, True)
 
-    def resume(self, route: str) -> None:
-        pause = self.paused.pop(route, None)
-        if pause is None:
+    def resume(self, route: str, reason: str | None = None) -> None:
+        """The route works again (only if it was paused for `reason`, when given)."""
+        pause = self.paused.get(route)
+        if pause is None or (reason is not None and pause.reason != reason):
             return
+        del self.paused[route]
         self._gauge(route, pause.reason, 0)
         self._event(route).set()
         logger.info("route %s resumed after %.0fs paused (%s)", route, time.monotonic() - pause.since,

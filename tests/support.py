@@ -374,3 +374,14 @@ async def settled(bootstrap: str, api: DagsterApi, topic: str, dlq_topic: str, e
     result.unfinished_runs = sum(run["status"] not in ("SUCCESS", "FAILURE", "CANCELED") for run in runs)
     result.expected = expected
     return result
+
+
+async def every_record_in_one_run(bootstrap: str, api: DagsterApi, flow: Flow, dlq: str,
+                                  timeout_s: float = 240) -> Accounting:
+    """Stop `flow`; wait until every record it sent is in exactly one executed run, and return the accounting."""
+    sent = await flow.stop()
+    result = await eventually(lambda: settled(bootstrap, api, flow.topic, dlq, sent), timeout_s,
+                              "every record in exactly one run")
+    assert result.problems == [], result.problems[:10]
+    assert result.in_runs == result.offsets  # >= sent: a produce cut short by stop() may have landed
+    return result
