@@ -1,8 +1,10 @@
 """Assets: the Kafka topics (observable sources), the batches, and the totals built from them.
 
-    kafka/<topic> ──> order_batches ──> order_totals
-    (observed:         (materialized by    (materialized by aggregate_orders,
-     end offsets)       process_orders)     launched by order_batches_sensor)
+    kafka/<topic> ─┬─> order_batches ──> order_totals
+    (observed:     │   (materialized by    (materialized by aggregate_orders,
+     end offsets)  │    process_orders)     launched by order_batches_sensor)
+                   └─> refund_batches
+                       (materialized by process_refunds)
 """
 
 # No `from __future__ import annotations`: Dagster reads decorated signatures at runtime.
@@ -23,6 +25,7 @@ from dagster_project.routes_file import routes_file
 logger = logging.getLogger(__name__)
 
 ORDER_TOTALS = dg.AssetKey("order_totals")
+REFUND_BATCHES = dg.AssetKey("refund_batches")
 DEFAULT_TOPICS = ("demo.orders",)
 RECENT_TOTALS = 50
 PAGE = 1000
@@ -32,17 +35,23 @@ def source_topics(environ: Mapping[str, str] = os.environ) -> list[str]:
     """The routed topics, read from the worker's routes file (`KAFKA_DAGSTER_ROUTES`, default routes.toml).
 
     Only the topic names are needed, to draw lineage from Kafka, so the file is
-    read here rather than through the worker's route loader. Without a readable
-    routes file it models the demo topic.
+    read here rather than through the worker's route loader. A topic several
+    routes share is listed once; a route with only a `topic_pattern` names no
+    topic to model and is skipped (so the list may be empty). Without a
+    readable routes file it models the demo topic.
     """
     path = routes_file(environ)
     try:
         routes = tomllib.loads(path.read_text()).get("routes", [])
-        topics = [str(route["topic"]) for route in routes if isinstance(route, dict) and "topic" in route]
     except (OSError, tomllib.TOMLDecodeError) as exc:
         logger.info("no routes file at %s (%s); modelling %s", path, exc, ", ".join(DEFAULT_TOPICS))
         return list(DEFAULT_TOPICS)
-    return topics or list(DEFAULT_TOPICS)
+    routes = [route for route in routes if isinstance(route, dict)]
+    patterns = [str(route["topic_pattern"]) for route in routes if "topic" not in route and "topic_pattern" in route]
+    if patterns:
+        logger.info("routes by topic_pattern (%s) are not modelled as kafka/<topic> assets: "
+                    "their topics are known only to the worker", ", ".join(patterns))
+    return list(dict.fromkeys(str(route["topic"]) for route in routes if "topic" in route))
 
 
 def topic_key(topic: str) -> dg.AssetKey:
@@ -97,6 +106,18 @@ def order_batches_spec(topics: Sequence[str]) -> dg.AssetSpec:
         kinds={"kafka", "python"},
         description="One materialization per published micro-batch, from the process_orders job. "
                     "Metadata: Kafka coordinates, record counts, checks' facts, timings.",
+    )
+
+
+def refund_batches_spec(topics: Sequence[str]) -> dg.AssetSpec:
+    """Refund batches are published by the `process_refunds` op job, so the asset itself is only declared."""
+    return dg.AssetSpec(
+        REFUND_BATCHES,
+        deps=[topic_key(t) for t in topics],
+        group_name="refunds",
+        kinds={"kafka", "python"},
+        description="One materialization per micro-batch of refunds, from the process_refunds job. "
+                    "Metadata: Kafka coordinates, record counts, the amount refunded, timings.",
     )
 
 

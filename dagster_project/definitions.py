@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import dagster as dg
 
-from dagster_project.assets import build_kafka_topics, order_batches_spec, order_totals, source_topics
+from dagster_project.assets import (
+    build_kafka_topics,
+    order_batches_spec,
+    order_totals,
+    refund_batches_spec,
+    source_topics,
+)
 from dagster_project.checks import order_batch_checks
-from dagster_project.jobs import aggregate_orders_job, process_orders_job
+from dagster_project.jobs import aggregate_orders_job, process_orders_job, process_refunds_job
 from dagster_project.resources import (
     DEFAULT_NOTIFICATIONS_TOPIC,
     DeadLetterResource,
@@ -20,7 +26,10 @@ from service.contract import DEFAULT_BOOTSTRAP_SERVERS, DEFAULT_DLQ_TOPIC
 
 
 def build_definitions(topics: list[str]) -> dg.Definitions:
-    """Everything the code location serves, with resources read from the environment at run time."""
+    """Everything the code location serves, with resources read from the environment at run time.
+
+    Without `topics` (only `topic_pattern` routes) there are no Kafka topic assets to observe.
+    """
     kafka = KafkaResource(
         bootstrap_servers=env_or("KAFKA_BOOTSTRAP_SERVERS", DEFAULT_BOOTSTRAP_SERVERS),
         security_protocol=env_or("KAFKA_SECURITY_PROTOCOL", "PLAINTEXT"),
@@ -31,11 +40,13 @@ def build_definitions(topics: list[str]) -> dg.Definitions:
         ssl_certfile=env_or("KAFKA_SSL_CERTFILE", None),
         ssl_keyfile=env_or("KAFKA_SSL_KEYFILE", None),
     )
+    kafka_topics = [build_kafka_topics(topics)] if topics else []
+    observers = [build_kafka_topic_observer(topics)] if topics else []
     return dg.Definitions(
-        assets=[build_kafka_topics(topics), order_batches_spec(topics), order_totals],
+        assets=[*kafka_topics, order_batches_spec(topics), refund_batches_spec(topics), order_totals],
         asset_checks=[order_batch_checks],
-        jobs=[process_orders_job, aggregate_orders_job],
-        sensors=[order_batches_sensor, notify_run_failure, build_kafka_topic_observer(topics)],
+        jobs=[process_orders_job, process_refunds_job, aggregate_orders_job],
+        sensors=[order_batches_sensor, notify_run_failure, *observers],
         resources={
             "kafka": kafka,
             "dead_letters": DeadLetterResource(

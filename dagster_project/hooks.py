@@ -1,7 +1,8 @@
 """Op hooks that publish JSON notifications to Kafka through `NotificationsResource`.
 
-- `notify_batch_published` (success hook) is attached to `publish_batch` only,
-  so a successful run announces its batch once, not once per op.
+- `notify_batch_published` (success hook) is attached to the op that publishes
+  a batch (`publish_batch`, `read_refunds`) only, so a successful run
+  announces its batch once, not once per op.
 - `notify_op_failure` (failure hook) is attached to the whole job: whichever op
   fails, the notification names it, its error, and the run's Kafka batch tags.
 """
@@ -44,7 +45,7 @@ def batch_fields(tags: dict[str, str]) -> dict[str, Any]:
 
 @dg.success_hook(required_resource_keys={"notifications"})
 def notify_batch_published(context: dg.HookContext) -> None:
-    """Announce a published batch with the summary `publish_batch` returned."""
+    """Announce a published batch with the summary its op returned."""
     summary = context.op_output_values.get(BATCH_SUMMARY)
     if not isinstance(summary, dict):
         return  # the op produced no summary: the batch was not published

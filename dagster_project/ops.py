@@ -1,12 +1,17 @@
-"""The ops of `process_orders`: read a batch, fan it out by key, dead-letter, audit, publish.
+"""The ops of `process_orders` (read a batch, fan it out by key, dead-letter, audit, publish)
+and of `process_refunds` (read a batch of refunds and publish it, in one op).
 
     read_batch ─┬─ batch ──────────────────────────────┬─> dead_letter_rejects ─┐
                 ├─ orders ─> split_by_key ─> total_orders.map ─> .collect() ───┤
                 └─ rejects ────────────────────────────┴───────────────────────┴─> publish_batch
 
+    read_refunds ─> refund_batches (materialization) + summary
+
 Each op shows one event pattern of today's Dagster: named outputs with
 metadata, `Failure` and `RetryRequested`, `DynamicOut` fan-out, an
 `AssetObservation`, `AssetCheckEvaluation`s and an `AssetMaterialization`.
+Both batch ops take the same run config (`KafkaBatch`) and read their records
+the same way (`batch_messages`).
 """
 
 # No `from __future__ import annotations`: Dagster reads op signatures at runtime.
@@ -16,6 +21,7 @@ from collections.abc import Iterator
 
 import dagster as dg
 
+from dagster_project.assets import REFUND_BATCHES
 from dagster_project.checks import ORDER_BATCHES, Audit, outcomes
 from dagster_project.dead_letters import dead_letter
 from dagster_project.orders import (
@@ -28,6 +34,7 @@ from dagster_project.orders import (
     duplicate_order_ids,
     group_by_key,
 )
+from dagster_project.refunds import classify_refunds
 from dagster_project.resources import (
     DeadLetterResource,
     KafkaMessage,
@@ -35,7 +42,9 @@ from dagster_project.resources import (
     KafkaUnavailable,
     MetricsResource,
 )
+from dagster_project.selection import selected
 from service.contract import STAGE_PROCESS
+from service.matching import MatchError
 
 MAX_RETRIES = 3
 RETRY_WAIT_S = 2.0
@@ -56,8 +65,12 @@ class KafkaRecord(dg.Config):
 class KafkaBatch(dg.Config):
     """The batch a run processes: an offset range, and its records when small enough.
 
-    kafka-dagster fills this in as `ops.read_batch.config`. When `records` is
-    absent the batch was too large to inline and is read back from Kafka.
+    kafka-dagster fills this in as `ops.<batch_op>.config` (the route's
+    `batch_op`, default `read_batch`). When `records` is absent the batch was
+    too large to inline and is read back from Kafka. The range may hold records
+    of the topic that the route does not take: `match` is then the route's
+    pattern as JSON, and only the records it matches belong to the batch
+    (without it, every record of the range does).
     """
 
     topic: str
@@ -67,6 +80,7 @@ class KafkaBatch(dg.Config):
     record_count: int
     batch_id: str
     records: list[KafkaRecord] | None = None
+    match: str | None = None
 
 
 class SplitConfig(dg.Config):
@@ -99,14 +113,26 @@ def coordinates(config: KafkaBatch | BatchInfo) -> dict[str, dg.MetadataValue]:
     }
 
 
-def _messages(context: dg.OpExecutionContext, config: KafkaBatch, kafka: KafkaResource) -> list[KafkaMessage]:
+def batch_messages(context: dg.OpExecutionContext, config: KafkaBatch, kafka: KafkaResource) -> list[KafkaMessage]:
+    """The batch's records: inline ones as they are, or the range read back and kept to what the route matches."""
     if config.records is not None:
         return inline_messages(config.records)
     try:
-        return kafka.read_range(config.topic, config.partition, config.offset_start, config.offset_end)
+        in_range = kafka.read_range(config.topic, config.partition, config.offset_start, config.offset_end)
     except KafkaUnavailable as exc:
         context.log.warning("reading batch %s back from Kafka failed: %s", config.batch_id, exc)
         raise dg.RetryRequested(max_retries=MAX_RETRIES, seconds_to_wait=RETRY_WAIT_S) from exc
+    try:
+        messages = selected(in_range, config.match)
+    except MatchError as exc:
+        raise dg.Failure(description=f"batch {config.batch_id}: its match is not a pattern: {exc}",
+                         metadata=coordinates(config)) from exc
+    if len(messages) != config.record_count:
+        context.log.warning("batch %s: record_count is %d, but %d records of offsets %d-%d belong to it "
+                            "(%d read back, %s)", config.batch_id, config.record_count, len(messages),
+                            config.offset_start, config.offset_end, len(in_range),
+                            "kept by the route's match" if config.match is not None else "no match")
+    return messages
 
 
 def _fail_if_unusable(config: KafkaBatch, received: int, fail_run_offsets: list[int]) -> None:
@@ -135,7 +161,7 @@ def _fail_if_unusable(config: KafkaBatch, received: int, fail_run_offsets: list[
 def read_batch(context: dg.OpExecutionContext, config: KafkaBatch, kafka: KafkaResource) -> Iterator[dg.Output]:
     """Read the batch (from run config, or back from Kafka) and classify its records."""
     started_at = time.time()
-    messages = _messages(context, config, kafka)
+    messages = batch_messages(context, config, kafka)
     classified = classify(messages)
     _fail_if_unusable(config, len(messages), classified.fail_run_offsets)
     batch = BatchInfo(
@@ -292,3 +318,44 @@ def publish_batch(context: dg.OpExecutionContext, config: AuditConfig, batch: Ba
     yield dg.Output(summary, BATCH_SUMMARY, metadata={"orders_processed": dg.MetadataValue.int(processed),
                                        "amount_total": dg.MetadataValue.float(amount)})
 
+
+@dg.op(
+    out={BATCH_SUMMARY: dg.Out(dict, description="The refund batch's summary (for notify_batch_published).")},
+    tags={"kafka-dagster/role": "source"},
+)
+def read_refunds(context: dg.OpExecutionContext, config: KafkaBatch, kafka: KafkaResource,
+                 metrics: MetricsResource) -> Iterator:
+    """Read a batch of refunds (from run config, or back from Kafka) and publish it as `refund_batches`."""
+    started_at = time.time()
+    messages = batch_messages(context, config, kafka)
+    _fail_if_unusable(config, len(messages), [])
+    found = classify_refunds(messages)
+    source = "inline" if config.records is not None else "kafka"
+    if found.unprocessable_offsets:
+        context.log.warning("batch %s: %d records are not refunds, at offsets %s", config.batch_id,
+                            len(found.unprocessable_offsets), found.unprocessable_offsets[:MAX_SAMPLES])
+    metadata = {
+        "record_count": dg.MetadataValue.int(config.record_count),
+        **coordinates(config),
+        "records_source": dg.MetadataValue.text(source),
+        "records_received": dg.MetadataValue.int(len(messages)),
+        "refunds_processed": dg.MetadataValue.int(len(found.refunds)),
+        "unprocessable_count": dg.MetadataValue.int(len(found.unprocessable_offsets)),
+        "dagster/row_count": dg.MetadataValue.int(len(found.refunds)),
+        "amount_refunded": dg.MetadataValue.float(found.amount_total),
+        **metrics.batch_metadata(record_count=len(messages), processing_time_s=time.time() - started_at,
+                                 oldest_timestamp_ms=min((m.timestamp_ms for m in messages if m.timestamp_ms),
+                                                         default=None)),
+    }
+    yield dg.AssetMaterialization(asset_key=REFUND_BATCHES, metadata=metadata,
+                                  description=f"Refund batch {config.batch_id} of {config.topic}")
+    summary = {
+        "batch_id": config.batch_id, "kafka_topic": config.topic, "kafka_partition": config.partition,
+        "offset_start": config.offset_start, "offset_end": config.offset_end,
+        "record_count": config.record_count, "refunds_processed": len(found.refunds),
+        "unprocessable_count": len(found.unprocessable_offsets), "amount_refunded": found.amount_total,
+    }
+    context.log.info("refund batch %s: %d refunds from %s, %.2f refunded", config.batch_id, len(found.refunds),
+                     source, found.amount_total)
+    yield dg.Output(summary, BATCH_SUMMARY, metadata={"refunds_processed": dg.MetadataValue.int(len(found.refunds)),
+                                                      "amount_refunded": dg.MetadataValue.float(found.amount_total)})

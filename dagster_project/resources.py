@@ -8,8 +8,9 @@ translated here, at the aiokafka edge: ops only ever see `KafkaUnavailable`
 TLS and SASL settings are read and mapped to aiokafka by the worker's own code
 (`service.settings.load_kafka_security`, `service.kafka_security`): pure
 modules of the standard library, like the contract's names
-(`service.contract`) and the dead-letter format (`service.dlq`), which are all
-the code location imports from `service`.
+(`service.contract`), the dead-letter format (`service.dlq`) and the routes'
+match patterns (`service.matching`), which are all the code location imports
+from `service`.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ import dagster as dg
 from dagster_project.assets import topic_key, topic_metadata
 from dagster_project.checks import ORDER_BATCHES
 from dagster_project.hooks import batch_fields
-from dagster_project.jobs import aggregate_orders_job, process_orders_job
+from dagster_project.jobs import aggregate_orders_job, process_orders_job, process_refunds_job
 from dagster_project.resources import KafkaResource, KafkaUnavailable, NotificationsResource
 from service.dlq import truncate
 
@@ -58,7 +58,7 @@ def order_batches_sensor(context: dg.SensorEvaluationContext,
 
 @dg.run_failure_sensor(
     name="notify_run_failure",
-    monitored_jobs=[process_orders_job, aggregate_orders_job],
+    monitored_jobs=[process_orders_job, process_refunds_job, aggregate_orders_job],
     minimum_interval_seconds=SENSOR_INTERVAL_S,
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="Publishes a run_failed notification for every failed batch or aggregation run.",

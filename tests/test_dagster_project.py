@@ -20,6 +20,7 @@ import pytest
 from dagster_project import checks, orders
 from dagster_project.assets import (
     ORDER_TOTALS,
+    REFUND_BATCHES,
     Totals,
     build_kafka_topics,
     order_totals,
@@ -29,7 +30,7 @@ from dagster_project.assets import (
 from dagster_project.checks import ORDER_BATCHES, Audit, order_batch_checks
 from dagster_project.dead_letters import dead_letter, dlq_headers
 from dagster_project.definitions import build_definitions, defs
-from dagster_project.jobs import process_orders_job
+from dagster_project.jobs import process_orders_job, process_refunds_job
 from dagster_project.ops import KafkaBatch, SplitConfig, read_batch, split_by_key
 from dagster_project.resources import (
     DEFAULT_DLQ_TOPIC,
@@ -42,7 +43,10 @@ from dagster_project.resources import (
     NotificationsResource,
     env_or,
 )
+from dagster_project.selection import selected
 from dagster_project.sensors import build_kafka_topic_observer, notify_run_failure, order_batches_sensor
+from service.dev.demo import ORDER_CREATED, REFUND_ISSUED
+from service.matching import compile_match
 from tests.support import ROOT
 
 
@@ -157,6 +161,44 @@ BAD = ["[1, 2]", json.dumps({"customer": "c-9", "amount": 1})]  # not an object;
 MIXED = [order(i) for i in range(6)] + BAD + [order(1), order(7, amount="free")]  # + a duplicate, a bad amount
 
 
+def refund(i: int, amount: float = 1.25) -> str:
+    return json.dumps({"type": REFUND_ISSUED, "refund_id": f"r-{i}", "order_id": f"o-{i}", "customer": f"c-{i % 3}",
+                       "amount": amount, "currency": "EUR"})
+
+
+# One topic, two routes: orders (value.type = order.created) and refunds (value.type = refund.issued).
+EVENTS = [order(0, type=ORDER_CREATED), refund(1), order(2, type=ORDER_CREATED), "not json", refund(4, 3.5),
+          order(5, type=ORDER_CREATED), json.dumps({"order_id": "o-6", "customer": "c-0", "amount": 2.5}),
+          refund(7, 0.25)]
+
+
+def match_of(event_type: str) -> str:
+    """The route's `match` as the worker puts it in run config: `Match.to_json`."""
+    return compile_match({"value.type": event_type}).to_json()
+
+
+def route_run_config(values: list[str], event_type: str, batch_op: str, inline: bool = False) -> dict[str, Any]:
+    """One route's batch over a topic it shares, as the worker cuts it: the records of `event_type` only."""
+    FakeKafka.topics[(TOPIC, 0)] = stored(values)
+    taken = [(m, v) for m, v in zip(FakeKafka.topics[(TOPIC, 0)], values, strict=True)
+             if v.startswith("{") and json.loads(v).get("type") == event_type]
+    config: dict[str, Any] = {
+        "topic": TOPIC, "partition": 0, "offset_start": taken[0][0].offset, "offset_end": taken[-1][0].offset,
+        "record_count": len(taken), "batch_id": f"{event_type}-batch", "match": match_of(event_type),
+    }
+    if inline:
+        config["records"] = [{"offset": m.offset, "timestamp_ms": m.timestamp_ms, "key": orders.key_text(m.key),
+                              "value": v} for m, v in taken]
+    return {"ops": {batch_op: {"config": config}}}
+
+
+def execute_route(job: dg.JobDefinition, config: dict[str, Any], kafka: FakeKafka) -> dg.ExecuteInProcessResult:
+    [batch] = config["ops"].values()
+    names = ("topic", "partition", "offset_start", "offset_end", "record_count", "batch_id")
+    tags = {f"kafka/{name}": str(batch["config"][name]) for name in names}
+    return job.execute_in_process(run_config=config, resources=resources(kafka), tags=tags, raise_on_error=False)
+
+
 # -- 1. Output events: several named outputs, each with metadata ----------------------------------
 
 
@@ -255,6 +297,96 @@ def test_large_batches_are_read_back_from_kafka(fake_kafka: FakeKafka) -> None:
     [materialization] = result.asset_materializations_for_node("publish_batch")
     assert materialization.metadata["records_source"].value == "kafka"
     assert materialization.metadata["record_count"].value == 4
+
+
+def test_a_batch_read_back_keeps_only_the_records_its_route_matches(fake_kafka: FakeKafka) -> None:
+    config = route_run_config(EVENTS, ORDER_CREATED, "read_batch")
+
+    result = execute_route(process_orders_job, config, fake_kafka)
+
+    assert result.success
+    [materialization] = result.asset_materializations_for_node("publish_batch")
+    metadata = {k: v.value for k, v in materialization.metadata.items()}
+    assert metadata | {"offset_start": 0, "offset_end": 5, "record_count": 3, "records_received": 3,
+                       "orders_processed": 3, "completeness": 1.0, "dead_letter_count": 0,
+                       "records_source": "kafka"} == metadata
+    assert DEFAULT_DLQ_TOPIC not in FakeKafka.published  # refunds, "not json" and the untyped order are not its
+
+
+def test_selection_follows_the_route_pattern_on_key_headers_and_value() -> None:
+    messages = stored(EVENTS)
+
+    assert selected(messages, None) == messages
+    assert [m.offset for m in selected(messages, match_of(REFUND_ISSUED))] == [1, 4, 7]
+    on_meta = compile_match({"key": "k-0", "headers.trace": {"prefix": "t-"}}).to_json()
+    assert [m.offset for m in selected(messages, on_meta)] == [0, 3, 6]  # "not json" too: no value condition
+    both = compile_match({"key": "k-0", "value.order_id": {"exists": True}}).to_json()
+    assert [m.offset for m in selected(messages, both)] == [0, 6]
+    assert selected([KafkaMessage(0, None, None, None)], match_of(ORDER_CREATED)) == []
+
+
+def test_a_batch_whose_match_is_not_a_pattern_fails_its_run(fake_kafka: FakeKafka) -> None:
+    config = route_run_config(EVENTS, ORDER_CREATED, "read_batch")
+    config["ops"]["read_batch"]["config"]["match"] = "{not json"
+
+    result = execute_route(process_orders_job, config, fake_kafka)
+
+    assert not result.success
+    [failure] = events_of(result, dg.DagsterEventType.STEP_FAILURE)
+    assert "not a pattern" in (failure.step_failure_data.user_failure_data.description or "")  # type: ignore[union-attr]
+
+
+# -- The refunds job: a second route on the orders' topic ------------------------------------------
+
+
+@pytest.mark.parametrize("inline", [True, False], ids=["inline", "kafka"])
+def test_a_refund_batch_materializes_with_its_provenance(fake_kafka: FakeKafka, inline: bool) -> None:
+    config = route_run_config(EVENTS, REFUND_ISSUED, "read_refunds", inline=inline)
+
+    result = execute_route(process_refunds_job, config, fake_kafka)
+
+    assert result.success
+    [materialization] = result.asset_materializations_for_node("read_refunds")
+    assert materialization.asset_key == REFUND_BATCHES
+    metadata = {k: v.value for k, v in materialization.metadata.items()}
+    assert metadata | {"processing_time_s": 0, "records_per_s": 0, "event_lag_s": 0} == metadata | {
+        "kafka_topic": TOPIC, "kafka_partition": 0, "offset_start": 1, "offset_end": 7, "record_count": 3,
+        "batch_id": "refund.issued-batch", "records_source": "inline" if inline else "kafka",
+        "records_received": 3, "refunds_processed": 3, "unprocessable_count": 0, "dagster/row_count": 3,
+        "amount_refunded": 5.0, "processing_time_s": 0, "records_per_s": 0, "event_lag_s": 0,
+    }
+    assert isinstance(materialization.metadata["amount_refunded"], dg.FloatMetadataValue)
+    [published] = notifications("batch_published")
+    assert published["job"] == "process_refunds" and published["run_id"] == result.run_id
+    assert (published["batch_id"], published["amount_refunded"], published["refunds_processed"]) == (
+        "refund.issued-batch", 5.0, 3)
+
+
+def test_records_that_are_not_refunds_are_counted_not_summed(fake_kafka: FakeKafka) -> None:
+    values = [refund(0), json.dumps({"type": REFUND_ISSUED, "refund_id": "r-1", "amount": "lots"}),
+              json.dumps({"type": REFUND_ISSUED, "amount": 9})]
+    config = route_run_config(values, REFUND_ISSUED, "read_refunds")
+
+    result = execute_route(process_refunds_job, config, fake_kafka)
+
+    assert result.success
+    [materialization] = result.asset_materializations_for_node("read_refunds")
+    assert materialization.metadata["unprocessable_count"].value == 2
+    assert materialization.metadata["refunds_processed"].value == 1
+    assert materialization.metadata["amount_refunded"].value == 1.25
+
+
+def test_a_refund_batch_gone_from_kafka_fails_with_a_notification(fake_kafka: FakeKafka) -> None:
+    config = route_run_config(EVENTS, REFUND_ISSUED, "read_refunds")
+    FakeKafka.topics.clear()
+
+    result = execute_route(process_refunds_job, config, fake_kafka)
+
+    assert not result.success
+    assert not result.asset_materializations_for_node("read_refunds")
+    [failed] = notifications("op_failed")
+    assert (failed["job"], failed["op"], failed["batch_id"]) == ("process_refunds", "read_refunds",
+                                                                 "refund.issued-batch")
 
 
 # -- 4. Failure events -----------------------------------------------------------------------------
@@ -460,6 +592,54 @@ def test_source_topics_come_from_the_routes_file(tmp_path: Any) -> None:
     assert source_topics({"KAFKA_DAGSTER_ROUTES": str(tmp_path / "none.toml")}) == ["demo.orders"]
 
 
+def test_a_topic_with_several_routes_is_one_source_and_patterns_are_skipped(
+        tmp_path: Any, caplog: pytest.LogCaptureFixture) -> None:
+    routes = tmp_path / "routes.toml"
+    routes.write_text('''
+[[routes]]
+name = "orders"
+topic = "shop.events"
+job = "process_orders"
+match = { "value.type" = "order.created" }
+
+[[routes]]
+name = "audit"
+topic_pattern = "audit-.*"
+job = "process_orders"
+
+[[routes]]
+name = "refunds"
+topic = "shop.events"
+job = "process_refunds"
+batch_op = "read_refunds"
+
+[[routes]]
+topic = "x.orders"
+job = "process_orders"
+''')
+
+    with caplog.at_level("INFO", logger="dagster_project.assets"):
+        topics = source_topics({"KAFKA_DAGSTER_ROUTES": str(routes)})
+
+    assert topics == ["shop.events", "x.orders"]
+    assert "audit-.*" in caplog.text and "topic_pattern" in caplog.text
+    graph = build_definitions(topics).resolve_asset_graph()
+    assert graph.get(REFUND_BATCHES).parent_keys == {topic_key("shop.events"), topic_key("x.orders")}
+
+
+def test_routes_by_pattern_only_model_no_topic_and_still_load(tmp_path: Any) -> None:
+    routes = tmp_path / "routes.toml"
+    routes.write_text('[[routes]]\ntopic_pattern = "audit-.*"\njob = "process_orders"\n')
+
+    topics = source_topics({"KAFKA_DAGSTER_ROUTES": str(routes)})
+    definitions = build_definitions(topics)
+
+    assert topics == []
+    dg.Definitions.validate_loadable(definitions)
+    assert {s.name for s in definitions.sensors or []} == {"order_batches_sensor", "notify_run_failure"}
+    assert definitions.resolve_asset_graph().get(ORDER_BATCHES).parent_keys == set()
+
+
 # -- 9, 10. Dead letters and resources --------------------------------------------------------------
 
 
@@ -531,11 +711,12 @@ def test_the_resources_read_their_settings_from_the_environment(monkeypatch: pyt
 
 def test_the_definitions_load_and_validate() -> None:
     dg.Definitions.validate_loadable(defs)
-    assert {j.name for j in defs.resolve_all_job_defs()} >= {"process_orders", "aggregate_orders"}
+    assert {j.name for j in defs.resolve_all_job_defs()} >= {"process_orders", "process_refunds", "aggregate_orders"}
     assert {s.name for s in defs.sensors or []} == {
         "order_batches_sensor", "notify_run_failure", "kafka_topic_observer"}
     assert all(s.default_status == dg.DefaultSensorStatus.RUNNING for s in defs.sensors or [])
     assert defs.get_job_def("process_orders").executor_def == dg.in_process_executor
+    assert defs.get_job_def("process_refunds").executor_def == dg.in_process_executor
 
     validated = subprocess.run(
         [sys.executable, "-m", "dagster", "definitions", "validate", "-m", "dagster_project.definitions"],

@@ -11,7 +11,7 @@ from tests.support import ROOT
 
 # The modules of `service` that `dagster_project` imports (docs/dagster_project.md says why).
 SHARED = {"service", "service.batching", "service.records", "service.contract", "service.dlq", "service.errors",
-          "service.kafka_security", "service.settings"}
+          "service.kafka_security", "service.matching", "service.settings"}
 
 
 def imported_after(statement: str) -> set[str]:
@@ -30,6 +30,12 @@ def test_the_code_location_imports_only_the_shared_modules_of_the_worker() -> No
 
 def test_the_dead_letter_format_needs_no_third_party_library() -> None:
     modules = imported_after("import service.dlq")
+
+    assert not {m.split(".")[0] for m in modules} & {"faust", "aiokafka", "httpx", "dagster", "jsonschema"}
+
+
+def test_match_patterns_need_no_third_party_library() -> None:
+    modules = imported_after("import service.matching")
 
     assert not {m.split(".")[0] for m in modules} & {"faust", "aiokafka", "httpx", "dagster", "jsonschema"}
 
