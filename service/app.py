@@ -24,6 +24,8 @@ class App(faust.App):
 
     before_stop: Callable[[], Awaitable[None]] | None = None
     record_sink: RecordSink | None = None
+    # One regex for every routed topic when a route names a topic_pattern (Faust subscribes by name only).
+    subscription_pattern: str | None = None
 
     def _new_transport(self) -> TransportT:
         """The aiokafka transport with the chunked fetch loop of `service.consumer`."""
@@ -35,14 +37,16 @@ class App(faust.App):
         await super().on_stop()
 
 
-def create_app(settings: Settings) -> App:
+def create_app(settings: Settings, subscription_pattern: str | None = None) -> App:
     """A Faust app whose consumer group, broker (with its TLS/SASL) and web server come from `settings`.
 
     Commits (every second) follow what the worker marked done, no internal
     topics are created, and a rebalance does not wait for open batches (the
-    worker hands them over itself).
+    worker hands them over itself). With a `subscription_pattern` the consumer
+    subscribes by it, and finds topics created later within
+    `KAFKA_DAGSTER_TOPIC_REFRESH_S` (its metadata refresh).
     """
-    return App(
+    app = App(
         settings.group_id,
         broker=settings.broker_urls,
         broker_credentials=faust_credentials(settings.kafka_security),
@@ -59,4 +63,7 @@ def create_app(settings: Settings) -> App:
         topic_allow_declare=False,
         producer_acks=-1,
         broker_commit_interval=1.0,
+        consumer_metadata_max_age_ms=int(settings.topic_refresh_s * 1000),
     )
+    app.subscription_pattern = subscription_pattern
+    return app

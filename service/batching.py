@@ -1,9 +1,11 @@
 """Micro-batching: cut each topic-partition's records into batches.
 
-Pure logic, no Faust and no I/O, so it can be tested exhaustively. A batch
-holds consecutive records of one topic-partition and closes on the first of
-`max_records`, `max_bytes` or `max_wait_s`. A record that is dead-lettered
-splits the open batch, so no run's offset range covers a dead-lettered record.
+Pure logic, no Faust and no I/O, so it can be tested exhaustively. One
+`Batcher` per route: a batch holds consecutive records of one topic-partition
+among those its route takes, and closes on the first of `max_records`,
+`max_bytes` or `max_wait_s`. A record that is dead-lettered for the route
+splits the open batch, so no run's offset range covers a record dead-lettered
+for its route.
 """
 
 from __future__ import annotations
@@ -26,9 +28,15 @@ class BatchPolicy:
     max_wait_s: float
 
 
-def batch_id(topic: str, partition: int, offset_start: int, offset_end: int) -> str:
-    """Deterministic id of the batch covering [offset_start, offset_end] of a partition."""
+def batch_id(topic: str, partition: int, offset_start: int, offset_end: int, route: str = "") -> str:
+    """Deterministic id of `route`'s batch covering [offset_start, offset_end] of a partition.
+
+    A route named after its topic (the default) hashes as before routes could share
+    a topic, so a worker upgraded mid-stream still recognises its earlier launches.
+    """
     text = f"{topic}\x00{partition}\x00{offset_start}\x00{offset_end}"
+    if route and route != topic:
+        text = f"{route}\x00{text}"
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
@@ -44,6 +52,7 @@ class Batch:
     reason: str | None = None
     wait_s: float = math.inf  # closes on time once `wait_s` has passed since `opened_at`
     closed_at: float | None = None  # when it was handed to its partition's lane
+    route: str = ""
 
     @property
     def tp(self) -> TP:
@@ -59,7 +68,7 @@ class Batch:
 
     @property
     def batch_id(self) -> str:
-        return batch_id(self.topic, self.partition, self.offset_start, self.offset_end)
+        return batch_id(self.topic, self.partition, self.offset_start, self.offset_end, self.route)
 
     def close(self, reason: str) -> Batch:
         self.reason = reason
@@ -67,10 +76,11 @@ class Batch:
 
 
 class Batcher:
-    """Holds the open batch of every topic-partition and decides when each closes."""
+    """Holds one route's open batch of every topic-partition and decides when each closes."""
 
-    def __init__(self, policies: dict[str, BatchPolicy]) -> None:
-        self.policies = policies
+    def __init__(self, policy: BatchPolicy, route: str = "") -> None:
+        self.policy = policy
+        self.route = route
         self.open: dict[TP, Batch] = {}
         self.first_wait: dict[TP, float] = {}  # fraction of max_wait_s for a partition's next batch
 
@@ -83,7 +93,7 @@ class Batcher:
         waits (i + 1) / n of `max_wait_s` for its first batch; later batches
         wait the full `max_wait_s` and keep the spread.
         """
-        ordered = sorted(tp for tp in tps if tp.topic in self.policies)
+        ordered = sorted(tps)
         for index, tp in enumerate(ordered):
             self.first_wait[tp] = (index + 1) / len(ordered)
 
@@ -92,7 +102,7 @@ class Batcher:
         if not records:
             return []
         tp = records[0].tp
-        policy = self.policies[tp.topic]
+        policy = self.policy
         max_records, max_bytes = policy.max_records, policy.max_bytes
         closed: list[Batch] = []
         batch = self.open.pop(tp, None)
@@ -103,7 +113,7 @@ class Batcher:
                 batch = None
             if batch is None:
                 batch = Batch(tp.topic, tp.partition, opened_at=now,
-                              wait_s=policy.max_wait_s * self.first_wait.pop(tp, 1.0))
+                              wait_s=policy.max_wait_s * self.first_wait.pop(tp, 1.0), route=self.route)
             batch.records.append(record)
             batch.size += size
             if len(batch.records) >= max_records:

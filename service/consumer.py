@@ -56,6 +56,14 @@ class ConsumerThread(aiokafka_driver.AIOKafkaConsumerThread):
         consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS  # no Faust setting; read when the consumer starts
         return consumer
 
+    async def subscribe(self, topics: Any) -> None:
+        """Faust's subscription by names, or by the app's pattern when it has one (Faust cannot)."""
+        pattern: str | None = self.app.subscription_pattern  # type: ignore[attr-defined]  # service.app.App
+        if pattern is None:
+            await super().subscribe(topics)
+            return
+        await self.call_thread(self._ensure_consumer().subscribe, pattern=pattern, listener=self._rebalance_listener)
+
     async def prove_ownership(self, tp: TP, offset: int) -> bool:
         """Commit `offset` for `tp` now, in this member's current generation: False if the group refuses."""
         return bool(await self.call_thread(self._commit_owned, tp, offset))

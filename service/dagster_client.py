@@ -78,6 +78,17 @@ query Runs($filter: RunsFilter, $limit: Int) {
 }
 """
 
+RUN_COUNT = """
+query RunCount($filter: RunsFilter) {
+  runsOrError(filter: $filter) {
+    __typename
+    ... on Runs { count }
+    ... on InvalidPipelineRunsFilterError { message }
+    ... on PythonError { message }
+  }
+}
+"""
+
 RUN_STATUSES = """
 query RunStatuses($filter: RunsFilter) {
   runsOrError(filter: $filter) {
@@ -308,6 +319,14 @@ class DagsterClient:
         if result["__typename"] != "Runs":
             raise DagsterError(result["__typename"], result.get("message", ""))
         return [_run_info(run) for run in result["results"]]
+
+    async def count_runs(self, job: str, statuses: list[str]) -> int:
+        """How many runs of `job` are in one of `statuses` now (e.g. QUEUED)."""
+        run_filter = {"pipelineName": job, "statuses": statuses}
+        result = (await self.execute(RUN_COUNT, {"filter": run_filter}))["runsOrError"]
+        if result["__typename"] != "Runs":
+            raise DagsterError(result["__typename"], result.get("message", ""))
+        return int(result["count"])
 
     async def run_statuses(self, run_ids: list[str]) -> dict[str, str]:
         """Status of each run in `run_ids` that Dagster knows, in one query."""

@@ -32,6 +32,14 @@ def decode_value(record: Record, max_message_bytes: int,
                  validator: SchemaValidator | None = None,
                  bounds: JsonBounds | None = None) -> Any:
     """The record's value as JSON, checked against its bounds and schema."""
+    value = parse_value(record, max_message_bytes, bounds)
+    if validator is not None:
+        check_schema(validator, value)
+    return value
+
+
+def parse_value(record: Record, max_message_bytes: int, bounds: JsonBounds | None = None) -> Any:
+    """The record's value as JSON, checked against its size and shape bounds (not a schema)."""
     if record.size > max_message_bytes:
         raise MessageTooLarge(f"record is {record.size} bytes, over the bound of {max_message_bytes}")
     raw = record.value
@@ -48,12 +56,15 @@ def decode_value(record: Record, max_message_bytes: int,
     bounds = bounds or JsonBounds()
     if _may_exceed(raw, bounds):
         check_shape(value, bounds)
-    if validator is not None:
-        error = first_error(validator, value)
-        if error is not None:
-            path = "/".join(str(p) for p in error.absolute_path) or "(root)"
-            raise SchemaViolation(f"value fails the route schema at {path}: {error.message}")
     return value
+
+
+def check_schema(validator: SchemaValidator, value: Any) -> None:
+    """Raise `SchemaViolation` naming the JSON path of the first error when `value` fails the schema."""
+    error = first_error(validator, value)
+    if error is not None:
+        path = "/".join(str(p) for p in error.absolute_path) or "(root)"
+        raise SchemaViolation(f"value fails the route schema at {path}: {error.message}")
 
 
 def _may_exceed(raw: bytes, bounds: JsonBounds) -> bool:

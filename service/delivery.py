@@ -32,6 +32,7 @@ import dataclasses
 import itertools
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -40,6 +41,7 @@ from typing import Any, Protocol
 from service.batching import Batch, Batcher, BatchPolicy
 from service.contract import (
     STAGE_LAUNCH,
+    STAGE_ROUTE,
     STAGE_RUN,
     TAG_BATCH_ID,
     TAG_CONSUMER_GROUP,
@@ -61,6 +63,7 @@ from service.errors import (
     Fenced,
     KafkaRejected,
     LaunchRejected,
+    NoRouteMatched,
     RateLimited,
     RecordError,
     RequestRejected,
@@ -72,7 +75,9 @@ from service.metrics import Metrics
 from service.pauses import RoutePauses
 from service.records import TP, Record
 from service.retry import Backoff
-from service.routes import Route
+from service.routes import Route, RouteTable
+from service.routing import route_record, selects
+from service.throttle import Throttle
 from service.watcher import FAILED, TERMINAL, LaunchedRun, RunWatcher
 
 logger = logging.getLogger(__name__)
@@ -133,6 +138,8 @@ def run_config(route: Route, batch: Batch, inline: bool = True) -> dict[str, Any
             }
             for r in batch.records
         ]
+    if route.match is not None:  # the offset range holds other routes' records too: the run keeps its own
+        config["match"] = route.match.to_json()
     return {"ops": {route.batch_op: {"config": config}}}
 
 
@@ -145,18 +152,42 @@ class DeadLetters:
 
 
 class Lane:
-    """One partition's queue of closed batches and dead letters, worked in order."""
+    """One route's queue of closed batches and dead letters for one partition, worked in order.
 
-    def __init__(self, tp: TP, maxsize: int, handle: Callable[[Batch | DeadLetters], Awaitable[None]],
-                 on_fatal: Callable[[BaseException], Awaitable[None]]) -> None:
-        self.tp = tp
+    `first_pending` is the lowest offset handed to the lane and not yet
+    launched or dead-lettered: what the partition's commit may not pass.
+    """
+
+    def __init__(self, name: str, maxsize: int, handle: Callable[[Batch | DeadLetters], Awaitable[None]],
+                 on_done: Callable[[], None], on_fatal: Callable[[BaseException], Awaitable[None]]) -> None:
+        self.name = name
         self.queue: asyncio.Queue[Batch | DeadLetters] = asyncio.Queue(maxsize)
+        self.pending: deque[int] = deque()
         self._handle = handle
+        self._on_done = on_done
         self._on_fatal = on_fatal
-        self._task = asyncio.create_task(self._run(), name=f"lane-{tp.topic}-{tp.partition}")
+        self._task = asyncio.create_task(self._run(), name=f"lane-{name}")
+
+    @property
+    def first_pending(self) -> int | None:
+        return self.pending[0] if self.pending else None
 
     async def put(self, item: Batch | DeadLetters) -> None:
+        self.pending.append(_first_offset(item))  # pending while it waits for room, too
         await self.queue.put(item)
+
+    def put_nowait(self, item: Batch | DeadLetters) -> None:
+        self.pending.append(_first_offset(item))
+        self.queue.put_nowait(item)
+
+    def drain(self) -> list[Batch | DeadLetters]:
+        """Take every queued item out, unhandled (the partition moved to another worker)."""
+        items = []
+        while not self.queue.empty():
+            items.append(self.queue.get_nowait())
+            self.queue.task_done()
+        self.pending.clear()
+        return items
 
     async def _run(self) -> None:
         while True:
@@ -168,11 +199,14 @@ class Lane:
             except Exception as exc:
                 # A bug, not a classified failure: the item is neither launched nor dead-lettered,
                 # so the worker must stop and let a restart reconcile rather than skip it.
-                logger.exception("lane %s/%d failed; stopping the worker", self.tp.topic, self.tp.partition)
+                logger.exception("lane %s failed; stopping the worker", self.name)
                 await self._on_fatal(exc)
                 raise
             finally:
                 self.queue.task_done()
+            if self.pending:
+                self.pending.popleft()
+            self._on_done()
 
     async def join(self, timeout_s: float) -> bool:
         """Wait until the lane is idle; False if `timeout_s` passed first."""
@@ -186,30 +220,77 @@ class Lane:
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
-        while not self.queue.empty():  # frees a producer blocked on a full queue
-            self.queue.get_nowait()
+        self.drain()  # frees a producer blocked on a full queue
+
+
+def _first_offset(item: Batch | DeadLetters) -> int:
+    return item.offset_start if isinstance(item, Batch) else item.records[0].offset
+
+
+@dataclass(eq=False)
+class RouteShare:
+    """One route's share of an owned partition: its lane, and what of the partition its runs cover."""
+
+    route: Route
+    batcher: Batcher
+    lane: Lane
+    covered: int | None = None  # highest offset inside a launched run of the route; None until reconciled
+    reconcile: asyncio.Task[int] | None = None
+
+    def first_pending(self, tp: TP) -> int | None:
+        """The lowest offset the route holds in an open batch or its lane (None: holds nothing)."""
+        open_batch = self.batcher.open.get(tp)
+        lowest = self.lane.first_pending
+        if open_batch is not None and (lowest is None or open_batch.offset_start < lowest):
+            lowest = open_batch.offset_start
+        return lowest
 
 
 @dataclass(eq=False)
 class OwnedPartition:
-    """What the worker holds for one partition it owns, from assignment to revoke."""
+    """What the worker holds for one partition it owns, from assignment to revoke.
+
+    Every route of the topic has its `RouteShare`; records no route matches
+    and that the topic dead-letters go through `unmatched`. The partition is
+    done below the lowest offset any of them still holds, or below
+    `dispatched` when none holds anything.
+    """
 
     tp: TP
     epoch: int
-    route: Route
-    lane: Lane
-    covered: int | None = None  # highest offset inside a launched run; None until reconciled
-    reconcile: asyncio.Task[int] | None = None
+    shares: list[RouteShare]
+    unmatched: Lane | None = None
     position: int | None = None  # first offset consumed since assignment (the committed offset then)
     next_offset: int | None = None
+    dispatched: int | None = None  # every record below it has been handed to the routes it matches
     handing_over: bool = False  # revoked or shutting down: launch what is open, commit nothing more
     fenced: bool = False  # the coordinator says another worker owns it now
+
+    def share(self, route: str) -> RouteShare | None:
+        return next((share for share in self.shares if share.route.name == route), None)
+
+    @property
+    def lanes(self) -> list[Lane]:
+        return [share.lane for share in self.shares] + ([self.unmatched] if self.unmatched else [])
+
+    def done_below(self) -> int | None:
+        """Every offset below this is launched, dead-lettered or skipped by every route of the topic."""
+        if self.dispatched is None:
+            return None
+        lowest = self.dispatched
+        for share in self.shares:
+            held = share.first_pending(self.tp)
+            if held is not None and held < lowest:
+                lowest = held
+        if self.unmatched is not None and self.unmatched.first_pending is not None:
+            lowest = min(lowest, self.unmatched.first_pending)
+        return lowest
 
 
 class Delivery:
     """Owns batching, launching, reconciling and dead-lettering for one worker.
 
-    :param routes: the routes, keyed by topic
+    :param routes: the routes (`service.routes.RouteTable`: by name, and which read each topic)
     :param client: the Dagster GraphQL client
     :param dead_letters: where dead letters are written (the DLQ producer)
     :param metrics: the worker's metrics
@@ -233,7 +314,7 @@ class Delivery:
     :param json_bounds: depth and key bounds of decoded values
     """
 
-    def __init__(self, routes: dict[str, Route], client: DagsterClient, dead_letters: DeadLetterSink,
+    def __init__(self, routes: RouteTable, client: DagsterClient, dead_letters: DeadLetterSink,
                  metrics: Metrics, *, group_id: str, dlq_topic: str, max_message_bytes: int,
                  read_range: ReadRange, outcomes: HandledOutcomes, fence: Fence, mark_done: Callable[[TP, int], None],
                  pause_fetching: Callable[[set[TP], bool], None],
@@ -260,8 +341,12 @@ class Delivery:
         self.retry_max_delay_s = retry_max_delay_s
         self.route_retry_max_delay_s = route_retry_max_delay_s
         self.clock = clock
-        self.batcher = Batcher({t: BatchPolicy(r.max_records, r.max_bytes, r.max_wait_s) for t, r in routes.items()})
-        self.validators = {t: r.validator() for t, r in routes.items()}
+        self.batchers = {name: Batcher(BatchPolicy(r.max_records, r.max_bytes, r.max_wait_s), name)
+                         for name, r in routes.items()}
+        self.throttles = {name: Throttle(name, r.job, metrics, max_runs_per_minute=r.max_runs_per_minute,
+                                         max_queued_runs=r.max_queued_runs, queued_runs=self._queued_runs,
+                                         clock=clock)
+                          for name, r in routes.items() if r.throttled}
         self.partitions: dict[TP, OwnedPartition] = {}
         self._epochs = itertools.count(1)
         self.closing = False
@@ -281,8 +366,20 @@ class Delivery:
     def _owned(self, tp: TP) -> OwnedPartition:
         owned = self.partitions.get(tp)
         if owned is None:
-            owned = self.partitions[tp] = OwnedPartition(tp, next(self._epochs), self.routes[tp.topic],
-                                                         Lane(tp, self.queue_size, self._handle, self.on_fatal))
+            owned = self.partitions[tp] = self._new_partition(tp)
+        return owned
+
+    def _new_partition(self, tp: TP) -> OwnedPartition:
+        owned = OwnedPartition(tp, next(self._epochs), [])
+        advance = partial(self._advance, owned)
+        for route in self.routes.for_topic(tp.topic):
+            share = RouteShare(route, self.batchers[route.name], None)  # type: ignore[arg-type]  # lane next
+            share.lane = Lane(f"{route.name}-{tp.topic}-{tp.partition}", self.queue_size,
+                              partial(self._handle, owned, share), advance, self.on_fatal)
+            owned.shares.append(share)
+        if self.routes.unmatched(tp.topic) == "dead_letter":
+            owned.unmatched = Lane(f"unmatched-{tp.topic}-{tp.partition}", self.queue_size,
+                                   partial(self._handle, owned, None), advance, self.on_fatal)
         return owned
 
     def _current(self, record: Record) -> OwnedPartition | None:
@@ -292,11 +389,14 @@ class Delivery:
             return None
         return owned
 
-    def _done(self, tp: TP, next_offset: int, epoch: int) -> None:
-        owned = self.partitions.get(tp)
+    def _advance(self, owned: OwnedPartition) -> None:
+        """Mark the partition done below what every route of it has finished with."""
         # Records from before a revoke must not commit for a partition we may no longer own.
-        if owned is not None and owned.epoch == epoch and not owned.handing_over and not owned.fenced:
-            self.mark_done(tp, next_offset)
+        if self.partitions.get(owned.tp) is not owned or owned.handing_over or owned.fenced:
+            return
+        done = owned.done_below()
+        if done is not None:
+            self.mark_done(owned.tp, done)
 
     @property
     def next_offsets(self) -> dict[TP, int]:
@@ -309,7 +409,8 @@ class Delivery:
     # -- records in ---------------------------------------------------------
 
     async def on_records(self, records: Sequence[Record]) -> None:
-        """Handle consecutive records of one partition: skip, dead-letter, or add each to its batch."""
+        """Handle consecutive records of one partition: each route of the topic skips, dead-letters or
+        batches the ones it matches; the rest are unmatched."""
         if not records:
             return
         owned = self._current(records[0])
@@ -321,59 +422,96 @@ class Delivery:
             owned.position = records[0].offset
             logger.info("consuming %s/%d from offset %d", tp.topic, tp.partition, records[0].offset)
         owned.next_offset = records[-1].offset + 1
-        covered = await self.covered_offset(tp)
-        if records[0].offset <= covered:
-            records = self._skip_covered(records, covered)
-        if records and self._current(records[0]) is owned:
-            await self._add_checked(records)
+        covered = [await self._covered(owned, share) for share in owned.shares]
+        if self._current(records[0]) is not owned:
+            return
+        if len(owned.shares) == 1 and owned.shares[0].route.match is None:
+            await self._add_checked(owned, owned.shares[0], [r for r in records if r.offset > covered[0]])
+        else:
+            await self._dispatch(owned, records, covered)
+        if self._current(records[0]) is owned:
+            owned.dispatched = records[-1].offset + 1
+            self._advance(owned)
 
-    def _skip_covered(self, records: Sequence[Record], covered: int) -> Sequence[Record]:
-        """Mark done the records an earlier run already covers; return the rest."""
-        skipped = [record for record in records if record.offset <= covered]
-        last = skipped[-1]
-        self._done(last.tp, last.offset + 1, last.epoch)
-        return records[len(skipped):]
-
-    async def _add_checked(self, records: Sequence[Record]) -> None:
-        """Batch the records that decode and validate; dead-letter each one that does not, in order."""
-        validator = self.validators[records[0].topic]
+    async def _add_checked(self, owned: OwnedPartition, share: RouteShare, records: Sequence[Record]) -> None:
+        """The one route of the topic takes every record: batch those that decode and validate,
+        dead-letter each one that does not, in order (the fast path: slices, no per-record routing)."""
+        validator = share.route.validator()
         good_from = 0
         for index, record in enumerate(records):
             try:
                 decode_value(record, self.max_message_bytes, validator, self.bounds)
             except RecordError as exc:
-                await self._add(records[good_from:index])
-                await self._reject(record, Failure.from_exception(exc.stage, exc))
+                await self._add(owned, share, records[good_from:index])
+                await self._reject(owned, share, record, exc)
                 good_from = index + 1
-        await self._add(records[good_from:])
+        await self._add(owned, share, records[good_from:])
 
-    async def _add(self, records: Sequence[Record]) -> None:
-        for batch in self.batcher.add_many(records, self.clock()):
-            await self._submit(batch)
+    async def _dispatch(self, owned: OwnedPartition, records: Sequence[Record], covered: list[int]) -> None:
+        """Route each record to every route it matches (`service.routing`), keeping each route's order."""
+        shares = {share.route.name: share for share in owned.shares}
+        taken: dict[str, list[Record]] = {name: [] for name in shares}
+        routes = [share.route for share in owned.shares]
+        below = {share.route.name: c for share, c in zip(owned.shares, covered, strict=True)}
+        for record in records:
+            verdicts = route_record(routes, record, self.max_message_bytes, self.bounds)
+            if not verdicts:
+                await self._unmatched(owned, record)
+            for verdict in verdicts:
+                name = verdict.route.name
+                if record.offset <= below[name]:
+                    continue  # in a run of this route already
+                if verdict.failure is None:
+                    taken[name].append(record)
+                    continue
+                await self._add(owned, shares[name], taken[name])
+                taken[name] = []
+                await self._reject(owned, shares[name], record, verdict.failure)
+        for name, share in shares.items():
+            await self._add(owned, share, taken[name])
 
-    async def _reject(self, record: Record, failure: Failure) -> None:
-        """Dead-letter `record` in offset order: the open batch before it is launched first."""
-        split = self.batcher.split(record.tp)
+    async def _unmatched(self, owned: OwnedPartition, record: Record) -> None:
+        self.metrics.messages_unmatched.labels(record.topic).inc()
+        if owned.unmatched is not None:
+            failure = Failure.from_exception(STAGE_ROUTE, NoRouteMatched(
+                f"no route of topic {record.topic!r} matches the record"))
+            await owned.unmatched.put(DeadLetters([record], failure))
+
+    async def _add(self, owned: OwnedPartition, share: RouteShare, records: Sequence[Record]) -> None:
+        for batch in share.batcher.add_many(records, self.clock()):
+            await self._submit(owned, share, batch)
+
+    async def _reject(self, owned: OwnedPartition, share: RouteShare, record: Record, exc: RecordError) -> None:
+        """Dead-letter `record` for the route in offset order: the open batch before it is launched first."""
+        split = share.batcher.split(record.tp)
         if split is not None:
-            await self._submit(split)
-        await self._owned(record.tp).lane.put(DeadLetters([record], failure))
+            await self._submit(owned, share, split)
+        failure = dataclasses.replace(Failure.from_exception(exc.stage, exc), route=share.route.name)
+        await share.lane.put(DeadLetters([record], failure))
 
     async def tick(self) -> None:
-        """Close the batches whose `max_wait_s` has passed."""
-        for batch in self.batcher.expire(self.clock()):
-            await self._submit(batch)
+        """Close the batches whose `max_wait_s` has passed (not a held route's: those grow until full)."""
+        now = self.clock()
+        for name, batcher in self.batchers.items():
+            throttle = self.throttles.get(name)
+            if throttle is not None and throttle.held:
+                continue
+            for batch in batcher.expire(now):
+                owned = self.partitions.get(batch.tp)
+                share = owned.share(name) if owned is not None else None
+                if owned is not None and share is not None:
+                    await self._submit(owned, share, batch)
 
     def seconds_to_next_deadline(self, at_most: float) -> float:
         """How long until the next open batch is due to close on time, capped at `at_most`."""
-        deadline = self.batcher.next_deadline()
-        return at_most if deadline is None else min(at_most, max(0.0, deadline - self.clock()))
+        deadlines = [d for d in (b.next_deadline() for b in self.batchers.values()) if d is not None]
+        return at_most if not deadlines else min(at_most, max(0.0, min(deadlines) - self.clock()))
 
-    async def _submit(self, batch: Batch) -> None:
-        owned = self.partitions.get(batch.tp)
-        if owned is None or owned.fenced:
+    async def _submit(self, owned: OwnedPartition, share: RouteShare, batch: Batch) -> None:
+        if self.partitions.get(batch.tp) is not owned or owned.fenced:
             return  # the partition moved on: its next owner reconciles and launches these records
         self._count_closed(batch)
-        await owned.lane.put(batch)
+        await share.lane.put(batch)
 
     def _count_closed(self, batch: Batch) -> None:
         batch.closed_at = self.clock()
@@ -383,41 +521,44 @@ class Delivery:
     # -- reconciliation -----------------------------------------------------
 
     def on_assigned(self, tps: Iterable[TP]) -> None:
-        """New assignment: reconcile its partitions all at once, before their records arrive,
-        spread their first batch deadlines, and keep paused routes' partitions from fetching."""
-        tps = [tp for tp in tps if tp.topic in self.routes]
-        self.batcher.stagger(tps)
+        """New assignment: reconcile each route of its partitions all at once, before their records
+        arrive, spread their first batch deadlines, and keep paused routes' partitions from fetching."""
+        tps = [tp for tp in tps if self.routes.for_topic(tp.topic)]
+        for batcher in self.batchers.values():
+            batcher.stagger(tp for tp in tps if self.routes[batcher.route].reads(tp.topic))
+        paused: set[TP] = set()
         for tp in tps:
             owned = self._owned(tp)
-            if owned.covered is None:
-                self._reconcile_task(owned)
-        paused = {tp for tp in tps if self.pauses.is_paused(self.routes[tp.topic].name)}
+            for share in owned.shares:
+                if share.covered is None:
+                    self._reconcile_task(owned, share)
+                if self.pauses.is_paused(share.route.name):
+                    paused.add(tp)
         if paused:
             self.pause_fetching(paused, True)
 
-    async def covered_offset(self, tp: TP) -> int:
-        """Highest offset of `tp` inside a launched run's range (-1: none); asks Dagster once."""
-        owned = self._owned(tp)
-        if owned.covered is None:
-            task = self._reconcile_task(owned)
+    async def _covered(self, owned: OwnedPartition, share: RouteShare) -> int:
+        """Highest offset of the partition inside a launched run of the route (-1: none); asks Dagster once."""
+        if share.covered is None:
+            task = self._reconcile_task(owned, share)
             try:
-                owned.covered = await asyncio.shield(task)
+                share.covered = await asyncio.shield(task)
             finally:
-                if task.done() and owned.covered is None:  # a failure is not kept: the next caller asks again
-                    owned.reconcile = None
-        return owned.covered
+                if task.done() and share.covered is None:  # a failure is not kept: the next caller asks again
+                    share.reconcile = None
+        return share.covered
 
-    def _reconcile_task(self, owned: OwnedPartition) -> asyncio.Task[int]:
-        if owned.reconcile is None:
-            owned.reconcile = asyncio.create_task(
-                self.retry(lambda: self._reconcile(owned.tp), owned.route, "reconcile"),
-                name=f"reconcile-{owned.tp.topic}-{owned.tp.partition}")
-        return owned.reconcile
+    def _reconcile_task(self, owned: OwnedPartition, share: RouteShare) -> asyncio.Task[int]:
+        if share.reconcile is None:
+            share.reconcile = asyncio.create_task(
+                self.retry(lambda: self._reconcile(owned.tp, share.route), share.route, "reconcile"),
+                name=f"reconcile-{share.route.name}-{owned.tp.topic}-{owned.tp.partition}")
+        return share.reconcile
 
-    async def _reconcile(self, tp: TP) -> int:
-        route = self.routes[tp.topic]
+    async def _reconcile(self, tp: TP, route: Route) -> int:
         runs = await self.client.find_runs(
-            {TAG_TOPIC: tp.topic, TAG_PARTITION: str(tp.partition), TAG_CONSUMER_GROUP: self.group_id},
+            {TAG_TOPIC: tp.topic, TAG_PARTITION: str(tp.partition), TAG_CONSUMER_GROUP: self.group_id,
+             TAG_ROUTE: route.name},
             job=route.job,
             limit=1000,
         )
@@ -430,26 +571,24 @@ class Delivery:
                 # It ended while no worker watched it: the watcher copies its records at its next poll.
                 self.watcher.adopt(_launched(run.run_id, run.job, run.tags))
                 unhandled += 1
-        logger.info("reconciled %s/%d: %d earlier runs (%d failed ones not yet in the DLQ), covered up to offset %d",
-                    tp.topic, tp.partition, len(runs), unhandled, covered)
+        logger.info("reconciled route %r on %s/%d: %d earlier runs (%d failed ones not yet in the DLQ), covered "
+                    "up to offset %d", route.name, tp.topic, tp.partition, len(runs), unhandled, covered)
         return covered
 
     # -- lanes: launch and dead-letter --------------------------------------
 
-    async def _handle(self, item: Batch | DeadLetters) -> None:
-        tp = item.tp if isinstance(item, Batch) else item.records[0].tp
-        owned = self.partitions.get(tp)
-        if owned is None or owned.fenced:
+    async def _handle(self, owned: OwnedPartition, share: RouteShare | None, item: Batch | DeadLetters) -> None:
+        if self.partitions.get(owned.tp) is not owned or owned.fenced:
             return  # dropped: launch nothing for a partition another worker owns now
         if isinstance(item, DeadLetters):
-            await self.dead_letter(item.records, item.failure, done=True)
-        else:
-            await self._launch(owned, item)
+            await self.dead_letter(item.records, item.failure)
+        elif share is not None:
+            await self._launch(owned, share, item)
 
-    async def _launch(self, owned: OwnedPartition, batch: Batch) -> None:
-        route = owned.route
+    async def _launch(self, owned: OwnedPartition, share: RouteShare, batch: Batch) -> None:
+        route = share.route
         try:
-            run_id = await self._launch_until_accepted(owned, batch)
+            run_id = await self._launch_until_accepted(owned, share, batch)
         except Fenced as exc:
             self._drop_fenced(owned, batch, exc)
             return
@@ -457,12 +596,11 @@ class Delivery:
             logger.error("launch of batch %s (%s/%d offsets %d-%d) rejected: %s; dead-lettering it "
                          "(on_launch_rejected = \"dead_letter\")", batch.batch_id, batch.topic, batch.partition,
                          batch.offset_start, batch.offset_end, exc, extra=batch_extra(batch))
-            await self.dead_letter(batch.records, Failure.from_exception(STAGE_LAUNCH, exc), done=True)
+            failure = dataclasses.replace(Failure.from_exception(STAGE_LAUNCH, exc), route=route.name)
+            await self.dead_letter(batch.records, failure)
             return
-        owned.covered = max(owned.covered if owned.covered is not None else -1, batch.offset_end)
+        share.covered = max(share.covered if share.covered is not None else -1, batch.offset_end)
         self._observe_launched(batch, run_id)
-        last = batch.records[-1]
-        self._done(batch.tp, last.offset + 1, last.epoch)
         await self.watcher.add(_launched(run_id, route.job, run_tags(route, batch, self.group_id)))
 
     def _observe_launched(self, batch: Batch, run_id: str) -> None:
@@ -470,24 +608,31 @@ class Delivery:
         if oldest:
             self.metrics.event_to_launch.observe(max(0.0, time.time() - oldest / 1000))
         waited_s = self.clock() - batch.closed_at if batch.closed_at is not None else 0.0
-        logger.info("launched run %s for batch %s (%s/%d offsets %d-%d, %d records, closed by %s %.3fs ago)",
-                    run_id, batch.batch_id, batch.topic, batch.partition, batch.offset_start,
-                    batch.offset_end, len(batch.records), batch.reason, waited_s,
+        logger.info("launched run %s for batch %s (route %r, %s/%d offsets %d-%d, %d records, closed by %s "
+                    "%.3fs ago)", run_id, batch.batch_id, batch.route, batch.topic, batch.partition,
+                    batch.offset_start, batch.offset_end, len(batch.records), batch.reason, waited_s,
                     extra=batch_extra(batch, run_id) | {"closed_s_ago": round(waited_s, 3)})
 
-    async def _launch_until_accepted(self, owned: OwnedPartition, batch: Batch) -> str:
+    async def _queued_runs(self, job: str) -> int:
+        return await self.client.count_runs(job, ["QUEUED"])
+
+    async def _launch_until_accepted(self, owned: OwnedPartition, share: RouteShare, batch: Batch) -> str:
         """Launch the batch's run; while the route is refused, pause it and retry the same batch.
 
         Raises `Fenced` if the partition moved, and `RouteError` only for a route that
         dead-letters refused launches. A batch refused for its size goes again with its
-        offset range only (the run reads the records back from Kafka).
+        offset range only (the run reads the records back from Kafka). A route with
+        run-rate limits first waits for a launch slot.
         """
-        route = owned.route
+        route = share.route
+        throttle = self.throttles.get(route.name)
+        if throttle is not None:
+            await throttle.acquire()
         backoff = Backoff(base_s=ROUTE_RETRY_BASE_S, max_delay_s=self.route_retry_max_delay_s)
         inline = True
         while True:
             try:
-                run_id = await self._launch_once(owned, batch, inline)
+                run_id = await self._launch_once(owned, route, batch, inline)
             except BatchTooLarge as exc:
                 if not inline:
                     refused = RequestRejected(f"{exc}, even with the offset range only",
@@ -511,9 +656,8 @@ class Delivery:
         self.client.forget_job(route.job)
         await self.pauses.wait(route.name, backoff.next_delay())
 
-    async def _launch_once(self, owned: OwnedPartition, batch: Batch, inline: bool) -> str:
+    async def _launch_once(self, owned: OwnedPartition, route: Route, batch: Batch, inline: bool) -> str:
         """Launch the batch's run, retrying transient failures; never launches it twice knowingly."""
-        route = owned.route
         tags = run_tags(route, batch, self.group_id)
         config = run_config(route, batch, inline)
         backoff = Backoff(max_delay_s=self.retry_max_delay_s)
@@ -583,7 +727,10 @@ class Delivery:
         """Raise `Fenced` unless the coordinator confirms this worker owns the partition now."""
         if owned.fenced or self.partitions.get(owned.tp) is not owned:
             raise Fenced(f"{owned.tp.topic}/{owned.tp.partition} is no longer assigned to this worker")
-        owns = await self.retry_transient(partial(self.fence, owned.tp, batch.offset_start),
+        # The commit proving it is of what the partition is done with (every route of it), at most the batch's start.
+        done = owned.done_below()
+        offset = batch.offset_start if done is None else min(done, batch.offset_start)
+        owns = await self.retry_transient(partial(self.fence, owned.tp, offset),
                                           f"proving ownership of {owned.tp.topic}/{owned.tp.partition}")
         if not owns:
             raise Fenced(f"the group coordinator refused this worker's commit for "
@@ -592,8 +739,8 @@ class Delivery:
     def _drop_fenced(self, owned: OwnedPartition, batch: Batch, exc: Fenced) -> None:
         """Another worker owns the partition: launch and commit nothing more for it here."""
         owned.fenced = True
-        open_batches = self.batcher.drain({owned.tp})
-        queued = [item for item in _drain_queue(owned.lane.queue) if isinstance(item, Batch)]
+        open_batches = [b for share in owned.shares for b in share.batcher.drain({owned.tp})]
+        queued = [item for lane in owned.lanes for item in lane.drain() if isinstance(item, Batch)]
         dropped = [batch, *queued, *open_batches]
         self.metrics.fenced.labels(owned.tp.topic).inc(len(dropped))
         logger.warning("%s; dropped %d unlaunched batches (offsets %d-%d) for its new owner to reconcile and "
@@ -606,34 +753,33 @@ class Delivery:
         if kept is not None:  # the worker canceled it as a duplicate: its records are in run `kept`
             await self.retry_transient(partial(self.outcomes.record, run.run_id, "DUPLICATE"),
                                        "recording a canceled duplicate")
-            self.watcher.adopt(LaunchedRun(kept, run.job, run.topic, run.partition, run.offset_start,
-                                           run.offset_end))
+            self.watcher.adopt(dataclasses.replace(run, run_id=kept))
             return
         if await self.retry_transient(partial(self.outcomes.handled, run.run_id), "reading handled outcomes"):
             return  # another worker (or an earlier life of this one) copied it already
         records = await self.retry_transient(
             partial(self.read_range, run.topic, run.partition, run.offset_start, run.offset_end),
             "reading a failed run's records")
+        route = self.routes.get(run.route)
+        if route is not None:  # its range may hold records of the topic's other routes: keep the run's own
+            records = [r for r in records if selects(route, r, self.max_message_bytes, self.bounds)]
         failure = Failure(STAGE_RUN, f"Run{status.title()}", f"Dagster run {run.run_id} ended {status}",
-                          run_id=run.run_id)
+                          run_id=run.run_id, route=route.name if route is not None else None)
         await self.dead_letter(records, failure)
         await self.retry_transient(partial(self.outcomes.record, run.run_id, status), "recording a handled outcome")
 
-    async def dead_letter(self, records: Iterable[Record], failure: Failure, done: bool = False) -> None:
-        """Write records to the DLQ (retrying what Kafka refuses); `done`: then mark each done."""
+    async def dead_letter(self, records: Iterable[Record], failure: Failure) -> None:
+        """Write records to the DLQ, retrying what Kafka refuses."""
         for record in records:
             await self._send_until_accepted(record, failure)
             self.metrics.dlq_messages.labels(record.topic, failure.stage).inc()
             logger.warning("dead-lettered %s/%d offset %d at stage %s: %s: %s", record.topic,
                            record.partition, record.offset, failure.stage, failure.error_class,
                            failure.error_message)
-            if done:
-                self._done(record.tp, record.offset + 1, record.epoch)
 
     async def _send_until_accepted(self, record: Record, failure: Failure) -> None:
         """Send one dead letter; a broker that refuses it (e.g. for its size) pauses its route, reason dlq_write."""
-        route = self.routes.get(record.topic)
-        name = route.name if route is not None else record.topic
+        name = failure.route or record.topic
         backoff = Backoff(base_s=ROUTE_RETRY_BASE_S, max_delay_s=self.route_retry_max_delay_s)
         while True:
             try:
@@ -648,9 +794,6 @@ class Delivery:
             return
 
     async def _send_dead_letter(self, record: Record, failure: Failure) -> None:
-        route = self.routes.get(record.topic)
-        if failure.route is None and route is not None:
-            failure = dataclasses.replace(failure, route=route.name)
         headers = dlq_headers(record, failure)
         await self.sink.send(self.dlq_topic, record.key, record.value, headers, record.timestamp_ms)
 
@@ -685,7 +828,7 @@ class Delivery:
         await asyncio.sleep(delay)
 
     def _on_route_pause(self, route_name: str, paused: bool) -> None:
-        tps = {tp for tp, owned in self.partitions.items() if owned.route.name == route_name}
+        tps = {tp for tp, owned in self.partitions.items() if owned.share(route_name) is not None}
         if tps:
             self.pause_fetching(tps, paused)
 
@@ -709,17 +852,18 @@ class Delivery:
         await self._hand_over(owned, timeout_s)
 
     async def _hand_over(self, owned: list[OwnedPartition], timeout_s: float) -> None:
-        tps = {partition.tp for partition in owned}
-        for batch in self.batcher.drain(tps):
-            partition = self.partitions[batch.tp]
-            if partition.lane.queue.full() or partition.fenced:
-                continue  # its records stay uncommitted: whoever consumes them next reconciles first
-            self._count_closed(batch)
-            partition.lane.queue.put_nowait(batch)
-        if owned:
-            done = await asyncio.gather(*(partition.lane.join(timeout_s) for partition in owned))
+        for partition in owned:
+            for share in partition.shares:
+                for batch in share.batcher.drain({partition.tp}):
+                    if share.lane.queue.full() or partition.fenced:
+                        continue  # its records stay uncommitted: whoever consumes them next reconciles first
+                    self._count_closed(batch)
+                    share.lane.put_nowait(batch)
+        lanes = [lane for partition in owned for lane in partition.lanes]
+        if lanes:
+            done = await asyncio.gather(*(lane.join(timeout_s) for lane in lanes))
             if not all(done):
-                logger.warning("%d partitions still launching after %.0fs; leaving their batches uncommitted",
+                logger.warning("%d lanes still launching after %.0fs; leaving their batches uncommitted",
                                done.count(False), timeout_s)
         for partition in owned:
             await self._drop(partition)
@@ -727,19 +871,13 @@ class Delivery:
     async def _drop(self, owned: OwnedPartition) -> None:
         if self.partitions.get(owned.tp) is owned:
             del self.partitions[owned.tp]
-        await owned.lane.close()
-        if owned.reconcile is not None:
-            owned.reconcile.cancel()
-
-
-def _drain_queue(queue: asyncio.Queue[Batch | DeadLetters]) -> list[Batch | DeadLetters]:
-    items = []
-    while not queue.empty():
-        items.append(queue.get_nowait())
-        queue.task_done()
-    return items
+        for lane in owned.lanes:
+            await lane.close()
+        for share in owned.shares:
+            if share.reconcile is not None:
+                share.reconcile.cancel()
 
 
 def _launched(run_id: str, job: str, tags: dict[str, str]) -> LaunchedRun:
     return LaunchedRun(run_id, job, tags[TAG_TOPIC], int(tags[TAG_PARTITION]),
-                       int(tags[TAG_OFFSET_START]), int(tags[TAG_OFFSET_END]))
+                       int(tags[TAG_OFFSET_START]), int(tags[TAG_OFFSET_END]), tags.get(TAG_ROUTE, ""))

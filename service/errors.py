@@ -16,11 +16,12 @@ library it comes from, in one place per library: httpx and GraphQL results in
     │   │   ├── NullValue       the value is null (a tombstone)
     │   │   ├── NotUtf8         the value is not UTF-8
     │   │   └── InvalidJson     the value is UTF-8 but not JSON
-    │   └── ValidationError     stage `validate`
-    │       ├── MessageTooLarge the record is over the size bound
-    │       ├── JsonTooDeep     the value nests deeper than the depth bound
-    │       ├── TooManyKeys     the value has more object keys than the bound
-    │       └── SchemaViolation the value breaks the route's JSON Schema
+    │   ├── ValidationError     stage `validate`
+    │   │   ├── MessageTooLarge the record is over the size bound
+    │   │   ├── JsonTooDeep     the value nests deeper than the depth bound
+    │   │   ├── TooManyKeys     the value has more object keys than the bound
+    │   │   └── SchemaViolation the value breaks the route's JSON Schema
+    │   └── NoRouteMatched      stage `route`: no route matches it and its topic dead-letters those
     ├── RouteError              the route cannot launch anything now: it pauses and retries the
     │   │                       same batch with a capped backoff; nothing is dead-lettered
     │   │                       (unless the route sets on_launch_rejected = "dead_letter")
@@ -119,6 +120,12 @@ class TooManyKeys(ValidationError):
 
 class SchemaViolation(ValidationError):
     """The value does not conform to the route's JSON Schema."""
+
+
+class NoRouteMatched(RecordError):
+    """No route of the record's topic matches it, and the topic dead-letters such records."""
+
+    stage = "route"
 
 
 class RouteError(KafkaDagsterError):

@@ -26,6 +26,13 @@ class Metrics:
         r = self.registry
         self.messages_consumed = Counter(
             "kafka_dagster_messages_consumed", "Messages read from routed topics.", ["topic"], registry=r)
+        self.messages_unmatched = Counter(
+            "kafka_dagster_messages_unmatched", "Messages of a routed topic that no route's match selected.",
+            ["topic"], registry=r)
+        self.route_throttled = Counter(
+            "kafka_dagster_route_throttled_seconds",
+            "Seconds a route held a launch back for its max_runs_per_minute or max_queued_runs.",
+            ["route"], registry=r)
         self.batches = Counter(
             "kafka_dagster_batches", "Batches closed, by the reason they closed.",
             ["topic", "reason"], registry=r)

@@ -1,20 +1,29 @@
-"""Routes: which topic feeds which Dagster job, and with which batch policy.
+"""Routes: which records of which topics feed which Dagster job, and with which batch policy.
 
-A routes file is TOML with one `[[routes]]` table per topic:
+A routes file is TOML with one `[[routes]]` table per route, and optional
+`[topics."<name>"]` tables for what happens to a topic's records that no
+route matches:
 
     [[routes]]
-    topic = "demo.orders"
+    name = "orders"                      # required when a topic has several routes; default: the topic
+    topic = "shop.events"                # or topic_pattern = "shop\\..*" (a regex matched whole)
     job = "process_orders"
+    match = { "value.type" = "order.created" }   # optional: which records (service.matching)
     max_records = 500
     max_bytes = 1048576
     max_wait_s = 5.0
     schema_file = "schemas/order.json"   # optional JSON Schema for the value
     on_launch_rejected = "pause"         # or "dead_letter": what a refused launch does
+    max_runs_per_minute = 30             # optional: launches per minute, at most
+    max_queued_runs = 20                 # optional: wait while Dagster holds this many QUEUED runs of the job
+
+    [topics."shop.events"]
+    unmatched = "skip"                   # or "dead_letter" (stage route)
 
 The file is validated whole at start: an unknown key, a missing field or a
-bad value fails with one line naming the route and the field. A route's schema
-is compiled there too (`service.schemas`), so one that cannot compile fails
-at start rather than on the first record.
+bad value fails with one line naming the route and the field. A route's
+schema and match pattern are compiled there too, so one that cannot compile
+fails at start rather than on the first record.
 """
 
 from __future__ import annotations
@@ -22,33 +31,40 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 import tomllib
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 import jsonschema
 
 from service.errors import ConfigurationError
+from service.matching import Match, MatchError, compile_match
 from service.schemas import CompiledSchema, SchemaCompileError
 
 logger = logging.getLogger(__name__)
 
-REQUIRED = ("topic", "job", "max_records", "max_bytes", "max_wait_s")
-OPTIONAL = ("name", "location", "repository", "batch_op", "inline_max_bytes", "schema", "schema_file",
-            "on_launch_rejected")
+REQUIRED = ("job", "max_records", "max_bytes", "max_wait_s")
+OPTIONAL = ("name", "topic", "topic_pattern", "location", "repository", "batch_op", "inline_max_bytes", "schema",
+            "schema_file", "on_launch_rejected", "match", "max_runs_per_minute", "max_queued_runs")
 ON_LAUNCH_REJECTED = ("pause", "dead_letter")
+UNMATCHED = ("skip", "dead_letter")
+TOPIC_OPTIONS = ("unmatched",)
 
 
 @dataclass(frozen=True)
 class Route:
-    """One topic -> one job, with its batch policy and optional value schema."""
+    """The records of a topic (or of topics matching a pattern) that `match` selects -> one job."""
 
-    topic: str
+    topic: str  # "" when the route names a topic_pattern instead
     job: str
     max_records: int
     max_bytes: int
     max_wait_s: float
+    topic_pattern: str = ""
     location: str | None = None
     repository: str | None = None
     batch_op: str = "read_batch"
@@ -56,16 +72,29 @@ class Route:
     schema: dict[str, Any] | None = field(default=None, compare=False)
     name: str = ""
     on_launch_rejected: str = "pause"
+    match: Match | None = field(default=None, compare=False)
+    max_runs_per_minute: int | None = None
+    max_queued_runs: int | None = None
     _compiled: CompiledSchema | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not self.name:
-            object.__setattr__(self, "name", self.topic)
+            object.__setattr__(self, "name", self.topic or self.topic_pattern)
 
     @property
     def dead_letters_rejected_launches(self) -> bool:
         """True when a launch Dagster refuses dead-letters the batch instead of pausing the route."""
         return self.on_launch_rejected == "dead_letter"
+
+    @property
+    def throttled(self) -> bool:
+        """True when the route limits its launches (`max_runs_per_minute` or `max_queued_runs`)."""
+        return self.max_runs_per_minute is not None or self.max_queued_runs is not None
+
+    def reads(self, topic: str) -> bool:
+        """True when the route takes records of `topic`."""
+        return topic == self.topic or (bool(self.topic_pattern) and _pattern(self.topic_pattern).fullmatch(topic)
+                                       is not None)
 
     def validator(self) -> CompiledSchema | None:
         """The route's schema, compiled once; None when the route has none."""
@@ -74,6 +103,54 @@ class Route:
         if self._compiled is None:
             object.__setattr__(self, "_compiled", compile_schema(self.schema, f"route {self.name!r}"))
         return self._compiled
+
+
+@cache
+def _pattern(text: str) -> re.Pattern[str]:
+    return re.compile(text)
+
+
+class RouteTable(Mapping[str, Route]):
+    """The routes keyed by name, and which of them read each topic."""
+
+    def __init__(self, routes: Mapping[str, Route], unmatched: Mapping[str, str] | None = None) -> None:
+        self._routes = dict(routes)
+        self._unmatched = dict(unmatched or {})
+        self._by_topic: dict[str, tuple[Route, ...]] = {}
+
+    def __getitem__(self, name: str) -> Route:
+        return self._routes[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._routes)
+
+    def __len__(self) -> int:
+        return len(self._routes)
+
+    def for_topic(self, topic: str) -> tuple[Route, ...]:
+        """The routes that read `topic`, in file order (cached: topics are few)."""
+        routes = self._by_topic.get(topic)
+        if routes is None:
+            routes = self._by_topic[topic] = tuple(r for r in self._routes.values() if r.reads(topic))
+        return routes
+
+    def unmatched(self, topic: str) -> str:
+        """What happens to a record of `topic` that no route matches: "skip" or "dead_letter"."""
+        return self._unmatched.get(topic, "skip")
+
+    @property
+    def topics(self) -> list[str]:
+        """The topics routes name, each once."""
+        return list(dict.fromkeys(r.topic for r in self._routes.values() if r.topic))
+
+    @property
+    def subscription_pattern(self) -> str | None:
+        """One regex for every routed topic, when some route names a `topic_pattern`; None otherwise."""
+        patterns = [r.topic_pattern for r in self._routes.values() if r.topic_pattern]
+        if not patterns:
+            return None
+        alternatives = [*(f"(?:{p})" for p in patterns), *(re.escape(t) for t in self.topics)]
+        return f"^(?:{'|'.join(alternatives)})$"  # aiokafka matches from the start only
 
 
 def compile_schema(schema: dict[str, Any], where: str) -> CompiledSchema:
@@ -88,8 +165,8 @@ def compile_schema(schema: dict[str, Any], where: str) -> CompiledSchema:
     return compiled
 
 
-def load_routes(path: Path) -> dict[str, Route]:
-    """Parse and validate the routes file; return routes keyed by topic."""
+def load_routes(path: Path) -> RouteTable:
+    """Parse and validate the routes file; return its routes keyed by name."""
     try:
         document = tomllib.loads(path.read_text())
     except (OSError, tomllib.TOMLDecodeError) as exc:
@@ -97,20 +174,57 @@ def load_routes(path: Path) -> dict[str, Route]:
     tables = document.get("routes")
     if not isinstance(tables, list) or not tables:
         raise ConfigurationError(f"routes file {path}: expected one or more [[routes]] tables")
+    unknown = sorted(set(document) - {"routes", "topics"})
+    if unknown:
+        raise ConfigurationError(f"routes file {path}: unknown key(s) {', '.join(unknown)} (expected [[routes]] "
+                                 "and [topics.\"<name>\"] tables)")
     routes: dict[str, Route] = {}
     for index, table in enumerate(tables):
         route = parse_route(table, f"{path}: routes[{index}]", base=path.parent)
-        if route.topic in routes:
-            raise ConfigurationError(f"{path}: topic {route.topic!r} is routed twice")
-        routes[route.topic] = route
-    return routes
+        if route.name in routes:
+            raise ConfigurationError(f"{path}: routes[{index}]: route name {route.name!r} is used twice"
+                                     + (" (give each route of a topic its own name)" if route.topic else ""))
+        routes[route.name] = route
+    _check_shared_topics(routes.values(), path)
+    return RouteTable(routes, _parse_topics(document.get("topics", {}), path))
 
 
-def check_batch_bytes(routes: dict[str, Route], max_batch_bytes: int) -> None:
+def _check_shared_topics(routes: Iterable[Route], path: Path) -> None:
+    """A topic with several routes needs every one of them named: metrics and runs tell them apart by name."""
+    by_topic: dict[str, list[Route]] = {}
+    for route in routes:
+        if route.topic:
+            by_topic.setdefault(route.topic, []).append(route)
+    for topic, shared in by_topic.items():
+        unnamed = [r for r in shared if r.name == topic]
+        if len(shared) > 1 and unnamed:
+            raise ConfigurationError(f"{path}: topic {topic!r} has {len(shared)} routes: give each a name")
+
+
+def _parse_topics(tables: Any, path: Path) -> dict[str, str]:
+    """The `[topics."<name>"]` tables: what a topic does with records no route matches."""
+    if not isinstance(tables, dict):
+        raise ConfigurationError(f"routes file {path}: topics must be tables ([topics.\"<name>\"])")
+    unmatched: dict[str, str] = {}
+    for topic, table in tables.items():
+        where = f"{path}: topics.{topic!r}"
+        if not isinstance(table, dict):
+            raise ConfigurationError(f"{where}: must be a table")
+        unknown = sorted(set(table) - set(TOPIC_OPTIONS))
+        if unknown:
+            raise ConfigurationError(f"{where}: unknown key(s) {', '.join(unknown)}")
+        value = table.get("unmatched", "skip")
+        if value not in UNMATCHED:
+            raise ConfigurationError(f"{where}: unmatched must be one of {', '.join(UNMATCHED)}")
+        unmatched[topic] = value
+    return unmatched
+
+
+def check_batch_bytes(routes: Mapping[str, Route], max_batch_bytes: int) -> None:
     """Every route's `max_bytes` within `KAFKA_DAGSTER_MAX_BATCH_BYTES`: what bounds a partition's memory."""
     for route in routes.values():
         if route.max_bytes > max_batch_bytes:
-            raise ConfigurationError(f"route {route.topic!r}: max_bytes={route.max_bytes} is over "
+            raise ConfigurationError(f"route {route.name!r}: max_bytes={route.max_bytes} is over "
                                      f"KAFKA_DAGSTER_MAX_BATCH_BYTES={max_batch_bytes}; lower it or raise the setting")
 
 
@@ -124,7 +238,9 @@ def parse_route(table: dict[str, Any], where: str, base: Path = Path(".")) -> Ro
     missing = [name for name in REQUIRED if name not in table]
     if missing:
         raise ConfigurationError(f"{where}: missing {', '.join(missing)}")
-    values = dict(table)
+    if ("topic" in table) == ("topic_pattern" in table):
+        raise ConfigurationError(f"{where}: give topic or topic_pattern (one of them)")
+    values = {"topic": "", **table}
     schema_file = values.pop("schema_file", None)
     if schema_file is not None:
         if "schema" in values:
@@ -133,16 +249,38 @@ def parse_route(table: dict[str, Any], where: str, base: Path = Path(".")) -> Ro
             raise ConfigurationError(f"{where}: schema_file must be a path")
         values["schema"] = _read_schema(base / schema_file, where)
     _check_types(values, where)
+    if "match" in values:
+        values["match"] = _compile_match(values["match"], where)
     route = Route(**values)
     if route.schema is not None:
         object.__setattr__(route, "_compiled", compile_schema(route.schema, f"{where} (route {route.name!r})"))
     return route
 
 
+def _compile_match(spec: Any, where: str) -> Match:
+    try:
+        return compile_match(spec)
+    except MatchError as exc:
+        raise ConfigurationError(f"{where}: match {exc}") from None
+
+
+def _check_pattern(text: str, where: str) -> None:
+    try:
+        re.compile(text)
+    except re.error as exc:
+        raise ConfigurationError(f"{where}: topic_pattern is not a regular expression: {exc}") from None
+
+
 def _check_types(values: dict[str, Any], where: str) -> None:
-    for name in ("name", "topic", "job", "location", "repository", "batch_op"):
+    for name in ("name", "topic", "topic_pattern", "job", "location", "repository", "batch_op"):
         if name in values and (not isinstance(values[name], str) or not values[name]):
             raise ConfigurationError(f"{where}: {name} must be a non-empty string")
+    if "topic_pattern" in values:
+        _check_pattern(values["topic_pattern"], where)
+    for name in ("max_runs_per_minute", "max_queued_runs"):
+        value = values.get(name)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
+            raise ConfigurationError(f"{where}: {name} must be a positive integer")
     for name in ("max_records", "max_bytes", "inline_max_bytes"):
         value = values.get(name, 1)
         if not isinstance(value, int) or isinstance(value, bool) or value < 0 or (

@@ -44,6 +44,7 @@ class Settings:
     retry_max_delay_s: float = 30.0
     route_retry_max_delay_s: float = 120.0
     probe_interval_s: float = 5.0
+    topic_refresh_s: float = 30.0
     shutdown_timeout_s: float = 20.0
     max_inflight_runs: int = 64
     log_level: str = "INFO"
@@ -84,6 +85,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         retry_max_delay_s=read("KAFKA_DAGSTER_RETRY_MAX_DELAY_S", _positive_float, "30"),
         route_retry_max_delay_s=read("KAFKA_DAGSTER_ROUTE_RETRY_MAX_DELAY_S", _positive_float, "120"),
         probe_interval_s=read("KAFKA_DAGSTER_PROBE_INTERVAL_S", _positive_float, "5"),
+        topic_refresh_s=read("KAFKA_DAGSTER_TOPIC_REFRESH_S", _positive_float, "30"),
         shutdown_timeout_s=read("KAFKA_DAGSTER_SHUTDOWN_TIMEOUT_S", _positive_float, "20"),
         max_inflight_runs=read("KAFKA_DAGSTER_MAX_INFLIGHT_RUNS", _positive_int, "64"),
         log_level=read("KAFKA_DAGSTER_LOG_LEVEL", _log_level, "INFO"),

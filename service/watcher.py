@@ -45,6 +45,7 @@ class LaunchedRun:
     partition: int
     offset_start: int
     offset_end: int
+    route: str = ""  # the route that launched it ("" for a run from before routes were tagged)
 
 
 class RunWatcher:

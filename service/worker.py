@@ -19,7 +19,7 @@ from service.kafka import Producer, ensure_topics, read_range
 from service.metrics import Metrics
 from service.outcomes import OutcomeLog, outcomes_topic
 from service.records import TP, Record
-from service.routes import Route, check_batch_bytes, load_routes
+from service.routes import RouteTable, check_batch_bytes, load_routes
 from service.settings import Settings
 from service.web import add_pages
 
@@ -36,7 +36,7 @@ def build_worker(settings: Settings, metrics: Metrics | None = None) -> App:
     routes = load_routes(settings.routes_path)
     check_batch_bytes(routes, settings.max_batch_bytes)
     metrics = metrics or Metrics()
-    app = create_app(settings)
+    app = create_app(settings, subscription_pattern=routes.subscription_pattern)
     client = DagsterClient(settings.dagster_graphql_url, settings.dagster_api_token, settings.dagster_timeout_s,
                            cafile=settings.dagster_ssl_cafile)
     _warn_if_token_in_the_clear(settings)
@@ -107,7 +107,7 @@ def _warn_if_token_in_the_clear(settings: Settings) -> None:
                        url.hostname)
 
 
-def _add_monitors(app: App, settings: Settings, routes: dict[str, Route], delivery: Delivery, metrics: Metrics,
+def _add_monitors(app: App, settings: Settings, routes: RouteTable, delivery: Delivery, metrics: Metrics,
                   heartbeat: Heartbeat, client: DagsterClient) -> None:
     lag_gauges: set[TP] = set()
 
@@ -122,7 +122,7 @@ def _add_monitors(app: App, settings: Settings, routes: dict[str, Route], delive
     @app.timer(LAG_INTERVAL_S, name="kafka_dagster.consumer_lag")
     async def consumer_lag() -> None:
         nonlocal lag_gauges
-        tps = [tp for tp in app.consumer.assignment() if tp.topic in routes]
+        tps = [tp for tp in app.consumer.assignment() if routes.for_topic(tp.topic)]
         if not tps:
             return
         try:
@@ -143,10 +143,12 @@ def _committed(app: App, tp: Any, delivery: Delivery) -> int | None:
     return delivery.positions.get(TP.of(tp))
 
 
-def _add_intake(app: App, routes: dict[str, Route], delivery: Delivery) -> None:
-    """Subscribe to the routed topics; every fetched chunk goes to `delivery`, commits follow it."""
-    app.topics.add(app.topic(*routes, key_type=bytes, value_type=bytes, key_serializer="raw",
-                             value_serializer="raw", allow_empty=True))
+def _add_intake(app: App, routes: RouteTable, delivery: Delivery) -> None:
+    """Subscribe to the routed topics (by pattern when a route has one: `service.consumer`); every
+    fetched chunk goes to `delivery`, commits follow it."""
+    if routes.topics:
+        app.topics.add(app.topic(*routes.topics, key_type=bytes, value_type=bytes, key_serializer="raw",
+                                 value_serializer="raw", allow_empty=True))
 
     async def on_records(tp: Any, fetched: Sequence[Any]) -> None:
         epoch = delivery.epoch(TP.of(tp))

@@ -24,8 +24,8 @@ from tests.unit.factories import make_record
 BIG = 10**9
 
 
-def batcher(max_records: int = BIG, max_bytes: int = BIG, max_wait_s: float = 1e9, **more: BatchPolicy) -> Batcher:
-    return Batcher({"orders": BatchPolicy(max_records, max_bytes, max_wait_s), **more})
+def batcher(max_records: int = BIG, max_bytes: int = BIG, max_wait_s: float = 1e9, route: str = "") -> Batcher:
+    return Batcher(BatchPolicy(max_records, max_bytes, max_wait_s), route)
 
 
 def sized(offset: int, size: int, partition: int = 0) -> Record:
@@ -141,13 +141,14 @@ def test_wait_counts_from_the_batch_opening_not_the_last_record() -> None:
     assert offsets(b.expire(11.0)[0]) == [2]
 
 
-def test_expire_uses_each_topics_own_policy() -> None:
-    b = batcher(max_wait_s=10.0, fast=BatchPolicy(BIG, BIG, 1.0))
-    add_one(b, make_record(0), 0.0)
-    add_one(b, make_record(0, topic="fast"), 0.0)
-    [closed] = b.expire(1.0)
-    assert closed.tp == TP("fast", 0)
-    assert list(b.open) == [TP("orders", 0)]
+def test_each_route_batches_by_its_own_policy() -> None:
+    slow, fast = batcher(max_wait_s=10.0, route="slow"), batcher(max_wait_s=1.0, route="fast")
+    add_one(slow, make_record(0), 0.0)
+    add_one(fast, make_record(0), 0.0)
+    assert slow.expire(1.0) == []
+    [closed] = fast.expire(1.0)
+    assert closed.route == "fast"
+    assert list(slow.open) == [TP("orders", 0)]
 
 
 def test_split_closes_the_open_batch_before_a_dead_lettered_record() -> None:
@@ -199,12 +200,21 @@ def test_partitions_are_independent() -> None:
 
 
 def test_topics_are_independent() -> None:
-    b = batcher(max_records=2, other=BatchPolicy(5, BIG, 1e9))
+    b = batcher(max_records=2)
     assert add_one(b, make_record(0, topic="other"), 0.0) == []
     assert add_one(b, make_record(0), 0.0) == []
     [closed] = add_one(b, make_record(1), 0.0)
     assert closed.topic == "orders"
     assert offsets(b.open[TP("other", 0)]) == [0]
+
+
+def test_batch_ids_include_the_route_unless_it_is_named_after_its_topic() -> None:
+    assert batch_id("orders", 0, 1, 2, route="orders") == batch_id("orders", 0, 1, 2)
+    assert batch_id("orders", 0, 1, 2, route="refunds") != batch_id("orders", 0, 1, 2)
+    assert batch_id("orders", 0, 1, 2, route="refunds") != batch_id("orders", 0, 1, 2, route="large")
+    b = batcher(max_records=1, route="refunds")
+    [closed] = add_one(b, make_record(4), 0.0)
+    assert closed.batch_id == batch_id("orders", 0, 4, 4, route="refunds")
 
 
 def test_interleaved_partitions_give_consecutive_single_partition_batches() -> None:
@@ -268,7 +278,7 @@ def test_adding_a_fetched_chunk_closes_the_same_batches_as_adding_one_by_one(
 
 def test_partitions_assigned_together_close_their_first_batches_spread_over_max_wait() -> None:
     b = batcher(max_wait_s=8.0)
-    b.stagger([TP("orders", p) for p in (3, 1, 0, 2)] + [TP("not-routed", 0)])
+    b.stagger([TP("orders", p) for p in (3, 1, 0, 2)])
     for p in range(4):
         add_one(b, make_record(0, partition=p), 0.0)
     closed_at = {}

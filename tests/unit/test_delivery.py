@@ -26,7 +26,7 @@ from service.errors import (
 )
 from service.metrics import Metrics
 from service.records import TP, Record
-from service.routes import Route
+from service.routes import Route, RouteTable
 from tests.unit.factories import make_record
 
 JOB = "process_orders"
@@ -147,7 +147,7 @@ class Harness:
         self.registry = registry
         self.clock = Clock()
         policy = {"max_records": 3, "max_bytes": 1_000_000, "max_wait_s": 5.0, **route}
-        self.routes = {"orders": Route("orders", JOB, **policy)}
+        self.routes = RouteTable({"orders": Route("orders", JOB, **policy)})
         self.owned = True  # what the group coordinator answers the fencing commit
         self.fenced_at: list[tuple[TP, int]] = []
         self.paused: list[tuple[set[TP], bool]] = []
@@ -196,7 +196,7 @@ class Harness:
         await self.deliver(*(self.record(offset, partition=partition) for offset in offsets))
 
     async def settle(self, timeout_s: float = 2.0) -> bool:
-        results = [await p.lane.join(timeout_s) for p in list(self.delivery.partitions.values())]
+        results = [await lane.join(timeout_s) for p in list(self.delivery.partitions.values()) for lane in p.lanes]
         return all(results)
 
     def acked(self, partition: int = 0) -> list[int]:
@@ -223,8 +223,9 @@ class Harness:
 
     async def close(self) -> None:
         for partition in list(self.delivery.partitions.values()):
-            with contextlib.suppress(Exception):
-                await partition.lane.close()
+            for lane in partition.lanes:
+                with contextlib.suppress(Exception):
+                    await lane.close()
         self.delivery.partitions.clear()
 
 
@@ -354,14 +355,14 @@ async def test_records_at_or_below_the_covered_offset_are_acked_without_launchin
     h = make_harness()
     for start, end in [(0, 2), (3, 4)]:
         h.client.runs.append(RunInfo(f"old-{start}", "SUCCESS", JOB, {
-            "kafka/topic": "orders", "kafka/partition": "0", "kafka/consumer_group": GROUP,
+            "kafka/topic": "orders", "kafka/partition": "0", "kafka/consumer_group": GROUP, "kafka/route": "orders",
             "kafka/offset_start": str(start), "kafka/offset_end": str(end)}))
     # A run of another consumer group and one of another partition do not count.
     h.client.runs.append(RunInfo("other-group", "SUCCESS", JOB, {
         "kafka/topic": "orders", "kafka/partition": "0", "kafka/consumer_group": "other",
         "kafka/offset_start": "5", "kafka/offset_end": "99"}))
     h.client.runs.append(RunInfo("other-partition", "SUCCESS", JOB, {
-        "kafka/topic": "orders", "kafka/partition": "1", "kafka/consumer_group": GROUP,
+        "kafka/topic": "orders", "kafka/partition": "1", "kafka/consumer_group": GROUP, "kafka/route": "orders",
         "kafka/offset_start": "0", "kafka/offset_end": "99"}))
     await h.feed(1, 2, 3, 4)
     assert await h.settle()
@@ -372,7 +373,7 @@ async def test_records_at_or_below_the_covered_offset_are_acked_without_launchin
     assert h.launched() == [(5, 7)]
     assert h.acked() == [1, 2, 3, 4, 5, 6, 7]
     assert h.client.find_calls == [
-        {"kafka/topic": "orders", "kafka/partition": "0", "kafka/consumer_group": GROUP}]
+        {"kafka/topic": "orders", "kafka/partition": "0", "kafka/consumer_group": GROUP, "kafka/route": "orders"}]
     assert h.sink.sent == []
 
 
@@ -380,7 +381,7 @@ async def test_a_chunk_straddling_the_covered_offset_launches_only_what_is_new(
         make_harness: Callable[..., Harness]) -> None:
     h = make_harness()
     h.client.runs.append(RunInfo("old", "SUCCESS", JOB, {
-        "kafka/topic": "orders", "kafka/partition": "0", "kafka/consumer_group": GROUP,
+        "kafka/topic": "orders", "kafka/partition": "0", "kafka/consumer_group": GROUP, "kafka/route": "orders",
         "kafka/offset_start": "0", "kafka/offset_end": "2"}))
     await h.feed(1, 2, 3, 4, 5)
     assert h.acked() == [1, 2]  # committable at once: an earlier run holds them
@@ -406,7 +407,7 @@ async def test_a_revoke_cancels_a_reconcile_still_waiting_for_dagster(
     h = make_harness()
     h.client.find_failures = [DagsterUnavailable("down")] * 1000
     h.delivery.on_assigned([TP("orders", 0)])
-    task = h.delivery.partitions[TP("orders", 0)].reconcile
+    task = h.delivery.partitions[TP("orders", 0)].shares[0].reconcile
     assert task is not None
     await asyncio.sleep(0)  # the reconcile's first step: it asks Dagster and starts backing off
     assert h.client.find_calls
@@ -419,7 +420,7 @@ async def test_a_revoke_cancels_a_reconcile_still_waiting_for_dagster(
 async def test_reconciliation_is_per_partition(make_harness: Callable[..., Harness]) -> None:
     h = make_harness(max_records=1)
     h.client.runs.append(RunInfo("old", "SUCCESS", JOB, {
-        "kafka/topic": "orders", "kafka/partition": "1", "kafka/consumer_group": GROUP,
+        "kafka/topic": "orders", "kafka/partition": "1", "kafka/consumer_group": GROUP, "kafka/route": "orders",
         "kafka/offset_start": "0", "kafka/offset_end": "0"}))
     await h.feed(0, partition=0)
     await h.feed(0, 1, partition=1)
@@ -734,7 +735,7 @@ async def test_the_timer_sleeps_until_the_next_deadline_and_no_longer_than_a_tic
 
 def _failed_run(run_id: str, start: int, end: int) -> RunInfo:
     return RunInfo(run_id, "FAILURE", JOB, {
-        "kafka/topic": "orders", "kafka/partition": "0", "kafka/consumer_group": GROUP,
+        "kafka/topic": "orders", "kafka/partition": "0", "kafka/consumer_group": GROUP, "kafka/route": "orders",
         "kafka/offset_start": str(start), "kafka/offset_end": str(end), "kafka/batch_id": f"b-{run_id}"})
 
 

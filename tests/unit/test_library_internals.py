@@ -60,6 +60,8 @@ FAUST_SOURCES: list[tuple[type, str, str, str]] = [
      "overridden by service/consumer.py Consumer (creates its ConsumerThread)"),
     (DriverThread, "_create_worker_consumer", "c2701bfc3e6f6cad95c2be36d6a255a86e2c57d18d36cc1082b5fb5c482d99d7",
      "wrapped by service/consumer.py ConsumerThread (sets the aiokafka consumer's fetch wait)"),
+    (DriverThread, "subscribe", "74f90b8c8cbc6384755c866cb77076cf43865606d98ff4ad705507213f7c6d6b",
+     "overridden by service/consumer.py ConsumerThread (subscribes by pattern when a route has topic_pattern)"),
     (DriverThread, "verify_event_path", "b983e7735f647cb34650530fb0f1bc709e8cb67d54c483b939b14b49b8d931e0",
      "Faust's livelock check: reads monitor.stream_inbound_time, which service/consumer.py _deliver writes"),
     (faust.App, "_new_transport", "42db531312dd776fc3937154a32f19eeb9ad7d4ebc2722a92d081a2d271baea1",

@@ -60,7 +60,7 @@ def _records(raw: list[tuple[bytes | None, bytes | None, list[tuple[str, bytes]]
 def _pipeline(batch: list[Record]) -> tuple[list[Batch], list[tuple[Record, list[tuple[str, bytes]]]]]:
     """What `Delivery.on_records` does with each record, without the I/O."""
     validator = jsonschema.Draft202012Validator(SCHEMA)
-    batcher = Batcher({"orders": BatchPolicy(max_records=5, max_bytes=600, max_wait_s=60.0)})
+    batcher = Batcher(BatchPolicy(max_records=5, max_bytes=600, max_wait_s=60.0))
     batches: list[Batch] = []
     letters: list[tuple[Record, list[tuple[str, bytes]]]] = []
     for record in batch:
