@@ -35,6 +35,22 @@ logger = logging.getLogger(__name__)
 
 CHUNK = 1000  # records per send_batch when producing unpaced
 
+KeyedValue = tuple[bytes | None, bytes]  # a record to send: (key, value)
+
+
+class HeaderParam(click.ParamType):
+    """`NAME=VALUE` -> (NAME, VALUE as UTF-8), a Kafka record header."""
+
+    name = "NAME=VALUE"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> tuple[str, bytes]:
+        if isinstance(value, tuple):
+            return value
+        name, equals, text = str(value).partition("=")
+        if not equals or not name:
+            self.fail(f"{value!r} is not NAME=VALUE", param, ctx)
+        return name, text.encode("utf-8")
+
 
 @click.group()
 def main() -> None:
@@ -66,11 +82,18 @@ def worker() -> None:
               help="Messages per second (0: as fast as possible).")
 @click.option("--partitions", type=int, default=1, show_default=True,
               help="Partitions to create the topic with if it does not exist.")
-def produce(topic: str, bootstrap_servers: str, demo_count: int | None, rate: float, partitions: int) -> None:
+@click.option("--key-field", metavar="FIELD", default=None,
+              help="Key each record with its value's top-level field FIELD as UTF-8 text (a string as is, "
+                   "anything else as JSON); a value without it, or with null, gets no key.")
+@click.option("--header", "headers", type=HeaderParam(), multiple=True,
+              help="Add the header NAME with the UTF-8 text VALUE to every record (repeatable).")
+def produce(topic: str, bootstrap_servers: str, demo_count: int | None, rate: float, partitions: int,
+            key_field: str | None, headers: tuple[tuple[str, bytes], ...]) -> None:
     """Send JSON lines from stdin, or generated demo events, to a topic."""
     security = _kafka_security()
     values = _demo_values(demo_count) if demo_count is not None else _json_lines(sys.stdin.buffer)
-    sent = _run(_produce(bootstrap_servers, topic, values, rate, partitions, security))
+    sent = _run(_produce(bootstrap_servers, topic, _keyed(values, key_field), rate, partitions, security,
+                         list(headers)))
     click.echo(f"sent {sent} messages to {topic}", err=True)
 
 
@@ -169,47 +192,66 @@ async def paced(items: Iterable[T], rate: float) -> AsyncIterator[T]:
         yield item
 
 
-def _demo_values(count: int) -> Iterator[bytes]:
-    """`count` generated demo orders as JSON (0: forever)."""
+def _demo_values(count: int) -> Iterator[tuple[Any, bytes]]:
+    """`count` generated demo orders, each decoded and as JSON (0: forever)."""
     from service.dev.demo import demo_order  # development tooling: never imported by the worker
 
     times = itertools.count() if count == 0 else range(count)
-    return (orjson.dumps(demo_order()) for _ in times)
+    return ((order, orjson.dumps(order)) for order in (demo_order() for _ in times))
 
 
-def _json_lines(stream: Iterable[bytes]) -> Iterator[bytes]:
+def _json_lines(stream: Iterable[bytes]) -> Iterator[tuple[Any, bytes]]:
+    """The JSON lines of `stream`, each decoded and as it was written; blank lines are skipped."""
     for number, line in enumerate(stream, 1):
         line = line.strip()
         if not line:
             continue
         try:
-            orjson.loads(line)
+            value = orjson.loads(line)
         except orjson.JSONDecodeError as exc:
             raise click.ClickException(f"stdin line {number} is not JSON: {exc}") from None
-        yield line
+        yield value, line
 
 
-def _chunks(values: Iterable[bytes], size: int) -> Iterator[list[tuple[bytes | None, bytes | None]]]:
-    """(key, value) records of `values`, `size` at a time."""
-    records: Iterator[tuple[bytes | None, bytes | None]] = ((None, value) for value in values)
-    while chunk := list(itertools.islice(records, size)):
+def _keyed(values: Iterable[tuple[Any, bytes]], key_field: str | None) -> Iterator[KeyedValue]:
+    """(key, value) records: the key is `key_field` of the decoded value (`record_key`), or None."""
+    for value, raw in values:
+        yield (record_key(value, key_field) if key_field is not None else None), raw
+
+
+def record_key(value: Any, field: str) -> bytes | None:
+    """The top-level `field` of `value` as UTF-8 text: a string as is, anything else as compact JSON.
+
+    None when `value` is not an object, has no `field`, or has it null.
+    """
+    found = value.get(field) if isinstance(value, dict) else None
+    if found is None:
+        return None
+    return found.encode("utf-8") if isinstance(found, str) else orjson.dumps(found)
+
+
+def _chunks(records: Iterable[KeyedValue], size: int) -> Iterator[list[KeyedValue]]:
+    """`records`, `size` at a time."""
+    iterator = iter(records)
+    while chunk := list(itertools.islice(iterator, size)):
         yield chunk
 
 
-async def _produce(bootstrap_servers: str, topic: str, values: Iterable[bytes], rate: float,
-                   partitions: int, security: KafkaSecurity) -> int:
+async def _produce(bootstrap_servers: str, topic: str, records: Iterable[KeyedValue], rate: float,
+                   partitions: int, security: KafkaSecurity, headers: list[tuple[str, bytes]] | None = None) -> int:
+    """Send `records`, each with `headers`, at `rate` per second (0: in chunks, as fast as possible)."""
     await check_security(bootstrap_servers, security)
     await ensure_topics(bootstrap_servers, {topic: partitions}, security)
     producer = Producer(bootstrap_servers, security=security)
     sent = 0
     try:
         if rate > 0:
-            async for value in paced(values, rate):
-                await producer.send_batch(topic, [(None, value)])
+            async for record in paced(records, rate):
+                await producer.send_batch(topic, [record], headers=headers)
                 sent += 1
         else:
-            for chunk in _chunks(values, CHUNK):
-                await producer.send_batch(topic, chunk)
+            for chunk in _chunks(records, CHUNK):
+                await producer.send_batch(topic, chunk, headers=headers)
                 sent += len(chunk)
     finally:
         await producer.stop()

@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -111,12 +111,13 @@ class Producer:
             await producer.send_and_wait(topic, value=value, key=key, headers=headers or None,
                                          timestamp_ms=timestamp_ms, partition=partition)
 
-    async def send_batch(self, topic: str, records: list[tuple[bytes | None, bytes | None]],
-                         partition: int | None = None) -> None:
-        """Send many records, waiting for all acknowledgements at the end."""
+    async def send_batch(self, topic: str, records: Sequence[tuple[bytes | None, bytes | None]],
+                         partition: int | None = None, headers: list[tuple[str, bytes]] | None = None) -> None:
+        """Send many (key, value) records, each with `headers`, waiting for all acknowledgements at the end."""
         producer = await self.start()
         with map_kafka_errors(f"producing to {topic}"):
-            futures = [await producer.send(topic, value=v, key=k, partition=partition) for k, v in records]
+            futures = [await producer.send(topic, value=v, key=k, partition=partition, headers=headers or None)
+                       for k, v in records]
             for future in futures:
                 await future
 

@@ -7,9 +7,11 @@ import json
 import os
 import subprocess
 import sys
+from typing import cast
 
 import orjson
 import pytest
+from aiokafka.structs import ConsumerRecord
 
 from service.kafka import ensure_topics, read_topic
 from tests.conftest import Stack
@@ -36,6 +38,28 @@ async def test_produce_sends_json_lines_from_stdin_and_demo_events(stack: Stack)
     values = [orjson.loads(m.value) for _, _, m in await read_topic(stack.bootstrap, topic)]  # type: ignore[attr-defined]
     assert sorted(v["n"] for v in values if "n" in v) == list(range(10))
     assert sum("order_id" in v for v in values) == 5
+
+
+async def test_produce_keys_records_by_a_field_and_adds_headers(stack: Stack) -> None:
+    topic = unique("keyed")
+    lines = '{"customer": "c-1", "n": 1}\n{"n": 2}\n'
+    piped = await asyncio.to_thread(kafka_dagster, "produce", "--topic", topic, "--key-field", "customer",
+                                    "--header", "source=cli", "--header", "trace=t-1", stdin=lines,
+                                    KAFKA_BOOTSTRAP_SERVERS=stack.bootstrap)
+    demo = await asyncio.to_thread(kafka_dagster, "produce", "--topic", topic, "--demo", "3", "--rate", "50",
+                                   "--key-field", "customer", "--header", "source=demo",
+                                   KAFKA_BOOTSTRAP_SERVERS=stack.bootstrap)
+
+    assert piped.returncode == 0, piped.stderr
+    assert demo.returncode == 0, demo.stderr
+    records = [cast(ConsumerRecord[bytes, bytes], m) for _, _, m in await read_topic(stack.bootstrap, topic)]
+    sent = {r.value: (r.key, list(r.headers)) for r in records}
+    assert sent.pop(b'{"customer": "c-1", "n": 1}') == (b"c-1", [("source", b"cli"), ("trace", b"t-1")])
+    assert sent.pop(b'{"n": 2}') == (None, [("source", b"cli"), ("trace", b"t-1")])
+    assert len(sent) == 3
+    for value, (key, headers) in sent.items():
+        assert key == orjson.loads(value)["customer"].encode()
+        assert headers == [("source", b"demo")]
 
 
 async def test_produce_refuses_a_line_that_is_not_json(stack: Stack) -> None:
