@@ -457,10 +457,14 @@ class Delivery:
             verdicts = route_record(routes, record, self.max_message_bytes, self.bounds)
             if not verdicts:
                 await self._unmatched(owned, record)
+                continue
+            verdicts = [v for v in verdicts if record.offset > below[v.route.name]]  # else in a run already
+            if verdicts and verdicts[0].shared:
+                await self._reject_shared(owned, [shares[v.route.name] for v in verdicts], taken, record,
+                                          verdicts[0].failure)  # type: ignore[arg-type]  # shared: a failure
+                continue
             for verdict in verdicts:
                 name = verdict.route.name
-                if record.offset <= below[name]:
-                    continue  # in a run of this route already
                 if verdict.failure is None:
                     taken[name].append(record)
                     continue
@@ -469,6 +473,20 @@ class Delivery:
                 await self._reject(owned, shares[name], record, verdict.failure)
         for name, share in shares.items():
             await self._add(owned, share, taken[name])
+
+    async def _reject_shared(self, owned: OwnedPartition, shares: list[RouteShare], taken: dict[str, list[Record]],
+                             record: Record, exc: RecordError) -> None:
+        """A value no route can read: one dead letter for all of them (in the first one's lane), every
+        one of their batches split before it."""
+        for share in shares:
+            await self._add(owned, share, taken[share.route.name])
+            taken[share.route.name] = []
+            split = share.batcher.split(record.tp)
+            if split is not None:
+                await self._submit(owned, share, split)
+        names = ",".join(share.route.name for share in shares)
+        failure = dataclasses.replace(Failure.from_exception(exc.stage, exc), route=names)
+        await shares[0].lane.put(DeadLetters([record], failure))
 
     async def _unmatched(self, owned: OwnedPartition, record: Record) -> None:
         self.metrics.messages_unmatched.labels(record.topic).inc()

@@ -240,7 +240,7 @@ def parse_route(table: dict[str, Any], where: str, base: Path = Path(".")) -> Ro
         raise ConfigurationError(f"{where}: missing {', '.join(missing)}")
     if ("topic" in table) == ("topic_pattern" in table):
         raise ConfigurationError(f"{where}: give topic or topic_pattern (one of them)")
-    values = {"topic": "", **table}
+    values = dict(table)
     schema_file = values.pop("schema_file", None)
     if schema_file is not None:
         if "schema" in values:
@@ -249,6 +249,7 @@ def parse_route(table: dict[str, Any], where: str, base: Path = Path(".")) -> Ro
             raise ConfigurationError(f"{where}: schema_file must be a path")
         values["schema"] = _read_schema(base / schema_file, where)
     _check_types(values, where)
+    values.setdefault("topic", "")
     if "match" in values:
         values["match"] = _compile_match(values["match"], where)
     route = Route(**values)
@@ -261,7 +262,8 @@ def _compile_match(spec: Any, where: str) -> Match:
     try:
         return compile_match(spec)
     except MatchError as exc:
-        raise ConfigurationError(f"{where}: match {exc}") from None
+        text = str(exc)
+        raise ConfigurationError(f"{where}: {text if text.startswith('match') else f'match {text}'}") from None
 
 
 def _check_pattern(text: str, where: str) -> None:

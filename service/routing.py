@@ -3,8 +3,9 @@
 Pure logic. For each route of the record's topic, in file order:
 1. the route's key and header conditions (`match`) decide first, without decoding;
 2. the value is decoded once, for every route still in the running: a value
-   that does not decode is dead-lettered (stage `decode`) for each of them,
-   since none can tell whether it would have matched;
+   that does not decode (or is over a size bound) is dead-lettered once, for
+   all of them (`Verdict.shared`), since none can tell whether it would have
+   matched, and one copy in the DLQ is what a replay should send back;
 3. the value conditions decide; a route that matches checks its schema (stage
    `validate` when it fails).
 A record no route matches is unmatched: skipped, or dead-lettered at stage
@@ -29,6 +30,7 @@ class Verdict:
 
     route: Route
     failure: RecordError | None = None
+    shared: bool = False  # the failure is the value's own, the same for every route of the record
 
 
 def route_record(routes: Sequence[Route], record: Record, max_message_bytes: int,
@@ -40,7 +42,7 @@ def route_record(routes: Sequence[Route], record: Record, max_message_bytes: int
     try:
         value = parse_value(record, max_message_bytes, bounds)
     except RecordError as exc:
-        return [Verdict(route, exc) for route in candidates]
+        return [Verdict(route, exc, shared=True) for route in candidates]
     return [_verdict(route, value) for route in candidates
             if route.match is None or route.match.select_value(value)]
 

@@ -35,7 +35,8 @@ class Throttle:
 
     def __init__(self, route: str, job: str, metrics: Metrics, *, max_runs_per_minute: int | None,
                  max_queued_runs: int | None, queued_runs: QueuedRuns,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, window_s: float = WINDOW_S,
+                 queue_poll_s: float = QUEUE_POLL_S) -> None:
         self.route = route
         self.job = job
         self.metrics = metrics
@@ -43,6 +44,8 @@ class Throttle:
         self.max_queued_runs = max_queued_runs
         self.queued_runs = queued_runs
         self.clock = clock
+        self.window_s = window_s
+        self.queue_poll_s = queue_poll_s
         self._launches: deque[float] = deque()
         self._lock = asyncio.Lock()
         self._waiting = 0
@@ -68,11 +71,11 @@ class Throttle:
             return
         while True:
             now = self.clock()
-            while self._launches and now - self._launches[0] >= WINDOW_S:
+            while self._launches and now - self._launches[0] >= self.window_s:
                 self._launches.popleft()
             if len(self._launches) < self.max_runs_per_minute:
                 return
-            await self._hold(self._launches[0] + WINDOW_S - now, "max_runs_per_minute")
+            await self._hold(self._launches[0] + self.window_s - now, "max_runs_per_minute")
 
     async def _wait_for_queue(self) -> None:
         """Wait while Dagster queues `max_queued_runs` of the job (an unanswered count is retried, not skipped)."""
@@ -87,7 +90,7 @@ class Throttle:
             else:
                 if queued < self.max_queued_runs:
                     return
-            await self._hold(QUEUE_POLL_S, "max_queued_runs")
+            await self._hold(self.queue_poll_s, "max_queued_runs")
 
     async def _hold(self, seconds: float, why: str) -> None:
         seconds = max(seconds, 0.01)

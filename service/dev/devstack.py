@@ -59,22 +59,23 @@ def run_dev(workdir: str, routes_file: str, rate: float) -> None:
     web_port = preferred_port(6066)
     env = worker_env(broker.bootstrap_servers, dagster.graphql_url, routes_path, web_port)
     worker = ManagedProcess("worker", kafka_dagster("worker"), work / "worker.log", env)
+    topics = routes.topics  # a topic_pattern route's topics are the user's to create
     producers = [
         ManagedProcess(f"producer-{topic}", kafka_dagster(
             "produce", "--topic", topic, "--demo", "0", "--rate", str(rate),
             "--partitions", str(DEMO_PARTITIONS)), work / f"producer-{topic}.log", env)
-        for topic in routes
+        for topic in topics
     ]
     print(f"Starting the embedded stack in {work} (logs: {work}/*.log) ...", flush=True)
     with running(broker, dagster):
         from service.kafka import ensure_topics
 
-        asyncio.run(ensure_topics(broker.bootstrap_servers, {t: DEMO_PARTITIONS for t in routes}))
+        asyncio.run(ensure_topics(broker.bootstrap_servers, {t: DEMO_PARTITIONS for t in topics}))
         try:
             worker.start()
             for producer in producers:
                 producer.start()
-            print(_banner(broker, dagster, web_port, routes), flush=True)
+            print(_banner(broker, dagster, web_port, topics), flush=True)
             _wait_for_interrupt([worker, *producers])
         finally:
             for process in [*producers, worker]:
@@ -82,7 +83,7 @@ def run_dev(workdir: str, routes_file: str, rate: float) -> None:
     print("Stopped every process.", flush=True)
 
 
-def _banner(broker: Broker, dagster: Dagster, web_port: int, routes: Iterable[str]) -> str:
+def _banner(broker: Broker, dagster: Dagster, web_port: int, topics: Iterable[str]) -> str:
     return "\n".join([
         "",
         "kafka-dagster is running:",
@@ -91,7 +92,7 @@ def _banner(broker: Broker, dagster: Dagster, web_port: int, routes: Iterable[st
         f"  Worker metrics   http://127.0.0.1:{web_port}/metrics",
         f"  Worker health    http://127.0.0.1:{web_port}/readyz",
         f"  Kafka bootstrap  {broker.bootstrap_servers}",
-        f"  Demo topics      {', '.join(routes)}",
+        f"  Demo topics      {', '.join(topics)}",
         "Runs appear in the Dagster UI within a minute. Press Ctrl-C to stop everything.",
         "",
     ])

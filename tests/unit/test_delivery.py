@@ -140,14 +140,14 @@ class Clock:
 
 
 class Harness:
-    def __init__(self, registry: CollectorRegistry, **route: Any) -> None:
+    def __init__(self, registry: CollectorRegistry, routes: RouteTable | None = None, **route: Any) -> None:
         self.log: list[tuple[str, Any]] = []
         self.client = FakeDagster(self.log)
         self.sink = FakeSink(self.log)
         self.registry = registry
         self.clock = Clock()
         policy = {"max_records": 3, "max_bytes": 1_000_000, "max_wait_s": 5.0, **route}
-        self.routes = RouteTable({"orders": Route("orders", JOB, **policy)})
+        self.routes = routes or RouteTable({"orders": Route("orders", JOB, **policy)})
         self.owned = True  # what the group coordinator answers the fencing commit
         self.fenced_at: list[tuple[TP, int]] = []
         self.paused: list[tuple[set[TP], bool]] = []
@@ -233,8 +233,8 @@ class Harness:
 async def make_harness(registry: CollectorRegistry) -> AsyncIterator[Callable[..., Harness]]:
     harnesses: list[Harness] = []
 
-    def make(**route: Any) -> Harness:
-        harness = Harness(registry, **route)
+    def make(routes: RouteTable | None = None, **route: Any) -> Harness:
+        harness = Harness(registry, routes, **route)
         harnesses.append(harness)
         return harness
 
