@@ -1,4 +1,4 @@
-"""The `kafka-dagster` command line: dev, worker, produce, dlq.
+"""The `kafka-dagster` command line: dev, worker, produce, routes test, dlq.
 
 Each command runs at most one event loop of its own (`_run`); `worker` then
 hands over to Faust's, which it creates itself. Only `dev` and `produce --demo`
@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import random
 import sys
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator
 from typing import Any, TypeVar, cast
@@ -77,7 +78,7 @@ def worker() -> None:
 @click.option("--bootstrap-servers", envvar="KAFKA_BOOTSTRAP_SERVERS", default=DEFAULT_BOOTSTRAP_SERVERS,
               show_default=True)
 @click.option("--demo", "demo_count", type=int, default=None,
-              help="Send N generated demo orders instead of reading JSON lines from stdin (0: forever).")
+              help="Send N generated demo events (orders and refunds) instead of reading JSON lines from stdin (0: forever).")
 @click.option("--rate", type=click.FloatRange(min=0.0), default=0.0,
               help="Messages per second (0: as fast as possible).")
 @click.option("--partitions", type=int, default=1, show_default=True,
@@ -107,6 +108,46 @@ def dev(workdir: str, routes: str, rate: float) -> None:
     from service.dev.devstack import run_dev  # development tooling: never imported by the worker
 
     run_dev(workdir, routes, rate)
+
+
+@main.group()
+def routes() -> None:
+    """Try a routes file before deploying it."""
+
+
+@routes.command("test")
+@click.argument("routes_file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--topic", default=None,
+              help="The topic of every sample line (default: the file's one topic). Not with --envelope.")
+@click.option("--envelope", is_flag=True,
+              help='Each line is {"topic", "key", "headers", "value"} (or "raw" text instead of "value").')
+def routes_test(routes_file: str, topic: str | None, envelope: bool) -> None:
+    """Read sample records from stdin (one per line) and print which routes match each, and why
+    a record would be dead-lettered. No broker or Dagster needed."""
+    from pathlib import Path
+
+    from service.decoding import JsonBounds
+    from service.route_preview import SampleError, samples, verdicts
+    from service.routes import load_routes
+    from service.settings import Settings
+
+    try:
+        table = load_routes(Path(routes_file))
+    except ConfigurationError as exc:
+        raise click.ClickException(str(exc)) from None
+    if not envelope and topic is None:
+        if len(table.topics) != 1:
+            raise click.UsageError("the routes file routes several topics (or patterns): give --topic or --envelope")
+        topic = table.topics[0]
+    defaults = Settings()
+    bounds = JsonBounds(defaults.max_json_depth, defaults.max_json_keys)
+    try:
+        for sample in samples(sys.stdin.buffer, topic, envelope):
+            click.echo(f"line {sample.record.offset + 1} ({sample.topic}):")
+            for line in verdicts(table, sample, defaults.max_message_bytes, bounds):
+                click.echo(f"  {line}")
+    except SampleError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 @main.group()
@@ -193,11 +234,12 @@ async def paced(items: Iterable[T], rate: float) -> AsyncIterator[T]:
 
 
 def _demo_values(count: int) -> Iterator[tuple[Any, bytes]]:
-    """`count` generated demo orders, each decoded and as JSON (0: forever)."""
-    from service.dev.demo import demo_order  # development tooling: never imported by the worker
+    """`count` generated demo events (orders, about one refund in ten), each decoded and as JSON (0: forever)."""
+    from service.dev.demo import demo_event  # development tooling: never imported by the worker
 
+    rng = random.Random()
     times = itertools.count() if count == 0 else range(count)
-    return ((order, orjson.dumps(order)) for order in (demo_order() for _ in times))
+    return ((event, orjson.dumps(event)) for event in (demo_event(rng) for _ in times))
 
 
 def _json_lines(stream: Iterable[bytes]) -> Iterator[tuple[Any, bytes]]:

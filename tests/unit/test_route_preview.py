@@ -1,0 +1,72 @@
+"""`kafka-dagster routes test`: verdicts for sample records, from the same routing code the worker runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from service.cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def routes_test(*args: str, stdin: str) -> tuple[int, str]:
+    result = CliRunner().invoke(main, ["routes", "test", *args], input=stdin)
+    return result.exit_code, result.output
+
+
+def test_the_shipped_routes_say_which_route_takes_each_demo_event() -> None:
+    code, out = routes_test(str(ROOT / "routes.toml"), stdin="\n".join([
+        '{"type": "order.created", "order_id": "o1", "customer": "c", "amount": 5}',
+        '{"type": "refund.issued", "refund_id": "r1", "order_id": "o1", "customer": "c", "amount": -5}',
+        "not json",
+        '{"type": "gift.wrapped"}',
+    ]))
+    assert code == 0, out
+    assert out.splitlines() == [
+        "line 1 (demo.orders):",
+        "  orders: batch",
+        "  refunds: no match: value.type is 'order.created', not 'refund.issued'",
+        "line 2 (demo.orders):",
+        "  orders: no match: value.type is 'refund.issued', not 'order.created'",
+        "  refunds: dead-letter at stage validate: value fails the route schema at amount: "
+        "-5 is less than the minimum of 0",
+        "line 3 (demo.orders):",
+        "  orders: dead-letter at stage decode: value is not JSON: invalid literal, expected 'null': "
+        "line 1 column 1 (char 0)",
+        "  refunds: dead-letter at stage decode: value is not JSON: invalid literal, expected 'null': "
+        "line 1 column 1 (char 0)",
+        "  (one dead letter for them all: dlq.route = orders,refunds)",
+        "line 4 (demo.orders):",
+        "  orders: no match: value.type is 'gift.wrapped', not 'order.created'",
+        "  refunds: no match: value.type is 'gift.wrapped', not 'refund.issued'",
+        "  (unmatched: skipped)",
+    ]
+
+
+def test_envelopes_carry_topic_key_and_headers(tmp_path: Path) -> None:
+    routes = tmp_path / "routes.toml"
+    routes.write_text('[[routes]]\nname = "web"\ntopic = "t"\njob = "j"\nmax_records = 1\nmax_bytes = 10\n'
+                      'max_wait_s = 1.0\nmatch = { "headers.source" = "web", "key" = { prefix = "eu-" } }\n'
+                      '[topics.t]\nunmatched = "dead_letter"\n')
+    code, out = routes_test("--envelope", str(routes), stdin="\n".join([
+        '{"topic": "t", "key": "eu-1", "headers": {"source": "web"}, "value": {"a": 1}}',
+        '{"topic": "t", "key": "us-1", "headers": {"source": "web"}, "value": {"a": 1}}',
+        '{"topic": "other", "value": 1}',
+    ]))
+    assert code == 0, out
+    lines = out.splitlines()
+    assert lines[1] == "  web: batch"
+    assert lines[3].startswith("  web: no match: key") and lines[4] == "  (unmatched: dead-letter at stage route)"
+    assert lines[6] == "  topic 'other' has no route"
+
+
+def test_a_bad_envelope_or_a_missing_topic_is_one_line(tmp_path: Path) -> None:
+    code, out = routes_test("--envelope", str(ROOT / "routes.toml"), stdin='{"value": 1}\n')
+    assert code == 1 and out.strip() == 'Error: line 1: expected an object with "topic" and "value" (or "raw")'
+    routes = tmp_path / "routes.toml"
+    routes.write_text("".join(f'[[routes]]\ntopic = "{t}"\njob = "j"\nmax_records = 1\nmax_bytes = 10\n'
+                              f'max_wait_s = 1.0\n' for t in ("a", "b")))
+    code, out = routes_test(str(routes), stdin="{}\n")
+    assert code == 2 and "give --topic or --envelope" in out
