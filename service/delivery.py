@@ -644,8 +644,18 @@ class Delivery:
         """
         route = share.route
         throttle = self.throttles.get(route.name)
-        if throttle is not None:
-            await throttle.acquire()
+        if throttle is None:
+            return await self._launch_through_refusals(owned, route, batch)
+        slot = await throttle.acquire()
+        try:
+            run_id = await self._launch_through_refusals(owned, route, batch)
+        except BaseException:
+            throttle.release(slot)
+            raise
+        throttle.launched(slot)
+        return run_id
+
+    async def _launch_through_refusals(self, owned: OwnedPartition, route: Route, batch: Batch) -> str:
         backoff = Backoff(base_s=ROUTE_RETRY_BASE_S, max_delay_s=self.route_retry_max_delay_s)
         inline = True
         while True:

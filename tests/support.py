@@ -143,17 +143,19 @@ async def produce(bootstrap: str, topic: str, values: Iterable[bytes | tuple[byt
 
 
 class Flow:
-    """Produces orders to `topic` at a steady pace until stopped; counts what it sent."""
+    """Produces orders (or `event(i)`) to `topic` at a steady pace until stopped; counts what it sent."""
 
-    def __init__(self, bootstrap: str, topic: str, per_second: int = 100, partitions: int = 1) -> None:
+    def __init__(self, bootstrap: str, topic: str, per_second: int = 100, partitions: int = 1,
+                 event: Callable[[int], bytes] | None = None) -> None:
         self.bootstrap, self.topic, self.per_second, self.partitions = bootstrap, topic, per_second, partitions
+        self.event = event or order
         self.sent = 0
         self._task: asyncio.Task[None] | None = None
 
     async def _run(self) -> None:
         while True:
             step = self.per_second // 4
-            values = [order(i) for i in range(self.sent, self.sent + step)]
+            values = [self.event(i) for i in range(self.sent, self.sent + step)]
             await produce(self.bootstrap, self.topic, values, partitions=self.partitions)
             self.sent += step
             await asyncio.sleep(0.25)
@@ -175,7 +177,8 @@ class DagsterApi:
     RUNS = """
     query Runs($filter: RunsFilter) {
       runsOrError(filter: $filter) { __typename ... on Runs {
-        results { runId status jobName tags { key value } stats { ... on RunStatsSnapshot { startTime } } } } }
+        results { runId status jobName creationTime tags { key value }
+                  stats { ... on RunStatsSnapshot { startTime } } } } }
     }"""
 
     MATERIALIZATIONS = """

@@ -255,7 +255,7 @@ async def test_max_runs_per_minute_holds_launches_beyond_the_window(registry: Co
     started = time.monotonic()
     times = []
     for _ in range(5):
-        await throttle.acquire()
+        throttle.launched(await throttle.acquire())
         times.append(time.monotonic() - started)
     # Two per window: launches 3 and 5 wait for the window to slide.
     assert times[1] < 0.3 <= times[2] and times[3] < 0.6 <= times[4]
@@ -275,8 +275,25 @@ async def test_max_queued_runs_waits_until_dagster_dequeues(registry: CollectorR
     task = asyncio.create_task(throttle.acquire())
     await asyncio.sleep(0)
     assert throttle.held
-    await asyncio.wait_for(task, 2.0)
+    throttle.launched(await asyncio.wait_for(task, 2.0))
     assert asked == ["j", "j", "j"] and not throttle.held
+
+
+async def test_a_launch_counts_in_the_window_from_its_slot_until_a_window_after_it_was_made(
+        registry: CollectorRegistry) -> None:
+    now = [0.0]
+    throttle = Throttle("r", "j", Metrics(registry), max_runs_per_minute=1, max_queued_runs=None,
+                        queued_runs=_never, clock=lambda: now[0], window_s=60.0)
+    slot = await throttle.acquire()
+    now[0] = 100.0  # the launch took long: the window starts when the run exists
+    assert throttle.held
+    throttle.launched(slot)
+    now[0] = 159.0
+    assert throttle.held
+    now[0] = 160.0
+    assert not throttle.held
+    throttle.release(await throttle.acquire())  # a launch that made no run gives its slot back
+    assert not throttle.held
 
 
 async def _never(job: str) -> Any:
