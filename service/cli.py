@@ -78,7 +78,8 @@ def worker() -> None:
 @click.option("--bootstrap-servers", envvar="KAFKA_BOOTSTRAP_SERVERS", default=DEFAULT_BOOTSTRAP_SERVERS,
               show_default=True)
 @click.option("--demo", "demo_count", type=int, default=None,
-              help="Send N generated demo events (orders and refunds) instead of reading JSON lines from stdin (0: forever).")
+              help="Send N generated demo events (orders and refunds) instead of reading JSON lines from stdin "
+                   "(0: forever).")
 @click.option("--rate", type=click.FloatRange(min=0.0), default=0.0,
               help="Messages per second (0: as fast as possible).")
 @click.option("--partitions", type=int, default=1, show_default=True,

@@ -3,7 +3,8 @@
 Each sample is one line: the record's value (with `--topic`), or with
 `--envelope` a JSON object `{"topic", "key", "headers": {name: value}, "value"}`
 where `value` may be any JSON (it is sent as its JSON text; give `"raw": "..."`
-instead to send text that is not JSON) and `key` and header values are strings. The verdicts come from `service.routing`, the same code the
+instead to send text that is not JSON) and `key` and header values are strings.
+The verdicts come from `service.routing`, the same code the
 worker runs.
 """
 
