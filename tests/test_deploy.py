@@ -395,7 +395,7 @@ def test_topic_init_creates_the_routed_topics_and_the_dlq(services: dict[str, di
     created = dict(spec.split(":") for spec in environment(services[TOPIC_INIT])["TOPICS"].split())
     env = worker_container_env(services)
     routes = load_routes(container_to_host_path(services[WORKER], env["KAFKA_DAGSTER_ROUTES"]))
-    for topic in routes:
+    for topic in routes.topics:
         assert topic in created, f"routed topic {topic} is not created by {TOPIC_INIT}"
     assert env.get("KAFKA_DAGSTER_DLQ_TOPIC", "kafka-dagster.dlq") in created
     assert "kafka-dagster.notifications" in created
