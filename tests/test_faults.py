@@ -205,7 +205,7 @@ async def test_a_worker_frozen_past_its_session_timeout_launches_nothing_twice(
 
 async def _took_all_partitions(worker: WorkerProcess, topic: str) -> bool:
     log = worker.log_path.read_text(errors="replace")
-    return all(f"reconciled {topic}/{p}:" in log for p in range(4))
+    return all(f"reconciled route {topic!r} on {topic}/{p}:" in log for p in range(4))
 
 
 async def test_an_idle_worker_shows_its_dependencies_up(stack: Stack, start_worker: Any) -> None:
@@ -256,7 +256,8 @@ async def test_a_run_that_fails_while_no_worker_runs_is_copied_to_the_dlq_once_b
     third = await start_worker(routes, KAFKA_DAGSTER_DLQ_TOPIC=dlq)  # and the one after: nothing more
 
     async def reconciled() -> bool:
-        return f"reconciled {topic}/0: 1 earlier runs (0 failed ones" in third.log_path.read_text(errors="replace")
+        line = f"reconciled route {topic!r} on {topic}/0: 1 earlier runs (0 failed ones"
+        return line in third.log_path.read_text(errors="replace")
 
     await eventually(reconciled, 90, "the third worker to reconcile and find the outcome handled")
     letters = await dead_letters(stack.bootstrap, dlq)
