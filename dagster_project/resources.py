@@ -6,11 +6,12 @@ translated here, at the aiokafka edge: ops only ever see `KafkaUnavailable`
 (transient: worth a `RetryRequested`).
 
 TLS and SASL settings are read and mapped to aiokafka by the worker's own code
-(`service.settings.load_kafka_security`, `service.kafka_security`): pure
-modules of the standard library, like the contract's names
-(`service.contract`), the dead-letter format (`service.dlq`) and the routes'
-match patterns (`service.matching`), which are all the code location imports
-from `service`.
+(`service.settings.load_kafka_security`, `service.kafka_security`), and a batch given as an offset range is read
+back by the worker's own range reader (`service.kafka.read_range`, which
+skips records retention deleted). Besides these, the code location imports
+only pure modules of the worker: the contract's names (`service.contract`),
+the dead-letter format (`service.dlq`) and the routes' match patterns
+(`service.matching`); never the worker itself (Faust, httpx).
 """
 
 from __future__ import annotations
@@ -30,8 +31,10 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
+from service import kafka
 from service.contract import DEFAULT_DLQ_TOPIC
-from service.kafka_security import aiokafka_kwargs
+from service.errors import BrokerUnavailable, KafkaRejected
+from service.kafka_security import KafkaSecurity, aiokafka_kwargs
 from service.settings import load_kafka_security
 
 logger = logging.getLogger(__name__)
@@ -74,9 +77,9 @@ class KafkaResource(dg.ConfigurableResource):
     ssl_certfile: str | None = None
     ssl_keyfile: str | None = None
 
-    def client_kwargs(self) -> dict[str, Any]:
-        """bootstrap_servers, client_id and the TLS/SASL arguments every aiokafka client here is made with."""
-        security = load_kafka_security({
+    def security(self) -> KafkaSecurity:
+        """The TLS/SASL settings, checked by the worker's own code."""
+        return load_kafka_security({
             "KAFKA_SECURITY_PROTOCOL": self.security_protocol,
             "KAFKA_SASL_MECHANISM": self.sasl_mechanism,
             "KAFKA_SASL_USERNAME": self.sasl_username or "",
@@ -85,8 +88,11 @@ class KafkaResource(dg.ConfigurableResource):
             "KAFKA_SSL_CERTFILE": self.ssl_certfile or "",
             "KAFKA_SSL_KEYFILE": self.ssl_keyfile or "",
         })
+
+    def client_kwargs(self) -> dict[str, Any]:
+        """bootstrap_servers, client_id and the TLS/SASL arguments every aiokafka client here is made with."""
         return {"bootstrap_servers": self.bootstrap_servers, "client_id": self.client_id,
-                **aiokafka_kwargs(security)}
+                **aiokafka_kwargs(self.security())}
 
     def read_range(self, topic: str, partition: int, start: int, end: int) -> list[KafkaMessage]:
         """Records of `topic`/`partition` with offsets in [start, end] still held by the broker."""
@@ -103,7 +109,7 @@ class KafkaResource(dg.ConfigurableResource):
     def _run(self, coro: Any, what: str) -> Any:
         try:
             return asyncio.run(coro)
-        except (KafkaError, OSError, TimeoutError) as exc:
+        except (KafkaError, BrokerUnavailable, KafkaRejected, OSError, TimeoutError) as exc:
             raise KafkaUnavailable(f"{what} on {self.bootstrap_servers}: {exc!r}") from exc
 
     def _consumer(self) -> AIOKafkaConsumer:
@@ -115,27 +121,9 @@ class KafkaResource(dg.ConfigurableResource):
         )
 
     async def _read_range(self, topic: str, partition: int, start: int, end: int) -> list[KafkaMessage]:
-        consumer = self._consumer()
-        await consumer.start()
-        try:
-            tp = TopicPartition(topic, partition)
-            consumer.assign([tp])
-            # Records below the log start are gone (retention). The end offset is not used as a bound:
-            # Tansu reports it per record batch, not per record.
-            start = max(start, (await consumer.beginning_offsets([tp]))[tp])
-            if start > end:
-                return []
-            consumer.seek(tp, start)
-            deadline = time.monotonic() + self.request_timeout_s
-            records: list[KafkaMessage] = []
-            while await consumer.position(tp) <= end:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"offsets {start}-{end} not read within {self.request_timeout_s}s")
-                fetched = await consumer.getmany(tp, timeout_ms=1000)
-                records.extend(_message(m) for m in fetched.get(tp, []) if m.offset <= end)
-            return records
-        finally:
-            await consumer.stop()
+        records = await kafka.read_range(self.bootstrap_servers, topic, partition, start, end,
+                                         timeout_s=self.request_timeout_s, security=self.security())
+        return [_message(r) for r in records]
 
     async def _end_offsets(self, topics: list[str]) -> dict[str, dict[int, int]]:
         consumer = self._consumer()

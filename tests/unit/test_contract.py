@@ -11,7 +11,7 @@ from tests.support import ROOT
 
 # The modules of `service` that `dagster_project` imports (docs/dagster_project.md says why).
 SHARED = {"service", "service.batching", "service.records", "service.contract", "service.dlq", "service.errors",
-          "service.kafka_security", "service.matching", "service.settings"}
+          "service.kafka", "service.kafka_security", "service.matching", "service.settings"}
 
 
 def imported_after(statement: str) -> set[str]:
@@ -25,7 +25,7 @@ def test_the_code_location_imports_only_the_shared_modules_of_the_worker() -> No
     modules = imported_after("import dagster_project.definitions")
 
     assert {m for m in modules if m.split(".")[0] == "service"} <= SHARED
-    assert "faust" not in modules
+    assert "faust" not in modules and "httpx" not in modules
 
 
 def test_the_dead_letter_format_needs_no_third_party_library() -> None:
