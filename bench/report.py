@@ -44,6 +44,7 @@ def table(results: dict[str, Any]) -> str:
         f"service_schema / limit   {r['service_schema_over_limit']:.2f}x   (target >= 0.5x)",
         f"service / naive          {r['service_over_naive']:.1f}x   (target >= 10x)",
         f"service_schema / naive   {r['service_schema_over_naive']:.1f}x   (target >= 10x)",
+        f"service_routes / limit   {r['service_routes_over_limit']:.2f}x",
         "",
         f"{'contender':<46}{'msgs/s':>12}",
         f"{'limit: bare aiokafka consumer + orjson':<46}{_fmt(t['limit']):>12}",
@@ -55,6 +56,9 @@ def table(results: dict[str, Any]) -> str:
         f"{'service_schema: the same, schemas/order.json':<46}{_fmt(t['service_schema']):>12}",
         f"{'  ... into closed batches, before the launch tail':<46}"
         f"{_fmt(results['service_schema_consumed_msgs_per_s']['median']):>12}",
+        f"{'service_routes: 3 matching routes on the topic':<46}{_fmt(t['service_routes']):>12}",
+        f"{'  ... into closed batches, before the launch tail':<46}"
+        f"{_fmt(results['service_routes_consumed_msgs_per_s']['median']):>12}",
     ]
     for count, rate in results.get("workers", {}).items():
         lines.append(f"{'service, ' + count + ' worker(s), live producer':<46}{_fmt(rate):>12}")
@@ -93,10 +97,11 @@ def plot(results: dict[str, Any], path: Path) -> None:
 
     fig, axes = plt.subplots(2, 3, figsize=(16, 9))
     t = results["throughput_msgs_per_s"]
-    names = ["limit", "naive", "service", "service_schema"] + [f"service x{n}" for n in results.get("workers", {})]
-    rates = [t["limit"], t["naive"], t["service"], t["service_schema"], *results.get("workers", {}).values()]
-    axes[0][0].bar(names, rates,
-                   color=["grey", "tab:orange", "tab:blue", "tab:purple"] + ["tab:cyan"] * (len(names) - 4))
+    contenders = ["limit", "naive", "service", "service_schema", "service_routes"]
+    names = contenders + [f"service x{n}" for n in results.get("workers", {})]
+    rates = [t[name] for name in contenders] + list(results.get("workers", {}).values())
+    axes[0][0].bar(names, rates, color=["grey", "tab:orange", "tab:blue", "tab:purple", "tab:olive"]
+                   + ["tab:cyan"] * (len(names) - len(contenders)))
     axes[0][0].set(title="Throughput (msgs/s, median)", ylabel="msgs/s")
     axes[0][0].tick_params(axis="x", rotation=30)
     points = results["amortisation"]

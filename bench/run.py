@@ -46,24 +46,23 @@ def measure(ctx: Context, started: float, profile: bool = False) -> dict[str, An
     produce_rate = asyncio.run(produce_fast(ctx.bootstrap, ctx.topic, make_values(mode.messages, mode.value_bytes),
                                             mode.partitions))
     results["producer_msgs_per_s"] = produce_rate
-    samples: dict[str, list[float]] = {"limit": [], "naive": [], "service": [], "service_schema": []}
-    consumed: dict[str, list[float]] = {"service": [], "service_schema": []}
+    services = {"service": {}, "service_schema": {"schema": True}, "service_routes": {"routes": True}}
+    samples: dict[str, list[float]] = {"limit": [], "naive": [], **{name: [] for name in services}}
+    consumed: dict[str, list[float]] = {name: [] for name in services}
     for repetition in range(1, mode.repetitions + 1):
-        _step(f"repetition {repetition}/{mode.repetitions}: limit, naive, service, service_schema", started)
+        _step(f"repetition {repetition}/{mode.repetitions}: limit, naive, " + ", ".join(services), started)
         samples["limit"].append(run_limit(ctx.bootstrap, ctx.topic, mode.messages))
         samples["naive"].append(run_naive(ctx.bootstrap, ctx.topic, mode, ctx.workdir))
-        for name, schema in (("service", False), ("service_schema", True)):
+        for name, options in services.items():
             flame = RESULTS / f"profile-{name.replace('_', '-')}.svg" if profile and repetition == 1 else None
-            service = run_service(ctx, flame, schema=schema)
+            service = run_service(ctx, flame, **options)
             samples[name].append(service.msgs_per_s)
             consumed[name].append(service.consumed_msgs_per_s)
         _step("  " + ", ".join(f"{k} {v[-1]:,.0f}" for k, v in samples.items()), started)
     results["throughput_samples"] = samples
     results["throughput_msgs_per_s"] = {name: median(values) for name, values in samples.items()}
-    results["service_consumed_msgs_per_s"] = {"median": median(consumed["service"]),
-                                              "samples": consumed["service"]}
-    results["service_schema_consumed_msgs_per_s"] = {"median": median(consumed["service_schema"]),
-                                                     "samples": consumed["service_schema"]}
+    for name, values in consumed.items():
+        results[f"{name}_consumed_msgs_per_s"] = {"median": median(values), "samples": values}
     _step(f"launchRun latency: {mode.launch_samples} launches", started)
     latencies = launch_latencies(ctx)
     results["launch_latency_s"] = _percentiles(latencies) | {"samples": len(latencies), "values": latencies}
@@ -114,7 +113,9 @@ def run(mode: Mode, keep: bool = False, profile: bool = False) -> dict[str, Any]
     results["ratios"] = {"service_over_limit": ratio(t["service"], t["limit"]),
                          "service_over_naive": ratio(t["service"], t["naive"]),
                          "service_schema_over_limit": ratio(t["service_schema"], t["limit"]),
-                         "service_schema_over_naive": ratio(t["service_schema"], t["naive"])}
+                         "service_schema_over_naive": ratio(t["service_schema"], t["naive"]),
+                         "service_routes_over_limit": ratio(t["service_routes"], t["limit"]),
+                         "service_routes_over_naive": ratio(t["service_routes"], t["naive"])}
     results["elapsed_s"] = round(time.monotonic() - started, 1)
     return results
 

@@ -2,6 +2,10 @@
 
 `service_schema` is the same worker with the sample route's JSON Schema
 (`schemas/order.json`) on its route, on the same data: what users run.
+`service_routes` is the same worker with three routes on the topic, each with
+a `match` filter (`shared_topic_routes`): two take every order (one of them
+with the schema, the other through four conditions), one takes none (refunds).
+It counts a message once every route that matches it has launched it.
 
 Throughput counts a message once a launched run's offset range covers it (the
 `launched run` log lines), from the moment the first fetched records reached
@@ -38,16 +42,32 @@ class ServiceRun:
     pid: int
 
 
-def run_service(ctx: Context, profile: Path | None = None, schema: bool = False) -> ServiceRun:
+def shared_topic_routes(topic: str, max_records: int) -> list[RouteSpec]:
+    """Three routes on one topic: orders with the schema, every order through four conditions, refunds
+    (none in the data). Both order routes take every record, so each closes its batches on `max_records`."""
+    return [
+        RouteSpec(topic, max_records, MAX_WAIT_S, ORDER_SCHEMA, "orders", '{ "value.type" = "order.created" }'),
+        RouteSpec(topic, max_records, MAX_WAIT_S, None, "priced",
+                  '{ "value.type" = "order.created", "value.currency" = "EUR", "value.amount" = { ">" = 0 }, '
+                  '"value.sku" = { "prefix" = "sku-" } }'),
+        RouteSpec(topic, max_records, MAX_WAIT_S, None, "refunds", '{ "value.type" = "refund.issued" }'),
+    ]
+
+
+def run_service(ctx: Context, profile: Path | None = None, schema: bool = False,
+                routes: bool = False) -> ServiceRun:
     """One worker on the pre-produced data set, large batches, until every message is in a launched run.
 
     :param schema: validate every value against `schemas/order.json`, as the sample route does.
+    :param routes: three routes with `match` filters on the topic (`shared_topic_routes`) instead of one.
     """
     mode = ctx.mode
-    route = RouteSpec(ctx.topic, mode.service_max_records, MAX_WAIT_S, ORDER_SCHEMA if schema else None)
-    with ctx.workers(1, route) as workers, \
+    specs = (shared_topic_routes(ctx.topic, mode.service_max_records) if routes else
+             [RouteSpec(ctx.topic, mode.service_max_records, MAX_WAIT_S, ORDER_SCHEMA if schema else None)])
+    launched_records = mode.messages * (2 if routes else 1)  # each order is launched by both order routes
+    with ctx.workers(1, *specs) as workers, \
             _py_spy(workers[0].pid, profile):
-        started, launches = wait_launched(workers, mode.messages, timeout_s=300)
+        started, launches = wait_launched(workers, launched_records, timeout_s=300)
         consumed = mode.messages / (max(launch.closed_at for launch in launches) - started)
         return ServiceRun(_rate(mode.messages, started, launches), consumed, len(launches), workers[0].pid)
 

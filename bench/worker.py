@@ -32,6 +32,8 @@ class RouteSpec(NamedTuple):
     max_records: int
     max_wait_s: float
     schema_file: Path | None = None
+    name: str | None = None
+    match: str | None = None  # a TOML inline table
 
 
 def routes_toml(routes: Iterable[RouteSpec], max_bytes: int = 16 * 1_048_576) -> str:
@@ -39,6 +41,8 @@ def routes_toml(routes: Iterable[RouteSpec], max_bytes: int = 16 * 1_048_576) ->
         f'[[routes]]\ntopic = "{r.topic}"\njob = "process_orders"\nmax_records = {r.max_records}\n'
         f"max_bytes = {max_bytes}\nmax_wait_s = {r.max_wait_s}\n"
         + (f"schema_file = {str(r.schema_file)!r}\n" if r.schema_file is not None else "")
+        + (f'name = "{r.name}"\n' if r.name is not None else "")
+        + (f"match = {r.match}\n" if r.match is not None else "")
         for r in routes
     )
 

@@ -1,4 +1,4 @@
-"""Dagster itself failing mid-stream: frozen, killed, its code location stopped.
+"""Dagster itself failing mid-stream: frozen, killed, its code location stopped, its daemon stopped.
 
 These faults run on a Dagster deployment of their own (code server, webserver
 and daemon, as compose runs them), so freezing or killing it does not touch
@@ -33,6 +33,7 @@ from tests.support import (
     order,
     produce,
     route_toml,
+    settled,
     unique,
 )
 
@@ -181,3 +182,30 @@ async def test_two_runs_of_one_batch_are_settled_to_one_that_runs(stack: Stack, 
     assert canceled_duplicates(list(runs.values())) == 1
     assert metrics.registry.get_sample_value("kafka_dagster_duplicate_runs_cancelled_total",
                                              {"dagster_job": "process_orders"}) == 1
+
+
+async def test_max_queued_runs_holds_launches_while_dagster_dequeues_nothing(
+        stack: Stack, own_dagster: Dagster, start_worker: Any) -> None:
+    """The daemon stopped: Dagster queues runs and starts none. A route with `max_queued_runs = 3` launches
+    three, keeps the rest in Kafka, and launches them once the daemon dequeues again."""
+    topic, dlq = unique("queued"), unique("dlq")
+    api = DagsterApi(own_dagster.graphql_url)
+    await ensure_topics(stack.bootstrap, {topic: 1})
+    own_dagster.daemon.signal_group(signal.SIGSTOP)
+    try:
+        worker = await start_worker(route_toml(topic, max_records=10, max_wait_s=0.5, max_queued_runs=3),
+                                    KAFKA_DAGSTER_DLQ_TOPIC=dlq, DAGSTER_GRAPHQL_URL=own_dagster.graphql_url)
+        await produce(stack.bootstrap, topic, [order(i) for i in range(100)])  # ten batches' worth
+
+        async def held() -> bool:
+            return metric(await worker.metrics(), "kafka_dagster_route_throttled_seconds_total", route=topic) >= 5
+
+        await eventually(held, 120, "the route to hold its launches at the bound")
+        runs = await api.runs(topic)
+        assert len(runs) == 3 and {r["status"] for r in runs} == {"QUEUED"}, runs
+    finally:
+        own_dagster.daemon.signal_group(signal.SIGCONT)
+    result = await eventually(lambda: settled(stack.bootstrap, api, topic, dlq, 100), 180,
+                              "every record in a run once the daemon dequeues")
+    assert result.problems == [] and result.in_runs == 100
+    assert await dead_letters(stack.bootstrap, dlq) == []

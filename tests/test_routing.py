@@ -1,8 +1,8 @@
 """Many routes per topic through the real broker, Dagster and worker: match, fan-out, unmatched, patterns, limits.
 
 One worker serves every route of this module (its flows start together in
-the module fixture, so their waits overlap); the kill -9 test runs a worker of
-its own. Which route should take which record is decided here by plain Python
+the module fixture, so their waits overlap); the kill -9 scenario runs workers
+of its own, concurrently, from the same fixture. Which route should take which record is decided here by plain Python
 over what the topic holds (an oracle independent of `service.matching`), and
 each route's runs are checked against it: every matching record in exactly
 one run of its route, ranges tight around the route's own records, record
@@ -86,6 +86,15 @@ class Routed:
     rate: str  # max_runs_per_minute = 3
     pattern_prefix: str
     sent: dict[str, int]
+    killed: asyncio.Task[KilledMidStream]  # the kill -9 scenario, on workers of its own
+
+
+@dataclass
+class KilledMidStream:
+    topic: str
+    dlq: str
+    first: WorkerProcess  # killed with SIGKILL after its first launches
+    second: WorkerProcess  # its successor in the same group
 
 
 def start_worker_process(stack: Stack, workdir: Path, routes: str, group: str, dlq: str, **env: str) -> WorkerProcess:
@@ -115,8 +124,9 @@ async def routed(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Asyn
                 'max_bytes = 1048576\nmax_wait_s = 0.5\nmax_runs_per_minute = 3\n'
               + f'[[routes]]\nname = "new-topics"\ntopic_pattern = "{pattern}"\njob = "process_orders"\n'
                 'max_records = 100\nmax_bytes = 1048576\nmax_wait_s = 1.0\n')
-    worker = start_worker_process(stack, tmp_path_factory.mktemp("routing"), routes, unique("group"), dlq,
-                                  KAFKA_DAGSTER_TOPIC_REFRESH_S="3")
+    workdir = tmp_path_factory.mktemp("routing")
+    worker = start_worker_process(stack, workdir, routes, unique("group"), dlq, KAFKA_DAGSTER_TOPIC_REFRESH_S="3")
+    killed = asyncio.create_task(kill_9_mid_stream(stack, workdir, f"{u}.killed"))
     try:
         await worker.wait_ready()
         # A topic created after the worker started, matching its topic_pattern: picked up within the
@@ -129,9 +139,35 @@ async def routed(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Asyn
             strict: await produce(stack.bootstrap, strict, [shop_event(i) for i in range(300)], PARTITIONS),
         }
         sent[rate] = await burst_past_the_rate_limit(stack.bootstrap, DagsterApi(stack.dagster.graphql_url), rate)
-        yield Routed(worker, dlq, shop, strict, rate, pattern_prefix, sent)
+        yield Routed(worker, dlq, shop, strict, rate, pattern_prefix, sent, killed)
     finally:
         worker.stop()
+        if not killed.done():
+            killed.cancel()
+        elif not killed.cancelled() and killed.exception() is None:
+            killed.result().second.stop()
+
+
+async def kill_9_mid_stream(stack: Stack, workdir: Path, topic: str) -> KilledMidStream:
+    """A worker of three routes on one topic is killed (SIGKILL) just after its first launch, with records
+    still arriving; a second worker of the same group takes over."""
+    group, dlq = unique("group"), unique("dlq")
+    await ensure_topics(stack.bootstrap, {topic: PARTITIONS})
+    routes = shop_routes(topic, "killed-")
+    first = start_worker_process(stack, workdir, routes, group, dlq)
+    try:
+        await first.wait_ready()
+        await produce(stack.bootstrap, topic, [shop_event(i) for i in range(400)], PARTITIONS)
+
+        async def launched() -> bool:
+            return "launched run" in first.log_path.read_text(errors="replace")
+
+        await eventually(launched, 120, "the first launch before the kill", interval_s=0.05)
+    finally:
+        first.kill()
+    await produce(stack.bootstrap, topic, [shop_event(i) for i in range(400, 600)], PARTITIONS)
+    second = start_worker_process(stack, workdir, routes, group, dlq)
+    return KilledMidStream(topic, dlq, first, second)
 
 
 async def burst_past_the_rate_limit(bootstrap: str, api: DagsterApi, topic: str) -> int:
@@ -288,6 +324,18 @@ async def test_max_runs_per_minute_holds_launches_and_lets_batches_grow(
     assert created[3] - created[0] >= 59, created
     samples = await routed.worker.metrics()
     assert metric(samples, "kafka_dagster_route_throttled_seconds_total", route="rate") > 30
+
+
+async def test_a_worker_killed_mid_stream_keeps_every_routes_records_in_exactly_one_run(
+        routed: Routed, stack: Stack, dagster_api: DagsterApi) -> None:
+    killed = await routed.killed
+    assert killed.first.proc is not None and killed.first.proc.returncode == -9
+    problems = await eventually(lambda: routes_settled(dagster_api, stack.bootstrap, killed.topic, "killed-"), 240,
+                                "every route's records in exactly one run after the kill")
+    assert problems == {"killed-created": [], "killed-refunds": [], "killed-large": []}
+    assert await dead_letters(stack.bootstrap, killed.dlq) == []
+    log = killed.second.log_path.read_text(errors="replace")
+    assert all(f"reconciled route 'killed-{name}' on {killed.topic}/" in log for name in ORACLE)
 
 
 async def _assigned(worker: WorkerProcess, topic: str) -> bool:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import orjson
+
 from bench.data import make_values
+from bench.service import shared_topic_routes
 from bench.worker import ORDER_SCHEMA, RouteSpec, routes_toml
 from service.decoding import decode_value
 from service.routes import check_batch_bytes, load_routes
@@ -31,3 +34,16 @@ def test_the_bench_orders_all_pass_the_sample_schema(tmp_path: Path) -> None:
     settings = Settings()
     for value in make_values(2_000):
         decode_value(make_record(0, value=value), settings.max_message_bytes, validator)
+
+
+def test_the_shared_topic_routes_take_what_the_benchmark_counts(tmp_path: Path) -> None:
+    """`service_routes` waits for 2 x messages launched: both order routes take every value, refunds none."""
+    path = tmp_path / "routes.toml"
+    path.write_text(routes_toml(shared_topic_routes("bench.orders", 25_000)))
+    routes = load_routes(path)
+    check_batch_bytes(routes, Settings().max_batch_bytes)
+    assert set(routes) == {"orders", "priced", "refunds"}
+    values = [orjson.loads(raw) for raw in make_values(2_000)]
+    taken = {name: sum(route.match.matches(None, [], value) for value in values)
+             for name, route in routes.items() if route.match is not None}
+    assert taken == {"orders": 2_000, "priced": 2_000, "refunds": 0}
