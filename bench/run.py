@@ -49,6 +49,7 @@ def measure(ctx: Context, started: float, profile: bool = False) -> dict[str, An
     services = {"service": {}, "service_schema": {"schema": True}, "service_routes": {"routes": True}}
     samples: dict[str, list[float]] = {"limit": [], "naive": [], **{name: [] for name in services}}
     consumed: dict[str, list[float]] = {name: [] for name in services}
+    costs: list[dict[str, float]] = []
     for repetition in range(1, mode.repetitions + 1):
         _step(f"repetition {repetition}/{mode.repetitions}: limit, naive, " + ", ".join(services), started)
         samples["limit"].append(run_limit(ctx.bootstrap, ctx.topic, mode.messages))
@@ -58,11 +59,15 @@ def measure(ctx: Context, started: float, profile: bool = False) -> dict[str, An
             service = run_service(ctx, flame, **options)
             samples[name].append(service.msgs_per_s)
             consumed[name].append(service.consumed_msgs_per_s)
+            if name == "service":
+                costs.append({"runs": service.runs, "fence_s": service.fence_s, "launch_s": service.launch_s,
+                              "elapsed_s": service.elapsed_s})
         _step("  " + ", ".join(f"{k} {v[-1]:,.0f}" for k, v in samples.items()), started)
     results["throughput_samples"] = samples
     results["throughput_msgs_per_s"] = {name: median(values) for name, values in samples.items()}
     for name, values in consumed.items():
         results[f"{name}_consumed_msgs_per_s"] = {"median": median(values), "samples": values}
+    results["fencing"] = _fencing(costs)
     _step(f"launchRun latency: {mode.launch_samples} launches", started)
     latencies = launch_latencies(ctx)
     results["launch_latency_s"] = _percentiles(latencies) | {"samples": len(latencies), "values": latencies}
@@ -85,6 +90,14 @@ def measure(ctx: Context, started: float, profile: bool = False) -> dict[str, An
     results["backpressure"] = {"backlog": mode.backlog, "samples": rss.points,
                                "rss_mb_at_backlog_start": max(at_start, default=0.0)}
     return results
+
+
+def _fencing(costs: list[dict[str, float]]) -> dict[str, float]:
+    """What proving ownership before each launch cost the service contender: per launch and as a share."""
+    runs = sum(c["runs"] for c in costs) or 1
+    return {"per_launch_ms": sum(c["fence_s"] for c in costs) / runs * 1000,
+            "launch_call_ms": sum(c["launch_s"] for c in costs) / runs * 1000,
+            "share_of_elapsed": sum(c["fence_s"] for c in costs) / (sum(c["elapsed_s"] for c in costs) or 1)}
 
 
 def _percentiles(values: list[float]) -> dict[str, float]:

@@ -34,12 +34,19 @@ MAX_WAIT_S = 60.0
 REBALANCE_SETTLE_S = 6.0  # longer than a Tansu join (half the session timeout)
 
 
+FENCE = "kafka_dagster_fence_duration_seconds"
+LAUNCH = "kafka_dagster_run_launch_duration_seconds"
+
+
 @dataclass(frozen=True)
 class ServiceRun:
     msgs_per_s: float  # into launched runs
     consumed_msgs_per_s: float  # into closed batches
     runs: int
     pid: int
+    fence_s: float  # proving partition ownership before each launch, summed
+    launch_s: float  # the launchRun calls, summed
+    elapsed_s: float  # first records consumed -> last launch
 
 
 def shared_topic_routes(topic: str, max_records: int) -> list[RouteSpec]:
@@ -69,7 +76,9 @@ def run_service(ctx: Context, profile: Path | None = None, schema: bool = False,
             _py_spy(workers[0].pid, profile):
         started, launches = wait_launched(workers, launched_records, timeout_s=300)
         consumed = mode.messages / (max(launch.closed_at for launch in launches) - started)
-        return ServiceRun(_rate(mode.messages, started, launches), consumed, len(launches), workers[0].pid)
+        costs = workers[0].metric_sums(f"{FENCE}_sum", f"{LAUNCH}_sum")
+        return ServiceRun(_rate(mode.messages, started, launches), consumed, len(launches), workers[0].pid,
+                          costs[f"{FENCE}_sum"], costs[f"{LAUNCH}_sum"], max(lch.at for lch in launches) - started)
 
 
 @contextmanager

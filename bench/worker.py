@@ -94,6 +94,18 @@ class Worker:
         except httpx.HTTPError:
             return False
 
+    def metric_sums(self, *names: str) -> dict[str, float]:
+        """The worker's /metrics samples of `names` (counters, histogram _sum and _count), summed over labels."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        text = httpx.get(f"http://127.0.0.1:{self.web_port}/metrics", timeout=5).text
+        sums = dict.fromkeys(names, 0.0)
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name in sums:
+                    sums[sample.name] += sample.value
+        return sums
+
     def rss_bytes(self) -> int:
         """Resident memory of the worker and any children it started."""
         import psutil  # the bench extra; imported here so the route helpers need only the dev install

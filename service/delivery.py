@@ -758,8 +758,9 @@ class Delivery:
         # The commit proving it is of what the partition is done with (every route of it), at most the batch's start.
         done = owned.done_below()
         offset = batch.offset_start if done is None else min(done, batch.offset_start)
-        owns = await self.retry_transient(partial(self.fence, owned.tp, offset),
-                                          f"proving ownership of {owned.tp.topic}/{owned.tp.partition}")
+        with self.metrics.fence_duration.time():
+            owns = await self.retry_transient(partial(self.fence, owned.tp, offset),
+                                              f"proving ownership of {owned.tp.topic}/{owned.tp.partition}")
         if not owns:
             raise Fenced(f"the group coordinator refused this worker's commit for "
                          f"{owned.tp.topic}/{owned.tp.partition}: the group has rebalanced without it")

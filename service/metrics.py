@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 BATCH_RECORD_BUCKETS = (1, 5, 10, 50, 100, 500, 1_000, 5_000, 10_000, 50_000)
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+FENCE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5)
 PROCESSING_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
 
 
@@ -46,6 +47,10 @@ class Metrics:
         self.run_launch_duration = Histogram(
             "kafka_dagster_run_launch_duration_seconds", "Duration of one launchRun call.",
             buckets=LATENCY_BUCKETS, registry=r)
+        self.fence_duration = Histogram(
+            "kafka_dagster_fence_duration_seconds",
+            "Proving ownership of a partition before a launch (a synchronous offset commit), retries included.",
+            buckets=FENCE_BUCKETS, registry=r)
         self.runs_finished = Counter(
             "kafka_dagster_runs_finished", "Launched runs seen reaching a terminal status.",
             ["dagster_job", "status"], registry=r)
