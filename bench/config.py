@@ -28,6 +28,7 @@ class Mode:
     steady_rate: int = 1000
     steady_max_wait_s: float = 2.5  # 8 partitions: ~3 launches/s, what one SQLite webserver here absorbs
     amortisation_sizes: tuple[int, ...] = (100, 1_000, 10_000)
+    micro_records: int = 20_000  # values per pass of the per-record validation and matching costs
 
     @property
     def service_max_records(self) -> int:
@@ -38,4 +39,5 @@ class Mode:
 FULL = Mode("full", messages=200_000, repetitions=3, backlog=500_000, steady_s=20, launch_samples=50,
             amortisation_runs=4, workers=(1, 2, 3), backpressure_hold_s=10)
 QUICK = Mode("quick", messages=24_000, repetitions=2, backlog=100_000, steady_s=6, launch_samples=10,
-             amortisation_runs=1, workers=(1, 2), backpressure_hold_s=2, worker_start_s=5, backlog_step_pause_s=0.5)
+             amortisation_runs=1, workers=(1, 2), backpressure_hold_s=2, worker_start_s=5, backlog_step_pause_s=0.5,
+             micro_records=5_000)

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import report
+from bench import matching, report, validators
 from bench.amortisation import amortisation
 from bench.backpressure import backpressure
 from bench.config import Mode
@@ -37,6 +37,9 @@ def measure(ctx: Context, started: float, profile: bool = False) -> dict[str, An
     """Every figure, in an order that keeps runs from disturbing later measurements."""
     mode = ctx.mode
     results: dict[str, Any] = {}
+    _step("per-record costs of validation and route matching (no broker)", started)
+    results["validation_us_per_record"] = validators.costs(mode.micro_records, passes=3)
+    results["matching_ns_per_record"] = matching.costs(mode.micro_records, passes=3)
     _step("amortisation: runs to SUCCESS for max_records " + ", ".join(map(str, mode.amortisation_sizes)), started)
     results["amortisation"] = [asdict(point) for point in amortisation(ctx)]
     # From here on runs are launched (queued) but not executed: the daemon would compete for the CPU.
