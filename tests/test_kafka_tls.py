@@ -4,7 +4,7 @@ The broker advertises the stunnel port, so metadata sends every client back
 through TLS: nothing reaches the broker in the clear. The worker, the CLI and
 the code location's Kafka resource use the same settings and the same mapping
 (`service.kafka_security`). SASL cannot be completed against a real peer here
-(see the README, "Security"); `test_sasl_*` shows what can be: the mechanism
+(see docs/security.md); `test_sasl_*` shows what can be: the mechanism
 and credentials reach an authenticating broker, and a rejection fails at start.
 """
 

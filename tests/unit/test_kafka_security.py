@@ -1,6 +1,6 @@
 """Kafka TLS/SASL settings: validation at start, and what each client is built with.
 
-SASL cannot be completed against a real broker here (README, "Security"), so
+SASL cannot be completed against a real broker here (docs/security.md), so
 these tests pin the client boundary: the arguments aiokafka, Faust and the
 code location's resource receive for each protocol and mechanism.
 """

@@ -462,7 +462,7 @@ def _element_holds(table: dict[str, Any], element: Any) -> bool:
 
 
 def _holds(condition: Any, present: bool, candidates: list[Any]) -> bool:
-    """The semantics as the README states them, the slow way."""
+    """The semantics as docs/routes.md states them, the slow way."""
     if isinstance(condition, list):
         return any(_holds(c, present, candidates) for c in condition)
     if isinstance(condition, dict):
