@@ -34,7 +34,7 @@ from service import __version__
 from service.contract import DEFAULT_BOOTSTRAP_SERVERS, DEFAULT_DLQ_TOPIC, DEFAULT_ROUTES_FILE, STAGES
 from service.dlq import DeadLetter, Selection, describe, identity, replay_headers, replayed_topic
 from service.errors import BrokerUnavailable, ConfigurationError, KafkaDagsterError
-from service.kafka import Producer, StartAt, check_security, ensure_topics, stream_topic
+from service.kafka import Producer, check_security, ensure_topics, stream_topic
 from service.kafka_security import KafkaSecurity
 from service.logs import logging_config
 from service.outcomes import COMPACTED
@@ -256,22 +256,20 @@ def _dlq_options(command: F) -> F:
 @click.option("--from-offset", type=click.IntRange(min=0), default=None, metavar="OFFSET",
               help="Start at this DLQ offset (in every partition of the DLQ topic).")
 @click.option("--since", "since", type=SinceParam(), default=None,
-              help="Start at dead letters written at or after this time: ISO-8601 (UTC unless it says) "
-                   "or a duration back from now (90s, 15m, 2h, 1d).")
+              help="Only dead letters written (dlq.failed_at) at or after this time: ISO-8601 (UTC unless it "
+                   "says) or a duration back from now (90s, 15m, 2h, 1d).")
 def inspect(bootstrap_servers: str, dlq_topic: str, stage: str | None, source_topic: str | None,
             as_json: bool, limit: int | None, follow: bool, from_offset: int | None, since: int | None) -> None:
     """List dead letters with their reasons: DLQ offset, origin, stage, error.
 
     Streams the topic: the first lines appear at once and memory stays flat
     however large it is. Duplicates (one origin and stage written twice) are
-    shown once. The count goes to stderr at the end.
+    shown once. The count goes to stderr at the end. --since reads from the
+    start (or --from-offset), as a dead letter keeps its original timestamp.
     """
-    if from_offset is not None and since is not None:
-        raise click.UsageError("give --from-offset or --since, not both")
     security = _kafka_security()
-    start = StartAt(offset=from_offset, timestamp_ms=since)
-    shown = _run(_inspect(bootstrap_servers, dlq_topic, Selection(stage, source_topic), start, follow, limit,
-                          as_json, security), interruptible=follow)
+    shown = _run(_inspect(bootstrap_servers, dlq_topic, Selection(stage, source_topic, since), from_offset, follow,
+                          limit, as_json, security), interruptible=follow)
     click.echo(f"{shown} dead letters", err=True)
 
 
@@ -501,17 +499,15 @@ def _letter(message: ConsumerRecord[bytes, bytes]) -> DeadLetter:
                             message.offset)
 
 
-async def _inspect(bootstrap_servers: str, dlq_topic: str, selection: Selection, start: StartAt, follow: bool,
-                   limit: int | None, as_json: bool, security: KafkaSecurity) -> int:
+async def _inspect(bootstrap_servers: str, dlq_topic: str, selection: Selection, from_offset: int | None,
+                   follow: bool, limit: int | None, as_json: bool, security: KafkaSecurity) -> int:
     """Print the selected dead letters as they stream in; how many were printed (Ctrl-C ends --follow)."""
     await check_security(bootstrap_servers, security)
     shown = 0
     try:
-        async with contextlib.aclosing(stream_topic(bootstrap_servers, dlq_topic, start, follow,
+        async with contextlib.aclosing(stream_topic(bootstrap_servers, dlq_topic, from_offset, follow,
                                                     security=security)) as messages:
             async for message in messages:
-                if start.timestamp_ms is not None and message.timestamp < start.timestamp_ms:
-                    continue  # a broker without time indexes starts earlier
                 letter = _letter(message)
                 if not selection.takes(letter):
                     continue

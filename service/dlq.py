@@ -117,6 +117,14 @@ class DeadLetter:
     def stage(self) -> str:
         return self.dlq.get(HEADER_STAGE, "")
 
+    @property
+    def failed_at_ms(self) -> int | None:
+        """When it was dead-lettered (`dlq.failed_at`; the record's own timestamp is the original's)."""
+        try:
+            return int(datetime.fromisoformat(self.dlq[HEADER_FAILED_AT]).timestamp() * 1000)
+        except (KeyError, ValueError):
+            return None
+
 
 class Selection:
     """Which dead letters a `dlq` command takes, one at a time: those matching the filters, one per
@@ -125,15 +133,22 @@ class Selection:
     Only the keys of the letters taken are remembered, so a DLQ of any size streams through it.
     """
 
-    def __init__(self, stage: str | None = None, source_topic: str | None = None) -> None:
+    def __init__(self, stage: str | None = None, source_topic: str | None = None,
+                 since_ms: int | None = None) -> None:
+        """`since_ms`: only dead letters whose `dlq.failed_at` is at or after it (epoch milliseconds)."""
         self.stage = stage
         self.source_topic = source_topic
+        self.since_ms = since_ms
         self.seen: set[str] = set()
 
     def takes(self, letter: DeadLetter) -> bool:
+        if HEADER_TOPIC not in letter.dlq:
+            return False  # not a dead letter: nothing says where it came from
         if self.stage and letter.stage != self.stage:
             return False
         if self.source_topic and letter.dlq.get(HEADER_TOPIC) != self.source_topic:
+            return False
+        if self.since_ms is not None and (letter.failed_at_ms or 0) < self.since_ms:
             return False
         key = identity(letter)
         if key in self.seen:

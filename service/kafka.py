@@ -16,7 +16,6 @@ import contextlib
 import logging
 import ssl
 from collections.abc import AsyncGenerator, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -216,19 +215,11 @@ async def read_topic(bootstrap_servers: str, topic: str, timeout_s: float = 30.0
         await consumer.stop()
 
 
-@dataclass(frozen=True)
-class StartAt:
-    """Where `stream_topic` starts in each partition: the first offset at or after `offset`, or of the
-    first record written at or after `timestamp_ms` (the beginning when both are None)."""
-
-    offset: int | None = None
-    timestamp_ms: int | None = None
-
-
-async def stream_topic(bootstrap_servers: str, topic: str, start: StartAt = StartAt(), follow: bool = False,
+async def stream_topic(bootstrap_servers: str, topic: str, from_offset: int | None = None, follow: bool = False,
                        stall_timeout_s: float = 30.0, security: KafkaSecurity = PLAINTEXT,
                        ) -> AsyncGenerator[ConsumerRecord[bytes, bytes]]:
-    """The records of every partition of `topic`, as they are fetched, without a consumer group.
+    """The records of every partition of `topic` (from `from_offset` in each, else its beginning), as they
+    are fetched, without a consumer group.
 
     Without `follow` it ends at the end of the topic as it was when it started
     (an empty fetch at or past the end offsets, which Tansu reports too low);
@@ -245,7 +236,7 @@ async def stream_topic(bootstrap_servers: str, topic: str, start: StartAt = Star
             if not tps:
                 return
             consumer.assign(tps)
-            await _seek(consumer, tps, start)
+            await _seek(consumer, tps, from_offset)
             ends = await consumer.end_offsets(tps)
         loop = asyncio.get_running_loop()
         progress_at = loop.time()
@@ -278,20 +269,12 @@ async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> list[TopicParti
     return [TopicPartition(topic, p) for p in sorted(partitions)]
 
 
-async def _seek(consumer: AIOKafkaConsumer, tps: list[TopicPartition], start: StartAt) -> None:
+async def _seek(consumer: AIOKafkaConsumer, tps: list[TopicPartition], from_offset: int | None) -> None:
     await consumer.seek_to_beginning(*tps)
-    if start.offset is not None:
+    if from_offset is not None:
         beginnings = await consumer.beginning_offsets(tps)
         for tp in tps:
-            consumer.seek(tp, max(start.offset, beginnings[tp]))
-    elif start.timestamp_ms is not None:
-        found = await consumer.offsets_for_times({tp: start.timestamp_ms for tp in tps})
-        later = [tp for tp, at in found.items() if at is None]  # nothing written since: start at the end
-        if later:
-            await consumer.seek_to_end(*later)
-        for tp, at in found.items():
-            if at is not None:
-                consumer.seek(tp, at.offset)
+            consumer.seek(tp, max(from_offset, beginnings[tp]))
 
 
 async def check_security(bootstrap_servers: str, security: KafkaSecurity, timeout_s: float = 15.0) -> None:

@@ -218,7 +218,7 @@ def test_completion_script_is_generated() -> None:
 
 @pytest.mark.parametrize("args", [["nope"], ["produce"], ["dlq", "inspect", "--limit", "0"],
                                   ["dlq", "inspect", "--since", "yesterday"],
-                                  ["dlq", "inspect", "--from-offset", "3", "--since", "1h"],
+                                  ["dlq", "inspect", "--from-offset", "-1"],
                                   ["dlq", "inspect", "--stage", "nope"]])
 def test_usage_errors_exit_2(args: list[str]) -> None:
     result = CliRunner().invoke(main, args)
