@@ -144,12 +144,12 @@ def worker() -> None:
 @click.option("--bootstrap-servers", envvar="KAFKA_BOOTSTRAP_SERVERS", default=DEFAULT_BOOTSTRAP_SERVERS,
               show_default=True, metavar="HOST:PORT[,...]",
               help="Kafka brokers to connect to (env KAFKA_BOOTSTRAP_SERVERS).")
-@click.option("--demo", "demo_count", type=int, default=None,
+@click.option("--demo", "demo_count", type=click.IntRange(min=0), default=None, metavar="N",
               help="Send N generated demo events (orders and refunds) instead of reading JSON lines from stdin "
                    "(0: forever).")
 @click.option("--rate", type=click.FloatRange(min=0.0), default=0.0,
               help="Messages per second (0: as fast as possible).")
-@click.option("--partitions", type=int, default=1, show_default=True,
+@click.option("--partitions", type=click.IntRange(min=1), default=1, show_default=True,
               help="Partitions to create the topic with if it does not exist.")
 @click.option("--key-field", metavar="FIELD", default=None,
               help="Key each record with its value's top-level field FIELD as UTF-8 text (a string as is, "
