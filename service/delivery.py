@@ -27,6 +27,7 @@ marked done in that same order.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import itertools
@@ -35,6 +36,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from functools import partial
 from typing import Any, Protocol
 
@@ -227,6 +229,15 @@ def _first_offset(item: Batch | DeadLetters) -> int:
     return item.offset_start if isinstance(item, Batch) else item.records[0].offset
 
 
+@dataclass(frozen=True)
+class Reconciled:
+    """What a reconcile with Dagster found, for /status."""
+
+    at: float  # wall-clock time
+    runs_found: int
+    covered: int
+
+
 @dataclass(eq=False)
 class RouteShare:
     """One route's share of an owned partition: its lane, and what of the partition its runs cover."""
@@ -236,6 +247,7 @@ class RouteShare:
     lane: Lane
     covered: int | None = None  # highest offset inside a launched run of the route; None until reconciled
     reconcile: asyncio.Task[int] | None = None
+    reconciled: Reconciled | None = None
 
     def first_pending(self, tp: TP) -> int | None:
         """The lowest offset the route holds in an open batch or its lane (None: holds nothing)."""
@@ -581,6 +593,10 @@ class Delivery:
             limit=1000,
         )
         covered = max((int(run.tags[TAG_OFFSET_END]) for run in runs), default=-1)
+        owned = self.partitions.get(tp)
+        share = owned.share(route.name) if owned is not None else None
+        if share is not None:
+            share.reconciled = Reconciled(time.time(), len(runs), covered)
         unhandled = 0
         for run in runs:
             if run.status not in TERMINAL:
@@ -905,6 +921,47 @@ class Delivery:
         for share in owned.shares:
             if share.reconcile is not None:
                 share.reconcile.cancel()
+
+    # -- status ---------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        """What this worker holds right now, as JSON-ready data for /status; reads, changes nothing."""
+        now = self.clock()
+        inflight = collections.Counter((run.route, run.topic, run.partition)
+                                       for run in self.watcher.inflight.values())
+        partitions = [{
+            "topic": tp.topic, "partition": tp.partition, "epoch": owned.epoch, "position": owned.position,
+            "next_offset": owned.next_offset, "done_below": owned.done_below(),
+            "handing_over": owned.handing_over, "fenced": owned.fenced,
+            "unmatched_queued": owned.unmatched.queue.qsize() if owned.unmatched is not None else None,
+            "routes": [_share_status(share, tp, now, inflight[(share.route.name, tp.topic, tp.partition)])
+                       for share in owned.shares],
+        } for tp, owned in sorted(self.partitions.items())]
+        return {
+            "partitions": partitions,
+            "inflight_runs": len(self.watcher.inflight),
+            "paused_routes": self.pauses.status(),
+            "throttled_routes": {name: throttle.reason for name, throttle in sorted(self.throttles.items())
+                                 if throttle.reason is not None},
+        }
+
+
+def _share_status(share: RouteShare, tp: TP, now: float, inflight: int) -> dict[str, Any]:
+    batch = share.batcher.open.get(tp)
+    reconciled = share.reconciled
+    return {
+        "route": share.route.name,
+        "open_batch": None if batch is None else {
+            "records": len(batch.records), "bytes": batch.size, "age_s": round(now - batch.opened_at, 3),
+            "offset_start": batch.offset_start, "offset_end": batch.offset_end,
+            "closes_in_s": round(max(0.0, batch.opened_at + batch.wait_s - now), 3)},
+        "queued": share.lane.queue.qsize(),
+        "covered": share.covered,
+        "inflight_runs": inflight,
+        "reconcile": None if reconciled is None else {
+            "at": datetime.fromtimestamp(reconciled.at, UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
+            "runs_found": reconciled.runs_found, "covered": reconciled.covered},
+    }
 
 
 def _launched(run_id: str, job: str, tags: dict[str, str]) -> LaunchedRun:
