@@ -106,7 +106,12 @@ def produce(topic: str, bootstrap_servers: str, demo_count: int | None, rate: fl
               help="Demo events per second.")
 def dev(workdir: str, routes: str, rate: float) -> None:
     """Run everything locally: broker, Dagster, worker and a demo producer."""
-    from service.dev.devstack import run_dev  # development tooling: never imported by the worker
+    from service.dev import DEV_EXTRA_INSTALL, missing_packages  # development tooling: never imported by the worker
+
+    if missing := missing_packages():
+        raise click.ClickException(f"kafka-dagster dev needs the dev extra ({', '.join(missing)} not installed): "
+                                   f"{DEV_EXTRA_INSTALL}")
+    from service.dev.devstack import run_dev
 
     run_dev(workdir, routes, rate)
 
