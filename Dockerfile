@@ -60,7 +60,7 @@ RUN groupadd --system --gid 10001 kafka-dagster \
 
 COPY --from=build /opt/venv /opt/venv
 
-# The worker's Faust data directory goes under the working directory: /app is writable.
+# Faust's data directory goes under KAFKA_DAGSTER_DATA_DIR (default: /tmp/kafka-dagster-<uid>), not /app.
 WORKDIR /app
 COPY routes.toml ./
 COPY schemas ./schemas
