@@ -33,6 +33,7 @@ COMPILE = $(PIP_COMPILE) --all-build-deps pyproject.toml
 
 lock:  ## re-resolve pyproject's ranges into requirements/*.lock (UPGRADE=1 to move every pin)
 	rm -rf $(LOCK_VENV) && $(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/pip install --quiet --require-hashes -r requirements/pip.lock
 	$(LOCK_VENV)/bin/pip install --quiet $(PIP_TOOLS)
 	$(COMPILE) --extra dev --extra bench -o requirements/bench.lock
 	$(COMPILE) -c requirements/bench.lock --extra dev -o requirements/dev.lock
