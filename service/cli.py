@@ -183,7 +183,12 @@ def dev(workdir: str, routes: str, rate: float) -> None:
     dead letters, lag); the processes log to files under --workdir.
     Ctrl-C stops everything.
     """
-    from service.dev.devstack import run_dev  # development tooling: never imported by the worker
+    from service.dev import DEV_EXTRA_INSTALL, missing_packages  # development tooling: never imported by the worker
+
+    if missing := missing_packages():
+        raise click.ClickException(f"kafka-dagster dev needs the dev extra ({', '.join(missing)} not installed): "
+                                   f"{DEV_EXTRA_INSTALL}")
+    from service.dev.devstack import run_dev
 
     run_dev(workdir, routes, rate)
 

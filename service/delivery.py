@@ -546,7 +546,7 @@ class Delivery:
     def _count_closed(self, batch: Batch) -> None:
         batch.closed_at = self.clock()
         self.metrics.batches.labels(batch.topic, batch.reason).inc()
-        self.metrics.batch_records.observe(len(batch.records))
+        self.metrics.batch_records.labels(batch.topic).observe(len(batch.records))
 
     # -- reconciliation -----------------------------------------------------
 
@@ -640,7 +640,7 @@ class Delivery:
     def _observe_launched(self, batch: Batch, run_id: str) -> None:
         oldest = min((r.timestamp_ms for r in batch.records if r.timestamp_ms), default=None)
         if oldest:
-            self.metrics.event_to_launch.observe(max(0.0, time.time() - oldest / 1000))
+            self.metrics.event_to_launch.labels(batch.topic).observe(max(0.0, time.time() - oldest / 1000))
         waited_s = self.clock() - batch.closed_at if batch.closed_at is not None else 0.0
         logger.info("launched run %s for batch %s (route %r, %s/%d offsets %d-%d, %d records, closed by %s "
                     "%.3fs ago)", run_id, batch.batch_id, batch.route, batch.topic, batch.partition,
@@ -717,7 +717,7 @@ class Delivery:
                         return await self.duplicates.settle(route.job, batch.batch_id,
                                                             {TAG_BATCH_ID: batch.batch_id}, existing[0].run_id)
                 await self._prove_ownership(owned, batch)
-                run_id = await self._timed_launch(route, selector, config, tags, outcome_unknown)
+                run_id = await self._timed_launch(route, batch.topic, selector, config, tags, outcome_unknown)
             except DagsterError as exc:
                 dagster_errors += 1
                 self._count_launch(route, exc.typename)
@@ -750,8 +750,8 @@ class Delivery:
         if failure is not None:
             raise failure
 
-    async def _timed_launch(self, route: Route, selector: Any, config: dict[str, Any], tags: dict[str, str],
-                            retried: bool) -> str:
+    async def _timed_launch(self, route: Route, topic: str, selector: Any, config: dict[str, Any],
+                            tags: dict[str, str], retried: bool) -> str:
         started = time.monotonic()
         try:
             run_id = await self.client.launch_run(selector, config, tags)
@@ -759,7 +759,7 @@ class Delivery:
             self._count_launch(route, "transport_error")
             raise
         finally:
-            self.metrics.run_launch_duration.observe(time.monotonic() - started)
+            self.metrics.run_launch_duration.labels(topic).observe(time.monotonic() - started)
         self._count_launch(route, "LaunchRunSuccess")
         self.metrics.dagster_up.set(1)
         return run_id
