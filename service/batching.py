@@ -20,6 +20,17 @@ from service.records import TP, Record
 # Why a batch closed; the values of the `reason` label of kafka_dagster_batches_total.
 RECORDS, BYTES, TIME, REVOKE, SPLIT = "records", "bytes", "time", "revoke", "split"
 
+# A batch's max_wait_s counts from its first record's timestamp, but never from more than this before
+# the worker read the record: the fetch delay is credited, a backlog's old timestamps are not.
+ARRIVAL_CREDIT_S = 0.25
+
+
+def arrival_credit(record: Record, wall_now: float | None) -> float:
+    """How long before now `record` reached the broker, as far as the batch clock counts it."""
+    if wall_now is None or record.timestamp_ms is None:
+        return 0.0
+    return min(max(wall_now - record.timestamp_ms / 1000, 0.0), ARRIVAL_CREDIT_S)
+
 
 @dataclass(frozen=True)
 class BatchPolicy:
@@ -97,8 +108,12 @@ class Batcher:
         for index, tp in enumerate(ordered):
             self.first_wait[tp] = (index + 1) / len(ordered)
 
-    def add_many(self, records: Sequence[Record], now: float) -> list[Batch]:
-        """Add consecutive records of one partition, in order; return the batches they closed."""
+    def add_many(self, records: Sequence[Record], now: float, wall_now: float | None = None) -> list[Batch]:
+        """Add consecutive records of one partition, in order; return the batches they closed.
+
+        `now` is the batch clock (monotonic); with `wall_now` (epoch seconds) a new batch's clock starts
+        when its first record reached the broker, at most `ARRIVAL_CREDIT_S` earlier than `now`.
+        """
         if not records:
             return []
         tp = records[0].tp
@@ -112,7 +127,7 @@ class Batcher:
                 closed.append(batch.close(BYTES))
                 batch = None
             if batch is None:
-                batch = Batch(tp.topic, tp.partition, opened_at=now,
+                batch = Batch(tp.topic, tp.partition, opened_at=now - arrival_credit(record, wall_now),
                               wait_s=policy.max_wait_s * self.first_wait.pop(tp, 1.0), route=self.route)
             batch.records.append(record)
             batch.size += size

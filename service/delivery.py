@@ -323,6 +323,7 @@ class Delivery:
     :param run_poll_interval_s: how often run statuses are polled
     :param duplicate_window_s: how long a batch whose launch answer was lost is checked for duplicates
     :param clock: monotonic time, for batch deadlines
+    :param wall_clock: epoch time, to credit a batch's clock with its first record's way to the worker
     :param json_bounds: depth and key bounds of decoded values
     """
 
@@ -334,7 +335,8 @@ class Delivery:
                  queued_batches_per_partition: int = 4, retry_max_delay_s: float = 30.0,
                  route_retry_max_delay_s: float = 120.0, max_inflight_runs: int = 64,
                  run_poll_interval_s: float = 1.0, duplicate_window_s: float = 120.0,
-                 clock: Callable[[], float] = time.monotonic, json_bounds: JsonBounds | None = None) -> None:
+                 clock: Callable[[], float] = time.monotonic, wall_clock: Callable[[], float] = time.time,
+                 json_bounds: JsonBounds | None = None) -> None:
         self.routes = routes
         self.client = client
         self.sink = dead_letters
@@ -353,6 +355,7 @@ class Delivery:
         self.retry_max_delay_s = retry_max_delay_s
         self.route_retry_max_delay_s = route_retry_max_delay_s
         self.clock = clock
+        self.wall_clock = wall_clock
         self.batchers = {name: Batcher(BatchPolicy(r.max_records, r.max_bytes, r.max_wait_s), name)
                          for name, r in routes.items()}
         self.throttles = {name: Throttle(name, r.job, metrics, max_runs_per_minute=r.max_runs_per_minute,
@@ -508,7 +511,7 @@ class Delivery:
             await owned.unmatched.put(DeadLetters([record], failure))
 
     async def _add(self, owned: OwnedPartition, share: RouteShare, records: Sequence[Record]) -> None:
-        for batch in share.batcher.add_many(records, self.clock()):
+        for batch in share.batcher.add_many(records, self.clock(), self.wall_clock()):
             await self._submit(owned, share, batch)
 
     async def _reject(self, owned: OwnedPartition, share: RouteShare, record: Record, exc: RecordError) -> None:

@@ -7,6 +7,7 @@ import itertools
 import pytest
 
 from service.batching import (
+    ARRIVAL_CREDIT_S,
     BYTES,
     RECORDS,
     REVOKE,
@@ -128,6 +129,27 @@ def test_expire_closes_on_max_wait_s() -> None:
     assert offsets(closed) == [0, 1]
     assert b.open == {}
     assert b.expire(1000.0) == []
+
+
+@pytest.mark.parametrize(("on_the_way_s", "closes_at"), [
+    (0.125, 104.875),  # fetched 0.125 s after it reached the broker: max_wait_s counts from the broker
+    (30.0, 104.75),  # a backlog: at most ARRIVAL_CREDIT_S is credited, the batch still waits
+    (-2.0, 105.0),  # a producer clock ahead of ours: nothing credited
+])
+def test_max_wait_s_counts_from_the_first_records_arrival_at_the_broker_within_a_bound(
+        on_the_way_s: float, closes_at: float) -> None:
+    assert ARRIVAL_CREDIT_S == 0.25
+    b = batcher(max_wait_s=5.0)
+    record = make_record(0, timestamp_ms=1_700_000_000_000)
+    b.add_many([record], now=100.0, wall_now=1_700_000_000 + on_the_way_s)
+    assert b.expire(closes_at - 0.001) == []
+    assert [offsets(batch) for batch in b.expire(closes_at)] == [[0]]
+
+
+def test_a_record_without_a_timestamp_starts_the_clock_when_it_is_read() -> None:
+    b = batcher(max_wait_s=5.0)
+    b.add_many([make_record(0, timestamp_ms=None)], now=100.0, wall_now=2_000_000_000.0)
+    assert b.expire(104.999) == [] and len(b.expire(105.0)) == 1
 
 
 def test_wait_counts_from_the_batch_opening_not_the_last_record() -> None:

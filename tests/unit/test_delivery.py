@@ -27,7 +27,7 @@ from service.errors import (
 from service.metrics import Metrics
 from service.records import TP, Record
 from service.routes import Route, RouteTable
-from tests.unit.factories import make_record
+from tests.unit.factories import RECORD_TIME_S, make_record
 
 JOB = "process_orders"
 GROUP = "test-group"
@@ -160,6 +160,7 @@ class Harness:
             pause_fetching=lambda tps, paused: self.paused.append((set(tps), paused)),
             on_fatal=self._fatal,
             retry_max_delay_s=0.001, route_retry_max_delay_s=0.001, clock=self.clock,
+            wall_clock=lambda: RECORD_TIME_S,  # the records' timestamp: no arrival credit
         )
         self.fed: dict[int, list[int]] = {}
         self.done: dict[int, int] = {}
