@@ -9,13 +9,13 @@ of a few passes. No broker and no Dagster.
 from __future__ import annotations
 
 import argparse
-import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import orjson
 
 from bench.data import make_values
+from bench.stats import best_per_item_s
 from service.matching import compile_match
 
 PATTERN = {"value.type": "order.created", "value.amount": {">": 10, "<=": 150},
@@ -37,13 +37,7 @@ def contenders() -> dict[str, Callable[[Any], bool]]:
 
 
 def per_record_ns(check: Callable[[Any], object], values: Sequence[Any], passes: int) -> float:
-    best = float("inf")
-    for _ in range(passes):
-        started = time.perf_counter()
-        for value in values:
-            check(value)
-        best = min(best, time.perf_counter() - started)
-    return best / len(values) * 1e9
+    return best_per_item_s(check, values, passes) * 1e9
 
 
 def costs(records: int, passes: int) -> dict[str, float]:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
 
 
 def median(values: Sequence[float]) -> float:
@@ -23,3 +25,14 @@ def percentile(values: Sequence[float], q: float) -> float:
 
 def ratio(numerator: float, denominator: float) -> float:
     return numerator / denominator if denominator else math.nan
+
+
+def best_per_item_s(check: Callable[[Any], object], items: Sequence[Any], passes: int) -> float:
+    """Seconds `check` takes per item, the best of `passes` passes over `items`."""
+    best = float("inf")
+    for _ in range(passes):
+        started = time.perf_counter()
+        for item in items:
+            check(item)
+        best = min(best, time.perf_counter() - started)
+    return best / len(items)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -20,6 +19,7 @@ import jsonschema_rs
 import orjson
 
 from bench.data import make_values
+from bench.stats import best_per_item_s
 from bench.worker import ROOT
 from service.schemas import CompiledSchema
 
@@ -53,13 +53,7 @@ def contenders(schema: dict[str, Any]) -> dict[str, Callable[[bytes], object]]:
 
 
 def per_record_us(check: Callable[[bytes], object], values: Sequence[bytes], passes: int) -> float:
-    best = float("inf")
-    for _ in range(passes):
-        started = time.perf_counter()
-        for raw in values:
-            check(raw)
-        best = min(best, time.perf_counter() - started)
-    return best / len(values) * 1e6
+    return best_per_item_s(check, values, passes) * 1e6
 
 
 def costs(records: int, passes: int) -> dict[str, float]:
