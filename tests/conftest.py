@@ -52,39 +52,53 @@ def dagster_api(stack: Stack) -> DagsterApi:
 WorkerFactory = Callable[..., WorkerProcess]
 
 
-@pytest.fixture
-async def start_worker(stack: Stack, tmp_path: Path) -> AsyncIterator[Callable[..., object]]:
-    """Start `kafka-dagster worker` processes on their own consumer group; stop them after the test."""
-    workers: list[WorkerProcess] = []
-    group = unique("group")
+class Workers:
+    """`kafka-dagster worker` processes on one consumer group, logging under `workdir`; `stop` ends them all."""
 
-    async def start(routes: str, wait: bool = True, **env: str) -> WorkerProcess:
-        routes_path = tmp_path / f"routes-{len(workers)}.toml"
+    def __init__(self, stack: Stack, workdir: Path) -> None:
+        self.stack = stack
+        self.workdir = workdir
+        self.group = unique("group")
+        self.started: list[WorkerProcess] = []
+        workdir.mkdir(parents=True, exist_ok=True)
+
+    async def start(self, routes: str, wait: bool = True, **env: str) -> WorkerProcess:
+        """Start one worker with `routes`; `env` overrides its settings; `wait` for /readyz."""
+        index = len(self.started)
+        routes_path = self.workdir / f"routes-{index}.toml"
         routes_path.write_text(routes)
         port = new_web_port()
         worker_env = dict(os.environ)
         worker_env.update(
-            KAFKA_BOOTSTRAP_SERVERS=stack.bootstrap,
-            DAGSTER_GRAPHQL_URL=stack.dagster.graphql_url,
+            KAFKA_BOOTSTRAP_SERVERS=self.stack.bootstrap,
+            DAGSTER_GRAPHQL_URL=self.stack.dagster.graphql_url,
             KAFKA_DAGSTER_ROUTES=str(routes_path),
-            KAFKA_DAGSTER_GROUP_ID=group,
+            KAFKA_DAGSTER_GROUP_ID=self.group,
             KAFKA_DAGSTER_DLQ_TOPIC=env.pop("KAFKA_DAGSTER_DLQ_TOPIC", unique("dlq")),
             KAFKA_DAGSTER_WEB_PORT=str(port),
             KAFKA_DAGSTER_SESSION_TIMEOUT_S="10",
-            KAFKA_DAGSTER_DATA_DIR=str(tmp_path / "faust"),
+            KAFKA_DAGSTER_DATA_DIR=str(self.workdir / "faust"),
             PYTHONUNBUFFERED="1",
         )
         worker_env.update(env)
-        worker = WorkerProcess(worker_env, tmp_path / f"worker-{len(workers)}.log", port)
-        workers.append(worker)
+        worker = WorkerProcess(worker_env, self.workdir / f"worker-{index}.log", port)
+        self.started.append(worker)
         worker.start()
         if wait:
             await worker.wait_ready()
         return worker
 
-    yield start
-    for worker in workers:
-        worker.stop()
+    def stop(self) -> None:
+        for worker in self.started:
+            worker.stop()
 
 
-__all__ = ["Stack", "route_toml"]
+@pytest.fixture
+async def start_worker(stack: Stack, tmp_path: Path) -> AsyncIterator[Callable[..., object]]:
+    """Start `kafka-dagster worker` processes on their own consumer group; stop them after the test."""
+    workers = Workers(stack, tmp_path)
+    yield workers.start
+    workers.stop()
+
+
+__all__ = ["Stack", "Workers", "route_toml"]

@@ -9,8 +9,10 @@
   another worker: it must launch none of them (fencing).
 - An idle worker with healthy dependencies shows them up.
 
-The proxy scenarios share one test and run side by side, each on its own
-nginx, topic, consumer group and worker.
+Every scenario runs on its own topic, consumer group and workers (and
+nginx), so the module fixture starts them all at once and each test awaits
+its own: their waits overlap. The broker frozen mid-stream would disturb the
+others, so it has a module of its own (`test_broker_faults.py`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import httpx
@@ -25,7 +28,7 @@ import orjson
 import pytest
 
 from service.kafka import ensure_topics
-from tests.conftest import Stack
+from tests.conftest import Stack, Workers
 from tests.support import (
     DagsterApi,
     Flow,
@@ -150,15 +153,7 @@ async def too_large_then_claim_checked(stack: Stack, api: DagsterApi, start_work
         nginx.stop()
 
 
-async def test_dagster_refusing_or_limiting_the_worker_pauses_and_resumes_without_dead_letters(
-        stack: Stack, dagster_api: DagsterApi, start_worker: Any) -> None:
-    await asyncio.gather(refused_token_then_accepted(stack, dagster_api, start_worker),
-                         rate_limited_then_served(stack, dagster_api, start_worker),
-                         too_large_then_claim_checked(stack, dagster_api, start_worker))
-
-
-async def test_a_worker_frozen_past_its_session_timeout_launches_nothing_twice(
-        stack: Stack, dagster_api: DagsterApi, start_worker: Any) -> None:
+async def frozen_worker_drops_what_it_held(stack: Stack, dagster_api: DagsterApi, start_worker: Any) -> None:
     """SIGSTOP one of two workers holding open batches; its partitions move; on SIGCONT it drops them."""
     topic, dlq = unique("frozen"), unique("dlq")
     await ensure_topics(stack.bootstrap, {topic: 4})
@@ -208,7 +203,7 @@ async def _took_all_partitions(worker: WorkerProcess, topic: str) -> bool:
     return all(f"reconciled route {topic!r} on {topic}/{p}:" in log for p in range(4))
 
 
-async def test_an_idle_worker_shows_its_dependencies_up(stack: Stack, start_worker: Any) -> None:
+async def idle_worker_shows_its_dependencies_up(stack: Stack, dagster_api: DagsterApi, start_worker: Any) -> None:
     """No message has flowed: the probes alone say Dagster and Kafka are up (no false DagsterDown alert)."""
     worker = await start_worker(route_toml(unique("idle"), max_wait_s=1.0))
 
@@ -223,8 +218,8 @@ async def test_an_idle_worker_shows_its_dependencies_up(stack: Stack, start_work
     assert metric(samples, "kafka_dagster_build_info", version="0.1.0") == 1
 
 
-async def test_a_run_that_fails_while_no_worker_runs_is_copied_to_the_dlq_once_by_the_next(
-        stack: Stack, dagster_api: DagsterApi, start_worker: Any) -> None:
+async def orphan_failure_copied_once(stack: Stack, dagster_api: DagsterApi, start_worker: Any) -> None:
+    """A run fails while no worker watches it: the next owner copies it to the DLQ once, the one after not."""
     topic, dlq = unique("orphan-failure"), unique("dlq")
     await ensure_topics(stack.bootstrap, {topic: 1})
     routes = route_toml(topic, max_records=20, max_wait_s=1.0)
@@ -265,33 +260,11 @@ async def test_a_run_that_fails_while_no_worker_runs_is_copied_to_the_dlq_once_b
     assert sorted(letter.origin[2] for letter in letters) == list(range(20))
 
 
-async def test_the_broker_frozen_mid_stream_loses_and_duplicates_nothing(
-        stack: Stack, dagster_api: DagsterApi, start_worker: Any) -> None:
-    topic, dlq = unique("broker-frozen"), unique("dlq")
-    await ensure_topics(stack.bootstrap, {topic: 2})
-    worker = await start_worker(route_toml(topic, max_records=50, max_wait_s=1.0), KAFKA_DAGSTER_DLQ_TOPIC=dlq)
-    flow = Flow(stack.bootstrap, topic, partitions=2)
-    flow.start()
-    await eventually(lambda: _has_launched(worker), 90, "the first launches")
-    await flow.stop()  # the producer would block on the frozen broker too
-    stack.broker.process.signal_group(signal.SIGSTOP)
-    try:
-        await asyncio.sleep(20)  # the fault under test: the broker frozen for 20 s
-    finally:
-        stack.broker.process.signal_group(signal.SIGCONT)
-    flow.start()
-    await asyncio.sleep(3)  # records flowing after the freeze, for 3 s
-    await every_record_in_one_run(stack.bootstrap, dagster_api, flow, dlq)
-    assert await dead_letters(stack.bootstrap, dlq) == []
-    assert worker.proc is not None and worker.proc.poll() is None
-
-
-async def test_rolling_restarts_of_two_workers_lose_and_duplicate_nothing(
-        stack: Stack, dagster_api: DagsterApi, start_worker: Any) -> None:
+async def rolling_restarts(stack: Stack, dagster_api: DagsterApi, start_worker: Any) -> None:
     """SIGTERM each of two workers and start it again, twice, with records flowing."""
     topic, dlq = unique("rolling"), unique("dlq")
     await ensure_topics(stack.bootstrap, {topic: 4})
-    routes = route_toml(topic, max_records=200, max_wait_s=1.0)
+    routes = route_toml(topic, max_records=200, max_wait_s=4.0)  # a run a second over 4 partitions
     workers = [await start_worker(routes, KAFKA_DAGSTER_DLQ_TOPIC=dlq) for _ in range(2)]
     flow = Flow(stack.bootstrap, topic, per_second=40, partitions=4)
     flow.start()
@@ -306,3 +279,65 @@ async def test_rolling_restarts_of_two_workers_lose_and_duplicate_nothing(
 
 async def _has_launched(worker: WorkerProcess) -> bool:
     return "launched run" in worker.log_path.read_text(errors="replace")
+
+
+Scenario = Callable[[Stack, DagsterApi, Any], Awaitable[None]]
+SCENARIOS: dict[str, Scenario] = {
+    "refused_token": refused_token_then_accepted,
+    "rate_limited": rate_limited_then_served,
+    "too_large": too_large_then_claim_checked,
+    "frozen_worker": frozen_worker_drops_what_it_held,
+    "idle_worker": idle_worker_shows_its_dependencies_up,
+    "orphan_failure": orphan_failure_copied_once,
+    "rolling_restarts": rolling_restarts,
+}
+
+
+@pytest.fixture(scope="module")
+async def faults(stack: Stack, dagster_api: DagsterApi,
+                 tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[dict[str, asyncio.Task[None]]]:
+    """Every scenario of the module, started at once, each with workers (and a consumer group) of its own."""
+    pools = {name: Workers(stack, tmp_path_factory.mktemp(name)) for name in SCENARIOS}
+    tasks = {name: asyncio.create_task(scenario(stack, dagster_api, pools[name].start), name=name)
+             for name, scenario in SCENARIOS.items()}
+    try:
+        yield tasks
+    finally:
+        for task in tasks.values():
+            task.cancel()
+        await asyncio.gather(*tasks.values(), return_exceptions=True)
+        for pool in pools.values():
+            pool.stop()
+
+
+async def test_dagster_refusing_the_token_pauses_the_route_until_it_is_accepted(
+        faults: dict[str, asyncio.Task[None]]) -> None:
+    await faults["refused_token"]
+
+
+async def test_dagster_rate_limiting_the_worker_is_waited_out_without_dead_letters(
+        faults: dict[str, asyncio.Task[None]]) -> None:
+    await faults["rate_limited"]
+
+
+async def test_a_launch_refused_for_its_size_goes_again_by_offset_range(faults: dict[str, asyncio.Task[None]]) -> None:
+    await faults["too_large"]
+
+
+async def test_a_worker_frozen_past_its_session_timeout_launches_nothing_twice(
+        faults: dict[str, asyncio.Task[None]]) -> None:
+    await faults["frozen_worker"]
+
+
+async def test_an_idle_worker_shows_its_dependencies_up(faults: dict[str, asyncio.Task[None]]) -> None:
+    await faults["idle_worker"]
+
+
+async def test_a_run_that_fails_while_no_worker_runs_is_copied_to_the_dlq_once_by_the_next(
+        faults: dict[str, asyncio.Task[None]]) -> None:
+    await faults["orphan_failure"]
+
+
+async def test_rolling_restarts_of_two_workers_lose_and_duplicate_nothing(
+        faults: dict[str, asyncio.Task[None]]) -> None:
+    await faults["rolling_restarts"]
