@@ -28,7 +28,7 @@ import dagster as dg
 from dagster_project.dead_letters import dead_letter
 from dagster_project.resources import DeadLetterResource, KafkaMessage, KafkaResource, KafkaUnavailable, env_or
 from dagster_project.selection import selected
-from service.contract import DEFAULT_BOOTSTRAP_SERVERS, DEFAULT_DLQ_TOPIC
+from service.contract import DEFAULT_BOOTSTRAP_SERVERS, DEFAULT_DLQ_TOPIC, TAG_DAGSTER_PARTITION
 from service.matching import MatchError
 
 __all__ = [
@@ -49,8 +49,6 @@ __all__ = [
 
 MAX_RETRIES = 3
 RETRY_WAIT_S = 2.0
-# The run tag Dagster reads a run's partition from (the worker sets it on partitioned routes).
-PARTITION_TAG = "dagster/partition"
 
 
 class KafkaRecord(dg.Config):
@@ -162,7 +160,7 @@ def _partition_key(context: dg.OpExecutionContext | dg.AssetExecutionContext | N
     if context is None:
         return None
     tags: Mapping[str, str] = context.run.tags if context.run is not None else {}
-    return tags.get(PARTITION_TAG)
+    return tags.get(TAG_DAGSTER_PARTITION)
 
 
 def kafka_resource() -> KafkaResource:
