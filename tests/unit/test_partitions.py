@@ -56,7 +56,7 @@ def test_a_record_without_a_usable_key_is_a_validation_failure(spec: str, value:
 @pytest.mark.parametrize("spec", ["date", "value", "value.", "timestamp", "key:%Y", "headers", "headers.a.b",
                                   "value.a:"])
 def test_an_unsupported_partition_key_fails_naming_the_forms(spec: str) -> None:
-    with pytest.raises(PartitionKeyError, match="timestamp:<strftime format>|strftime format"):
+    with pytest.raises(PartitionKeyError, match=r"timestamp:<strftime format>|strftime format"):
         compile_partition_key(spec)
 
 
