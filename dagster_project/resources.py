@@ -35,6 +35,7 @@ from service import kafka
 from service.contract import DEFAULT_DLQ_TOPIC
 from service.errors import BrokerUnavailable, KafkaRejected
 from service.kafka_security import KafkaSecurity, aiokafka_kwargs
+from service.records import Record
 from service.settings import load_kafka_security
 
 logger = logging.getLogger(__name__)
@@ -172,8 +173,8 @@ class KafkaResource(dg.ConfigurableResource):
             await admin.close()
 
 
-def _message(record: Any) -> KafkaMessage:
-    return KafkaMessage(record.offset, record.timestamp, record.key, record.value, tuple(record.headers or ()))
+def _message(record: Record) -> KafkaMessage:
+    return KafkaMessage(record.offset, record.timestamp_ms, record.key, record.value, tuple(record.headers or ()))
 
 
 class DeadLetterResource(dg.ConfigurableResource):
