@@ -277,12 +277,11 @@ class Dagster:
 
     def start(self, timeout_s: float = 120.0) -> None:
         self.write_config()
-        self.code_server.start()
-        for _, server in self.extra_servers.values():
+        # One at a time: each creates the instance's SQLite storage if it is missing, and two at once collide.
+        for port, server in [(self.grpc_port, self.code_server), *self.extra_servers.values()]:
             server.start()
-        ports = [self.grpc_port, *(port for port, _ in self.extra_servers.values())]
-        wait_until(lambda: self._alive_and(lambda: all(port_open(p) for p in ports)), timeout_s,
-                   "the Dagster code servers")
+            wait_until(lambda p=port: self._alive_and(lambda: port_open(p)), timeout_s,
+                       f"the Dagster code server {server.name}")
         self.daemon.start()
         self.start_webserver(timeout_s)
 
