@@ -6,12 +6,15 @@
 #   daemon            dagster-daemon run -w /opt/dagster/home/workspace.yaml
 # See docker-compose.yml and docs/deploy.md.
 
-# ---- build: a virtualenv with the project and its runtime dependencies only ----
-FROM python:3.11.11-slim-bookworm AS build
+# The base image is pinned by tag, not by digest: no Docker engine or registry client is at hand
+# where this file is written and tested, so a digest could not be read or checked, and a wrong one
+# breaks every build. To pin it, read the digest where Docker runs and append it to both FROM lines:
+#   docker buildx imagetools inspect python:3.11.11-slim-bookworm   # the index digest
+#   FROM python:3.11.11-slim-bookworm@sha256:<digest> AS build
+# (docs/deploy.md, "The image").
 
-# dagster-postgres is a deployment dependency (PostgreSQL run/event storage), not a
-# library dependency of the project; its version pins the matching dagster release.
-ARG DAGSTER_POSTGRES_VERSION=0.29.27
+# ---- build: a virtualenv with the locked dependencies, then the project ----
+FROM python:3.11.11-slim-bookworm AS build
 
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
@@ -21,13 +24,20 @@ RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 
 WORKDIR /src
-# README.md (the wheel's long description) is left out on purpose: the image runs
-# the code, it does not publish it.
-COPY pyproject.toml ./
+# Dependencies first, from the locks alone (hashes checked), so that a change to the sources
+# reuses this layer. dagster.lock is the runtime lock plus the `dagster` extra: the image runs the
+# worker and the Dagster processes alike. pip.lock brings the pip the hashed lock needs.
+COPY requirements/pip.lock requirements/dagster.lock ./requirements/
+RUN pip install --require-hashes -r requirements/pip.lock \
+ && pip install --require-hashes -r requirements/dagster.lock
+
+# Then the project itself, with no dependency of its own to resolve (setuptools is in the lock).
+# README.md (the wheel's long description) is left out on purpose: the image runs the code, it
+# does not publish it.
+COPY pyproject.toml LICENSE ./
 COPY service ./service
 COPY dagster_project ./dagster_project
-RUN pip install --upgrade pip setuptools wheel \
- && pip install . "dagster-postgres==${DAGSTER_POSTGRES_VERSION}" \
+RUN pip install --no-deps --no-build-isolation . \
  && pip check
 
 # ---- runtime: the virtualenv, the routes, a non-root user; no compilers, no sources ----
@@ -50,7 +60,7 @@ RUN groupadd --system --gid 10001 kafka-dagster \
 
 COPY --from=build /opt/venv /opt/venv
 
-# The worker's Faust data directory goes under the working directory: /app is writable.
+# Faust's data directory goes under KAFKA_DAGSTER_DATA_DIR (default: /tmp/kafka-dagster-<uid>), not /app.
 WORKDIR /app
 COPY routes.toml ./
 COPY schemas ./schemas

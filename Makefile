@@ -6,22 +6,41 @@ STAMP := $(VENV)/.installed
 
 .PHONY: run test test-unit lint lock clean bench bench-quick
 
-# requirements.lock pins every package CI installed; `make lock` refreshes it.
-$(STAMP): pyproject.toml requirements.lock
+# requirements/*.lock pin every package, with hashes, per purpose: runtime (the worker),
+# dagster (the image: worker and Dagster), dev (the embedded stack, tests, linters), bench.
+# The venv installs pip from pip.lock, the dev lock, then the project itself without dependencies.
+$(STAMP): pyproject.toml requirements/pip.lock requirements/dev.lock
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet -c requirements.lock -e '.[dev]'
+	$(BIN)/pip install --quiet --require-hashes -r requirements/pip.lock
+	$(BIN)/pip install --quiet --require-hashes -r requirements/dev.lock
+	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
 BENCH_STAMP := $(VENV)/.bench-installed
-$(BENCH_STAMP): $(STAMP)
-	$(BIN)/pip install --quiet -c requirements.lock -e '.[dev,bench]'
+$(BENCH_STAMP): $(STAMP) requirements/bench.lock
+	$(BIN)/pip install --quiet --require-hashes -r requirements/bench.lock
 	touch $(BENCH_STAMP)
 
-lock:  ## re-resolve the dependency ranges and rewrite requirements.lock
-	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
-	.lock-venv/bin/pip install --quiet -e '.[dev,bench]'
-	.lock-venv/bin/pip freeze --exclude-editable | grep -v '^-e' > requirements.lock
-	rm -rf .lock-venv
+# Each lock is compiled from pyproject.toml by pip-tools; bench.lock (every extra) first, and the
+# others constrained by it, so a package has one version in all of them. Pins stay where they are
+# unless UPGRADE=1 (`make lock UPGRADE=1`); a new or changed range moves only what it must.
+PIP_TOOLS := pip-tools==7.7.0
+LOCK_VENV := .lock-venv
+PIP_COMPILE = CUSTOM_COMPILE_COMMAND="make lock" $(LOCK_VENV)/bin/pip-compile --quiet --generate-hashes \
+	--allow-unsafe --strip-extras --no-emit-index-url --no-emit-find-links $(if $(UPGRADE),--upgrade)
+# setuptools and wheel (the build backend) are in each lock: the project installs --no-build-isolation.
+COMPILE = $(PIP_COMPILE) --all-build-deps pyproject.toml
+
+lock:  ## re-resolve pyproject's ranges into requirements/*.lock (UPGRADE=1 to move every pin)
+	rm -rf $(LOCK_VENV) && $(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/pip install --quiet --require-hashes -r requirements/pip.lock
+	$(LOCK_VENV)/bin/pip install --quiet $(PIP_TOOLS)
+	$(COMPILE) --extra dev --extra bench -o requirements/bench.lock
+	$(COMPILE) -c requirements/bench.lock --extra dev -o requirements/dev.lock
+	$(COMPILE) -c requirements/bench.lock --extra dagster -o requirements/dagster.lock
+	$(COMPILE) -c requirements/bench.lock -o requirements/runtime.lock
+	$(PIP_COMPILE) -o requirements/pip.lock requirements/pip.in
+	rm -rf $(LOCK_VENV)
 
 run: $(STAMP)  ## the embedded stack with demo events; Ctrl-C stops everything
 	DAGSTER_DISABLE_TELEMETRY=1 $(BIN)/kafka-dagster dev
@@ -45,4 +64,4 @@ lint: $(STAMP)
 	$(BIN)/mypy service dagster_project bench
 
 clean:
-	rm -rf $(VENV) .kafka-dagster .test-stack .bench-stack
+	rm -rf $(VENV) $(LOCK_VENV) .kafka-dagster .test-stack .bench-stack

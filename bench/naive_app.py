@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import time
 from pathlib import Path
 
@@ -18,6 +19,7 @@ app = faust.App(
     os.environ.get("BENCH_GROUP", "bench-naive"),
     broker=f"kafka://{os.environ.get('BENCH_BOOTSTRAP', 'localhost:9092')}",
     store="memory://",
+    datadir=str(Path(tempfile.gettempdir()) / "{conf.name}-data"),  # not the working directory (the checkout)
     web_enabled=False,
     broker_session_timeout=10,
     consumer_auto_offset_reset="earliest",

@@ -8,6 +8,7 @@ import faust
 from faust.types import TransportT
 
 from service.consumer import RecordSink, Transport
+from service.errors import ConfigurationError
 from service.kafka_security import faust_credentials
 from service.settings import Settings
 
@@ -44,14 +45,23 @@ def create_app(settings: Settings, subscription_pattern: str | None = None) -> A
     topics are created, and a rebalance does not wait for open batches (the
     worker hands them over itself). With a `subscription_pattern` the consumer
     subscribes by it, and finds topics created later within
-    `KAFKA_DAGSTER_TOPIC_REFRESH_S` (its metadata refresh).
+    `KAFKA_DAGSTER_TOPIC_REFRESH_S` (its metadata refresh). Faust's data
+    directory, `<group>-data`, goes under `KAFKA_DAGSTER_DATA_DIR`, not the
+    working directory.
     """
+    try:
+        settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigurationError(f"invalid setting KAFKA_DAGSTER_DATA_DIR={str(settings.data_dir)!r}: "
+                                 f"cannot create it ({exc.__class__.__name__})") from None
     app = App(
         settings.group_id,
         broker=settings.broker_urls,
         broker_credentials=faust_credentials(settings.kafka_security),
         autodiscover=False,
         store="memory://",
+        # Faust formats this path with its config (str.format): braces in the group id are escaped.
+        datadir=str(settings.data_dir / f"{settings.group_id}-data").replace("{", "{{").replace("}", "}}"),
         web_enabled=True,
         web_bind=settings.web_host,
         web_port=settings.web_port,

@@ -27,6 +27,7 @@ marked done in that same order.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import itertools
@@ -35,6 +36,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from functools import partial
 from typing import Any, Protocol
 
@@ -234,6 +236,15 @@ def _first_offset(item: Batch | DeadLetters) -> int:
     return item.offset_start if isinstance(item, Batch) else item.records[0].offset
 
 
+@dataclass(frozen=True)
+class Reconciled:
+    """What a reconcile with Dagster found, for /status."""
+
+    at: float  # wall-clock time
+    runs_found: int
+    covered: int
+
+
 @dataclass(eq=False)
 class RouteShare:
     """One route's share of an owned partition: its lane, and what of the partition its runs cover."""
@@ -243,6 +254,7 @@ class RouteShare:
     lane: Lane
     covered: int | None = None  # highest offset inside a launched run of the route; None until reconciled
     reconcile: asyncio.Task[int] | None = None
+    reconciled: Reconciled | None = None
 
     def first_pending(self, tp: TP) -> int | None:
         """The lowest offset the route holds in an open batch or its lane (None: holds nothing)."""
@@ -549,7 +561,7 @@ class Delivery:
     def _count_closed(self, batch: Batch) -> None:
         batch.closed_at = self.clock()
         self.metrics.batches.labels(batch.topic, batch.reason).inc()
-        self.metrics.batch_records.observe(len(batch.records))
+        self.metrics.batch_records.labels(batch.topic).observe(len(batch.records))
 
     # -- reconciliation -----------------------------------------------------
 
@@ -596,6 +608,10 @@ class Delivery:
             limit=1000,
         )
         covered = max((int(run.tags[TAG_OFFSET_END]) for run in runs), default=-1)
+        owned = self.partitions.get(tp)
+        share = owned.share(route.name) if owned is not None else None
+        if share is not None:
+            share.reconciled = Reconciled(time.time(), len(runs), covered)
         unhandled = 0
         for run in runs:
             if run.status not in TERMINAL:
@@ -646,7 +662,7 @@ class Delivery:
     def _observe_launched(self, batch: Batch, run_id: str) -> None:
         oldest = min((r.timestamp_ms for r in batch.records if r.timestamp_ms), default=None)
         if oldest:
-            self.metrics.event_to_launch.observe(max(0.0, time.time() - oldest / 1000))
+            self.metrics.event_to_launch.labels(batch.topic).observe(max(0.0, time.time() - oldest / 1000))
         waited_s = self.clock() - batch.closed_at if batch.closed_at is not None else 0.0
         logger.info("launched run %s for batch %s (route %r, %s/%d offsets %d-%d, %d records, closed by %s "
                     "%.3fs ago)", run_id, batch.batch_id, batch.route, batch.topic, batch.partition,
@@ -725,7 +741,7 @@ class Delivery:
                                                             {TAG_BATCH_ID: batch.batch_id}, existing[0].run_id)
                 await self._prove_ownership(owned, batch)
                 config = run_config(route, batch, inline, target.batch_ops)
-                run_id = await self._timed_launch(route, target, config, tags, outcome_unknown)
+                run_id = await self._timed_launch(route, batch.topic, target, config, tags, outcome_unknown)
             except DagsterError as exc:
                 dagster_errors += 1
                 self._count_launch(route, exc.typename)
@@ -764,8 +780,8 @@ class Delivery:
         if failure is not None:
             raise failure
 
-    async def _timed_launch(self, route: Route, selector: Target, config: dict[str, Any], tags: dict[str, str],
-                            retried: bool) -> str:
+    async def _timed_launch(self, route: Route, topic: str, selector: Target, config: dict[str, Any],
+                            tags: dict[str, str], retried: bool) -> str:
         started = time.monotonic()
         try:
             run_id = await self.client.launch_run(selector, config, tags)
@@ -773,7 +789,7 @@ class Delivery:
             self._count_launch(route, "transport_error")
             raise
         finally:
-            self.metrics.run_launch_duration.observe(time.monotonic() - started)
+            self.metrics.run_launch_duration.labels(topic).observe(time.monotonic() - started)
         self._count_launch(route, "LaunchRunSuccess")
         self.metrics.dagster_up.set(1)
         return run_id
@@ -935,6 +951,47 @@ class Delivery:
         for share in owned.shares:
             if share.reconcile is not None:
                 share.reconcile.cancel()
+
+    # -- status ---------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        """What this worker holds right now, as JSON-ready data for /status; reads, changes nothing."""
+        now = self.clock()
+        inflight = collections.Counter((run.route, run.topic, run.partition)
+                                       for run in self.watcher.inflight.values())
+        partitions = [{
+            "topic": tp.topic, "partition": tp.partition, "epoch": owned.epoch, "position": owned.position,
+            "next_offset": owned.next_offset, "done_below": owned.done_below(),
+            "handing_over": owned.handing_over, "fenced": owned.fenced,
+            "unmatched_queued": owned.unmatched.queue.qsize() if owned.unmatched is not None else None,
+            "routes": [_share_status(share, tp, now, inflight[(share.route.name, tp.topic, tp.partition)])
+                       for share in owned.shares],
+        } for tp, owned in sorted(self.partitions.items())]
+        return {
+            "partitions": partitions,
+            "inflight_runs": len(self.watcher.inflight),
+            "paused_routes": self.pauses.status(),
+            "throttled_routes": {name: throttle.reason for name, throttle in sorted(self.throttles.items())
+                                 if throttle.reason is not None},
+        }
+
+
+def _share_status(share: RouteShare, tp: TP, now: float, inflight: int) -> dict[str, Any]:
+    batch = share.batcher.open.get(tp)
+    reconciled = share.reconciled
+    return {
+        "route": share.route.name,
+        "open_batch": None if batch is None else {
+            "records": len(batch.records), "bytes": batch.size, "age_s": round(now - batch.opened_at, 3),
+            "offset_start": batch.offset_start, "offset_end": batch.offset_end,
+            "closes_in_s": round(max(0.0, batch.opened_at + batch.wait_s - now), 3)},
+        "queued": share.lane.queue.qsize(),
+        "covered": share.covered,
+        "inflight_runs": inflight,
+        "reconcile": None if reconciled is None else {
+            "at": datetime.fromtimestamp(reconciled.at, UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
+            "runs_found": reconciled.runs_found, "covered": reconciled.covered},
+    }
 
 
 def _launched(run_id: str, job: str, tags: dict[str, str]) -> LaunchedRun:

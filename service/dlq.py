@@ -37,6 +37,7 @@ from service.records import Record
 
 PRE_LAUNCH_STAGES = (STAGE_DECODE, STAGE_VALIDATE, STAGE_LAUNCH)
 MAX_ERROR_MESSAGE_CHARS = 1024
+REPLAYED_SUFFIX = ".replayed"
 
 
 @dataclass(frozen=True)
@@ -116,22 +117,65 @@ class DeadLetter:
     def stage(self) -> str:
         return self.dlq.get(HEADER_STAGE, "")
 
+    @property
+    def failed_at_ms(self) -> int | None:
+        """When it was dead-lettered (`dlq.failed_at`; the record's own timestamp is the original's)."""
+        try:
+            return int(datetime.fromisoformat(self.dlq[HEADER_FAILED_AT]).timestamp() * 1000)
+        except (KeyError, ValueError):
+            return None
+
+
+class Selection:
+    """Which dead letters a `dlq` command takes, one at a time: those matching the filters, one per
+    (origin, stage) (a worker killed between writing a dead letter and committing writes it again).
+
+    Only the keys of the letters taken are remembered, so a DLQ of any size streams through it.
+    """
+
+    def __init__(self, stage: str | None = None, source_topic: str | None = None,
+                 since_ms: int | None = None) -> None:
+        """`since_ms`: only dead letters whose `dlq.failed_at` is at or after it (epoch milliseconds)."""
+        self.stage = stage
+        self.source_topic = source_topic
+        self.since_ms = since_ms
+        self.seen: set[str] = set()
+
+    def takes(self, letter: DeadLetter) -> bool:
+        if HEADER_TOPIC not in letter.dlq:
+            return False  # not a dead letter: nothing says where it came from
+        if self.stage and letter.stage != self.stage:
+            return False
+        if self.source_topic and letter.dlq.get(HEADER_TOPIC) != self.source_topic:
+            return False
+        if self.since_ms is not None and (letter.failed_at_ms or 0) < self.since_ms:
+            return False
+        key = identity(letter)
+        if key in self.seen:
+            return False
+        self.seen.add(key)
+        return True
+
 
 def select(letters: Sequence[DeadLetter], stage: str | None = None,
            source_topic: str | None = None) -> list[DeadLetter]:
     """Dead letters matching the filters, one per (origin, stage): duplicates are dropped."""
-    seen: set[tuple[str, int, int, str]] = set()
-    chosen = []
-    for letter in letters:
-        if stage and letter.stage != stage:
-            continue
-        if source_topic and letter.dlq.get(HEADER_TOPIC) != source_topic:
-            continue
-        key = (*letter.origin, letter.stage)
-        if key not in seen:
-            seen.add(key)
-            chosen.append(letter)
-    return chosen
+    selection = Selection(stage, source_topic)
+    return [letter for letter in letters if selection.takes(letter)]
+
+
+def identity(letter: DeadLetter) -> str:
+    """`<topic>/<partition>/<offset>/<stage>` of the original record: one dead letter, however often written.
+
+    The key of `kafka-dagster dlq replay`'s record of what it replayed (`replayed_topic`).
+    """
+    topic, partition, offset = letter.origin
+    return f"{topic}/{partition}/{offset}/{letter.stage}"
+
+
+def replayed_topic(dlq_topic: str) -> str:
+    """The compacted topic next to the DLQ naming every dead letter replayed (key: `identity`)."""
+    return dlq_topic + REPLAYED_SUFFIX
 
 
 def replay_headers(letter: DeadLetter) -> list[tuple[str, bytes]]:

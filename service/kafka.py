@@ -15,12 +15,13 @@ import asyncio
 import contextlib
 import logging
 import ssl
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Iterator, Mapping, Sequence
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.conn import create_conn
 from aiokafka.errors import KafkaError, KafkaTimeoutError, TopicAlreadyExistsError
+from aiokafka.structs import ConsumerRecord
 
 from service.errors import BrokerUnavailable, ConfigurationError, KafkaRejected
 from service.kafka_security import KafkaSecurity, aiokafka_kwargs
@@ -122,6 +123,22 @@ class Producer:
                 await future
 
 
+    async def enqueue(self, topic: str, key: bytes | None, value: bytes | None,
+                      headers: list[tuple[str, bytes]] | None = None) -> asyncio.Future[object]:
+        """Hand one record to the producer without waiting for its acknowledgement: await the
+        returned future with `acknowledged` (many at once), so sending never waits for one ack per record."""
+        producer = await self.start()
+        with map_kafka_errors(f"producing to {topic}"):
+            return await producer.send(topic, value=value, key=key, headers=headers or None)
+
+    @staticmethod
+    async def acknowledged(acks: Sequence[asyncio.Future[object]]) -> None:
+        """Wait until the broker has acknowledged every record of `acks` (from `enqueue`)."""
+        with map_kafka_errors("producing"):
+            for ack in acks:
+                await ack
+
+
 async def read_range(bootstrap_servers: str, topic: str, partition: int, start: int, end: int,
                      timeout_s: float = 30.0, security: KafkaSecurity = PLAINTEXT) -> list[Record]:
     """The records of one partition with offsets in [start, end] still in the log, read without a consumer group.
@@ -196,6 +213,68 @@ async def read_topic(bootstrap_servers: str, topic: str, timeout_s: float = 30.0
         raise kafka_error(f"reading {topic}", exc) from exc
     finally:
         await consumer.stop()
+
+
+async def stream_topic(bootstrap_servers: str, topic: str, from_offset: int | None = None, follow: bool = False,
+                       stall_timeout_s: float = 30.0, security: KafkaSecurity = PLAINTEXT,
+                       ) -> AsyncGenerator[ConsumerRecord[bytes, bytes]]:
+    """The records of every partition of `topic` (from `from_offset` in each, else its beginning), as they
+    are fetched, without a consumer group.
+
+    Without `follow` it ends at the end of the topic as it was when it started
+    (an empty fetch at or past the end offsets, which Tansu reports too low);
+    with `follow` it waits for new records until cancelled. Nothing is kept in
+    memory: a topic of any size streams. A read that makes no progress for
+    `stall_timeout_s` while records remain raises `BrokerUnavailable`.
+    """
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, enable_auto_commit=False,
+                                auto_offset_reset="earliest", **aiokafka_kwargs(security))
+    try:
+        with map_kafka_errors(f"reading {topic}"):
+            await consumer.start()
+            tps = await _partitions(consumer, topic)
+            if not tps:
+                return
+            consumer.assign(tps)
+            await _seek(consumer, tps, from_offset)
+            ends = await consumer.end_offsets(tps)
+        loop = asyncio.get_running_loop()
+        progress_at = loop.time()
+        while True:
+            with map_kafka_errors(f"reading {topic}"):
+                fetched = await consumer.getmany(*tps, timeout_ms=300, max_records=500)
+            for messages in fetched.values():
+                for message in messages:
+                    yield message
+            if any(fetched.values()):
+                progress_at = loop.time()
+                continue
+            if follow:
+                continue
+            with map_kafka_errors(f"reading {topic}"):
+                positions = [await consumer.position(tp) for tp in tps]
+            if all(position >= ends[tp] for position, tp in zip(positions, tps, strict=True)):
+                return
+            if loop.time() - progress_at > stall_timeout_s:
+                raise BrokerUnavailable(f"reading {topic}: no record for {stall_timeout_s:.0f}s before its end")
+    finally:
+        await consumer.stop()
+
+
+async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
+    partitions = consumer.partitions_for_topic(topic) or set()
+    if not partitions:
+        await consumer.topics()  # refresh metadata once
+        partitions = consumer.partitions_for_topic(topic) or set()
+    return [TopicPartition(topic, p) for p in sorted(partitions)]
+
+
+async def _seek(consumer: AIOKafkaConsumer, tps: list[TopicPartition], from_offset: int | None) -> None:
+    await consumer.seek_to_beginning(*tps)
+    if from_offset is not None:
+        beginnings = await consumer.beginning_offsets(tps)
+        for tp in tps:
+            consumer.seek(tp, max(from_offset, beginnings[tp]))
 
 
 async def check_security(bootstrap_servers: str, security: KafkaSecurity, timeout_s: float = 15.0) -> None:

@@ -1,5 +1,10 @@
 """Every Prometheus metric of the worker, defined once, with the contract's names.
 
+Besides its own, the registry carries what prometheus_client's default
+registry would: the process (`process_cpu_seconds_total`,
+`process_resident_memory_bytes`, `process_open_fds`, ...), Python's garbage
+collector and `python_info`.
+
 Labels take values from small fixed sets (topic, dagster_job, result typename,
 status, stage, reason, partition, and the GraphQL type names of Dagster's
 event log): never run ids, step keys, keys or offsets.
@@ -11,7 +16,15 @@ long-running worker, from each finished run's event log (see `watcher.py`).
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
 
 BATCH_RECORD_BUCKETS = (1, 5, 10, 50, 100, 500, 1_000, 5_000, 10_000, 50_000)
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
@@ -25,6 +38,9 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
+        ProcessCollector(registry=r)
+        GCCollector(registry=r)
+        PlatformCollector(registry=r)
         self.messages_consumed = Counter(
             "kafka_dagster_messages_consumed", "Messages read from routed topics.", ["topic"], registry=r)
         self.messages_unmatched = Counter(
@@ -39,14 +55,14 @@ class Metrics:
             ["topic", "reason"], registry=r)
         self.batch_records = Histogram(
             "kafka_dagster_batch_records", "Records per closed batch.",
-            buckets=BATCH_RECORD_BUCKETS, registry=r)
+            ["topic"], buckets=BATCH_RECORD_BUCKETS, registry=r)
         self.run_launches = Counter(
             "kafka_dagster_run_launches",
             "launchRun calls, by the GraphQL result __typename or transport_error.",
             ["dagster_job", "result"], registry=r)
         self.run_launch_duration = Histogram(
-            "kafka_dagster_run_launch_duration_seconds", "Duration of one launchRun call.",
-            buckets=LATENCY_BUCKETS, registry=r)
+            "kafka_dagster_run_launch_duration_seconds", "Duration of one launchRun call, by the batch's topic.",
+            ["topic"], buckets=LATENCY_BUCKETS, registry=r)
         self.fence_duration = Histogram(
             "kafka_dagster_fence_duration_seconds",
             "Proving ownership of a partition before a launch (a synchronous offset commit), retries included.",
@@ -66,7 +82,7 @@ class Metrics:
         self.event_to_launch = Histogram(
             "kafka_dagster_event_to_launch_seconds",
             "From the oldest message timestamp of a batch to its LaunchRunSuccess.",
-            buckets=LATENCY_BUCKETS, registry=r)
+            ["topic"], buckets=LATENCY_BUCKETS, registry=r)
         self.dagster_up = Gauge(
             "kafka_dagster_dagster_up",
             "1 when Dagster's GraphQL API answered the last probe or call (an HTTP answer counts).",

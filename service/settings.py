@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import ssl
+import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +50,7 @@ class Settings:
     max_inflight_runs: int = 64
     log_level: str = "INFO"
     log_format: str = "text"
+    data_dir: Path = field(default_factory=lambda: Path(default_data_dir()))
     kafka_security: KafkaSecurity = field(default_factory=KafkaSecurity)
 
     @property
@@ -90,8 +92,18 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         max_inflight_runs=read("KAFKA_DAGSTER_MAX_INFLIGHT_RUNS", _positive_int, "64"),
         log_level=read("KAFKA_DAGSTER_LOG_LEVEL", _log_level, "INFO"),
         log_format=read("KAFKA_DAGSTER_LOG_FORMAT", _log_format, "text"),
+        data_dir=read("KAFKA_DAGSTER_DATA_DIR", _directory, default_data_dir()),
         kafka_security=load_kafka_security(env),
     )
+
+
+def default_data_dir() -> str:
+    """Where Faust's data directory goes by default: a folder of this user's under the temporary directory.
+
+    The worker keeps no state there (its tables are in memory), but Faust creates
+    `<group>-data` at start; by default it would in the working directory.
+    """
+    return str(Path(tempfile.gettempdir()) / f"kafka-dagster-{os.getuid()}")
 
 
 def load_kafka_security(env: Mapping[str, str] | None = None) -> KafkaSecurity:
@@ -238,6 +250,13 @@ def _existing_file(raw: str) -> Path:
     path = Path(raw)
     if not path.is_file():
         raise ValueError("no such file")
+    return path
+
+
+def _directory(raw: str) -> Path:
+    path = Path(raw)
+    if path.exists() and not path.is_dir():
+        raise ValueError("not a directory")
     return path
 
 

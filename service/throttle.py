@@ -68,6 +68,15 @@ class Throttle:
         """True while a launch of the route would have to wait (its open batches then grow, not close on time)."""
         return self._waiting > 0 or self._queue_full or self._window_full()
 
+    @property
+    def reason(self) -> str | None:
+        """Why launches are held now (`max_runs_per_minute`, `max_queued_runs`), None when they are not."""
+        if self._window_full():
+            return "max_runs_per_minute"
+        if self._queue_full:
+            return "max_queued_runs"
+        return "waiting_for_a_slot" if self._waiting > 0 else None
+
     async def acquire(self) -> Slot:
         """Wait for a launch slot and take it (lanes take slots one at a time, in arrival order); give it
         back with `launched` once the run exists, or `release` if nothing was launched."""

@@ -1,7 +1,13 @@
-"""The worker's HTTP endpoints: /metrics, /healthz, /readyz."""
+"""The worker's HTTP endpoints: /metrics, /healthz, /readyz, /status.
+
+/status is what `kafka-dagster status` shows: the partitions the worker
+owns, their open and queued batches, offsets, in-flight runs, paused and
+throttled routes and reconciles (docs/cli.md describes every field).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import faust
@@ -11,8 +17,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from service.metrics import Metrics
 
 
-def add_pages(app: faust.App, metrics: Metrics, readiness: Any, liveness: Any) -> None:
-    """Register the pages on the app's web server."""
+def add_pages(app: faust.App, metrics: Metrics, readiness: Any, liveness: Any,
+              status: Callable[[], dict[str, Any]]) -> None:
+    """Register the pages on the app's web server; `status()` is the /status document."""
 
     @app.page("/metrics")
     class MetricsPage(View):
@@ -33,3 +40,8 @@ def add_pages(app: faust.App, metrics: Metrics, readiness: Any, liveness: Any) -
             ready = all(checks.values()) and not paused
             return self.json({"ready": ready, "checks": checks, "routes_paused": paused},
                              status=200 if ready else 503)
+
+    @app.page("/status")
+    class Status(View):
+        async def get(self, request: Request) -> Response:
+            return self.json(status())

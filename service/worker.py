@@ -74,7 +74,7 @@ def build_worker(settings: Settings, metrics: Metrics | None = None) -> App:
         checks = await readiness(settings.bootstrap_servers, client, bool(app.consumer.assignment()))
         return {**checks, "routes_paused": delivery.pauses.status()}
 
-    add_pages(app, metrics, ready, heartbeat.status)
+    add_pages(app, metrics, ready, heartbeat.status, lambda: _status(app, settings, delivery, metrics))
     _add_monitors(app, settings, routes, delivery, metrics, heartbeat, client)
     metrics.build_info.labels(__version__).set(1)
     return app
@@ -134,6 +134,19 @@ def _add_monitors(app: App, settings: Settings, routes: RouteTable, delivery: De
         committed = {TP.of(tp): _committed(app, tp, delivery) for tp in tps}
         lag_gauges = update_lag(metrics, {TP.of(tp): end for tp, end in ends.items()},
                                 committed, delivery.next_offsets, lag_gauges)
+
+
+def _status(app: App, settings: Settings, delivery: Delivery, metrics: Metrics) -> dict[str, Any]:
+    """The /status document: `Delivery.snapshot` with each partition's committed offset and lag."""
+    snapshot = delivery.snapshot()
+    committed = app.consumer._committed_offset  # type: ignore[attr-defined]  # no public accessor
+    for partition in snapshot["partitions"]:
+        tp = TP(partition["topic"], partition["partition"])
+        partition["committed"] = committed.get(tp)
+        lag = metrics.registry.get_sample_value("kafka_dagster_consumer_lag",
+                                                {"topic": tp.topic, "partition": str(tp.partition)})
+        partition["lag"] = None if lag is None else int(lag)
+    return {"version": __version__, "group_id": settings.group_id, "dlq_topic": settings.dlq_topic, **snapshot}
 
 
 def _committed(app: App, tp: Any, delivery: Delivery) -> int | None:

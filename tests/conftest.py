@@ -77,6 +77,7 @@ async def start_worker(stack: Stack, tmp_path: Path) -> AsyncIterator[Callable[.
             KAFKA_DAGSTER_DLQ_TOPIC=env.pop("KAFKA_DAGSTER_DLQ_TOPIC", unique("dlq")),
             KAFKA_DAGSTER_WEB_PORT=str(port),
             KAFKA_DAGSTER_SESSION_TIMEOUT_S="10",
+            KAFKA_DAGSTER_DATA_DIR=str(tmp_path / "faust"),
             PYTHONUNBUFFERED="1",
         )
         worker_env.update(env)

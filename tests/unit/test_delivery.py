@@ -257,12 +257,12 @@ async def test_batches_are_launched_and_then_acked(make_harness: Callable[..., H
     assert h.sink.sent == []
     assert h.sample("kafka_dagster_messages_consumed_total", topic="orders") == 7
     assert h.sample("kafka_dagster_batches_total", topic="orders", reason=RECORDS) == 2
-    assert h.sample("kafka_dagster_batch_records_count") == 2
-    assert h.sample("kafka_dagster_batch_records_sum") == 6
+    assert h.sample("kafka_dagster_batch_records_count", topic="orders") == 2
+    assert h.sample("kafka_dagster_batch_records_sum", topic="orders") == 6
     assert h.sample("kafka_dagster_run_launches_total", dagster_job=JOB, result="LaunchRunSuccess") == 2
-    assert h.sample("kafka_dagster_run_launch_duration_seconds_count") == 2
+    assert h.sample("kafka_dagster_run_launch_duration_seconds_count", topic="orders") == 2
     assert h.sample("kafka_dagster_fence_duration_seconds_count") == 2  # one ownership proof per launch
-    assert h.sample("kafka_dagster_event_to_launch_seconds_count") == 2
+    assert h.sample("kafka_dagster_event_to_launch_seconds_count", topic="orders") == 2
     assert h.sample("kafka_dagster_dagster_up") == 1
 
 

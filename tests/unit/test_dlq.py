@@ -6,7 +6,16 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from service.dlq import MAX_ERROR_MESSAGE_CHARS, DeadLetter, Failure, dlq_headers, truncate
+from service.dlq import (
+    MAX_ERROR_MESSAGE_CHARS,
+    DeadLetter,
+    Failure,
+    Selection,
+    dlq_headers,
+    failure_headers,
+    identity,
+    truncate,
+)
 from service.errors import LaunchRejected, SchemaViolation
 from tests.unit.factories import make_record
 
@@ -138,3 +147,18 @@ def test_dead_letter_without_dlq_headers() -> None:
     assert letter.stage == ""
     assert letter.dlq == {}
     assert letter.headers == [("a", b"1")]
+
+
+def test_a_selection_takes_each_dead_letter_once_and_only_those_failed_since() -> None:
+    def letter(offset: int, failed_at: str, dlq_offset: int) -> DeadLetter:
+        headers = failure_headers([], "orders", 0, offset, Failure("validate", "SchemaViolation", "bad"),
+                                  datetime.fromisoformat(failed_at))
+        return DeadLetter.parse(None, b"{}", 0, headers, dlq_offset)
+
+    letters = [letter(1, "2024-05-01T11:00:00+00:00", 0), letter(2, "2024-05-01T12:00:00+00:00", 1),
+               letter(2, "2024-05-01T12:05:00+00:00", 2), DeadLetter.parse(None, b"not a dead letter", 0, [], 3)]
+    selection = Selection(since_ms=int(datetime(2024, 5, 1, 12, tzinfo=UTC).timestamp() * 1000))
+
+    assert [item.dlq_offset for item in letters if selection.takes(item)] == [1]
+    assert letters[1].failed_at_ms == int(datetime(2024, 5, 1, 12, tzinfo=UTC).timestamp() * 1000)
+    assert identity(letters[1]) == "orders/0/2/validate"

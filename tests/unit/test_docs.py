@@ -12,16 +12,12 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from service.settings import load_settings
 from tests.support import ROOT
 
 README = ROOT / "README.md"
 PAGES = [README, *sorted((ROOT / "docs").glob("*.md"))]
 SETTINGS_PAGE = ROOT / "docs" / "settings.md"
-# Pages other branches bring; links to them are checked, and expected to fail only while they are absent.
-OTHER_BRANCHES = ("docs/cli.md", "docs/runbook.md", "docs/install.md")
 README_MAX_LINES = 220
 
 FENCE = re.compile(r"^(```|~~~).*?^\1", re.MULTILINE | re.DOTALL)
@@ -74,20 +70,6 @@ def broken(page: Path, target: str) -> str | None:
     return None
 
 
-def points_to(page: Path, target: str, files: tuple[str, ...]) -> bool:
-    path_part = target.partition("#")[0]
-    path = (page.parent / path_part).resolve() if path_part else page
-    return any(path == (ROOT / name).resolve() for name in files)
-
-
-def absent(name: str) -> bool:
-    return not (ROOT / name).exists()
-
-
-def linked(name: str) -> bool:
-    return any(points_to(page, target, (name,)) for page in PAGES for target in links(page))
-
-
 def test_the_link_checker_finds_links_and_anchors() -> None:
     assert slug("From the event guide to today's Dagster") == "from-the-event-guide-to-todays-dagster"
     assert slug("Failures: three kinds") == "failures-three-kinds"
@@ -98,20 +80,7 @@ def test_the_link_checker_finds_links_and_anchors() -> None:
 
 
 def test_every_relative_link_resolves() -> None:
-    pending = tuple(name for name in OTHER_BRANCHES if absent(name))
-    problems = [problem for page in PAGES for target in links(page)
-                if not points_to(page, target, pending) and (problem := broken(page, target))]
-
-    assert problems == []
-
-
-@pytest.mark.parametrize("name", [
-    pytest.param(name, marks=pytest.mark.xfail(absent(name) and linked(name), strict=True,
-                                               reason=f"{name} comes from another branch"))
-    for name in OTHER_BRANCHES])
-def test_links_to_the_pages_of_other_branches_resolve(name: str) -> None:
-    problems = [problem for page in PAGES for target in links(page)
-                if points_to(page, target, (name,)) and (problem := broken(page, target))]
+    problems = [problem for page in PAGES for target in links(page) if (problem := broken(page, target))]
 
     assert problems == []
 
