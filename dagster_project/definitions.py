@@ -13,16 +13,9 @@ from dagster_project.assets import (
 )
 from dagster_project.checks import order_batch_checks
 from dagster_project.jobs import aggregate_orders_job, process_orders_job, process_refunds_job
-from dagster_project.resources import (
-    DEFAULT_NOTIFICATIONS_TOPIC,
-    DeadLetterResource,
-    KafkaResource,
-    MetricsResource,
-    NotificationsResource,
-    env_or,
-)
+from dagster_project.resources import DEFAULT_NOTIFICATIONS_TOPIC, MetricsResource, NotificationsResource, env_or
 from dagster_project.sensors import build_kafka_topic_observer, notify_run_failure, order_batches_sensor
-from service.contract import DEFAULT_BOOTSTRAP_SERVERS, DEFAULT_DLQ_TOPIC
+from dagster_project.toolkit import kafka_resources
 
 
 def build_definitions(topics: list[str]) -> dg.Definitions:
@@ -30,16 +23,8 @@ def build_definitions(topics: list[str]) -> dg.Definitions:
 
     Without `topics` (only `topic_pattern` routes) there are no Kafka topic assets to observe.
     """
-    kafka = KafkaResource(
-        bootstrap_servers=env_or("KAFKA_BOOTSTRAP_SERVERS", DEFAULT_BOOTSTRAP_SERVERS),
-        security_protocol=env_or("KAFKA_SECURITY_PROTOCOL", "PLAINTEXT"),
-        sasl_mechanism=env_or("KAFKA_SASL_MECHANISM", "PLAIN"),
-        sasl_username=env_or("KAFKA_SASL_USERNAME", None),
-        sasl_password=env_or("KAFKA_SASL_PASSWORD", None),
-        ssl_cafile=env_or("KAFKA_SSL_CAFILE", None),
-        ssl_certfile=env_or("KAFKA_SSL_CERTFILE", None),
-        ssl_keyfile=env_or("KAFKA_SSL_KEYFILE", None),
-    )
+    resources = kafka_resources()  # the toolkit's: any code location configures Kafka the same way
+    kafka = resources["kafka"]
     kafka_topics = [build_kafka_topics(topics)] if topics else []
     observers = [build_kafka_topic_observer(topics)] if topics else []
     return dg.Definitions(
@@ -48,9 +33,7 @@ def build_definitions(topics: list[str]) -> dg.Definitions:
         jobs=[process_orders_job, process_refunds_job, aggregate_orders_job],
         sensors=[order_batches_sensor, notify_run_failure, *observers],
         resources={
-            "kafka": kafka,
-            "dead_letters": DeadLetterResource(
-                kafka=kafka, topic=env_or("KAFKA_DAGSTER_DLQ_TOPIC", DEFAULT_DLQ_TOPIC)),
+            **resources,
             "notifications": NotificationsResource(
                 kafka=kafka, topic=env_or("KAFKA_DAGSTER_NOTIFICATIONS_TOPIC", DEFAULT_NOTIFICATIONS_TOPIC)),
             "metrics": MetricsResource(),

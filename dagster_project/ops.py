@@ -10,8 +10,9 @@ and of `process_refunds` (read a batch of refunds and publish it, in one op).
 Each op shows one event pattern of today's Dagster: named outputs with
 metadata, `Failure` and `RetryRequested`, `DynamicOut` fan-out, an
 `AssetObservation`, `AssetCheckEvaluation`s and an `AssetMaterialization`.
-Both batch ops take the same run config (`KafkaBatch`) and read their records
-the same way (`batch_messages`).
+Both batch ops take the contract's run config (`KafkaBatch`) and read their
+records the same way (`batch_records`), from the toolkit any code location
+imports (`dagster_project.toolkit`).
 """
 
 # No `from __future__ import annotations`: Dagster reads op signatures at runtime.
@@ -23,7 +24,6 @@ import dagster as dg
 
 from dagster_project.assets import REFUND_BATCHES
 from dagster_project.checks import ORDER_BATCHES, Audit, outcomes
-from dagster_project.dead_letters import dead_letter
 from dagster_project.orders import (
     NO_KEY,
     BatchInfo,
@@ -35,52 +35,24 @@ from dagster_project.orders import (
     group_by_key,
 )
 from dagster_project.refunds import classify_refunds
-from dagster_project.resources import (
+from dagster_project.resources import MetricsResource
+from dagster_project.toolkit import (
+    MAX_RETRIES,
+    RETRY_WAIT_S,
     DeadLetterResource,
+    KafkaBatch,
     KafkaMessage,
     KafkaResource,
     KafkaUnavailable,
-    MetricsResource,
+    batch_records,
+    dead_letter,
+    records_source,
 )
-from dagster_project.selection import selected
 from service.contract import STAGE_PROCESS
-from service.matching import MatchError
 
-MAX_RETRIES = 3
-RETRY_WAIT_S = 2.0
 MAX_SAMPLES = 10
 # The output of `publish_batch` that the `notify_batch_published` hook announces.
 BATCH_SUMMARY = "summary"
-
-
-class KafkaRecord(dg.Config):
-    """One Kafka record carried inline in run config; `value` is its JSON text."""
-
-    offset: int
-    timestamp_ms: int
-    key: str | None = None
-    value: str
-
-
-class KafkaBatch(dg.Config):
-    """The batch a run processes: an offset range, and its records when small enough.
-
-    kafka-dagster fills this in as `ops.<batch_op>.config` (the route's
-    `batch_op`, default `read_batch`). When `records` is absent the batch was
-    too large to inline and is read back from Kafka. The range may hold records
-    of the topic that the route does not take: `match` is then the route's
-    pattern as JSON, and only the records it matches belong to the batch
-    (without it, every record of the range does).
-    """
-
-    topic: str
-    partition: int
-    offset_start: int
-    offset_end: int
-    record_count: int
-    batch_id: str
-    records: list[KafkaRecord] | None = None
-    match: str | None = None
 
 
 class SplitConfig(dg.Config):
@@ -95,15 +67,8 @@ class AuditConfig(dg.Config):
     completeness_threshold: float = 0.5
 
 
-def inline_messages(records: list[KafkaRecord]) -> list[KafkaMessage]:
-    return [
-        KafkaMessage(r.offset, r.timestamp_ms, r.key.encode() if r.key is not None else None, r.value.encode())
-        for r in records
-    ]
-
-
 def coordinates(config: KafkaBatch | BatchInfo) -> dict[str, dg.MetadataValue]:
-    """Where a batch sits in Kafka, as metadata every event about it carries."""
+    """Where a batch sits in Kafka, as metadata every event about it carries (the toolkit's names)."""
     return {
         "batch_id": dg.MetadataValue.text(config.batch_id),
         "kafka_topic": dg.MetadataValue.text(config.topic),
@@ -111,28 +76,6 @@ def coordinates(config: KafkaBatch | BatchInfo) -> dict[str, dg.MetadataValue]:
         "offset_start": dg.MetadataValue.int(config.offset_start),
         "offset_end": dg.MetadataValue.int(config.offset_end),
     }
-
-
-def batch_messages(context: dg.OpExecutionContext, config: KafkaBatch, kafka: KafkaResource) -> list[KafkaMessage]:
-    """The batch's records: inline ones as they are, or the range read back and kept to what the route matches."""
-    if config.records is not None:
-        return inline_messages(config.records)
-    try:
-        in_range = kafka.read_range(config.topic, config.partition, config.offset_start, config.offset_end)
-    except KafkaUnavailable as exc:
-        context.log.warning("reading batch %s back from Kafka failed: %s", config.batch_id, exc)
-        raise dg.RetryRequested(max_retries=MAX_RETRIES, seconds_to_wait=RETRY_WAIT_S) from exc
-    try:
-        messages = selected(in_range, config.match)
-    except MatchError as exc:
-        raise dg.Failure(description=f"batch {config.batch_id}: its match is not a pattern: {exc}",
-                         metadata=coordinates(config)) from exc
-    if len(messages) != config.record_count:
-        context.log.warning("batch %s: record_count is %d, but %d records of offsets %d-%d belong to it "
-                            "(%d read back, %s)", config.batch_id, config.record_count, len(messages),
-                            config.offset_start, config.offset_end, len(in_range),
-                            "kept by the route's match" if config.match is not None else "no match")
-    return messages
 
 
 def _fail_if_unusable(config: KafkaBatch, received: int, fail_run_offsets: list[int]) -> None:
@@ -161,13 +104,13 @@ def _fail_if_unusable(config: KafkaBatch, received: int, fail_run_offsets: list[
 def read_batch(context: dg.OpExecutionContext, config: KafkaBatch, kafka: KafkaResource) -> Iterator[dg.Output]:
     """Read the batch (from run config, or back from Kafka) and classify its records."""
     started_at = time.time()
-    messages = batch_messages(context, config, kafka)
+    messages = batch_records(context, config, kafka)
     classified = classify(messages)
     _fail_if_unusable(config, len(messages), classified.fail_run_offsets)
     batch = BatchInfo(
         topic=config.topic, partition=config.partition, offset_start=config.offset_start,
         offset_end=config.offset_end, batch_id=config.batch_id, record_count=config.record_count,
-        records_received=len(messages), records_source="inline" if config.records is not None else "kafka",
+        records_received=len(messages), records_source=records_source(config),
         started_at=started_at, oldest_timestamp_ms=min((m.timestamp_ms for m in messages if m.timestamp_ms),
                                                        default=None),
     )
@@ -327,10 +270,10 @@ def read_refunds(context: dg.OpExecutionContext, config: KafkaBatch, kafka: Kafk
                  metrics: MetricsResource) -> Iterator:
     """Read a batch of refunds (from run config, or back from Kafka) and publish it as `refund_batches`."""
     started_at = time.time()
-    messages = batch_messages(context, config, kafka)
+    messages = batch_records(context, config, kafka)
     _fail_if_unusable(config, len(messages), [])
     found = classify_refunds(messages)
-    source = "inline" if config.records is not None else "kafka"
+    source = records_source(config)
     if found.unprocessable_offsets:
         context.log.warning("batch %s: %d records are not refunds, at offsets %s", config.batch_id,
                             len(found.unprocessable_offsets), found.unprocessable_offsets[:MAX_SAMPLES])

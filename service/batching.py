@@ -5,7 +5,9 @@ Pure logic, no Faust and no I/O, so it can be tested exhaustively. One
 among those its route takes, and closes on the first of `max_records`,
 `max_bytes` or `max_wait_s`. A record that is dead-lettered for the route
 splits the open batch, so no run's offset range covers a record dead-lettered
-for its route.
+for its route. A route with a `partition_key` gives each record's key: a
+batch holds one key and closes (reason `split`) where the key changes, so
+every run is one partition's run.
 """
 
 from __future__ import annotations
@@ -64,6 +66,7 @@ class Batch:
     wait_s: float = math.inf  # closes on time once `wait_s` has passed since `opened_at`
     closed_at: float | None = None  # when it was handed to its partition's lane
     route: str = ""
+    partition_key: str | None = None  # the Dagster partition of every record in it (partitioned routes)
 
     @property
     def tp(self) -> TP:
@@ -108,14 +111,18 @@ class Batcher:
         for index, tp in enumerate(ordered):
             self.first_wait[tp] = (index + 1) / len(ordered)
 
-    def add_many(self, records: Sequence[Record], now: float, wall_now: float | None = None) -> list[Batch]:
+    def add_many(self, records: Sequence[Record], now: float, wall_now: float | None = None,
+                 keys: Sequence[str | None] | None = None) -> list[Batch]:
         """Add consecutive records of one partition, in order; return the batches they closed.
 
         `now` is the batch clock (monotonic); with `wall_now` (epoch seconds) a new batch's clock starts
         when its first record reached the broker, at most `ARRIVAL_CREDIT_S` earlier than `now`.
+        `keys`, one per record, are their partition keys: a batch is cut where the key changes.
         """
         if not records:
             return []
+        if keys is not None:
+            return self._add_keyed(records, now, wall_now, keys)
         tp = records[0].tp
         policy = self.policy
         max_records, max_bytes = policy.max_records, policy.max_bytes
@@ -139,6 +146,27 @@ class Batcher:
                 batch = None
         if batch is not None:
             self.open[tp] = batch
+        return closed
+
+    def _add_keyed(self, records: Sequence[Record], now: float, wall_now: float | None,
+                   keys: Sequence[str | None]) -> list[Batch]:
+        """`add_many` for records with partition keys: each run of one key is added on its own."""
+        closed: list[Batch] = []
+        tp = records[0].tp
+        start = 0
+        for index in range(1, len(records) + 1):
+            if index < len(records) and keys[index] == keys[start]:
+                continue
+            key = keys[start]
+            open_batch = self.open.get(tp)
+            if open_batch is not None and open_batch.partition_key != key:
+                closed.append(self.open.pop(tp).close(SPLIT))
+            segment = self.add_many(records[start:index], now, wall_now)
+            for batch in [*segment, self.open.get(tp)]:
+                if batch is not None:
+                    batch.partition_key = key  # every batch here holds records of this key only
+            closed.extend(segment)
+            start = index
         return closed
 
     def split(self, tp: TP) -> Batch | None:

@@ -193,6 +193,14 @@ def dev(workdir: str, routes: str, rate: float) -> None:
     run_dev(workdir, routes, rate)
 
 
+@main.command()
+def check() -> None:
+    """Check each route against the live Dagster: one line per route; exit 1 if any is wrong."""
+    from service.check import main as check_routes
+
+    sys.exit(check_routes())
+
+
 @main.group()
 def routes() -> None:
     """Try a routes file before deploying it."""

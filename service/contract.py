@@ -18,6 +18,8 @@ TAG_RECORD_COUNT = "kafka/record_count"
 TAG_CONSUMER_GROUP = "kafka/consumer_group"
 TAG_ROUTE = "kafka/route"
 TAG_BATCH_ID = "kafka/batch_id"
+# Dagster's own tag for a run's partition: the worker sets it on a partitioned route's runs.
+TAG_DAGSTER_PARTITION = "dagster/partition"
 
 # -- dead letters: the headers added to the original record ---------------------
 HEADER_PREFIX = "dlq."

@@ -47,6 +47,7 @@ from service.contract import (
     STAGE_RUN,
     TAG_BATCH_ID,
     TAG_CONSUMER_GROUP,
+    TAG_DAGSTER_PARTITION,
     TAG_OFFSET_END,
     TAG_OFFSET_START,
     TAG_PARTITION,
@@ -54,7 +55,7 @@ from service.contract import (
     TAG_ROUTE,
     TAG_TOPIC,
 )
-from service.dagster_client import DagsterClient, location_failure
+from service.dagster_client import DagsterClient, Target, location_failure
 from service.decoding import JsonBounds, decode_value
 from service.dlq import Failure, dlq_headers
 from service.duplicates import DuplicateRuns
@@ -74,6 +75,7 @@ from service.errors import (
 )
 from service.logs import batch_extra
 from service.metrics import Metrics
+from service.partition_sets import PartitionSets
 from service.pauses import RoutePauses
 from service.records import TP, Record
 from service.retry import Backoff
@@ -108,7 +110,7 @@ ReadRange = Callable[[str, int, int, int], Awaitable[list[Record]]]
 
 
 def run_tags(route: Route, batch: Batch, group_id: str) -> dict[str, str]:
-    return {
+    tags = {
         TAG_TOPIC: batch.topic,
         TAG_PARTITION: str(batch.partition),
         TAG_OFFSET_START: str(batch.offset_start),
@@ -118,10 +120,15 @@ def run_tags(route: Route, batch: Batch, group_id: str) -> dict[str, str]:
         TAG_CONSUMER_GROUP: group_id,
         TAG_ROUTE: route.name,
     }
+    if batch.partition_key is not None:
+        tags[TAG_DAGSTER_PARTITION] = batch.partition_key
+    return tags
 
 
-def run_config(route: Route, batch: Batch, inline: bool = True) -> dict[str, Any]:
-    """The batch as `ops.<batch_op>.config`; records inline only below the route's bound (and if `inline`)."""
+def run_config(route: Route, batch: Batch, inline: bool = True,
+               batch_ops: Sequence[str] | None = None) -> dict[str, Any]:
+    """The batch as `ops.<op>.config` of each of `batch_ops` (default: the route's `batch_op`; for an asset
+    target, the selected assets that take it); records inline only below the route's bound (and if `inline`)."""
     config: dict[str, Any] = {
         "topic": batch.topic,
         "partition": batch.partition,
@@ -142,7 +149,7 @@ def run_config(route: Route, batch: Batch, inline: bool = True) -> dict[str, Any
         ]
     if route.match is not None:  # the offset range holds other routes' records too: the run keeps its own
         config["match"] = route.match.to_json()
-    return {"ops": {route.batch_op: {"config": config}}}
+    return {"ops": {op: {"config": config} for op in (batch_ops or [route.batch_op])}}
 
 
 @dataclass
@@ -363,6 +370,7 @@ class Delivery:
                                          clock=clock)
                           for name, r in routes.items() if r.throttled}
         self.partitions: dict[TP, OwnedPartition] = {}
+        self.partition_sets = PartitionSets(client)
         self._epochs = itertools.count(1)
         self.closing = False
         self.pauses = RoutePauses(metrics, self._on_route_pause)
@@ -440,7 +448,8 @@ class Delivery:
         covered = [await self._covered(owned, share) for share in owned.shares]
         if self._current(records[0]) is not owned:
             return
-        if len(owned.shares) == 1 and owned.shares[0].route.match is None:
+        only = owned.shares[0].route if len(owned.shares) == 1 else None
+        if only is not None and only.match is None and only.partition_key is None:
             await self._add_checked(owned, owned.shares[0], [r for r in records if r.offset > covered[0]])
         else:
             await self._dispatch(owned, records, covered)
@@ -466,6 +475,7 @@ class Delivery:
         """Route each record to every route it matches (`service.routing`), keeping each route's order."""
         shares = {share.route.name: share for share in owned.shares}
         taken: dict[str, list[Record]] = {name: [] for name in shares}
+        keys: dict[str, list[str | None]] = {name: [] for name in shares}  # partition keys, as taken
         routes = [share.route for share in owned.shares]
         below = {share.route.name: c for share, c in zip(owned.shares, covered, strict=True)}
         for record in records:
@@ -475,27 +485,28 @@ class Delivery:
                 continue
             verdicts = [v for v in verdicts if record.offset > below[v.route.name]]  # else in a run already
             if verdicts and verdicts[0].shared:
-                await self._reject_shared(owned, [shares[v.route.name] for v in verdicts], taken, record,
+                await self._reject_shared(owned, [shares[v.route.name] for v in verdicts], taken, keys, record,
                                           verdicts[0].failure)  # type: ignore[arg-type]  # shared: a failure
                 continue
             for verdict in verdicts:
                 name = verdict.route.name
                 if verdict.failure is None:
                     taken[name].append(record)
+                    keys[name].append(verdict.partition_key)
                     continue
-                await self._add(owned, shares[name], taken[name])
-                taken[name] = []
+                await self._add(owned, shares[name], taken[name], keys[name])
+                taken[name], keys[name] = [], []
                 await self._reject(owned, shares[name], record, verdict.failure)
         for name, share in shares.items():
-            await self._add(owned, share, taken[name])
+            await self._add(owned, share, taken[name], keys[name])
 
     async def _reject_shared(self, owned: OwnedPartition, shares: list[RouteShare], taken: dict[str, list[Record]],
-                             record: Record, exc: RecordError) -> None:
+                             keys: dict[str, list[str | None]], record: Record, exc: RecordError) -> None:
         """A value no route can read: one dead letter for all of them (in the first one's lane), every
         one of their batches split before it."""
         for share in shares:
-            await self._add(owned, share, taken[share.route.name])
-            taken[share.route.name] = []
+            await self._add(owned, share, taken[share.route.name], keys[share.route.name])
+            taken[share.route.name], keys[share.route.name] = [], []
             split = share.batcher.split(record.tp)
             if split is not None:
                 await self._submit(owned, share, split)
@@ -510,8 +521,12 @@ class Delivery:
                 f"no route of topic {record.topic!r} matches the record"))
             await owned.unmatched.put(DeadLetters([record], failure))
 
-    async def _add(self, owned: OwnedPartition, share: RouteShare, records: Sequence[Record]) -> None:
-        for batch in share.batcher.add_many(records, self.clock(), self.wall_clock()):
+    async def _add(self, owned: OwnedPartition, share: RouteShare, records: Sequence[Record],
+                   keys: Sequence[str | None] | None = None) -> None:
+        """Batch `records` for the route; with `keys` (a partitioned route's), a batch holds one key."""
+        if share.route.partition_key is None:
+            keys = None
+        for batch in share.batcher.add_many(records, self.clock(), self.wall_clock(), keys):
             await self._submit(owned, share, batch)
 
     async def _reject(self, owned: OwnedPartition, share: RouteShare, record: Record, exc: RecordError) -> None:
@@ -629,6 +644,13 @@ class Delivery:
         except Fenced as exc:
             self._drop_fenced(owned, batch, exc)
             return
+        except RecordError as exc:  # its partition key is not a partition of the target: every record's
+            logger.error("batch %s (%s/%d offsets %d-%d) not launched: %s; dead-lettering its %d records",
+                         batch.batch_id, batch.topic, batch.partition, batch.offset_start, batch.offset_end, exc,
+                         len(batch.records), extra=batch_extra(batch))
+            failure = dataclasses.replace(Failure.from_exception(exc.stage, exc), route=route.name)
+            await self.dead_letter(batch.records, failure)
+            return
         except RouteError as exc:  # only where the route dead-letters refused launches
             logger.error("launch of batch %s (%s/%d offsets %d-%d) rejected: %s; dead-lettering it "
                          "(on_launch_rejected = \"dead_letter\")", batch.batch_id, batch.topic, batch.partition,
@@ -706,21 +728,23 @@ class Delivery:
     async def _launch_once(self, owned: OwnedPartition, route: Route, batch: Batch, inline: bool) -> str:
         """Launch the batch's run, retrying transient failures; never launches it twice knowingly."""
         tags = run_tags(route, batch, self.group_id)
-        config = run_config(route, batch, inline)
         backoff = Backoff(max_delay_s=self.retry_max_delay_s)
         attempts = dagster_errors = 0
         outcome_unknown = False
         while True:
             attempts += 1
             try:
-                selector = await self.client.resolve_job(route.job, route.location, route.repository)
+                target = await self._target(route)
+                if batch.partition_key is not None:
+                    await self.partition_sets.prepare(route, target, batch.partition_key)
                 if outcome_unknown:
                     existing = await self.client.find_runs({TAG_BATCH_ID: batch.batch_id}, job=route.job, limit=1)
                     if existing:
                         return await self.duplicates.settle(route.job, batch.batch_id,
                                                             {TAG_BATCH_ID: batch.batch_id}, existing[0].run_id)
                 await self._prove_ownership(owned, batch)
-                run_id = await self._timed_launch(route, batch.topic, selector, config, tags, outcome_unknown)
+                config = run_config(route, batch, inline, target.batch_ops)
+                run_id = await self._timed_launch(route, batch.topic, target, config, tags, outcome_unknown)
             except DagsterError as exc:
                 dagster_errors += 1
                 self._count_launch(route, exc.typename)
@@ -743,6 +767,12 @@ class Delivery:
                                                           {TAG_BATCH_ID: batch.batch_id}, run_id)
                 return run_id
 
+    async def _target(self, route: Route) -> Target:
+        if not route.assets:
+            return Target(await self.client.resolve_job(route.job, route.location, route.repository), (),
+                          (route.batch_op,))
+        return await self.client.resolve_target(route.job, route.assets, route.location, route.repository)
+
     async def _raise_if_location_broken(self, route: Route) -> None:
         """The webserver is up but failed: if the route's code location failed to load, that is a route fault."""
         try:
@@ -753,7 +783,7 @@ class Delivery:
         if failure is not None:
             raise failure
 
-    async def _timed_launch(self, route: Route, topic: str, selector: Any, config: dict[str, Any],
+    async def _timed_launch(self, route: Route, topic: str, selector: Target, config: dict[str, Any],
                             tags: dict[str, str], retried: bool) -> str:
         started = time.monotonic()
         try:

@@ -20,7 +20,9 @@ library it comes from, in one place per library: httpx and GraphQL results in
     │   │   ├── MessageTooLarge the record is over the size bound
     │   │   ├── JsonTooDeep     the value nests deeper than the depth bound
     │   │   ├── TooManyKeys     the value has more object keys than the bound
-    │   │   └── SchemaViolation the value breaks the route's JSON Schema
+    │   │   ├── SchemaViolation the value breaks the route's JSON Schema
+    │   │   ├── PartitionKeyMissing  the record has no partition key where the route's partition_key looks
+    │   │   └── PartitionKeyNotFound the key is not a partition of the target's (static or time-window) definition
     │   └── NoRouteMatched      stage `route`: no route matches it and its topic dead-letters those
     ├── RouteError              the route cannot launch anything now: it pauses and retries the
     │   │                       same batch with a capped backoff; nothing is dead-lettered
@@ -120,6 +122,14 @@ class TooManyKeys(ValidationError):
 
 class SchemaViolation(ValidationError):
     """The value does not conform to the route's JSON Schema."""
+
+
+class PartitionKeyMissing(ValidationError):
+    """The record has no usable partition key where the route's `partition_key` looks."""
+
+
+class PartitionKeyNotFound(ValidationError):
+    """The record's partition key is not a partition of the target's partitions definition."""
 
 
 class NoRouteMatched(RecordError):

@@ -17,6 +17,16 @@ route matches:
     max_runs_per_minute = 30             # optional: launches per minute, at most
     max_queued_runs = 20                 # optional: wait while Dagster holds this many QUEUED runs of the job
 
+    [[routes]]
+    name = "tenant-events"
+    topic = "shop.events"
+    assets = ["tenant_events"]           # an asset selection instead of (or within, with `job`) a job
+    partition_key = "value.tenant"       # optional: each run is one partition's (service.partitions)
+    dynamic_partitions = "tenants"       # optional: add new keys to this dynamic partitions definition
+    max_records = 500
+    max_bytes = 1048576
+    max_wait_s = 5.0
+
     [topics."shop.events"]
     unmatched = "skip"                   # or "dead_letter" (stage route)
 
@@ -43,13 +53,18 @@ import jsonschema
 
 from service.errors import ConfigurationError
 from service.matching import Match, MatchError, compile_match
+from service.partitions import PartitionKeyError, PartitionKeySpec, compile_partition_key
 from service.schemas import CompiledSchema, SchemaCompileError
 
 logger = logging.getLogger(__name__)
 
-REQUIRED = ("job", "max_records", "max_bytes", "max_wait_s")
-OPTIONAL = ("name", "topic", "topic_pattern", "location", "repository", "batch_op", "inline_max_bytes", "schema",
-            "schema_file", "on_launch_rejected", "match", "max_runs_per_minute", "max_queued_runs")
+REQUIRED = ("max_records", "max_bytes", "max_wait_s")
+OPTIONAL = ("name", "topic", "topic_pattern", "job", "assets", "location", "repository", "batch_op",
+            "inline_max_bytes", "schema", "schema_file", "on_launch_rejected", "match", "max_runs_per_minute",
+            "max_queued_runs", "partition_key", "dynamic_partitions")
+# Dagster's implicit asset job: an asset route without `job` launches its selection in it.
+IMPLICIT_ASSET_JOB = "__ASSET_JOB"
+DEFAULT_BATCH_OP = "read_batch"
 ON_LAUNCH_REJECTED = ("pause", "dead_letter")
 UNMATCHED = ("skip", "dead_letter")
 TOPIC_OPTIONS = ("unmatched",)
@@ -57,7 +72,11 @@ TOPIC_OPTIONS = ("unmatched",)
 
 @dataclass(frozen=True)
 class Route:
-    """The records of a topic (or of topics matching a pattern) that `match` selects -> one job."""
+    """The records of a topic (or of topics matching a pattern) that `match` selects -> one job or asset selection.
+
+    `job` is the job launched: the route's op job, its asset job, or Dagster's
+    implicit asset job when it names only `assets` (asset keys, parts joined by `/`).
+    """
 
     topic: str  # "" when the route names a topic_pattern instead
     job: str
@@ -67,7 +86,7 @@ class Route:
     topic_pattern: str = ""
     location: str | None = None
     repository: str | None = None
-    batch_op: str = "read_batch"
+    batch_op: str = DEFAULT_BATCH_OP
     inline_max_bytes: int = 262_144
     schema: dict[str, Any] | None = field(default=None, compare=False)
     name: str = ""
@@ -75,6 +94,9 @@ class Route:
     match: Match | None = field(default=None, compare=False)
     max_runs_per_minute: int | None = None
     max_queued_runs: int | None = None
+    assets: tuple[str, ...] = ()
+    partition_key: PartitionKeySpec | None = field(default=None, compare=False)
+    dynamic_partitions: str | None = None
     _compiled: CompiledSchema | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -85,6 +107,18 @@ class Route:
     def dead_letters_rejected_launches(self) -> bool:
         """True when a launch Dagster refuses dead-letters the batch instead of pausing the route."""
         return self.on_launch_rejected == "dead_letter"
+
+    @property
+    def asset_paths(self) -> tuple[tuple[str, ...], ...]:
+        """The selected asset keys, each as its path."""
+        return tuple(tuple(asset.split("/")) for asset in self.assets)
+
+    @property
+    def target(self) -> str:
+        """The route's target in words, for logs and `check`."""
+        if not self.assets:
+            return f"job {self.job}"
+        return f"assets {', '.join(self.assets)}" + ("" if self.job == IMPLICIT_ASSET_JOB else f" (job {self.job})")
 
     @property
     def throttled(self) -> bool:
@@ -236,6 +270,8 @@ def parse_route(table: dict[str, Any], where: str, base: Path = Path(".")) -> Ro
     if unknown:
         raise ConfigurationError(f"{where}: unknown key(s) {', '.join(unknown)}")
     missing = [name for name in REQUIRED if name not in table]
+    if "job" not in table and "assets" not in table:
+        missing.insert(0, "job (or assets)")
     if missing:
         raise ConfigurationError(f"{where}: missing {', '.join(missing)}")
     if ("topic" in table) == ("topic_pattern" in table):
@@ -252,6 +288,7 @@ def parse_route(table: dict[str, Any], where: str, base: Path = Path(".")) -> Ro
     values.setdefault("topic", "")
     if "match" in values:
         values["match"] = _compile_match(values["match"], where)
+    _check_target(values, where)
     route = Route(**values)
     if route.schema is not None:
         object.__setattr__(route, "_compiled", compile_schema(route.schema, f"{where} (route {route.name!r})"))
@@ -264,6 +301,35 @@ def _compile_match(spec: Any, where: str) -> Match:
     except MatchError as exc:
         text = str(exc)
         raise ConfigurationError(f"{where}: {text if text.startswith('match') else f'match {text}'}") from None
+
+
+def _check_target(values: dict[str, Any], where: str) -> None:
+    """`assets` (a list of asset keys, with or without an asset `job`), partition_key, dynamic_partitions."""
+    assets = values.get("assets")
+    if assets is not None:
+        if not isinstance(assets, list) or not assets or not all(
+                isinstance(a, str) and a and all(a.split("/")) for a in assets):
+            raise ConfigurationError(f"{where}: assets must be a list of asset keys (\"name\" or \"path/to/name\")")
+        if "batch_op" in values:
+            raise ConfigurationError(f"{where}: batch_op is for op jobs; an asset route gives the batch to the "
+                                     "selected assets that take it")
+        values["assets"] = tuple(assets)
+        values.setdefault("job", IMPLICIT_ASSET_JOB)
+    key = values.get("partition_key")
+    if key is not None:
+        if not isinstance(key, str):
+            raise ConfigurationError(f"{where}: partition_key must be a string")
+        try:
+            values["partition_key"] = compile_partition_key(key)
+        except PartitionKeyError as exc:
+            raise ConfigurationError(f"{where}: {exc}") from None
+    dynamic = values.get("dynamic_partitions")
+    if dynamic is not None:
+        if not isinstance(dynamic, str) or not dynamic:
+            raise ConfigurationError(f"{where}: dynamic_partitions must be the name of a dynamic partitions "
+                                     "definition")
+        if key is None:
+            raise ConfigurationError(f"{where}: dynamic_partitions needs a partition_key (where each record's key is)")
 
 
 def _check_pattern(text: str, where: str) -> None:

@@ -7,7 +7,8 @@ Pure logic. For each route of the record's topic, in file order:
    all of them (`Verdict.shared`), since none can tell whether it would have
    matched, and one copy in the DLQ is what a replay should send back;
 3. the value conditions decide; a route that matches checks its schema (stage
-   `validate` when it fails).
+   `validate` when it fails) and reads the record's partition key, if it has a
+   `partition_key` (stage `validate` when the record has none).
 A record no route matches is unmatched: skipped, or dead-lettered at stage
 `route` where its topic says so.
 """
@@ -31,6 +32,7 @@ class Verdict:
     route: Route
     failure: RecordError | None = None
     shared: bool = False  # the failure is the value's own, the same for every route of the record
+    partition_key: str | None = None  # the record's partition key, for a route with a partition_key
 
 
 def route_record(routes: Sequence[Route], record: Record, max_message_bytes: int,
@@ -43,17 +45,19 @@ def route_record(routes: Sequence[Route], record: Record, max_message_bytes: int
         value = parse_value(record, max_message_bytes, bounds)
     except RecordError as exc:
         return [Verdict(route, exc, shared=True) for route in candidates]
-    return [_verdict(route, value) for route in candidates
+    return [_verdict(route, record, value) for route in candidates
             if route.match is None or route.match.select_value(value)]
 
 
-def _verdict(route: Route, value: Any) -> Verdict:
+def _verdict(route: Route, record: Record, value: Any) -> Verdict:
     validator = route.validator()
-    if validator is not None:
-        try:
+    try:
+        if validator is not None:
             check_schema(validator, value)
-        except RecordError as exc:
-            return Verdict(route, exc)
+        if route.partition_key is not None:
+            return Verdict(route, partition_key=route.partition_key.key_of(record, value))
+    except RecordError as exc:
+        return Verdict(route, exc)
     return Verdict(route)
 
 
@@ -74,7 +78,7 @@ def explain(route: Route, record: Record, max_message_bytes: int, bounds: JsonBo
         return f"dead-letter at stage {exc.stage}: {exc}"
     if route.match is not None and not route.match.select_value(value):
         return f"no match: {route.match.explain(record.key, record.headers, value)}"
-    verdict = _verdict(route, value)
+    verdict = _verdict(route, record, value)
     if verdict.failure is not None:
         return f"dead-letter at stage {verdict.failure.stage}: {verdict.failure}"
-    return "batch"
+    return "batch" if verdict.partition_key is None else f"batch (partition {verdict.partition_key})"

@@ -11,6 +11,7 @@ from urllib.parse import urlparse
 
 from service import __version__
 from service.app import App, create_app
+from service.check import watch_routes
 from service.dagster_client import DagsterClient
 from service.decoding import JsonBounds
 from service.delivery import Delivery
@@ -207,6 +208,13 @@ def _add_lifecycle(app: App, settings: Settings, delivery: Delivery, dlq_produce
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def on_revoked(app: Any, revoked: set[Any], **kwargs: Any) -> None:
         await delivery.on_revoked({TP.of(tp) for tp in revoked}, revoke_timeout_s)
+
+    @app.task
+    async def check_routes() -> None:
+        """`kafka-dagster check` at start: a route that fails it pauses, with the reason, until it passes."""
+        await watch_routes(delivery.routes.values(), client, delivery.pauses.pause,
+                           lambda route, reason: delivery.pauses.resume(route, reason=reason),
+                           settings.route_retry_max_delay_s)
 
     @app.task
     async def create_dlq_topic() -> None:

@@ -15,6 +15,10 @@ from tests.support import ROOT, DagsterApi, WorkerProcess, new_web_port, route_t
 
 os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "1")
 
+# A second code location beside the demo: a user's own project that imports only the toolkit (docs/byo.md).
+BYO_LOCATION = "byo_project"
+BYO_MODULE = "tests.fixtures.byo_project.location"
+
 
 @dataclass
 class Stack:
@@ -29,10 +33,12 @@ class Stack:
 
 @pytest.fixture(scope="session")
 def stack() -> Iterator[Stack]:
-    """A broker and a Dagster deployment (code server, webserver, daemon), stopped whatever happens."""
+    """A broker and a Dagster deployment (code servers of the demo and of the fixture project, webserver,
+    daemon), stopped whatever happens."""
     workdir = ROOT / ".test-stack" / unique("session")
     broker = Broker(workdir)
-    dagster = Dagster(workdir / "dagster", {"KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{broker.port}"})
+    dagster = Dagster(workdir / "dagster", {"KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{broker.port}"},
+                      extra_locations={BYO_LOCATION: BYO_MODULE})
     try:
         broker.start()
         dagster.start()

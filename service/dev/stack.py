@@ -179,13 +179,17 @@ storage:
       env: DAGSTER_PG_URL
 """
 
-WORKSPACE_YAML = """\
-load_from:
+WORKSPACE_ENTRY = """\
   - grpc_server:
       host: 127.0.0.1
       port: {port}
-      location_name: dagster_project
+      location_name: {name}
 """
+
+
+def workspace_yaml(locations: Mapping[str, int]) -> str:
+    """A workspace of gRPC code servers: location name -> port."""
+    return "load_from:\n" + "".join(WORKSPACE_ENTRY.format(port=port, name=name) for name, port in locations.items())
 
 
 LOCATION_QUERY = """
@@ -199,7 +203,8 @@ class Dagster:
 
     The same three processes docker-compose runs, here on free local ports with
     `DAGSTER_HOME` under `home`. Storage is SQLite under `home`, or PostgreSQL
-    when `pg_url` is given.
+    when `pg_url` is given. `extra_locations` (location name -> module) adds
+    code locations, each in a code server of its own, beside `dagster_project`.
     """
 
     def __init__(
@@ -210,6 +215,7 @@ class Dagster:
         max_concurrent_runs: int = 4,
         webserver_port: int | None = None,
         instance_config: Path | None = None,
+        extra_locations: Mapping[str, str] | None = None,
     ) -> None:
         self.home = home
         self.instance_config = instance_config
@@ -234,6 +240,15 @@ class Dagster:
             home / "webserver.log",
             self.env,
         )
+        self.extra_servers = {
+            name: (free_port(), ManagedProcess(
+                f"dagster-code-server-{name}",
+                [str(bin_dir / "dagster"), "code-server", "start", "-m", module, "-h", "127.0.0.1", "-p", "{port}"],
+                home / f"code-server-{name}.log", self.env))
+            for name, module in (extra_locations or {}).items()
+        }
+        for port, server in self.extra_servers.values():
+            server.argv[-1] = str(port)
         self.daemon = ManagedProcess(
             "dagster-daemon",
             [str(bin_dir / "dagster-daemon"), "run", "-w", workspace],
@@ -257,13 +272,16 @@ class Dagster:
             storage = POSTGRES_STORAGE if self.pg_url else ""
             config = DAGSTER_YAML.format(max_concurrent_runs=self.max_concurrent_runs, storage=storage)
         (self.home / "dagster.yaml").write_text(config)
-        (self.home / "workspace.yaml").write_text(WORKSPACE_YAML.format(port=self.grpc_port))
+        locations = {"dagster_project": self.grpc_port, **{n: p for n, (p, _) in self.extra_servers.items()}}
+        (self.home / "workspace.yaml").write_text(workspace_yaml(locations))
 
     def start(self, timeout_s: float = 120.0) -> None:
         self.write_config()
-        self.code_server.start()
-        wait_until(lambda: self._alive_and(lambda: port_open(self.grpc_port)), timeout_s,
-                   "the Dagster code server")
+        # One at a time: each creates the instance's SQLite storage if it is missing, and two at once collide.
+        for port, server in [(self.grpc_port, self.code_server), *self.extra_servers.values()]:
+            server.start()
+            wait_until(lambda p=port: self._alive_and(lambda: port_open(p)), timeout_s,
+                       f"the Dagster code server {server.name}")
         self.daemon.start()
         self.start_webserver(timeout_s)
 
@@ -276,7 +294,7 @@ class Dagster:
         self.webserver.stop()
 
     def _alive_and(self, check) -> bool:  # type: ignore[no-untyped-def]
-        for proc in (self.code_server, self.daemon, self.webserver):
+        for proc in (self.code_server, self.daemon, self.webserver, *(s for _, s in self.extra_servers.values())):
             proc.check_alive()
         return bool(check())
 
@@ -293,13 +311,13 @@ class Dagster:
             result = entry.get("locationOrLoadError") or {}
             if result.get("__typename") == "PythonError":
                 raise StackError(f"the code location failed to load: {result.get('message')}")
-        return any(
+        return bool(entries) and all(
             (entry.get("locationOrLoadError") or {}).get("__typename") == "RepositoryLocation"
             for entry in entries
         )
 
     def stop(self) -> None:
-        for proc in (self.webserver, self.daemon, self.code_server):
+        for proc in (self.webserver, self.daemon, self.code_server, *(s for _, s in self.extra_servers.values())):
             proc.stop()
 
 

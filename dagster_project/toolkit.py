@@ -1,0 +1,186 @@
+"""What any Dagster code location needs to receive kafka-dagster batches, and nothing of the demo.
+
+A route launches one run per batch and fills in the contract's run config
+(`KafkaBatch`) on its batch op, or on each selected asset that takes it. A
+user's asset or op takes `config: KafkaBatch` and a `kafka: KafkaResource`,
+reads its records with `batch_records` (inline, or read back from Kafka by
+offset range with the worker's TLS/SASL settings, kept to what the route's
+`match` selects), and reports where they came from with `provenance`:
+
+    @dg.asset
+    def clicks(context: dg.AssetExecutionContext, config: KafkaBatch,
+               kafka: KafkaResource) -> dg.MaterializeResult:
+        records = batch_records(context, config, kafka)
+        return dg.MaterializeResult(metadata=provenance(context, config, records))
+
+    defs = dg.Definitions(assets=[clicks], resources=kafka_resources())
+
+`DeadLetterResource` and `dead_letter` write records a run cannot process to
+the worker's DLQ in the one dead-letter format (`service.dlq`). This module
+imports no part of the demo pipeline; the demo imports it.
+"""
+
+# No `from __future__ import annotations`: Dagster reads config classes at runtime.
+from collections.abc import Mapping, Sequence
+
+import dagster as dg
+
+from dagster_project.dead_letters import dead_letter
+from dagster_project.resources import DeadLetterResource, KafkaMessage, KafkaResource, KafkaUnavailable, env_or
+from dagster_project.selection import selected
+from service.contract import DEFAULT_BOOTSTRAP_SERVERS, DEFAULT_DLQ_TOPIC, TAG_DAGSTER_PARTITION
+from service.matching import MatchError
+
+__all__ = [
+    "DeadLetterResource",
+    "KafkaBatch",
+    "KafkaMessage",
+    "KafkaRecord",
+    "KafkaResource",
+    "KafkaUnavailable",
+    "batch_records",
+    "dead_letter",
+    "inline_messages",
+    "kafka_resource",
+    "kafka_resources",
+    "provenance",
+    "records_source",
+]
+
+MAX_RETRIES = 3
+RETRY_WAIT_S = 2.0
+
+
+class KafkaRecord(dg.Config):
+    """One Kafka record carried inline in run config; `value` is its JSON text."""
+
+    offset: int
+    timestamp_ms: int
+    key: str | None = None
+    value: str
+
+
+class KafkaBatch(dg.Config):
+    """The batch a run processes (the contract's run config): an offset range, and its records when small.
+
+    kafka-dagster fills this in as `ops.<batch_op>.config` for an op job, or
+    on each selected asset whose config takes it. When `records` is absent
+    the batch was too large to inline and is read back from Kafka. The range
+    may hold records of the topic that the route does not take: `match` is
+    then the route's pattern as JSON, and only the records it matches belong
+    to the batch (without it, every record of the range does).
+    """
+
+    topic: str
+    partition: int
+    offset_start: int
+    offset_end: int
+    record_count: int
+    batch_id: str
+    records: list[KafkaRecord] | None = None
+    match: str | None = None
+
+
+def inline_messages(records: Sequence[KafkaRecord]) -> list[KafkaMessage]:
+    """Inline records as `KafkaMessage`s (inline records carry no headers)."""
+    return [
+        KafkaMessage(r.offset, r.timestamp_ms, r.key.encode() if r.key is not None else None, r.value.encode())
+        for r in records
+    ]
+
+
+def records_source(config: KafkaBatch) -> str:
+    """"inline" when the records came in run config, "kafka" when they are read back by offset range."""
+    return "inline" if config.records is not None else "kafka"
+
+
+def coordinates(config: KafkaBatch) -> dict[str, dg.MetadataValue]:
+    """Where a batch sits in Kafka, as metadata every event about it can carry."""
+    return {
+        "batch_id": dg.MetadataValue.text(config.batch_id),
+        "kafka_topic": dg.MetadataValue.text(config.topic),
+        "kafka_partition": dg.MetadataValue.int(config.partition),
+        "offset_start": dg.MetadataValue.int(config.offset_start),
+        "offset_end": dg.MetadataValue.int(config.offset_end),
+    }
+
+
+def batch_records(context: dg.OpExecutionContext | dg.AssetExecutionContext, config: KafkaBatch,
+                  kafka: KafkaResource) -> list[KafkaMessage]:
+    """The batch's records, in offset order: inline ones as they are, or the range read back from Kafka
+    and kept to what the route's `match` selects.
+
+    A broker that cannot be reached asks Dagster to retry the step
+    (`RetryRequested`); a `match` that is not a pattern fails it. Read back,
+    the batch should hold `record_count` records: a warning says when it does
+    not (retention, or a record the worker dead-lettered for the route).
+    """
+    if config.records is not None:
+        return inline_messages(config.records)
+    try:
+        in_range = kafka.read_range(config.topic, config.partition, config.offset_start, config.offset_end)
+    except KafkaUnavailable as exc:
+        context.log.warning("reading batch %s back from Kafka failed: %s", config.batch_id, exc)
+        raise dg.RetryRequested(max_retries=MAX_RETRIES, seconds_to_wait=RETRY_WAIT_S) from exc
+    try:
+        messages = selected(in_range, config.match)
+    except MatchError as exc:
+        raise dg.Failure(description=f"batch {config.batch_id}: its match is not a pattern: {exc}",
+                         metadata=coordinates(config)) from exc
+    if len(messages) != config.record_count:
+        context.log.warning("batch %s: record_count is %d, but %d records of offsets %d-%d belong to it "
+                            "(%d read back, %s)", config.batch_id, config.record_count, len(messages),
+                            config.offset_start, config.offset_end, len(in_range),
+                            "kept by the route's match" if config.match is not None else "no match")
+    return messages
+
+
+def provenance(context: dg.OpExecutionContext | dg.AssetExecutionContext | None, config: KafkaBatch,
+               records: Sequence[KafkaMessage] | None = None) -> dict[str, dg.MetadataValue]:
+    """Materialization metadata saying where the batch came from: its Kafka coordinates, `batch_id`,
+    `record_count`, `records_source` (inline | kafka), the records received and the oldest record's
+    timestamp when `records` are given, and the run's partition key when it has one."""
+    metadata: dict[str, dg.MetadataValue] = {
+        **coordinates(config),
+        "record_count": dg.MetadataValue.int(config.record_count),
+        "records_source": dg.MetadataValue.text(records_source(config)),
+    }
+    if records is not None:
+        metadata["records_received"] = dg.MetadataValue.int(len(records))
+        oldest = min((r.timestamp_ms for r in records if r.timestamp_ms), default=None)
+        if oldest is not None:
+            metadata["oldest_timestamp_ms"] = dg.MetadataValue.int(oldest)
+    partition_key = _partition_key(context)
+    if partition_key is not None:
+        metadata["partition_key"] = dg.MetadataValue.text(partition_key)
+    return metadata
+
+
+def _partition_key(context: dg.OpExecutionContext | dg.AssetExecutionContext | None) -> str | None:
+    if context is None:
+        return None
+    tags: Mapping[str, str] = context.run.tags if context.run is not None else {}
+    return tags.get(TAG_DAGSTER_PARTITION)
+
+
+def kafka_resource() -> KafkaResource:
+    """A `KafkaResource` configured from the worker's environment variables (`KAFKA_BOOTSTRAP_SERVERS`,
+    `KAFKA_SECURITY_PROTOCOL`, `KAFKA_SASL_*`, `KAFKA_SSL_*`), read when a run starts."""
+    return KafkaResource(
+        bootstrap_servers=env_or("KAFKA_BOOTSTRAP_SERVERS", DEFAULT_BOOTSTRAP_SERVERS),
+        security_protocol=env_or("KAFKA_SECURITY_PROTOCOL", "PLAINTEXT"),
+        sasl_mechanism=env_or("KAFKA_SASL_MECHANISM", "PLAIN"),
+        sasl_username=env_or("KAFKA_SASL_USERNAME", None),
+        sasl_password=env_or("KAFKA_SASL_PASSWORD", None),
+        ssl_cafile=env_or("KAFKA_SSL_CAFILE", None),
+        ssl_certfile=env_or("KAFKA_SSL_CERTFILE", None),
+        ssl_keyfile=env_or("KAFKA_SSL_KEYFILE", None),
+    )
+
+
+def kafka_resources() -> dict[str, dg.ConfigurableResource]:
+    """`{"kafka": ..., "dead_letters": ...}` from the environment: what `Definitions(resources=...)` needs."""
+    kafka = kafka_resource()
+    return {"kafka": kafka,
+            "dead_letters": DeadLetterResource(kafka=kafka,
+                                               topic=env_or("KAFKA_DAGSTER_DLQ_TOPIC", DEFAULT_DLQ_TOPIC))}

@@ -1,0 +1,101 @@
+"""The toolkit any code location imports, run in real Dagster (`materialize_to_memory`), Kafka faked at its resource."""
+
+from __future__ import annotations
+
+import ast
+import json
+from typing import Any, ClassVar
+
+import dagster as dg
+
+from dagster_project.toolkit import KafkaMessage, KafkaResource
+from tests.fixtures.byo_project import definitions, partitioned
+from tests.support import ROOT
+
+FIXTURE = ROOT / "tests" / "fixtures" / "byo_project"
+TOPIC = "views"
+
+
+class RangeKafka(KafkaResource):
+    """Kafka at the resource boundary: the records `read_range` returns."""
+
+    bootstrap_servers: str = "fake:9092"
+    held: ClassVar[list[KafkaMessage]] = []
+
+    def read_range(self, topic: str, partition: int, start: int, end: int) -> list[KafkaMessage]:
+        return [m for m in self.held if start <= m.offset <= end]
+
+
+def views(n: int, start: int = 0) -> list[KafkaMessage]:
+    return [KafkaMessage(start + i, 1_700_000_000_000 + i, None, json.dumps({"page": f"p{i % 3}"}).encode())
+            for i in range(n)]
+
+
+def batch(messages: list[KafkaMessage], inline: bool, **extra: Any) -> dict[str, Any]:
+    config: dict[str, Any] = {"topic": TOPIC, "partition": 0, "offset_start": messages[0].offset,
+                              "offset_end": messages[-1].offset, "record_count": len(messages),
+                              "batch_id": "b-1", **extra}
+    if inline:
+        config["records"] = [{"offset": m.offset, "timestamp_ms": m.timestamp_ms, "key": None,
+                              "value": (m.value or b"").decode()} for m in messages]
+    return config
+
+
+def materialization(result: dg.ExecuteInProcessResult) -> dict[str, Any]:
+    [event] = result.get_asset_materialization_events()
+    return {k: v.value for k, v in event.materialization.metadata.items()}
+
+
+def test_an_asset_receives_its_batch_inline_with_its_provenance() -> None:
+    messages = views(5, start=10)
+    RangeKafka.held = []
+    result = dg.materialize_to_memory([definitions.page_views], resources={"kafka": RangeKafka()},
+                                      run_config={"ops": {"page_views": {"config": batch(messages, True)}}})
+
+    metadata = materialization(result)
+    assert metadata["records_source"] == "inline" and metadata["records_received"] == 5
+    assert (metadata["kafka_topic"], metadata["offset_start"], metadata["offset_end"]) == (TOPIC, 10, 14)
+    assert metadata["batch_id"] == "b-1" and metadata["record_count"] == 5 and metadata["pages"] == 3
+    assert metadata["oldest_timestamp_ms"] == 1_700_000_000_000
+
+
+def test_an_asset_reads_an_offset_range_back_and_keeps_what_the_routes_match_selects() -> None:
+    messages = views(6)
+    messages[2] = KafkaMessage(2, 1, None, json.dumps({"page": "other", "type": "skip"}).encode())
+    RangeKafka.held = messages
+    match = json.dumps({"value.type": {"exists": False}})
+    result = dg.materialize_to_memory(
+        [definitions.page_views], resources={"kafka": RangeKafka()},
+        run_config={"ops": {"page_views": {"config": batch(messages, False, match=match, record_count=5)}}})
+
+    metadata = materialization(result)
+    assert metadata["records_source"] == "kafka" and metadata["records_received"] == 5
+
+
+def test_a_partitioned_asset_reports_its_partition_key() -> None:
+    messages = views(2)
+    result = dg.materialize_to_memory([partitioned.daily_events], resources={"kafka": RangeKafka()},
+                                      partition_key="2024-03-01",
+                                      run_config={"ops": {"daily_events": {"config": batch(messages, True)}}})
+
+    assert materialization(result)["partition_key"] == "2024-03-01"
+
+
+def test_the_fixture_project_imports_only_the_toolkit_and_dagster() -> None:
+    for path in FIXTURE.glob("*.py"):
+        imported = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                imported.add(node.module)
+            elif isinstance(node, ast.Import):
+                imported.update(alias.name for alias in node.names)
+        outside = {m for m in imported if m.split(".")[0] in ("dagster_project", "service")}
+        assert outside <= {"dagster_project.toolkit"}, (path.name, outside)
+
+
+def test_the_docs_show_the_example_project_as_it_is_tested() -> None:
+    example = (FIXTURE / "definitions.py").read_text()
+    page = (ROOT / "docs" / "byo.md").read_text()
+    body = example.split('"""', 2)[2].strip()  # the file without its docstring
+    assert body in page
+    assert len(example.splitlines()) <= 25
