@@ -45,6 +45,7 @@ from dagster_project.toolkit import (
     KafkaResource,
     KafkaUnavailable,
     batch_records,
+    coordinates,
     dead_letter,
     records_source,
 )
@@ -65,17 +66,6 @@ class AuditConfig(dg.Config):
     """The blocking rule: below this share of processable records a batch is not published."""
 
     completeness_threshold: float = 0.5
-
-
-def coordinates(config: KafkaBatch | BatchInfo) -> dict[str, dg.MetadataValue]:
-    """Where a batch sits in Kafka, as metadata every event about it carries (the toolkit's names)."""
-    return {
-        "batch_id": dg.MetadataValue.text(config.batch_id),
-        "kafka_topic": dg.MetadataValue.text(config.topic),
-        "kafka_partition": dg.MetadataValue.int(config.partition),
-        "offset_start": dg.MetadataValue.int(config.offset_start),
-        "offset_end": dg.MetadataValue.int(config.offset_end),
-    }
 
 
 def _fail_if_unusable(config: KafkaBatch, received: int, fail_run_offsets: list[int]) -> None:

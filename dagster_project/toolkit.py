@@ -22,6 +22,7 @@ imports no part of the demo pipeline; the demo imports it.
 
 # No `from __future__ import annotations`: Dagster reads config classes at runtime.
 from collections.abc import Mapping, Sequence
+from typing import Protocol
 
 import dagster as dg
 
@@ -94,7 +95,22 @@ def records_source(config: KafkaBatch) -> str:
     return "inline" if config.records is not None else "kafka"
 
 
-def coordinates(config: KafkaBatch) -> dict[str, dg.MetadataValue]:
+class BatchCoordinates(Protocol):
+    """Anything that says where a batch sits in Kafka: `KafkaBatch`, or a pipeline's own record of it."""
+
+    @property
+    def topic(self) -> str: ...
+    @property
+    def partition(self) -> int: ...
+    @property
+    def offset_start(self) -> int: ...
+    @property
+    def offset_end(self) -> int: ...
+    @property
+    def batch_id(self) -> str: ...
+
+
+def coordinates(config: BatchCoordinates) -> dict[str, dg.MetadataValue]:
     """Where a batch sits in Kafka, as metadata every event about it can carry."""
     return {
         "batch_id": dg.MetadataValue.text(config.batch_id),
