@@ -93,9 +93,9 @@ def test_the_fixture_project_imports_only_the_toolkit_and_dagster() -> None:
         assert outside <= {"dagster_project.toolkit"}, (path.name, outside)
 
 
-def test_the_docs_show_the_example_project_as_it_is_tested() -> None:
+def test_the_readme_and_the_docs_show_the_example_project_as_it_is_tested() -> None:
     example = (FIXTURE / "definitions.py").read_text()
-    page = (ROOT / "docs" / "byo.md").read_text()
     body = example.split('"""', 2)[2].strip()  # the file without its docstring
-    assert body in page
+    for page in (ROOT / "README.md", ROOT / "docs" / "byo.md"):
+        assert body in page.read_text(), page.name
     assert len(example.splitlines()) <= 25
