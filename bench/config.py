@@ -28,6 +28,7 @@ class Mode:
     steady_rate: int = 1000
     steady_max_wait_s: float = 2.5  # 8 partitions: ~3 launches/s, what one SQLite webserver here absorbs
     amortisation_sizes: tuple[int, ...] = (100, 1_000, 10_000)
+    pause_down_s: float = 30.0  # how long a route stays paused (code location down) before the fix
     micro_records: int = 20_000  # values per pass of the per-record validation and matching costs
 
     @property
@@ -42,4 +43,4 @@ FULL = Mode("full", messages=200_000, repetitions=3, backlog=500_000, steady_s=2
 # (25,000 records) and its ratios read like the full run's; it saves on repetitions and the other scenarios.
 QUICK = Mode("quick", messages=200_000, repetitions=1, backlog=100_000, steady_s=6, launch_samples=10,
              amortisation_runs=1, workers=(1, 2), backpressure_hold_s=2, worker_start_s=5, backlog_step_pause_s=0.5,
-             micro_records=5_000)
+             micro_records=5_000, pause_down_s=10.0)

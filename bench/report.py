@@ -71,6 +71,8 @@ def table(results: dict[str, Any]) -> str:
         f"   p99 {results['launch_latency_inline_s']['p99'] * 1000:7.1f} ms",
         f"fencing (ownership proof per launch) {results['fencing']['per_launch_ms']:.2f} ms; launchRun "
         f"{results['fencing']['launch_call_ms']:.0f} ms; {results['fencing']['share_of_elapsed']:.2%} of service time",
+        f"route paused {results['route_pause']['paused_s']:.0f} s (code location down): next launch "
+        f"{results['route_pause']['resume_s']:.2f} s after it answered again",
         f"event -> LaunchRunSuccess p50 {e2e['p50']:7.3f} s    p99 {e2e['p99']:7.3f} s "
         f"   (at {e2e['rate']:,} msg/s, max_wait_s {e2e['max_wait_s']}, {e2e['batches']} batches)",
         f"peak worker RSS, Dagster down, {results['backpressure']['backlog']:,} msgs backlog: "

@@ -20,6 +20,7 @@ from bench.data import make_values, produce_fast
 from bench.latency import event_to_launch, launch_latencies
 from bench.limit import run_limit
 from bench.naive import run_naive
+from bench.pause import pause_resume
 from bench.service import run_scaling, run_service
 from bench.stats import median, percentile, ratio
 from bench.worker import ROOT, unique
@@ -86,6 +87,9 @@ def measure(ctx: Context, started: float, profile: bool = False) -> dict[str, An
     for count in mode.workers:
         _step(f"{count} worker(s) in one group, live producer", started)
         results["workers"][str(count)] = run_scaling(ctx, count)
+    _step(f"route pause: code location down {mode.pause_down_s:.0f}s with records waiting, then back", started)
+    pause = pause_resume(ctx, mode.pause_down_s)
+    results["route_pause"] = {"paused_s": round(pause.paused_s, 2), "resume_s": round(pause.resume_s, 3)}
     _step(f"backpressure: webserver down, {mode.backlog:,} messages backlog", started)
     rss = backpressure(ctx)
     results["peak_rss_mb_backpressure"] = rss.peak_mb
