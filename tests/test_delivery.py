@@ -1,4 +1,10 @@
-"""The delivery invariant, proven by making each failure happen against the real stack."""
+"""The delivery invariant, proven by making each failure happen against the real stack.
+
+Every scenario runs on its own topic, consumer group and workers, so the
+module fixture starts them all at once and each test awaits its own. Dagster
+down for everyone (the shared webserver stopped) is in
+`test_shared_stack_faults.py`.
+"""
 
 from __future__ import annotations
 
@@ -6,14 +12,14 @@ import asyncio
 import random
 import subprocess
 import sys
-import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
-import httpx
 import orjson
 import pytest
 
 from service.kafka import ensure_topics
-from tests.conftest import Stack
+from tests.conftest import Stack, Workers
 from tests.support import (
     ROOT,
     DagsterApi,
@@ -43,8 +49,7 @@ POISON = {
 }
 
 
-async def test_poison_messages_go_to_the_dlq_alone_and_their_batch_mates_reach_runs(
-        stack: Stack, dagster_api: DagsterApi, start_worker) -> None:
+async def poison_messages(stack: Stack, dagster_api: DagsterApi, start_worker: Any) -> None:
     topic, dlq = unique("poison"), unique("dlq")
     await ensure_topics(stack.bootstrap, {topic: 4})
     await start_worker(route_toml(topic, max_records=1000, max_wait_s=2.0, schema_file=SCHEMA_FILE),
@@ -72,8 +77,7 @@ async def test_poison_messages_go_to_the_dlq_alone_and_their_batch_mates_reach_r
     assert {run["status"] for run in runs} == {"SUCCESS"}
 
 
-async def test_dead_letters_keep_the_original_record_byte_for_byte(stack: Stack, dagster_api: DagsterApi,
-                                                                   start_worker) -> None:
+async def byte_for_byte(stack: Stack, dagster_api: DagsterApi, start_worker: Any) -> None:
     topic, dlq = unique("bytes"), unique("dlq")
     await ensure_topics(stack.bootstrap, {topic: 1})
     await start_worker(route_toml(topic, max_wait_s=1.0), KAFKA_DAGSTER_DLQ_TOPIC=dlq)
@@ -99,8 +103,7 @@ async def test_dead_letters_keep_the_original_record_byte_for_byte(stack: Stack,
     assert letter.dlq["dlq.failed_at"].endswith("Z")
 
 
-async def test_rejected_launches_go_to_the_dlq_once_where_the_route_asks_for_it(
-        stack: Stack, dagster_api: DagsterApi, start_worker) -> None:
+async def rejected_launches(stack: Stack, dagster_api: DagsterApi, start_worker: Any) -> None:
     """on_launch_rejected = "dead_letter": a refused launch dead-letters its batch once (the default pauses)."""
     missing_job, bad_config, dlq = unique("no-job"), unique("bad-config"), unique("dlq")
     await ensure_topics(stack.bootstrap, {missing_job: 1, bad_config: 1})
@@ -127,8 +130,7 @@ async def test_rejected_launches_go_to_the_dlq_once_where_the_route_asks_for_it(
     assert await dagster_api.runs(missing_job) == []
 
 
-async def test_replayed_dead_letters_reach_runs_once_the_cause_is_fixed(stack: Stack, dagster_api: DagsterApi,
-                                                                        start_worker, tmp_path) -> None:
+async def replayed_dead_letters(stack: Stack, dagster_api: DagsterApi, start_worker: Any) -> None:
     topic, dlq = unique("replay"), unique("dlq")
     await ensure_topics(stack.bootstrap, {topic: 1})
     broken = await start_worker(route_toml(topic, job="no_such_job", max_records=25, max_wait_s=1.0,
@@ -174,64 +176,7 @@ async def produce_stream(bootstrap: str, topic: str, total: int, partitions: int
         await asyncio.sleep(pause_s)
 
 
-async def test_nothing_is_lost_or_dead_lettered_while_dagster_is_down(stack: Stack, dagster_api: DagsterApi,
-                                                                       start_worker) -> None:
-    topic, dlq = unique("outage"), unique("dlq")
-    await ensure_topics(stack.bootstrap, {topic: 2})
-    worker = await start_worker(route_toml(topic, max_records=2000, max_wait_s=1.0), KAFKA_DAGSTER_DLQ_TOPIC=dlq,
-                                KAFKA_DAGSTER_QUEUED_BATCHES="1", KAFKA_DAGSTER_RETRY_MAX_DELAY_S="2")
-    await produce(stack.bootstrap, topic, [order(i) for i in range(4000)], partitions=2)
-    await eventually(lambda: dagster_api.runs(topic), 60, "a first run")
-
-    stack.dagster.stop_webserver()
-    try:
-        outage_started = time.monotonic()
-        await produce(stack.bootstrap, topic, [order(i) for i in range(4000, 40000)], partitions=2)
-
-        async def down_and_holding() -> float:
-            samples = await worker.metrics()
-            return metric(samples, "kafka_dagster_dagster_up") == 0 and metric(
-                samples, "kafka_dagster_messages_consumed_total", topic=topic)
-
-        await eventually(down_and_holding, 30, "the worker to see Dagster down")
-        await asyncio.sleep(max(0.0, 20 - (time.monotonic() - outage_started)))  # the outage itself
-        held = metric(await worker.metrics(), "kafka_dagster_messages_consumed_total", topic=topic)
-        await asyncio.sleep(10)  # still down: consumption must stay paused
-        samples = await worker.metrics()
-        assert metric(samples, "kafka_dagster_messages_consumed_total", topic=topic) == held
-        assert held < 25000, f"the worker consumed {held} of 40,000 messages with Dagster down"
-        assert not await dead_letters(stack.bootstrap, dlq)
-        backlog = await eventually(lambda: topic_lag(worker, topic), 15, "the lag gauge to show the backlog")
-        assert backlog >= 40000 - held
-        async with httpx.AsyncClient(base_url=worker.base_url, timeout=10) as client:
-            ready, health = await client.get("/readyz"), await client.get("/healthz")
-        assert ready.status_code == 503 and ready.json()["checks"]["dagster"] is False
-        assert health.status_code == 200, "a worker waiting for Dagster is alive: it must not be restarted"
-    finally:
-        stack.dagster.start_webserver()
-
-    result = await eventually(lambda: settled(stack.bootstrap, dagster_api, topic, dlq, 40000), 240,
-                              "everything launched after Dagster returned")
-    assert result.problems == []
-    assert result.in_runs == 40000
-    assert result.dead_lettered == {}
-    assert metric(await worker.metrics(), "kafka_dagster_dagster_up") == 1
-
-    async def lag_gone() -> bool:
-        return await topic_lag(worker, topic) == 0
-
-    await eventually(lag_gone, 30, "the lag gauge back to zero")
-
-
-async def topic_lag(worker: WorkerProcess, topic: str) -> float:
-    """Sum of kafka_dagster_consumer_lag over the topic's partitions."""
-    samples = await worker.metrics()
-    return sum(v for (name, labels), v in samples.items()
-               if name == "kafka_dagster_consumer_lag" and ("topic", topic) in labels)
-
-
-async def test_killing_the_worker_loses_and_duplicates_nothing(stack: Stack, dagster_api: DagsterApi,
-                                                              start_worker) -> None:
+async def killed_worker(stack: Stack, dagster_api: DagsterApi, start_worker: Any) -> None:
     topic, dlq = unique("kill"), unique("dlq")
     await ensure_topics(stack.bootstrap, {topic: 4})
     routes = route_toml(topic, max_records=1000, max_wait_s=1.0)
@@ -260,12 +205,10 @@ async def more_runs(api: DagsterApi, topic: str, than: int) -> bool:
     return len(await api.runs(topic)) > than
 
 
-@pytest.mark.timeout(600)
-async def test_rebalances_between_two_and_three_workers_lose_and_duplicate_nothing(
-        stack: Stack, dagster_api: DagsterApi, start_worker) -> None:
+async def rebalances(stack: Stack, dagster_api: DagsterApi, start_worker: Any) -> None:
     topic, dlq = unique("rebalance"), unique("dlq")
     await ensure_topics(stack.bootstrap, {topic: 8})
-    routes = route_toml(topic, max_records=1000, max_wait_s=4.0)
+    routes = route_toml(topic, max_records=1000, max_wait_s=6.0)  # few runs: each costs a process
     first = await start_worker(routes, KAFKA_DAGSTER_DLQ_TOPIC=dlq)
     second = await start_worker(routes, KAFKA_DAGSTER_DLQ_TOPIC=dlq)
     stream = asyncio.create_task(produce_stream(stack.bootstrap, topic, 16000, 8, chunks=20, pause_s=2.0))
@@ -292,8 +235,7 @@ async def launches(worker: WorkerProcess) -> float:
                   result="LaunchRunSuccess")
 
 
-async def test_a_failed_run_sends_its_batch_to_the_dlq_with_the_run_id(stack: Stack, dagster_api: DagsterApi,
-                                                                       start_worker) -> None:
+async def failed_run(stack: Stack, dagster_api: DagsterApi, start_worker: Any) -> None:
     topic, dlq = unique("run-fails"), unique("dlq")
     await ensure_topics(stack.bootstrap, {topic: 1})
     worker = await start_worker(route_toml(topic, max_records=20, max_wait_s=1.0), KAFKA_DAGSTER_DLQ_TOPIC=dlq)
@@ -322,3 +264,66 @@ async def test_a_failed_run_sends_its_batch_to_the_dlq_with_the_run_id(stack: St
     assert await eventually(outcomes, 30, "the worker to count 3 finished runs") == {"SUCCESS": 2, "FAILURE": 1}
     samples = await worker.metrics()
     assert metric(samples, "kafka_dagster_dlq_messages_total", topic=topic, stage="run") == 20
+
+
+Scenario = Callable[[Stack, DagsterApi, Any], Awaitable[None]]
+SCENARIOS: dict[str, Scenario] = {
+    "poison": poison_messages,
+    "byte_for_byte": byte_for_byte,
+    "rejected": rejected_launches,
+    "replay": replayed_dead_letters,
+    "killed": killed_worker,
+    "rebalances": rebalances,
+    "failed_run": failed_run,
+}
+
+
+@pytest.fixture(scope="module")
+async def scenarios(stack: Stack, dagster_api: DagsterApi,
+                    tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[dict[str, asyncio.Task[None]]]:
+    """Every scenario of the module, started at once, each with workers (and a consumer group) of its own."""
+    pools = {name: Workers(stack, tmp_path_factory.mktemp(name)) for name in SCENARIOS}
+    tasks = {name: asyncio.create_task(scenario(stack, dagster_api, pools[name].start), name=name)
+             for name, scenario in SCENARIOS.items()}
+    try:
+        yield tasks
+    finally:
+        for task in tasks.values():
+            task.cancel()
+        await asyncio.gather(*tasks.values(), return_exceptions=True)
+        for pool in pools.values():
+            pool.stop()
+
+
+async def test_poison_messages_go_to_the_dlq_alone_and_their_batch_mates_reach_runs(
+        scenarios: dict[str, asyncio.Task[None]]) -> None:
+    await scenarios["poison"]
+
+
+async def test_dead_letters_keep_the_original_record_byte_for_byte(scenarios: dict[str, asyncio.Task[None]]) -> None:
+    await scenarios["byte_for_byte"]
+
+
+async def test_rejected_launches_go_to_the_dlq_once_where_the_route_asks_for_it(
+        scenarios: dict[str, asyncio.Task[None]]) -> None:
+    await scenarios["rejected"]
+
+
+async def test_replayed_dead_letters_reach_runs_once_the_cause_is_fixed(
+        scenarios: dict[str, asyncio.Task[None]]) -> None:
+    await scenarios["replay"]
+
+
+async def test_killing_the_worker_loses_and_duplicates_nothing(scenarios: dict[str, asyncio.Task[None]]) -> None:
+    await scenarios["killed"]
+
+
+@pytest.mark.timeout(600)
+async def test_rebalances_between_two_and_three_workers_lose_and_duplicate_nothing(
+        scenarios: dict[str, asyncio.Task[None]]) -> None:
+    await scenarios["rebalances"]
+
+
+async def test_a_failed_run_sends_its_batch_to_the_dlq_with_the_run_id(
+        scenarios: dict[str, asyncio.Task[None]]) -> None:
+    await scenarios["failed_run"]

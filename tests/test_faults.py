@@ -12,7 +12,7 @@
 Every scenario runs on its own topic, consumer group and workers (and
 nginx), so the module fixture starts them all at once and each test awaits
 its own: their waits overlap. The broker frozen mid-stream would disturb the
-others, so it has a module of its own (`test_broker_faults.py`).
+others, so it has a module of its own (`test_shared_stack_faults.py`).
 """
 
 from __future__ import annotations
