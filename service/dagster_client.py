@@ -22,6 +22,7 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 
 from service.errors import (
+    CODE_LOCATION_ERROR,
     CODE_LOCATION_HINT,
     BatchTooLarge,
     DagsterError,
@@ -292,6 +293,7 @@ class DagsterClient:
                                        verify=tls_context(cafile))
         self._selectors: dict[tuple[str, str | None, str | None], JobSelector] = {}
         self._targets: dict[tuple[str, tuple[str, ...], str | None, str | None, str], Target] = {}
+        self._broken: tuple[float, dict[str, str]] | None = None  # (when, broken_locations' last answer)
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -469,14 +471,20 @@ class DagsterClient:
             raise failure
         raise LaunchRejected("PipelineNotFoundError", f"job {job}{where} not found in any loaded code location")
 
-    async def broken_locations(self) -> dict[str, str]:
-        """The workspace's code locations that failed to load, with the first line of their error."""
+    async def broken_locations(self, max_age_s: float = 0.0) -> dict[str, str]:
+        """The workspace's code locations that failed to load, with the first line of their error.
+
+        An answer at most `max_age_s` old is reused: the lanes of a paused route probe together.
+        """
+        if self._broken is not None and time.monotonic() - self._broken[0] <= max_age_s:
+            return self._broken[1]
         result = (await self.execute(LOCATIONS)).get("workspaceOrError") or {}
-        if result.get("__typename") != "Workspace":
-            return {}
-        return {entry["name"]: (entry.get("locationOrLoadError") or {}).get("message", "")
-                for entry in result["locationEntries"]
-                if (entry.get("locationOrLoadError") or {}).get("__typename") == "PythonError"}
+        broken = {} if result.get("__typename") != "Workspace" else {
+            entry["name"]: (entry.get("locationOrLoadError") or {}).get("message", "")
+            for entry in result["locationEntries"]
+            if (entry.get("locationOrLoadError") or {}).get("__typename") == "PythonError"}
+        self._broken = (time.monotonic(), broken)
+        return broken
 
     async def launch_run(self, selector: JobSelector | Target, run_config: dict[str, Any],
                          tags: dict[str, str]) -> str:
@@ -600,7 +608,7 @@ def location_failure(typename: str, context: str, broken: dict[str, str],
         return None
     errors = "; ".join(f"{name}: {first_line(error)}" for name, error in sorted(failed.items()))
     return LaunchRejected(typename, f"{context}: code location failed to load: {errors}",
-                          hint=CODE_LOCATION_HINT, reason="code_location_error")
+                          hint=CODE_LOCATION_HINT, reason=CODE_LOCATION_ERROR)
 
 
 def _raise_for_status(response: httpx.Response, shown_url: str) -> None:

@@ -60,10 +60,12 @@ from service.decoding import JsonBounds, decode_value
 from service.dlq import Failure, dlq_headers
 from service.duplicates import DuplicateRuns
 from service.errors import (
+    CODE_LOCATION_ERROR,
     BatchTooLarge,
     DagsterError,
     DagsterUnavailable,
     Fenced,
+    KafkaDagsterError,
     KafkaRejected,
     LaunchRejected,
     NoRouteMatched,
@@ -89,6 +91,9 @@ logger = logging.getLogger(__name__)
 # Dagster answering PythonError this many times in a row is no passing trouble: the route pauses.
 MAX_DAGSTER_ERROR_ATTEMPTS = 10
 ROUTE_RETRY_BASE_S = 2.0
+# A route paused for its code location looks this often whether the workspace shows it loaded again,
+# so it resumes within seconds of a fix instead of at its next backoff retry (up to minutes away).
+LOCATION_PROBE_S = 3.0
 
 
 class DeadLetterSink(Protocol):
@@ -723,7 +728,24 @@ class Delivery:
     async def _route_refused(self, route: Route, exc: RouteError, backoff: Backoff) -> None:
         self.pauses.pause(route.name, exc.reason, str(exc), exc.hint)
         self.client.forget_job(route.job)
-        await self.pauses.wait(route.name, backoff.next_delay())
+        if exc.reason == CODE_LOCATION_ERROR:
+            await self._until_location_loads(route, backoff.next_delay())
+        else:
+            await self.pauses.wait(route.name, backoff.next_delay())
+
+    async def _until_location_loads(self, route: Route, delay_s: float) -> None:
+        """Wait `delay_s`, or less: until the route's code location (any, if not pinned) loads again."""
+        deadline = time.monotonic() + delay_s
+        while (left := deadline - time.monotonic()) > 0:
+            await self.pauses.wait(route.name, min(LOCATION_PROBE_S, left))
+            if not self.pauses.is_paused(route.name):
+                return  # another lane got through
+            try:
+                broken = await self.client.broken_locations(max_age_s=LOCATION_PROBE_S / 2)
+            except KafkaDagsterError:
+                continue  # Dagster itself unreachable: keep waiting
+            if not (broken if route.location is None else route.location in broken):
+                return
 
     async def _launch_once(self, owned: OwnedPartition, route: Route, batch: Batch, inline: bool) -> str:
         """Launch the batch's run, retrying transient failures; never launches it twice knowingly."""

@@ -154,6 +154,7 @@ class RouteError(KafkaDagsterError):
             self.hint = hint
 
 
+CODE_LOCATION_ERROR = "code_location_error"  # the reason of a route whose code location failed to load
 CODE_LOCATION_HINT = "fix the code location (its load error is in the Dagster UI) and reload it"
 
 # The reason label and the fix for each LaunchRunResult error member.

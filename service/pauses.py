@@ -4,7 +4,9 @@ A route pauses when Dagster refuses what the route asks for (a token refused,
 a job missing after a deploy, a config schema that changed, a wrong URL) or a
 dead letter cannot be written. Its records stay in Kafka, uncommitted; its
 partitions stop fetching; each of its lanes retries its head batch with a
-capped backoff, and wakes at once when any lane of the route got through. One
+capped backoff, and wakes at once when any lane of the route got through. A
+route paused for its code location also looks every few seconds whether the
+workspace shows the location loaded again, and retries at once when it does. One
 log line per change of state names the route, the reason and the fix;
 `kafka_dagster_route_paused{route,reason}` is 1 and `/readyz` says why.
 """

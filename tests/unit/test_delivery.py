@@ -10,10 +10,13 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
+from service import delivery as delivery_module
 from service.batching import RECORDS, REVOKE, SPLIT, TIME, batch_id
 from service.dagster_client import JobSelector, RunInfo
 from service.delivery import Delivery
 from service.errors import (
+    CODE_LOCATION_ERROR,
+    CODE_LOCATION_HINT,
     BatchTooLarge,
     DagsterError,
     DagsterUnavailable,
@@ -56,7 +59,7 @@ class FakeDagster:
     def forget_job(self, job: str) -> None:
         self.forgotten.append(job)
 
-    async def broken_locations(self) -> dict[str, str]:
+    async def broken_locations(self, max_age_s: float = 0.0) -> dict[str, str]:
         return self.broken.pop(0) if self.broken else {}
 
     async def terminate_queued(self, run_id: str) -> bool:
@@ -774,6 +777,23 @@ async def test_a_watched_run_that_fails_is_recorded_as_handled(make_harness: Cal
     await h.delivery.watcher.poll()
     assert h.sink.offsets("run") == [0, 1, 2]
     assert h.outcomes.recorded == {"run-0": "FAILURE"}
+
+
+async def test_a_route_paused_for_its_code_location_resumes_when_it_loads_not_at_its_next_backoff(
+        make_harness: Callable[..., Harness], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(delivery_module, "ROUTE_RETRY_BASE_S", 600.0)  # the backoff alone: minutes
+    monkeypatch.setattr(delivery_module, "LOCATION_PROBE_S", 0.01)
+    h = make_harness()
+    h.delivery.route_retry_max_delay_s = 600.0
+    gone = LaunchRejected("PipelineNotFoundError", "no job named 'process_orders': code location failed to load",
+                          hint=CODE_LOCATION_HINT, reason=CODE_LOCATION_ERROR)
+    h.client.script = [gone]
+    h.client.broken = [{"loc": "grpc: connection refused"}] * 3  # then {}: loaded again
+    await h.feed(0, 1, 2)
+    assert await h.settle(timeout_s=5.0)
+    assert h.launched() == [(0, 2)]
+    assert h.client.broken == []  # it looked three times, then saw the location back
+    assert h.sample("kafka_dagster_route_paused", route="orders", reason=CODE_LOCATION_ERROR) == 0
 
 
 async def test_a_code_location_that_failed_to_load_pauses_its_route_until_it_loads(
