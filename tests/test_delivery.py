@@ -1,9 +1,9 @@
 """The delivery invariant, proven by making each failure happen against the real stack.
 
-Every scenario runs on its own topic, consumer group and workers, so the
-module fixture starts them all at once and each test awaits its own. Dagster
-down for everyone (the shared webserver stopped) is in
-`test_shared_stack_faults.py`.
+The scenarios run one after the other: each launches many runs, and Dagster's
+run processes are what the machine's two cores spend the suite on, so running
+them side by side only makes each wait longer for its runs. Dagster down for
+everyone (the shared webserver stopped) is in `test_shared_stack_faults.py`.
 """
 
 from __future__ import annotations
@@ -12,14 +12,13 @@ import asyncio
 import random
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import orjson
 import pytest
 
 from service.kafka import ensure_topics
-from tests.conftest import Stack, Workers
+from tests.conftest import Stack
 from tests.support import (
     ROOT,
     DagsterApi,
@@ -251,64 +250,37 @@ async def failed_run(stack: Stack, dagster_api: DagsterApi, start_worker: Any) -
     assert metric(samples, "kafka_dagster_dlq_messages_total", topic=topic, stage="run") == 20
 
 
-Scenario = Callable[[Stack, DagsterApi, Any], Awaitable[None]]
-SCENARIOS: dict[str, Scenario] = {
-    "poison": poison_messages,
-    "byte_for_byte": byte_for_byte,
-    "rejected": rejected_launches,
-    "replay": replayed_dead_letters,
-    "killed": killed_worker,
-    "rebalances": rebalances,
-    "failed_run": failed_run,
-}
-
-
-@pytest.fixture(scope="module")
-async def scenarios(stack: Stack, dagster_api: DagsterApi,
-                    tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[dict[str, asyncio.Task[None]]]:
-    """Every scenario of the module, started at once, each with workers (and a consumer group) of its own."""
-    pools = {name: Workers(stack, tmp_path_factory.mktemp(name)) for name in SCENARIOS}
-    tasks = {name: asyncio.create_task(scenario(stack, dagster_api, pools[name].start), name=name)
-             for name, scenario in SCENARIOS.items()}
-    try:
-        yield tasks
-    finally:
-        for task in tasks.values():
-            task.cancel()
-        await asyncio.gather(*tasks.values(), return_exceptions=True)
-        for pool in pools.values():
-            pool.stop()
-
-
 async def test_poison_messages_go_to_the_dlq_alone_and_their_batch_mates_reach_runs(
-        scenarios: dict[str, asyncio.Task[None]]) -> None:
-    await scenarios["poison"]
+        stack: Stack, dagster_api: DagsterApi, start_worker: Any) -> None:
+    await poison_messages(stack, dagster_api, start_worker)
 
 
-async def test_dead_letters_keep_the_original_record_byte_for_byte(scenarios: dict[str, asyncio.Task[None]]) -> None:
-    await scenarios["byte_for_byte"]
+async def test_dead_letters_keep_the_original_record_byte_for_byte(
+        stack: Stack, dagster_api: DagsterApi, start_worker: Any) -> None:
+    await byte_for_byte(stack, dagster_api, start_worker)
 
 
 async def test_rejected_launches_go_to_the_dlq_once_where_the_route_asks_for_it(
-        scenarios: dict[str, asyncio.Task[None]]) -> None:
-    await scenarios["rejected"]
+        stack: Stack, dagster_api: DagsterApi, start_worker: Any) -> None:
+    await rejected_launches(stack, dagster_api, start_worker)
 
 
 async def test_replayed_dead_letters_reach_runs_once_the_cause_is_fixed(
-        scenarios: dict[str, asyncio.Task[None]]) -> None:
-    await scenarios["replay"]
+        stack: Stack, dagster_api: DagsterApi, start_worker: Any) -> None:
+    await replayed_dead_letters(stack, dagster_api, start_worker)
 
 
-async def test_killing_the_worker_loses_and_duplicates_nothing(scenarios: dict[str, asyncio.Task[None]]) -> None:
-    await scenarios["killed"]
+async def test_killing_the_worker_loses_and_duplicates_nothing(
+        stack: Stack, dagster_api: DagsterApi, start_worker: Any) -> None:
+    await killed_worker(stack, dagster_api, start_worker)
 
 
 @pytest.mark.timeout(600)
 async def test_rebalances_between_two_and_three_workers_lose_and_duplicate_nothing(
-        scenarios: dict[str, asyncio.Task[None]]) -> None:
-    await scenarios["rebalances"]
+        stack: Stack, dagster_api: DagsterApi, start_worker: Any) -> None:
+    await rebalances(stack, dagster_api, start_worker)
 
 
 async def test_a_failed_run_sends_its_batch_to_the_dlq_with_the_run_id(
-        scenarios: dict[str, asyncio.Task[None]]) -> None:
-    await scenarios["failed_run"]
+        stack: Stack, dagster_api: DagsterApi, start_worker: Any) -> None:
+    await failed_run(stack, dagster_api, start_worker)
