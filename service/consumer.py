@@ -150,6 +150,11 @@ class Consumer(aiokafka_driver.Consumer):
                 self.app.monitor.stream_inbound_time[tp] = monotonic()
                 if not await self._hand_off(sink, tp, chunk):
                     return
+                if not self.flow_active or self.app.consumer_generation_id != generation_id:
+                    # A rebalance began while the sink ran: the partition was handed over and its
+                    # read offset reset to the committed one. Writing this chunk's end over it would
+                    # skip the chunk if this worker gets the partition back.
+                    return
                 self._read_offset[tp] = chunk[-1].offset
 
     async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover

@@ -107,6 +107,22 @@ async def test_a_new_generation_stops_the_hand_over(app: App, sink: Sink) -> Non
     assert sink.chunks == [(P0, [0])]
 
 
+async def test_a_chunk_handed_off_across_a_rebalance_leaves_the_read_offset_to_the_seek(
+        app: App, sink: Sink) -> None:
+    """The sink took the chunk while the partition was being handed over (its batches dropped): if this
+    worker gets the partition back, it must read the chunk again from the committed offset."""
+    sink.gate = asyncio.Event()
+    c = consumer(app)
+    delivering = asyncio.create_task(c._deliver({P0: chunk(33, 34, 35)}, None))
+    await asyncio.wait_for(sink.entered.wait(), 5)
+    c._read_offset[P0] = 33  # revoked, then assigned again: Faust's seek to the committed offset
+    app.consumer_generation_id += 1
+    sink.gate.set()
+    await asyncio.wait_for(delivering, 5)
+    assert sink.chunks == [(P0, [33, 34, 35])]
+    assert c._read_offset[P0] == 33  # the next fetch from 33 is handed off again, not skipped
+
+
 async def test_a_rebalance_abandons_a_blocked_hand_off(app: App, sink: Sink) -> None:
     sink.gate = asyncio.Event()  # never set: a sink blocked on a full lane
     c = consumer(app)
