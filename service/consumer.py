@@ -64,6 +64,30 @@ class ConsumerThread(aiokafka_driver.AIOKafkaConsumerThread):
             return
         await self.call_thread(self._ensure_consumer().subscribe, pattern=pattern, listener=self._rebalance_listener)
 
+    async def seek_to_committed(self) -> Mapping[TP, int]:  # None where nothing is committed, as aiokafka's
+        """Seek every assigned partition to its committed offset, or to its beginning if none is committed.
+
+        aiokafka's `seek_to_committed` seeks only where the committed offset
+        is above 0, leaving the others where the fetcher got to. Faust seeks
+        so to read again what it fetched and dropped in a rebalance; left past
+        them, a worker given such a partition back never read them (records lost).
+        """
+        return cast(Mapping[TP, int], await self.call_thread(self._seek_to_committed))
+
+    async def _seek_to_committed(self) -> dict[Any, int | None]:
+        consumer = self._ensure_consumer()
+        committed: dict[Any, int | None] = {}
+        for tp in consumer.assignment():
+            offset = committed[tp] = await consumer.committed(tp)
+            try:
+                if offset is None:
+                    await consumer.seek_to_beginning(tp)  # consumer_auto_offset_reset is "earliest"
+                else:
+                    consumer.seek(tp, offset)
+            except IllegalStateError:
+                committed.pop(tp)  # revoked meanwhile: its next assignment seeks again
+        return committed
+
     async def prove_ownership(self, tp: TP, offset: int) -> bool:
         """Commit `offset` for `tp` now, in this member's current generation: False if the group refuses."""
         return bool(await self.call_thread(self._commit_owned, tp, offset))
@@ -129,13 +153,16 @@ class Consumer(aiokafka_driver.Consumer):
         result = await self.wait_first(finished, self.suspend_flow.wait())
         return finished in result.done
 
-    async def _deliver(self, records: Mapping[TP, Sequence[Any]], active_partitions: set[TP] | None) -> None:
-        """Hand each partition's new records to the sink, as Faust's `getmany` would have one by one."""
-        if not self.flow_active:
+    async def _deliver(self, records: Mapping[TP, Sequence[Any]], generation_id: int) -> None:
+        """Hand each partition's new records to the sink, as Faust's `getmany` would have one by one.
+
+        `generation_id` is the group generation when the fetch began: records
+        fetched before a rebalance are read again after it, never handed over.
+        """
+        if not self.flow_active or self.app.consumer_generation_id != generation_id:
             await self.perform_seek()  # a rebalance began: what was fetched is read again after it
             return
         sink: RecordSink = self.app.record_sink  # type: ignore[attr-defined]  # service.app.App
-        generation_id = self.app.consumer_generation_id
         # Every fetched chunk is handed off, also of a partition paused since the fetch (a paused route):
         # aiokafka has moved past it, so skipping it would leave a gap when the partition resumes.
         for tp, chunk in records.items():
@@ -163,10 +190,11 @@ class Consumer(aiokafka_driver.Consumer):
         try:
             while not (consumer_should_stop() or fetcher_should_stop()):
                 self.diag.set_flag(CONSUMER_FETCHING)
-                records, active_partitions = await self._wait_next_records(1.0)
+                generation_id = self.app.consumer_generation_id
+                records, _active_partitions = await self._wait_next_records(1.0)
                 await self.sleep(0)
                 if records and not self.should_stop:
-                    await self._deliver(records, active_partitions)
+                    await self._deliver(records, generation_id)
                 self.diag.unset_flag(CONSUMER_FETCHING)
         except self.consumer_stopped_errors:
             if self.transport.app.should_stop:

@@ -190,43 +190,25 @@ async def more_runs(api: DagsterApi, topic: str, than: int) -> bool:
     return len(await api.runs(topic)) > than
 
 
-async def produce_stream(bootstrap: str, topic: str, total: int, partitions: int, chunks: int,
-                         pause_s: float) -> None:
-    """Produce `total` orders in `chunks` bursts, `pause_s` apart: a steady stream."""
-    per_chunk = total // chunks
-    for chunk in range(chunks):
-        start = chunk * per_chunk
-        await produce(bootstrap, topic, [order(i) for i in range(start, start + per_chunk)], partitions=partitions)
-        await asyncio.sleep(pause_s)
-
-
 async def rebalances(stack: Stack, dagster_api: DagsterApi, start_worker: Any) -> None:
-    """A third worker joins two, then one leaves, while a stream of 16,000 records is produced.
-
-    The same parameters as before stop 19: a variant whose records keep flowing until after the leave
-    showed the known loss of docs/delivery.md "Known limits" (a worker given a partition back).
-    """
+    """A third worker joins two, then one leaves, while records flow; the flow stops once the two left
+    have launched after the leave."""
     topic, dlq = unique("rebalance"), unique("dlq")
     await ensure_topics(stack.bootstrap, {topic: 8})
-    routes = route_toml(topic, max_records=1000, max_wait_s=4.0)
+    routes = route_toml(topic, max_records=1000, max_wait_s=6.0)  # few runs: each costs a process
     first = await start_worker(routes, KAFKA_DAGSTER_DLQ_TOPIC=dlq)
     second = await start_worker(routes, KAFKA_DAGSTER_DLQ_TOPIC=dlq)
-    stream = asyncio.create_task(produce_stream(stack.bootstrap, topic, 16000, 8, chunks=20, pause_s=2.0))
-    try:
-        await eventually(lambda: more_runs(dagster_api, topic, 2), 120, "the first two workers launching")
-        third = await start_worker(routes, KAFKA_DAGSTER_DLQ_TOPIC=dlq)  # a join: three share the partitions
-        await eventually(lambda: launches(third), 120, "the third worker to launch runs of its partitions")
-        by_second = await launches(second)
-        assert second.stop() == 0  # a graceful leave: rebalance again
-        await stream
-    finally:
-        stream.cancel()
-
-    result = await eventually(lambda: settled(stack.bootstrap, dagster_api, topic, dlq, 16000), 400,
-                              "every offset placed")
-    assert result.problems == []
-    assert result.in_runs == 16000
-    assert result.dead_lettered == {}
+    flow = Flow(stack.bootstrap, topic, per_second=400, partitions=8)
+    flow.start()
+    await eventually(lambda: more_runs(dagster_api, topic, 2), 120, "the first two workers launching")
+    third = await start_worker(routes, KAFKA_DAGSTER_DLQ_TOPIC=dlq)  # a join: three share the partitions
+    await eventually(lambda: launches(third), 120, "the third worker to launch runs of its partitions")
+    by_second = await launches(second)
+    assert second.stop() == 0  # a graceful leave: rebalance again
+    launched = len(await dagster_api.runs(topic))
+    await eventually(lambda: more_runs(dagster_api, topic, launched + 4), 120, "launches after the leave")
+    await every_record_in_one_run(stack.bootstrap, dagster_api, flow, dlq, timeout_s=400)
+    assert await dead_letters(stack.bootstrap, dlq) == []
     assert by_second > 0 and await launches(first) > 0, "every worker of the group launched runs"
 
 

@@ -48,6 +48,9 @@ def consumer(app: App) -> Consumer:
     return app.consumer
 
 
+GEN = 0  # the unstarted app's group generation
+
+
 def chunk(*offsets: int) -> list[Fetched]:
     return [Fetched(offset) for offset in offsets]
 
@@ -72,34 +75,34 @@ async def test_a_revoked_partition_has_nothing_left_to_commit(app: App) -> None:
 
 
 async def test_each_partition_chunk_reaches_the_sink_in_one_call(app: App, sink: Sink) -> None:
-    await consumer(app)._deliver({P0: chunk(0, 1, 2), P1: chunk(5, 6)}, None)
+    await consumer(app)._deliver({P0: chunk(0, 1, 2), P1: chunk(5, 6)}, GEN)
     assert sink.chunks == [(P0, [0, 1, 2]), (P1, [5, 6])]
     assert consumer(app)._read_offset[P0] == 2
 
 
 async def test_faust_livelock_check_sees_the_partitions_taking_records(app: App, sink: Sink) -> None:
     """Without streams, nothing else tells Faust's check; it would log "Stream has not started processing"."""
-    await consumer(app)._deliver({P0: chunk(0)}, None)
+    await consumer(app)._deliver({P0: chunk(0)}, GEN)
     assert P0 in app.monitor.stream_inbound_time
     assert P1 not in app.monitor.stream_inbound_time
 
 
 async def test_records_before_the_read_offset_are_not_handed_over_again(app: App, sink: Sink) -> None:
     consumer(app)._read_offset[P0] = 2
-    await consumer(app)._deliver({P0: chunk(0, 1, 2, 3)}, None)
+    await consumer(app)._deliver({P0: chunk(0, 1, 2, 3)}, GEN)
     assert sink.chunks == [(P0, [2, 3])]
 
 
 async def test_a_chunk_fetched_before_its_partition_paused_is_still_handed_off(app: App, sink: Sink) -> None:
     """aiokafka has moved past a fetched chunk: skipping it would leave a gap when the partition resumes."""
-    await consumer(app)._deliver({P0: chunk(0), P1: chunk(0)}, {P1})
+    await consumer(app)._deliver({P0: chunk(0), P1: chunk(0)}, GEN)
     assert sink.chunks == [(P0, [0]), (P1, [0])]
 
 
 async def test_a_new_generation_stops_the_hand_over(app: App, sink: Sink) -> None:
     sink.gate = asyncio.Event()
     c = consumer(app)
-    delivering = asyncio.create_task(c._deliver({P0: chunk(0), P1: chunk(0)}, None))
+    delivering = asyncio.create_task(c._deliver({P0: chunk(0), P1: chunk(0)}, GEN))
     await asyncio.wait_for(sink.entered.wait(), 5)
     app.consumer_generation_id += 1
     sink.gate.set()
@@ -113,7 +116,7 @@ async def test_a_chunk_handed_off_across_a_rebalance_leaves_the_read_offset_to_t
     worker gets the partition back, it must read the chunk again from the committed offset."""
     sink.gate = asyncio.Event()
     c = consumer(app)
-    delivering = asyncio.create_task(c._deliver({P0: chunk(33, 34, 35)}, None))
+    delivering = asyncio.create_task(c._deliver({P0: chunk(33, 34, 35)}, GEN))
     await asyncio.wait_for(sink.entered.wait(), 5)
     c._read_offset[P0] = 33  # revoked, then assigned again: Faust's seek to the committed offset
     app.consumer_generation_id += 1
@@ -126,9 +129,56 @@ async def test_a_chunk_handed_off_across_a_rebalance_leaves_the_read_offset_to_t
 async def test_a_rebalance_abandons_a_blocked_hand_off(app: App, sink: Sink) -> None:
     sink.gate = asyncio.Event()  # never set: a sink blocked on a full lane
     c = consumer(app)
-    delivering = asyncio.create_task(c._deliver({P0: chunk(0, 1)}, None))
+    delivering = asyncio.create_task(c._deliver({P0: chunk(0, 1)}, GEN))
     await asyncio.wait_for(sink.entered.wait(), 5)
     c.suspend_flow.set()
     await asyncio.wait_for(delivering, 5)
     assert sink.chunks == []
     assert c._read_offset[P0] is None  # read again after the rebalance
+
+
+async def test_records_fetched_before_a_rebalance_are_read_again_not_handed_over(
+        app: App, sink: Sink, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fetch began in the previous generation; the partition may be this worker's again, from the committed
+    offset, or another's: the fetched records are dropped and the partitions sought back to what is committed."""
+    c = consumer(app)
+    seeks: list[str] = []
+
+    async def perform_seek() -> None:
+        seeks.append("committed")
+
+    monkeypatch.setattr(c, "perform_seek", perform_seek)
+    app.consumer_generation_id = GEN + 1
+    await c._deliver({P0: chunk(36, 37)}, GEN)
+    assert sink.chunks == []
+    assert seeks == ["committed"]
+
+
+class FakeAIOKafkaConsumer:
+    """What `ConsumerThread._seek_to_committed` calls of aiokafka's consumer."""
+
+    def __init__(self, committed: dict[str, int | None]) -> None:
+        self._committed = committed
+        self.positions: dict[str, Any] = {}
+
+    def assignment(self) -> set[str]:
+        return set(self._committed)
+
+    async def committed(self, tp: str) -> int | None:
+        return self._committed[tp]
+
+    def seek(self, tp: str, offset: int) -> None:
+        self.positions[tp] = offset
+
+    async def seek_to_beginning(self, *tps: str) -> bool:
+        self.positions.update({tp: "beginning" for tp in tps})
+        return True
+
+
+async def test_the_seek_to_committed_offsets_also_seeks_offset_0_and_partitions_never_committed(app: App) -> None:
+    """aiokafka skips those, leaving the fetch position past records dropped in a rebalance (they were lost)."""
+    thread = consumer(app)._thread
+    fake = FakeAIOKafkaConsumer({"t-0": 0, "t-1": None, "t-2": 36})
+    thread._consumer = fake
+    assert await thread._seek_to_committed() == {"t-0": 0, "t-1": None, "t-2": 36}
+    assert fake.positions == {"t-0": 0, "t-1": "beginning", "t-2": 36}
