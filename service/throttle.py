@@ -48,7 +48,8 @@ class Throttle:
     def __init__(self, route: str, job: str, metrics: Metrics, *, max_runs_per_minute: int | None,
                  max_queued_runs: int | None, queued_runs: QueuedRuns,
                  clock: Callable[[], float] = time.monotonic, window_s: float = WINDOW_S,
-                 queue_poll_s: float = QUEUE_POLL_S) -> None:
+                 queue_poll_s: float = QUEUE_POLL_S,
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
         self.route = route
         self.job = job
         self.metrics = metrics
@@ -58,6 +59,7 @@ class Throttle:
         self.clock = clock
         self.window_s = window_s
         self.queue_poll_s = queue_poll_s
+        self.sleep = sleep
         self._slots: deque[Slot] = deque()
         self._lock = asyncio.Lock()
         self._waiting = 0
@@ -131,5 +133,5 @@ class Throttle:
     async def _hold(self, seconds: float, why: str) -> None:
         seconds = max(seconds, 0.01)
         logger.debug("route %r holds its next launch %.2fs (%s)", self.route, seconds, why)
-        await asyncio.sleep(seconds)
+        await self.sleep(seconds)
         self.metrics.route_throttled.labels(self.route).inc(seconds)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -250,16 +249,20 @@ def test_topic_patterns_subscribe_by_one_anchored_regex(tmp_path: Path) -> None:
 
 
 async def test_max_runs_per_minute_holds_launches_beyond_the_window(registry: CollectorRegistry) -> None:
+    now = [0.0]
+
+    async def sleep(seconds: float) -> None:  # time passes only while the throttle holds a launch
+        now[0] += seconds
+
     throttle = Throttle("r", "j", Metrics(registry), max_runs_per_minute=2, max_queued_runs=None,
-                        queued_runs=_never, window_s=0.3)
-    started = time.monotonic()
+                        queued_runs=_never, clock=lambda: now[0], window_s=60.0, sleep=sleep)
     times = []
     for _ in range(5):
         throttle.launched(await throttle.acquire())
-        times.append(time.monotonic() - started)
-    # Two per window: launches 3 and 5 wait for the window to slide.
-    assert times[1] < 0.3 <= times[2] and times[3] < 0.6 <= times[4]
-    assert (registry.get_sample_value("kafka_dagster_route_throttled_seconds_total", {"route": "r"}) or 0) >= 0.5
+        times.append(now[0])
+    # Two per window: launches 3 and 5 wait for the window to slide past the first of their window.
+    assert times == [0.0, 0.0, 60.0, 60.0, 120.0]
+    assert registry.get_sample_value("kafka_dagster_route_throttled_seconds_total", {"route": "r"}) == 120.0
 
 
 async def test_max_queued_runs_waits_until_dagster_dequeues(registry: CollectorRegistry) -> None:
