@@ -50,7 +50,8 @@ POISON = {
 }
 
 
-async def poison_messages(stack: Stack, dagster_api: DagsterApi, start_worker: Any) -> None:
+async def test_poison_messages_go_to_the_dlq_alone_and_their_batch_mates_reach_runs(
+        stack: Stack, dagster_api: DagsterApi, start_worker: Any) -> None:
     topic, dlq = unique("poison"), unique("dlq")
     await ensure_topics(stack.bootstrap, {topic: 4})
     await start_worker(route_toml(topic, max_records=1000, max_wait_s=2.0, schema_file=SCHEMA_FILE),
@@ -78,7 +79,8 @@ async def poison_messages(stack: Stack, dagster_api: DagsterApi, start_worker: A
     assert {run["status"] for run in runs} == {"SUCCESS"}
 
 
-async def byte_for_byte(stack: Stack, dagster_api: DagsterApi, start_worker: Any) -> None:
+async def test_dead_letters_keep_the_original_record_byte_for_byte(
+        stack: Stack, dagster_api: DagsterApi, start_worker: Any) -> None:
     topic, dlq = unique("bytes"), unique("dlq")
     await ensure_topics(stack.bootstrap, {topic: 1})
     await start_worker(route_toml(topic, max_wait_s=1.0), KAFKA_DAGSTER_DLQ_TOPIC=dlq)
@@ -104,7 +106,8 @@ async def byte_for_byte(stack: Stack, dagster_api: DagsterApi, start_worker: Any
     assert letter.dlq["dlq.failed_at"].endswith("Z")
 
 
-async def rejected_launches(stack: Stack, dagster_api: DagsterApi, start_worker: Any) -> None:
+async def test_rejected_launches_go_to_the_dlq_once_where_the_route_asks_for_it(
+        stack: Stack, dagster_api: DagsterApi, start_worker: Any) -> None:
     """on_launch_rejected = "dead_letter": a refused launch dead-letters its batch once (the default pauses)."""
     missing_job, bad_config, dlq = unique("no-job"), unique("bad-config"), unique("dlq")
     await ensure_topics(stack.bootstrap, {missing_job: 1, bad_config: 1})
@@ -131,7 +134,8 @@ async def rejected_launches(stack: Stack, dagster_api: DagsterApi, start_worker:
     assert await dagster_api.runs(missing_job) == []
 
 
-async def replayed_dead_letters(stack: Stack, dagster_api: DagsterApi, start_worker: Any) -> None:
+async def test_replayed_dead_letters_reach_runs_once_the_cause_is_fixed(
+        stack: Stack, dagster_api: DagsterApi, start_worker: Any) -> None:
     topic, dlq = unique("replay"), unique("dlq")
     await ensure_topics(stack.bootstrap, {topic: 1})
     broken = await start_worker(route_toml(topic, job="no_such_job", max_records=25, max_wait_s=1.0,
@@ -167,7 +171,8 @@ async def replayed_dead_letters(stack: Stack, dagster_api: DagsterApi, start_wor
     assert all("\tlaunch\tPipelineNotFoundError: " in line for line in lines)
 
 
-async def killed_worker(stack: Stack, dagster_api: DagsterApi, start_worker: Any) -> None:
+async def test_killing_the_worker_loses_and_duplicates_nothing(
+        stack: Stack, dagster_api: DagsterApi, start_worker: Any) -> None:
     """kill -9 three times at random points of a stream that flows until the third restart."""
     topic, dlq = unique("kill"), unique("dlq")
     await ensure_topics(stack.bootstrap, {topic: 4})
@@ -190,7 +195,9 @@ async def more_runs(api: DagsterApi, topic: str, than: int) -> bool:
     return len(await api.runs(topic)) > than
 
 
-async def rebalances(stack: Stack, dagster_api: DagsterApi, start_worker: Any) -> None:
+@pytest.mark.timeout(600)
+async def test_rebalances_between_two_and_three_workers_lose_and_duplicate_nothing(
+        stack: Stack, dagster_api: DagsterApi, start_worker: Any) -> None:
     """A third worker joins two, then one leaves, while records flow; the flow stops once the two left
     have launched after the leave."""
     topic, dlq = unique("rebalance"), unique("dlq")
@@ -217,7 +224,8 @@ async def launches(worker: WorkerProcess) -> float:
                   result="LaunchRunSuccess")
 
 
-async def failed_run(stack: Stack, dagster_api: DagsterApi, start_worker: Any) -> None:
+async def test_a_failed_run_sends_its_batch_to_the_dlq_with_the_run_id(
+        stack: Stack, dagster_api: DagsterApi, start_worker: Any) -> None:
     topic, dlq = unique("run-fails"), unique("dlq")
     await ensure_topics(stack.bootstrap, {topic: 1})
     worker = await start_worker(route_toml(topic, max_records=20, max_wait_s=1.0), KAFKA_DAGSTER_DLQ_TOPIC=dlq)
@@ -246,39 +254,3 @@ async def failed_run(stack: Stack, dagster_api: DagsterApi, start_worker: Any) -
     assert await eventually(outcomes, 30, "the worker to count 3 finished runs") == {"SUCCESS": 2, "FAILURE": 1}
     samples = await worker.metrics()
     assert metric(samples, "kafka_dagster_dlq_messages_total", topic=topic, stage="run") == 20
-
-
-async def test_poison_messages_go_to_the_dlq_alone_and_their_batch_mates_reach_runs(
-        stack: Stack, dagster_api: DagsterApi, start_worker: Any) -> None:
-    await poison_messages(stack, dagster_api, start_worker)
-
-
-async def test_dead_letters_keep_the_original_record_byte_for_byte(
-        stack: Stack, dagster_api: DagsterApi, start_worker: Any) -> None:
-    await byte_for_byte(stack, dagster_api, start_worker)
-
-
-async def test_rejected_launches_go_to_the_dlq_once_where_the_route_asks_for_it(
-        stack: Stack, dagster_api: DagsterApi, start_worker: Any) -> None:
-    await rejected_launches(stack, dagster_api, start_worker)
-
-
-async def test_replayed_dead_letters_reach_runs_once_the_cause_is_fixed(
-        stack: Stack, dagster_api: DagsterApi, start_worker: Any) -> None:
-    await replayed_dead_letters(stack, dagster_api, start_worker)
-
-
-async def test_killing_the_worker_loses_and_duplicates_nothing(
-        stack: Stack, dagster_api: DagsterApi, start_worker: Any) -> None:
-    await killed_worker(stack, dagster_api, start_worker)
-
-
-@pytest.mark.timeout(600)
-async def test_rebalances_between_two_and_three_workers_lose_and_duplicate_nothing(
-        stack: Stack, dagster_api: DagsterApi, start_worker: Any) -> None:
-    await rebalances(stack, dagster_api, start_worker)
-
-
-async def test_a_failed_run_sends_its_batch_to_the_dlq_with_the_run_id(
-        stack: Stack, dagster_api: DagsterApi, start_worker: Any) -> None:
-    await failed_run(stack, dagster_api, start_worker)
