@@ -68,7 +68,10 @@ def table(results: dict[str, Any]) -> str:
         f"   ({launch['samples']} sequential launches, offset range only)",
         f"  ... {results['launch_latency_inline_s']['records']} records inline"
         f"   p50 {results['launch_latency_inline_s']['p50'] * 1000:7.1f} ms"
-        f"   p99 {results['launch_latency_inline_s']['p99'] * 1000:7.1f} ms",
+        f"   p99 {results['launch_latency_inline_s']['p99'] * 1000:7.1f} ms   (records_json: one string)",
+        f"  ... as a typed list (before 2026-12-06)"
+        f"   p50 {results['launch_latency_inline_list_s']['p50'] * 1000:7.1f} ms"
+        f"   p99 {results['launch_latency_inline_list_s']['p99'] * 1000:7.1f} ms",
         f"fencing (ownership proof per launch) {results['fencing']['per_launch_ms']:.2f} ms; launchRun "
         f"{results['fencing']['launch_call_ms']:.0f} ms; {results['fencing']['share_of_elapsed']:.2%} of service time",
         f"route paused {results['route_pause']['paused_s']:.0f} s (code location down): next launch "

@@ -79,6 +79,10 @@ def measure(ctx: Context, started: float, profile: bool = False) -> dict[str, An
     inline = launch_latencies(ctx, mode.inline_records)
     results["launch_latency_inline_s"] = _percentiles(inline) | {
         "samples": len(inline), "records": mode.inline_records, "values": inline}
+    _step("launchRun latency: the same with the records as a typed list (the format before 2026-12-06)", started)
+    as_list = launch_latencies(ctx, mode.inline_records, as_list=True)
+    results["launch_latency_inline_list_s"] = _percentiles(as_list) | {
+        "samples": len(as_list), "records": mode.inline_records, "values": as_list}
     _step(f"event -> launch at {mode.steady_rate} msg/s for {mode.steady_s:.0f}s", started)
     e2e = event_to_launch(ctx)
     results["event_to_launch_s"] = _percentiles(e2e) | {

@@ -40,6 +40,8 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import Any, Protocol
 
+import orjson
+
 from service.batching import Batch, Batcher, BatchPolicy
 from service.contract import (
     STAGE_LAUNCH,
@@ -143,18 +145,28 @@ def run_config(route: Route, batch: Batch, inline: bool = True,
         "batch_id": batch.batch_id,
     }
     if inline and batch.size <= route.inline_max_bytes:
-        config["records"] = [
-            {
-                "offset": r.offset,
-                "timestamp_ms": r.timestamp_ms or 0,
-                "key": r.key.decode("utf-8", "backslashreplace") if r.key is not None else None,
-                "value": (r.value or b"").decode("utf-8"),
-            }
-            for r in batch.records
-        ]
+        config["records_json"] = inline_records_json(batch.records)
     if route.match is not None:  # the offset range holds other routes' records too: the run keeps its own
         config["match"] = route.match.to_json()
     return {"ops": {op: {"config": config} for op in (batch_ops or [route.batch_op])}}
+
+
+def inline_records_json(records: Sequence[Record]) -> str:
+    """The records as the run config's `records_json`: one JSON array of {offset, timestamp_ms, key, value}.
+
+    One string instead of a list of typed records: Dagster validates run config
+    field by field in Python; measured here, a launch with 300 records inline took
+    134 ms as a list and 104 ms as one string (p50; 95 ms with no records).
+    """
+    return orjson.dumps([
+        {
+            "offset": r.offset,
+            "timestamp_ms": r.timestamp_ms or 0,
+            "key": r.key.decode("utf-8", "backslashreplace") if r.key is not None else None,
+            "value": (r.value or b"").decode("utf-8"),
+        }
+        for r in records
+    ]).decode()
 
 
 @dataclass

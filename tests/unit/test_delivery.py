@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -257,7 +258,7 @@ async def test_batches_are_launched_and_then_acked(make_harness: Callable[..., H
     config, tags = h.client.launches[0]
     assert tags["kafka/batch_id"] == batch_id("orders", 0, 0, 2)
     assert tags["kafka/consumer_group"] == GROUP
-    assert [r["offset"] for r in config["ops"]["read_batch"]["config"]["records"]] == [0, 1, 2]
+    assert [r["offset"] for r in json.loads(config["ops"]["read_batch"]["config"]["records_json"])] == [0, 1, 2]
     assert h.sink.sent == []
     assert h.sample("kafka_dagster_messages_consumed_total", topic="orders") == 7
     assert h.sample("kafka_dagster_batches_total", topic="orders", reason=RECORDS) == 2
@@ -531,7 +532,7 @@ async def test_a_batch_refused_for_its_size_is_launched_with_its_offset_range_on
     assert await h.settle()
     [(config, _)] = h.client.launches
     batch = config["ops"]["read_batch"]["config"]
-    assert "records" not in batch and (batch["offset_start"], batch["offset_end"]) == (0, 2)
+    assert "records_json" not in batch and (batch["offset_start"], batch["offset_end"]) == (0, 2)
     assert h.sink.sent == [] and h.acked() == [0, 1, 2]
 
 

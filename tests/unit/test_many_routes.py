@@ -79,7 +79,7 @@ def launched_by_route(h: Harness) -> dict[str, list[tuple[int, int, int]]]:
 
 
 def inline_offsets(h: Harness, route_job: str) -> list[list[int]]:
-    return [[r["offset"] for r in config["ops"]["read_batch"]["config"]["records"]]
+    return [[r["offset"] for r in json.loads(config["ops"]["read_batch"]["config"]["records_json"])]
             for config, tags in h.client.launches if tags and h.routes[tags["kafka/route"]].job == route_job]
 
 

@@ -7,6 +7,7 @@ import json
 from typing import Any, ClassVar
 
 import dagster as dg
+import pytest
 
 from dagster_project.toolkit import KafkaMessage, KafkaResource
 from tests.fixtures.byo_project import definitions, partitioned
@@ -31,13 +32,15 @@ def views(n: int, start: int = 0) -> list[KafkaMessage]:
             for i in range(n)]
 
 
-def batch(messages: list[KafkaMessage], inline: bool, **extra: Any) -> dict[str, Any]:
+def batch(messages: list[KafkaMessage], inline: bool, as_list: bool = False, **extra: Any) -> dict[str, Any]:
+    """The run config the worker sends (records inline in `records_json`), or with `as_list` the typed list."""
     config: dict[str, Any] = {"topic": TOPIC, "partition": 0, "offset_start": messages[0].offset,
                               "offset_end": messages[-1].offset, "record_count": len(messages),
                               "batch_id": "b-1", **extra}
     if inline:
-        config["records"] = [{"offset": m.offset, "timestamp_ms": m.timestamp_ms, "key": None,
-                              "value": (m.value or b"").decode()} for m in messages]
+        records = [{"offset": m.offset, "timestamp_ms": m.timestamp_ms, "key": None,
+                    "value": (m.value or b"").decode()} for m in messages]
+        config["records" if as_list else "records_json"] = records if as_list else json.dumps(records)
     return config
 
 
@@ -46,11 +49,14 @@ def materialization(result: dg.ExecuteInProcessResult) -> dict[str, Any]:
     return {k: v.value for k, v in event.materialization.metadata.items()}
 
 
-def test_an_asset_receives_its_batch_inline_with_its_provenance() -> None:
+@pytest.mark.parametrize("as_list", [False, True], ids=["records_json", "records"])
+def test_an_asset_receives_its_batch_inline_with_its_provenance(as_list: bool) -> None:
+    """As the worker sends it (one JSON string), or as a typed list (a batch typed in the launchpad)."""
     messages = views(5, start=10)
     RangeKafka.held = []
+    config = batch(messages, True, as_list=as_list)
     result = dg.materialize_to_memory([definitions.page_views], resources={"kafka": RangeKafka()},
-                                      run_config={"ops": {"page_views": {"config": batch(messages, True)}}})
+                                      run_config={"ops": {"page_views": {"config": config}}})
 
     metadata = materialization(result)
     assert metadata["records_source"] == "inline" and metadata["records_received"] == 5
