@@ -38,7 +38,8 @@ def table(results: dict[str, Any]) -> str:
         f"kafka-dagster benchmark ({results['mode']}): {results['messages']:,} JSON messages of "
         f"~{results['value_bytes']} B, {results['partitions']} partitions, median of {results['repetitions']}",
         f"machine: {results['machine']['cpu']}, {results['machine']['cores']} cores, "
-        f"load {results['machine']['load_average_at_start']} at start; date {results['date']}",
+        f"load {results['machine']['load_average_at_start']} at start; date {results['date']}; "
+        f"Dagster storage {results.get('dagster_storage', 'sqlite')}",
         "",
         f"service / limit          {r['service_over_limit']:.2f}x   (target >= 0.6x)",
         f"service_schema / limit   {r['service_schema_over_limit']:.2f}x   (target >= 0.5x)",

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from urllib.parse import urlparse, urlunparse
+from urllib.parse import urlparse
 
 import pytest
 
-from service.dev.stack import Dagster
+from service.dev.stack import Dagster, StackError, temporary_database
 from service.kafka import ensure_topics
 from tests.conftest import Stack
 from tests.support import ROOT, DagsterApi, route_toml, unique
@@ -28,29 +28,14 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
 
-def with_database(url: str, database: str) -> str:
-    return urlunparse(urlparse(url)._replace(path=f"/{database}"))
-
-
 @pytest.fixture(scope="module")
 def postgres_database() -> Iterator[str]:
     """A fresh database for this module's Dagster instance; its URL."""
-    import psycopg2
-
-    database = unique("kafka_dagster").replace("-", "_")
     try:
-        admin = psycopg2.connect(ADMIN_URL, connect_timeout=5)
-    except psycopg2.OperationalError as exc:
-        pytest.fail(f"no PostgreSQL at TEST_POSTGRES_URL={ADMIN_URL}: {exc}".strip(), pytrace=False)
-    admin.autocommit = True
-    try:
-        with admin.cursor() as cursor:
-            cursor.execute(f'CREATE DATABASE "{database}"')
-        yield with_database(ADMIN_URL, database)
-    finally:
-        with admin.cursor() as cursor:
-            cursor.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
-        admin.close()
+        with temporary_database(ADMIN_URL, "kafka_dagster") as url:
+            yield url
+    except StackError as exc:
+        pytest.fail(f"TEST_POSTGRES_URL: {exc}", pytrace=False)
 
 
 def compose_postgres_env(url: str) -> dict[str, str]:

@@ -20,6 +20,7 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlparse, urlunparse
 
 import httpx
 
@@ -346,3 +347,32 @@ def running(*components: Broker | Dagster) -> Iterator[None]:
     finally:
         for component in reversed(started):
             component.stop()
+
+
+def with_database(url: str, database: str) -> str:
+    """`url` (postgresql://...) naming `database` instead."""
+    return urlunparse(urlparse(url)._replace(path=f"/{database}"))
+
+
+@contextlib.contextmanager
+def temporary_database(admin_url: str, prefix: str) -> Iterator[str]:
+    """A fresh PostgreSQL database on the server of `admin_url`, dropped afterwards; its URL.
+
+    Raises `StackError` naming `admin_url` when the server cannot be reached.
+    """
+    import psycopg2  # the `dagster` extra's: only the benchmark and the tests need it here
+
+    database = f"{prefix}_{os.getpid()}_{int(time.time() * 1000)}"
+    try:
+        admin = psycopg2.connect(admin_url, connect_timeout=5)
+    except psycopg2.OperationalError as exc:
+        raise StackError(f"no PostgreSQL at {admin_url}: {str(exc).strip()}") from None
+    admin.autocommit = True
+    try:
+        with admin.cursor() as cursor:
+            cursor.execute(f'CREATE DATABASE "{database}"')
+        yield with_database(admin_url, database)
+    finally:
+        with admin.cursor() as cursor:
+            cursor.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        admin.close()
