@@ -64,6 +64,10 @@ FAUST_SOURCES: list[tuple[type, str, str, str]] = [
      "overridden by service/consumer.py ConsumerThread (subscribes by pattern when a route has topic_pattern)"),
     (DriverThread, "verify_event_path", "b983e7735f647cb34650530fb0f1bc709e8cb67d54c483b939b14b49b8d931e0",
      "Faust's livelock check: reads monitor.stream_inbound_time, which service/consumer.py _deliver writes"),
+    (DriverThread, "seek_to_committed", "775ab0adc4b052abee204d5347a556412b1f77ed4de971adde69a55a1cb6f908",
+     "overridden by service/consumer.py ConsumerThread (seeks offset 0 and never-committed partitions too)"),
+    (FaustConsumer, "perform_seek", "0e8c130ff4b0afd82c0be9c5fd831316e10febc62c94032833911096e156d7c6",
+     "reads what service/consumer.py ConsumerThread.seek_to_committed returns (None: nothing committed)"),
     (faust.App, "_new_transport", "42db531312dd776fc3937154a32f19eeb9ad7d4ebc2722a92d081a2d271baea1",
      "overridden by service/app.py App (the transport of service/consumer.py)"),
     (faust.App, "on_stop", "bfe5a933defb2324031e00f20e2f650176416c192f16c6d70931006699b21938",
@@ -82,7 +86,7 @@ CONSUMER_STATE = [
     "consumer_stopped_errors", "_thread",
 ]
 # Called on Faust's consumer thread by service/consumer.py ConsumerThread (the fencing commit).
-THREAD_METHODS = ["_create_worker_consumer", "_ensure_consumer", "call_thread"]
+THREAD_METHODS = ["_create_worker_consumer", "_ensure_consumer", "call_thread", "seek_to_committed"]
 
 
 def upgrade_message(what: str, found: str) -> str:
