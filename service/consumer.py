@@ -184,14 +184,26 @@ class Consumer(aiokafka_driver.Consumer):
                     return
                 self._read_offset[tp] = chunk[-1].offset
 
+    async def _fetch(self) -> tuple[Mapping[TP, Sequence[Any]] | None, int]:
+        """Fetched records, and the group generation the fetch began in.
+
+        Faust's `_wait_next_records` first waits while the flow is stopped (a
+        rebalance): waiting here instead takes the generation after it, so the
+        first fetch of a new assignment is not dropped as an earlier generation's.
+        """
+        if not self.flow_active:
+            await self.wait(self.can_resume_flow)  # type: ignore[arg-type]  # as Faust's own call
+        generation_id = self.app.consumer_generation_id
+        records, _active_partitions = await self._wait_next_records(1.0)
+        return records, generation_id
+
     async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover
         consumer_should_stop = self._stopped.is_set
         fetcher_should_stop = fetcher._stopped.is_set
         try:
             while not (consumer_should_stop() or fetcher_should_stop()):
                 self.diag.set_flag(CONSUMER_FETCHING)
-                generation_id = self.app.consumer_generation_id
-                records, _active_partitions = await self._wait_next_records(1.0)
+                records, generation_id = await self._fetch()
                 await self.sleep(0)
                 if records and not self.should_stop:
                     await self._deliver(records, generation_id)

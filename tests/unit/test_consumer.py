@@ -182,3 +182,22 @@ async def test_the_seek_to_committed_offsets_also_seeks_offset_0_and_partitions_
     thread._consumer = fake
     assert await thread._seek_to_committed() == {"t-0": 0, "t-1": None, "t-2": 36}
     assert fake.positions == {"t-0": 0, "t-1": "beginning", "t-2": 36}
+
+
+async def test_a_fetch_waits_out_a_rebalance_and_carries_the_new_generation(
+        app: App, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Records fetched once the flow resumes belong to the new assignment: they must not be dropped."""
+    c = consumer(app)
+
+    async def wait_next_records(seconds: float) -> tuple[dict[TP, list[Fetched]], None]:
+        return {P0: chunk(0)}, None
+
+    monkeypatch.setattr(c, "_wait_next_records", wait_next_records)
+    c.stop_flow()  # a rebalance began
+    fetching = asyncio.create_task(c._fetch())
+    await asyncio.sleep(0.05)
+    assert not fetching.done()
+    app.consumer_generation_id = GEN + 1  # assigned in the next generation, then the flow resumes
+    c.resume_flow()
+    records, generation = await asyncio.wait_for(fetching, 5)
+    assert records == {P0: chunk(0)} and generation == GEN + 1
