@@ -69,10 +69,10 @@ class KafkaBatch(dg.Config):
     kafka-dagster fills this in as `ops.<batch_op>.config` for an op job, or
     on each selected asset whose config takes it. Small batches carry their
     records inline in `records_json`: one JSON array of `KafkaRecord`s as a
-    string (Dagster checks one string, not every field of every record: a
-    launch with 300 records took 104 ms instead of 134, p50). `records`, the same as a
-    list, is accepted too (a batch typed in the launchpad). When neither is
-    there the batch was too large to inline and is read back from Kafka. The range
+    string (Dagster checks one string, not every field of every record: see
+    docs/performance.md). `records`, the same as a list, is accepted too (a
+    batch typed in the launchpad). When neither is there the batch was too
+    large to inline and is read back from Kafka. The range
     may hold records of the topic that the route does not take: `match` is
     then the route's pattern as JSON, and only the records it matches belong
     to the batch (without it, every record of the range does).
@@ -100,11 +100,7 @@ def inline_messages(records: Sequence[KafkaRecord]) -> list[KafkaMessage]:
 def inline_records(config: KafkaBatch) -> list[KafkaMessage] | None:
     """The records that came in run config (`records_json` or `records`); None when they did not."""
     if config.records_json is not None:
-        return [
-            KafkaMessage(r["offset"], r["timestamp_ms"], r["key"].encode() if r["key"] is not None else None,
-                         r["value"].encode())
-            for r in json.loads(config.records_json)
-        ]
+        return inline_messages([KafkaRecord(**record) for record in json.loads(config.records_json)])
     if config.records is not None:
         return inline_messages(config.records)
     return None

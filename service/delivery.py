@@ -155,8 +155,8 @@ def inline_records_json(records: Sequence[Record]) -> str:
     """The records as the run config's `records_json`: one JSON array of {offset, timestamp_ms, key, value}.
 
     One string instead of a list of typed records: Dagster validates run config
-    field by field in Python; measured here, a launch with 300 records inline took
-    134 ms as a list and 104 ms as one string (p50; 95 ms with no records).
+    field by field in Python, which made a launch with 300 records inline take
+    about 45 ms longer (`make bench` measures both: docs/performance.md).
     """
     return orjson.dumps([
         {
