@@ -195,7 +195,8 @@ async def test_a_fetch_waits_out_a_rebalance_and_carries_the_new_generation(
     monkeypatch.setattr(c, "_wait_next_records", wait_next_records)
     c.stop_flow()  # a rebalance began
     fetching = asyncio.create_task(c._fetch())
-    await asyncio.sleep(0.05)
+    for _ in range(10):  # let it run as far as it can: to the wait for the flow
+        await asyncio.sleep(0)
     assert not fetching.done()
     app.consumer_generation_id = GEN + 1  # assigned in the next generation, then the flow resumes
     c.resume_flow()
