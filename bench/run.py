@@ -26,11 +26,12 @@ from bench.pause import pause_resume
 from bench.service import run_scaling, run_service
 from bench.stats import median, percentile, ratio
 from bench.worker import ROOT, unique
+from service.dev.postgres import postgres_server
 from service.dev.stack import Broker, Dagster, StackError, running, temporary_database
 
 logger = logging.getLogger("bench")
 RESULTS = ROOT / "bench" / "results"
-POSTGRES_URL = os.environ.get("BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+POSTGRES_URL = os.environ.get("BENCH_POSTGRES_URL")  # default: a server of the run's own (service.dev.postgres)
 
 
 def _step(what: str, started: float) -> None:
@@ -118,11 +119,12 @@ def _percentiles(values: list[float]) -> dict[str, float]:
     return {"p50": percentile(values, 50), "p99": percentile(values, 99)}
 
 
-def dagster_storage(stack: contextlib.ExitStack, started: float) -> tuple[str | None, str]:
-    """Dagster's storage for the run: a fresh PostgreSQL database, as docker-compose deploys, dropped when
-    `stack` closes (`BENCH_POSTGRES_URL` names the server); SQLite, said so, when there is none."""
+def dagster_storage(stack: contextlib.ExitStack, workdir: Path, started: float) -> tuple[str | None, str]:
+    """Dagster's storage for the run: a fresh PostgreSQL database, as docker-compose deploys, on a server the
+    run starts (or `BENCH_POSTGRES_URL`'s), dropped when `stack` closes; SQLite, said so, when there is none."""
     try:
-        return stack.enter_context(temporary_database(POSTGRES_URL, "kafka_dagster_bench")), "postgres"
+        admin_url = stack.enter_context(postgres_server(workdir, POSTGRES_URL))
+        return stack.enter_context(temporary_database(admin_url, "kafka_dagster_bench")), "postgres"
     except StackError as exc:
         _step(f"Dagster storage: SQLite, not PostgreSQL as deployed ({exc}): launchRun takes ~3x longer", started)
         return None, "sqlite"
@@ -140,7 +142,7 @@ def run(mode: Mode, keep: bool = False, profile: bool = False) -> dict[str, Any]
     }
     try:
         with contextlib.ExitStack() as stack:
-            pg_url, storage = dagster_storage(stack, started)
+            pg_url, storage = dagster_storage(stack, workdir, started)
             results["dagster_storage"] = storage
             dagster = Dagster(workdir / "dagster", {"KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap_servers},
                               pg_url=pg_url)

@@ -6,6 +6,8 @@
 #   stunnel4        stunnel: TLS in front of a test Kafka broker (tests/test_kafka_tls.py)
 #   nginx           nginx: TLS and an API token in front of the test Dagster (tests/test_dagster_https.py)
 #   openssl         openssl: the tests' CA and server certificates (tests/tls.py)
+#   postgresql      initdb, postgres: Dagster's storage as compose deploys it, a server the
+#                   tests and the benchmark start themselves (service/dev/postgres.py)
 #   docker-compose  `docker-compose config`: validates docker-compose.yml against the
 #                   Compose schema without a Docker engine (tests/test_deploy.py);
 #                   not installed when the Compose v2 plugin (`docker compose`) is there
@@ -20,6 +22,7 @@ REQUIRED=(
     "stunnel4:stunnel4"
     "nginx:nginx"
     "openssl:openssl"
+    "initdb:postgresql"
     "docker-compose:docker-compose"
 )
 
@@ -27,6 +30,10 @@ say() { echo "ensure-system-deps: $*" >&2; }
 
 have() {
     if [ "$1" = docker-compose ] && docker compose version >/dev/null 2>&1; then
+        return 0
+    fi
+    # Debian keeps PostgreSQL's server binaries off the PATH, under a folder per major version.
+    if [ "$1" = initdb ] && compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null; then
         return 0
     fi
     command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ]
@@ -80,6 +87,10 @@ fi
 # tests start their own on free ports, so do not leave one running.
 if [[ " ${packages[*]} " == *" prometheus "* ]] && [ -d /run/systemd/system ]; then
     "${sudo[@]}" systemctl disable --now prometheus.service >/dev/null 2>&1 || true
+fi
+# Same for PostgreSQL on :5432: the tests start their own on free ports.
+if [[ " ${packages[*]} " == *" postgresql "* ]] && [ -d /run/systemd/system ]; then
+    "${sudo[@]}" systemctl disable --now postgresql.service >/dev/null 2>&1 || true
 fi
 # Same for nginx on :80: the tests start their own on free ports.
 if [[ " ${packages[*]} " == *" nginx "* ]] && [ -d /run/systemd/system ]; then

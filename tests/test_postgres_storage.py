@@ -4,9 +4,10 @@ A second Dagster deployment (code server, webserver, daemon) is started with
 the compose deployment's own instance config, `deploy/dagster/dagster.yaml`
 (PostgreSQL storage from `POSTGRES_*`/`DAGSTER_PG_*` variables, the queued run
 coordinator, run monitoring), on a database of its own, created on the
-PostgreSQL server of these machines (`TEST_POSTGRES_URL`, default the
-trust-auth server on 127.0.0.1:5432) and dropped afterwards. Nothing is
-skipped: without the server the test fails and says where it looked.
+PostgreSQL server that the test starts itself (`service.dev.postgres`:
+Debian's binaries on a free port) and dropped afterwards; `TEST_POSTGRES_URL`
+names a server of your own instead. Nothing is skipped: without the server
+the test fails and says why.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from urllib.parse import urlparse
 
 import pytest
 
+from service.dev.postgres import postgres_server
 from service.dev.stack import Dagster, StackError, temporary_database
 from service.kafka import ensure_topics
 from tests.conftest import Stack
@@ -25,17 +27,26 @@ from tests.test_end_to_end import assert_orders_become_runs
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
-ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
 
 @pytest.fixture(scope="module")
-def postgres_database() -> Iterator[str]:
-    """A fresh database for this module's Dagster instance; its URL."""
+def postgres_admin_url(stack: Stack) -> Iterator[str]:
+    """`TEST_POSTGRES_URL`, or a PostgreSQL server of this module's own, stopped afterwards."""
     try:
-        with temporary_database(ADMIN_URL, "kafka_dagster") as url:
+        with postgres_server(stack.workdir / unique("postgres"), os.environ.get("TEST_POSTGRES_URL")) as url:
             yield url
     except StackError as exc:
-        pytest.fail(f"TEST_POSTGRES_URL: {exc}", pytrace=False)
+        pytest.fail(f"PostgreSQL: {exc}", pytrace=False)
+
+
+@pytest.fixture(scope="module")
+def postgres_database(postgres_admin_url: str) -> Iterator[str]:
+    """A fresh database for this module's Dagster instance; its URL."""
+    try:
+        with temporary_database(postgres_admin_url, "kafka_dagster") as url:
+            yield url
+    except StackError as exc:
+        pytest.fail(f"PostgreSQL at {postgres_admin_url}: {exc}", pytrace=False)
 
 
 def compose_postgres_env(url: str) -> dict[str, str]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import pwd
 import signal
 import socket
 import subprocess
@@ -20,6 +21,7 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse, urlunparse
 
 import httpx
@@ -56,6 +58,13 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
     return False
 
 
+def as_user(user: str | None) -> dict[str, Any]:
+    """`subprocess.Popen` arguments that run a child as `user` and its group only (None: as ourselves)."""
+    if user is None:
+        return {}
+    return {"user": user, "group": pwd.getpwnam(user).pw_gid, "extra_groups": []}
+
+
 @dataclass
 class ManagedProcess:
     """A child process in its own process group, with its output in a log file."""
@@ -64,6 +73,7 @@ class ManagedProcess:
     argv: list[str]
     log_path: Path
     env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
+    user: str | None = None  # run as this user (a server that refuses root), else as ours
     proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -77,6 +87,7 @@ class ManagedProcess:
             stdin=subprocess.DEVNULL,
             env=dict(self.env),
             start_new_session=True,
+            **as_user(self.user),
         )
         log.close()
 
