@@ -57,7 +57,7 @@ from service.contract import (
     TAG_ROUTE,
     TAG_TOPIC,
 )
-from service.dagster_client import DagsterClient, Target, location_failure
+from service.dagster_client import DagsterClient, RunInfo, Target, location_failure
 from service.decoding import JsonBounds, decode_value
 from service.dlq import Failure, dlq_headers
 from service.duplicates import DuplicateRuns
@@ -79,6 +79,7 @@ from service.errors import (
 )
 from service.logs import batch_extra
 from service.metrics import Metrics
+from service.outcomes import DUPLICATE
 from service.partition_sets import PartitionSets
 from service.pauses import RoutePauses
 from service.records import TP, Record
@@ -86,6 +87,7 @@ from service.retry import Backoff
 from service.routes import Route, RouteTable
 from service.routing import route_record, selects
 from service.throttle import Throttle
+from service.verdicts import Verdict
 from service.watcher import FAILED, TERMINAL, LaunchedRun, RunWatcher
 
 logger = logging.getLogger(__name__)
@@ -96,6 +98,14 @@ ROUTE_RETRY_BASE_S = 2.0
 # A route paused for its code location looks this often whether the workspace shows it loaded again,
 # so it resumes within seconds of a fix instead of at its next backoff retry (up to minutes away).
 LOCATION_PROBE_S = 3.0
+# A batch whose runs all failed before processing it is launched again at most this many times, after
+# RELAUNCH_BASE_S, doubling; then its records go to the DLQ with the reason (docs/delivery.md, Run outcomes).
+MAX_SYSTEM_FAILURES = 4
+RELAUNCH_BASE_S = 5.0
+RELAUNCH_MAX_DELAY_S = 60.0
+# What the outcomes topic says of a run settled without a dead letter.
+SUPERSEDED = "SUPERSEDED"  # another run of its batch keeps the records
+RELAUNCHED = "RELAUNCHED"  # its batch was launched again
 
 
 class DeadLetterSink(Protocol):
@@ -104,11 +114,13 @@ class DeadLetterSink(Protocol):
 
 
 class HandledOutcomes(Protocol):
-    """Which failed runs' records are in the DLQ already (`service.outcomes.OutcomeLog`)."""
+    """Which runs that did not succeed are settled already, by any worker (`service.outcomes.OutcomeLog`)."""
 
-    async def handled(self, run_id: str) -> bool: ...
+    async def outcome(self, run_id: str) -> str | None: ...
 
     async def record(self, run_id: str, status: str) -> None: ...
+
+    async def cancelled_as_duplicates(self) -> set[str]: ...
 
 
 # (topic, partition, offset) -> next offset: proves ownership by committing it (see `Delivery`).
@@ -391,7 +403,8 @@ class Delivery:
         self._epochs = itertools.count(1)
         self.closing = False
         self.pauses = RoutePauses(metrics, self._on_route_pause)
-        self.duplicates = DuplicateRuns(client, metrics, duplicate_window_s)
+        self.duplicates = DuplicateRuns(client, metrics, outcomes, duplicate_window_s, MAX_SYSTEM_FAILURES)
+        self._relaunches: dict[str, asyncio.Task[None]] = {}  # batch id -> its relaunch
         self.watcher = RunWatcher(client, metrics, self.on_run_failed, max_inflight_runs, run_poll_interval_s,
                                   sweep=self.duplicates.sweep)
 
@@ -636,8 +649,8 @@ class Delivery:
         for run in runs:
             if run.status not in TERMINAL:
                 self.watcher.adopt(_launched(run.run_id, run.job, run.tags))
-            elif run.status in FAILED and not await self.outcomes.handled(run.run_id):
-                # It ended while no worker watched it: the watcher copies its records at its next poll.
+            elif run.status in FAILED and await self.outcomes.outcome(run.run_id) in (None, DUPLICATE):
+                # It ended while no worker watched it: the watcher settles its batch at its next poll.
                 self.watcher.adopt(_launched(run.run_id, run.job, run.tags))
                 unhandled += 1
         logger.info("reconciled route %r on %s/%d: %d earlier runs (%d failed ones not yet in the DLQ), covered "
@@ -772,10 +785,9 @@ class Delivery:
                 if batch.partition_key is not None:
                     await self.partition_sets.prepare(route, target, batch.partition_key)
                 if outcome_unknown:
-                    existing = await self.client.find_runs({TAG_BATCH_ID: batch.batch_id}, job=route.job, limit=1)
-                    if existing:
-                        return await self.duplicates.settle(route.job, batch.batch_id,
-                                                            {TAG_BATCH_ID: batch.batch_id}, existing[0].run_id)
+                    kept = await self.duplicates.settle(route.job, batch.batch_id)
+                    if kept is not None:
+                        return kept
                 await self._prove_ownership(owned, batch)
                 config = run_config(route, batch, inline, target.batch_ops)
                 run_id = await self._timed_launch(route, batch.topic, target, config, tags, outcome_unknown)
@@ -797,8 +809,7 @@ class Delivery:
                 raise
             else:
                 if outcome_unknown:
-                    run_id = await self.duplicates.settle(route.job, batch.batch_id,
-                                                          {TAG_BATCH_ID: batch.batch_id}, run_id)
+                    run_id = await self.duplicates.settle(route.job, batch.batch_id) or run_id
                 return run_id
 
     async def _target(self, route: Route) -> Target:
@@ -838,9 +849,15 @@ class Delivery:
         """Raise `Fenced` unless the coordinator confirms this worker owns the partition now."""
         if owned.fenced or self.partitions.get(owned.tp) is not owned:
             raise Fenced(f"{owned.tp.topic}/{owned.tp.partition} is no longer assigned to this worker")
-        # The commit proving it is of what the partition is done with (every route of it), at most the batch's start.
+        # The commit proving it is of what the partition is done with (every route of it), at most the batch's
+        # start, unless the whole batch lies below that (a batch launched again: its offsets are covered).
         done = owned.done_below()
-        offset = batch.offset_start if done is None else min(done, batch.offset_start)
+        if done is None:
+            offset = batch.offset_start
+        elif batch.offset_end < done:
+            offset = done
+        else:
+            offset = min(done, batch.offset_start)
         with self.metrics.fence_duration.time():
             owns = await self.retry_transient(partial(self.fence, owned.tp, offset),
                                               f"proving ownership of {owned.tp.topic}/{owned.tp.partition}")
@@ -860,25 +877,100 @@ class Delivery:
                        max(b.offset_end for b in dropped))
 
     async def on_run_failed(self, run: LaunchedRun, status: str) -> None:
-        """Copy the records of a run that ended FAILURE or CANCELED to the DLQ, stage `run`."""
-        kept = self.duplicates.canceled.get(run.run_id)
-        if kept is not None:  # the worker canceled it as a duplicate: its records are in run `kept`
-            await self.retry_transient(partial(self.outcomes.record, run.run_id, "DUPLICATE"),
-                                       "recording a canceled duplicate")
-            self.watcher.adopt(dataclasses.replace(run, run_id=kept))
+        """A watched run ended FAILURE or CANCELED: settle its batch by the one rule of `service.verdicts`."""
+        outcome = await self.retry_transient(partial(self.outcomes.outcome, run.run_id), "reading handled outcomes")
+        if outcome not in (None, DUPLICATE):
+            return  # settled already, by another worker or an earlier life of this one
+        if not run.batch_id:  # a run from before batches were tagged: its own end decides
+            await self._dead_letter_run(run, run.run_id, status, f"Dagster run {run.run_id} ended {status}")
             return
-        if await self.retry_transient(partial(self.outcomes.handled, run.run_id), "reading handled outcomes"):
-            return  # another worker (or an earlier life of this one) copied it already
+        verdict: Verdict = await self.retry_transient(partial(self.duplicates.judge, run.job, run.batch_id),
+                                                      f"settling batch {run.batch_id}")
+        if verdict.survivor is not None and verdict.survivor.run_id != run.run_id:
+            self._follow(verdict.survivor)  # it holds the batch's records
+            await self._record_outcome(run.run_id, outcome, SUPERSEDED)
+        elif verdict.survivor is not None:  # the run of the batch, ended by a failed step: the data's fault
+            await self._dead_letter_run(run, run.run_id, status, f"Dagster run {run.run_id} ended {status}")
+        elif verdict.relaunch:
+            self._start_relaunch(run, verdict)
+        else:
+            assert verdict.dead_letter is not None
+            dead = verdict.dead_letter
+            await self._dead_letter_run(run, dead.run_id, dead.status, verdict.reason)
+            if dead.run_id != run.run_id:
+                await self._record_outcome(run.run_id, outcome, status)
+
+    def _follow(self, survivor: RunInfo) -> None:
+        if survivor.status != "SUCCESS":
+            self.watcher.adopt(_launched(survivor.run_id, survivor.job, survivor.tags))
+
+    async def _record_outcome(self, run_id: str, outcome: str | None, done: str) -> None:
+        """Write what was done with `run_id`, unless it was written as a duplicate (which stays so)."""
+        if outcome != DUPLICATE:
+            await self.retry_transient(partial(self.outcomes.record, run_id, done), "recording a handled outcome")
+
+    async def _dead_letter_run(self, run: LaunchedRun, run_id: str, status: str, message: str) -> None:
+        """Copy the records of `run`'s batch to the DLQ, stage `run`, naming `run_id`; then record it handled."""
+        records = await self._records_of(run)
+        route = self.routes.get(run.route)
+        failure = Failure(STAGE_RUN, f"Run{status.title()}", message, run_id=run_id,
+                          route=route.name if route is not None else None)
+        await self.dead_letter(records, failure)
+        await self.retry_transient(partial(self.outcomes.record, run_id, status), "recording a handled outcome")
+
+    async def _records_of(self, run: LaunchedRun) -> list[Record]:
+        """The records of a run's offset range that its route takes (the range also holds other routes')."""
         records = await self.retry_transient(
             partial(self.read_range, run.topic, run.partition, run.offset_start, run.offset_end),
-            "reading a failed run's records")
+            "reading a run's records back")
         route = self.routes.get(run.route)
-        if route is not None:  # its range may hold records of the topic's other routes: keep the run's own
-            records = [r for r in records if selects(route, r, self.max_message_bytes, self.bounds)]
-        failure = Failure(STAGE_RUN, f"Run{status.title()}", f"Dagster run {run.run_id} ended {status}",
-                          run_id=run.run_id, route=route.name if route is not None else None)
-        await self.dead_letter(records, failure)
-        await self.retry_transient(partial(self.outcomes.record, run.run_id, status), "recording a handled outcome")
+        if route is None:
+            return list(records)
+        return [r for r in records if selects(route, r, self.max_message_bytes, self.bounds)]
+
+    # -- relaunch: a batch left with no live run ------------------------------
+
+    def _start_relaunch(self, run: LaunchedRun, verdict: Verdict) -> None:
+        if run.batch_id in self._relaunches:
+            return  # already being launched again (another of its runs ended at the same time)
+        delay_s = 0.0
+        if verdict.system_failures:
+            delay_s = min(RELAUNCH_BASE_S * 2 ** (verdict.system_failures - 1), RELAUNCH_MAX_DELAY_S)
+        logger.warning("batch %s (%s/%d offsets %d-%d) has no run left to process it (%s): launching it again "
+                       "in %.0fs", run.batch_id, run.topic, run.partition, run.offset_start, run.offset_end,
+                       verdict.reason, delay_s)
+        task = asyncio.create_task(self._relaunch(run, verdict, delay_s), name=f"relaunch-{run.batch_id}")
+        self._relaunches[run.batch_id] = task
+        task.add_done_callback(lambda _: self._relaunches.pop(run.batch_id, None))
+
+    async def _relaunch(self, run: LaunchedRun, verdict: Verdict, delay_s: float) -> None:
+        await asyncio.sleep(delay_s)
+        owned = self.partitions.get(TP(run.topic, run.partition))
+        route = self.routes.get(run.route)
+        if owned is None or owned.fenced or route is None or owned.share(route.name) is None:
+            logger.warning("not launching batch %s again: %s/%d is not owned here (its owner reconciles and "
+                           "settles it)", run.batch_id, run.topic, run.partition)
+            return
+        records = await self._records_of(run)
+        if not records:
+            logger.error("not launching batch %s again: its offsets %d-%d hold none of route %r's records",
+                         run.batch_id, run.offset_start, run.offset_end, route.name)
+            return
+        batch = Batch(run.topic, run.partition, self.clock(), records, sum(len(r.value or b"") for r in records),
+                      reason="relaunch", route=route.name, partition_key=run.partition_key)
+        try:
+            run_id = await self._launch_through_refusals(owned, route, batch)
+        except Fenced as exc:
+            logger.warning("not launching batch %s again: %s", run.batch_id, exc)
+            return
+        self.metrics.runs_relaunched.labels(route.job).inc()
+        self.duplicates.watch(route.job, batch.batch_id)
+        logger.warning("launched run %s for batch %s again (%s/%d offsets %d-%d): %s", run_id, batch.batch_id,
+                       batch.topic, batch.partition, batch.offset_start, batch.offset_end, verdict.reason)
+        for dead in verdict.dead_runs:
+            written = DUPLICATE if dead.run_id in verdict.cancelled_as_duplicates else None
+            await self._record_outcome(dead.run_id, written, RELAUNCHED)
+        await self.watcher.add(_launched(run_id, route.job, run_tags(route, batch, self.group_id)))
 
     async def dead_letter(self, records: Iterable[Record], failure: Failure) -> None:
         """Write records to the DLQ, retrying what Kafka refuses."""
@@ -1033,4 +1125,5 @@ def _share_status(share: RouteShare, tp: TP, now: float, inflight: int) -> dict[
 
 def _launched(run_id: str, job: str, tags: dict[str, str]) -> LaunchedRun:
     return LaunchedRun(run_id, job, tags[TAG_TOPIC], int(tags[TAG_PARTITION]),
-                       int(tags[TAG_OFFSET_START]), int(tags[TAG_OFFSET_END]), tags.get(TAG_ROUTE, ""))
+                       int(tags[TAG_OFFSET_START]), int(tags[TAG_OFFSET_END]), tags.get(TAG_ROUTE, ""),
+                       tags.get(TAG_BATCH_ID, ""), tags.get(TAG_DAGSTER_PARTITION))

@@ -100,6 +100,11 @@ class Metrics:
             "Queued runs canceled because another run of the same kafka/batch_id exists "
             "(a launch whose answer was lost, retried).",
             ["dagster_job"], registry=r)
+        self.runs_relaunched = Counter(
+            "kafka_dagster_runs_relaunched",
+            "Batches launched again because none of their runs was left to process them (every run "
+            "failed before its steps, or was canceled by the duplicate rule).",
+            ["dagster_job"], registry=r)
         self.fenced = Counter(
             "kafka_dagster_fenced_batches",
             "Batches dropped unlaunched because the partition had moved to another worker.",

@@ -1,13 +1,17 @@
-"""Handled run outcomes: whose failed runs' records are already in the DLQ, shared by every worker.
+"""Handled run outcomes: which runs that did not succeed are dealt with, shared by every worker.
 
-A run that ends FAILURE or CANCELED has its records copied to the DLQ (stage
-`run`) once. The worker watching it does that; but a run may end while no
-worker watches it (its worker was killed), and then its partition's next
-owner finds it terminal at reconcile. To copy it exactly once, whoever copies
-a run's records then writes the run id to a compacted topic next to the DLQ
-(`<KAFKA_DAGSTER_DLQ_TOPIC>.outcomes`, key: run id, value: its status), and
-the next owner copies only the failed runs that topic does not name. Dagster's
-GraphQL cannot tag a finished run, so the record lives in Kafka.
+A run that ends FAILURE or CANCELED is settled once (`service.verdicts`): its
+records copied to the DLQ (stage `run`), its batch launched again, or nothing
+when another run of its batch keeps the records. The worker watching it does
+that; but a run may end while no worker watches it (its worker was killed),
+and then its partition's next owner finds it terminal at reconcile. To settle
+it exactly once, whoever settles a run then writes the run id to a compacted
+topic next to the DLQ (`<KAFKA_DAGSTER_DLQ_TOPIC>.outcomes`, key: run id,
+value: what was done, e.g. its status once dead-lettered), and the next owner
+settles only the runs that topic does not name. A run the duplicate rule
+cancels is written (`DUPLICATE`) before it is cancelled, so every worker can
+tell it from a run an operator cancelled. Dagster's GraphQL cannot tag a
+finished run, so the record lives in Kafka.
 
 A worker killed between the copy and the record copies the run again after
 restart; `dlq inspect`/`replay` drop such duplicates.
@@ -26,6 +30,8 @@ from service.kafka_security import KafkaSecurity, aiokafka_kwargs
 logger = logging.getLogger(__name__)
 
 OUTCOMES_SUFFIX = ".outcomes"
+# The value written for a run the duplicate rule cancelled: its batch's records are in another run.
+DUPLICATE = "DUPLICATE"
 COMPACTED = {"cleanup.policy": "compact"}
 
 
@@ -48,20 +54,29 @@ class OutcomeLog:
         self.topic = topic
         self.producer = producer
         self.security = security
-        self.handled_runs: set[str] = set()
+        self.handled_runs: dict[str, str] = {}  # run id -> what was done
         self._consumer: AIOKafkaConsumer | None = None
         self._lock = asyncio.Lock()
 
     async def handled(self, run_id: str) -> bool:
-        """True when some worker has already copied this run's records (read up to the topic's end now)."""
+        """True when some worker has already settled this run (read up to the topic's end now)."""
+        return await self.outcome(run_id) is not None
+
+    async def outcome(self, run_id: str) -> str | None:
+        """What some worker did with this run, if anything (read up to the topic's end now)."""
         await self.catch_up()
-        return run_id in self.handled_runs
+        return self.handled_runs.get(run_id)
+
+    async def cancelled_as_duplicates(self) -> set[str]:
+        """The run ids that the duplicate rule cancelled, by any worker."""
+        await self.catch_up()
+        return {run_id for run_id, done in self.handled_runs.items() if done == DUPLICATE}
 
     async def record(self, run_id: str, status: str) -> None:
         """Remember that the records of `run_id` (which ended `status`) are in the DLQ."""
         await self._start()
         await self.producer.send(self.topic, run_id.encode(), status.encode())
-        self.handled_runs.add(run_id)
+        self.handled_runs[run_id] = status
 
     async def catch_up(self) -> None:
         """Read every record the outcomes topic holds now."""
@@ -74,7 +89,8 @@ class OutcomeLog:
                     fetched = await consumer.getmany(tp, timeout_ms=500)
                     for message in fetched.get(tp, []):
                         if message.key is not None:
-                            self.handled_runs.add(message.key.decode("utf-8", "replace"))
+                            done = (message.value or b"").decode("utf-8", "replace")
+                            self.handled_runs[message.key.decode("utf-8", "replace")] = done
 
     async def _start(self) -> AIOKafkaConsumer:
         if self._consumer is None:

@@ -16,6 +16,7 @@ Prometheus' `rate()` means what it says.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 from collections import Counter
@@ -30,6 +31,7 @@ logger = logging.getLogger(__name__)
 
 TERMINAL = frozenset({"SUCCESS", "FAILURE", "CANCELED"})
 FAILED = frozenset({"FAILURE", "CANCELED"})
+MAX_REMEMBERED_FINISHED = 10_000
 
 STEP_START = "ExecutionStepStartEvent"
 STEP_ENDS = frozenset({"ExecutionStepSuccessEvent", "ExecutionStepFailureEvent"})
@@ -46,6 +48,8 @@ class LaunchedRun:
     offset_start: int
     offset_end: int
     route: str = ""  # the route that launched it ("" for a run from before routes were tagged)
+    batch_id: str = ""
+    partition_key: str | None = None  # the Dagster partition of a partitioned route's batch
 
 
 class RunWatcher:
@@ -63,18 +67,24 @@ class RunWatcher:
         self.max_inflight = max_inflight
         self.poll_interval_s = poll_interval_s
         self.inflight: dict[str, LaunchedRun] = {}
+        # Runs seen ending lately: adopting one again would count and settle its end twice.
+        self.finished: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._changed = asyncio.Condition()
         self.events = RunEventRecorder(client, metrics)
 
     async def add(self, run: LaunchedRun) -> None:
         """Watch `run`; waits while `max_inflight` runs are already watched."""
+        if run.run_id in self.finished:
+            return
         async with self._changed:
             await self._changed.wait_for(lambda: len(self.inflight) < self.max_inflight)
             self.inflight[run.run_id] = run
             self.metrics.inflight_runs.set(len(self.inflight))
 
     def adopt(self, run: LaunchedRun) -> None:
-        """Watch a run found at reconciliation, without waiting for a slot."""
+        """Watch a run found at reconciliation (or keeping a batch), without waiting for a slot."""
+        if run.run_id in self.finished:
+            return
         self.inflight.setdefault(run.run_id, run)
         self.metrics.inflight_runs.set(len(self.inflight))
 
@@ -103,6 +113,9 @@ class RunWatcher:
                 await self._finish(self.inflight[run_id], status)
 
     async def _finish(self, run: LaunchedRun, status: str) -> None:
+        self.finished[run.run_id] = None
+        while len(self.finished) > MAX_REMEMBERED_FINISHED:
+            self.finished.popitem(last=False)
         self.metrics.runs_finished.labels(run.job, status).inc()
         self.events.submit(run.run_id, status)
         if status in FAILED:

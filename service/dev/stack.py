@@ -177,6 +177,8 @@ run_coordinator:
   config:
     max_concurrent_runs: {max_concurrent_runs}
     dequeue_interval_seconds: 1
+    max_user_code_failure_retries: 60
+    user_code_failure_retry_delay: 5
     tag_concurrency_limits:
       - key: kafka/batch_id
         value:

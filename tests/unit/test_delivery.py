@@ -29,8 +29,10 @@ from service.errors import (
     Unauthorized,
 )
 from service.metrics import Metrics
+from service.outcomes import DUPLICATE
 from service.records import TP, Record
 from service.routes import Route, RouteTable
+from service.verdicts import FAILURE_REASON_TAG, STEP_FAILURE
 from tests.unit.factories import RECORD_TIME_S, make_record
 
 JOB = "process_orders"
@@ -123,13 +125,16 @@ class FakeSink:
 
 
 class FakeOutcomes:
-    """The outcomes topic: run ids whose records are in the DLQ."""
+    """The outcomes topic: run id -> what was done with it (compacted: the last write wins)."""
 
     def __init__(self) -> None:
         self.recorded: dict[str, str] = {}
 
-    async def handled(self, run_id: str) -> bool:
-        return run_id in self.recorded
+    async def outcome(self, run_id: str) -> str | None:
+        return self.recorded.get(run_id)
+
+    async def cancelled_as_duplicates(self) -> set[str]:
+        return {run_id for run_id, done in self.recorded.items() if done == DUPLICATE}
 
     async def record(self, run_id: str, status: str) -> None:
         self.recorded[run_id] = status
@@ -742,7 +747,14 @@ async def test_the_timer_sleeps_until_the_next_deadline_and_no_longer_than_a_tic
 def _failed_run(run_id: str, start: int, end: int) -> RunInfo:
     return RunInfo(run_id, "FAILURE", JOB, {
         "kafka/topic": "orders", "kafka/partition": "0", "kafka/consumer_group": GROUP, "kafka/route": "orders",
-        "kafka/offset_start": str(start), "kafka/offset_end": str(end), "kafka/batch_id": f"b-{run_id}"})
+        "kafka/offset_start": str(start), "kafka/offset_end": str(end), "kafka/batch_id": f"b-{run_id}",
+        FAILURE_REASON_TAG: STEP_FAILURE})
+
+
+def ended(run: RunInfo, status: str, reason: str | None = None) -> RunInfo:
+    """`run` as Dagster shows it once it ended `status` (a FAILURE with `dagster/failure_reason` = `reason`)."""
+    tags = dict(run.tags) | ({FAILURE_REASON_TAG: reason} if reason else {})
+    return RunInfo(run.run_id, status, run.job, tags, run.creation_time)
 
 
 async def test_a_run_that_failed_while_no_worker_watched_is_copied_once_by_the_next_owner(
@@ -774,7 +786,7 @@ async def test_a_watched_run_that_fails_is_recorded_as_handled(make_harness: Cal
     await h.feed(0, 1, 2)
     assert await h.settle()
     h.read_back[(0, 2)] = [h.record(offset) for offset in range(3)]
-    h.client.runs = [RunInfo(r.run_id, "FAILURE", r.job, r.tags) for r in h.client.runs]
+    h.client.runs = [ended(r, "FAILURE", STEP_FAILURE) for r in h.client.runs]
     await h.delivery.watcher.poll()
     assert h.sink.offsets("run") == [0, 1, 2]
     assert h.outcomes.recorded == {"run-0": "FAILURE"}
@@ -811,3 +823,106 @@ async def test_a_code_location_that_failed_to_load_pauses_its_route_until_it_loa
     assert h.sink.sent == []
     assert h.paused == [({TP("orders", 0)}, True), ({TP("orders", 0)}, False)]
     assert h.sample("kafka_dagster_route_paused", route="orders", reason="code_location_error") == 0
+
+
+async def _relaunched(h: Harness) -> None:
+    """Wait for the relaunches the last poll started."""
+    await asyncio.gather(*list(h.delivery._relaunches.values()))
+
+
+async def test_the_sweep_keeps_the_run_the_launch_kept_and_nothing_is_left_without_a_run(
+        make_harness: Callable[..., Harness]) -> None:
+    """Issue 21: a sweep after the launch's decision chose the cancelled duplicate and cancelled the other."""
+    h = make_harness()
+    h.client.script = [LOST]
+    lookups = 0
+    original = h.client.find_runs
+
+    async def late_run_missed_once(tags: dict[str, str], job: str | None = None, limit: int = 100) -> list[RunInfo]:
+        nonlocal lookups
+        if "kafka/batch_id" in tags:
+            lookups += 1
+            if lookups == 1:
+                return []
+        return await original(tags, job, limit)
+
+    h.client.find_runs = late_run_missed_once  # type: ignore[method-assign]
+    await h.feed(0, 1, 2)
+    assert await h.settle()
+    for _ in range(3):
+        await h.delivery.duplicates.sweep()
+        await h.delivery.watcher.poll()
+    assert h.client.terminated == ["run-1"]
+    assert [r.status for r in h.client.runs] == ["QUEUED", "CANCELED"]
+    assert h.outcomes.recorded == {"run-1": DUPLICATE}
+    assert "run-0" in h.delivery.watcher.inflight and h.sink.sent == []
+
+
+async def test_a_run_that_failed_for_the_system_is_launched_again_not_dead_lettered(
+        make_harness: Callable[..., Harness], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(delivery_module, "RELAUNCH_BASE_S", 0.0)
+    h = make_harness()
+    await h.feed(0, 1, 2)
+    assert await h.settle()
+    h.read_back[(0, 2)] = [h.record(offset) for offset in range(3)]
+    h.client.runs = [ended(r, "FAILURE", "JOB_INITIALIZATION_FAILURE") for r in h.client.runs]
+    await h.delivery.watcher.poll()
+    await _relaunched(h)
+    assert h.launched() == [(0, 2), (0, 2)]
+    assert h.client.runs[1].tags["kafka/batch_id"] == h.client.runs[0].tags["kafka/batch_id"]
+    assert h.sink.sent == []
+    assert h.outcomes.recorded == {"run-0": "RELAUNCHED"}
+    assert h.sample("kafka_dagster_runs_relaunched_total", dagster_job=JOB) == 1
+    h.client.runs[1] = ended(h.client.runs[1], "SUCCESS")
+    await h.delivery.watcher.poll()
+    assert h.delivery.watcher.inflight == {} and h.sink.sent == []
+
+
+async def test_a_batch_that_keeps_failing_for_the_system_is_dead_lettered_once_with_the_reason(
+        make_harness: Callable[..., Harness], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(delivery_module, "RELAUNCH_BASE_S", 0.0)
+    h = make_harness()
+    await h.feed(0, 1, 2)
+    assert await h.settle()
+    h.read_back[(0, 2)] = [h.record(offset) for offset in range(3)]
+    for _ in range(delivery_module.MAX_SYSTEM_FAILURES):
+        h.client.runs = [ended(r, "FAILURE", "RUN_WORKER_RESTART") if r.status == "QUEUED" else r
+                         for r in h.client.runs]
+        await h.delivery.watcher.poll()
+        await _relaunched(h)
+    assert len(h.launched()) == delivery_module.MAX_SYSTEM_FAILURES
+    assert h.sink.offsets("run") == [0, 1, 2]
+    reasons = {m["dlq"]["dlq.error.message"] for m in h.sink.sent}
+    assert len(reasons) == 1 and f"{delivery_module.MAX_SYSTEM_FAILURES} runs failed" in reasons.pop()
+    await h.delivery.watcher.poll()
+    assert len(h.sink.sent) == 3
+
+
+async def test_a_batch_whose_runs_the_duplicate_rule_all_cancelled_is_launched_again(
+        make_harness: Callable[..., Harness]) -> None:
+    h = make_harness()
+    await h.feed(0, 1, 2)
+    assert await h.settle()
+    h.read_back[(0, 2)] = [h.record(offset) for offset in range(3)]
+    first = h.client.runs[0]
+    h.client.runs.append(RunInfo("late", "QUEUED", JOB, dict(first.tags), first.creation_time + 1))
+    h.outcomes.recorded = {"run-0": DUPLICATE, "late": DUPLICATE}  # two deciders that disagreed (a race)
+    h.client.runs = [ended(r, "CANCELED") for r in h.client.runs]
+    await h.delivery.watcher.poll()
+    await _relaunched(h)
+    assert h.launched() == [(0, 2), (0, 2)]
+    assert h.sink.sent == []
+    assert h.outcomes.recorded == {"run-0": DUPLICATE, "late": DUPLICATE}  # a duplicate stays one
+
+
+async def test_a_run_an_operator_cancels_puts_its_records_in_the_dlq(make_harness: Callable[..., Harness]) -> None:
+    h = make_harness()
+    await h.feed(0, 1, 2)
+    assert await h.settle()
+    h.read_back[(0, 2)] = [h.record(offset) for offset in range(3)]
+    h.client.runs = [ended(r, "CANCELED") for r in h.client.runs]
+    await h.delivery.watcher.poll()
+    assert h.launched() == [(0, 2)]
+    assert h.sink.offsets("run") == [0, 1, 2]
+    assert {m["dlq"]["dlq.error.class"] for m in h.sink.sent} == {"RunCanceled"}
+    assert h.outcomes.recorded == {"run-0": "CANCELED"}

@@ -17,6 +17,7 @@ from service.dagster_client import RunInfo
 from service.metrics import Metrics
 from service.routes import RouteTable, load_routes
 from service.throttle import Throttle
+from service.verdicts import FAILURE_REASON_TAG, STEP_FAILURE
 from tests.unit.test_delivery import GROUP, Harness
 
 TWO_ROUTES = """
@@ -203,8 +204,8 @@ async def test_a_run_that_failed_is_copied_to_the_dlq_with_only_its_own_records(
     await h.deliver(*records)
     assert await h.settle()
     run_id = next(r.run_id for r in h.client.runs if r.tags["kafka/route"] == "large")
-    h.client.runs = [RunInfo(r.run_id, "FAILURE", r.job, r.tags, r.creation_time) if r.run_id == run_id else r
-                     for r in h.client.runs]
+    h.client.runs = [RunInfo(r.run_id, "FAILURE", r.job, r.tags | {FAILURE_REASON_TAG: STEP_FAILURE},
+                             r.creation_time) if r.run_id == run_id else r for r in h.client.runs]
     await h.delivery.watcher.poll()
     assert sorted(h.sink.offsets("run")) == [0, 2]
     assert {m["dlq"]["dlq.route"] for m in h.sink.sent} == {"large"}
