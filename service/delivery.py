@@ -87,7 +87,7 @@ from service.retry import Backoff
 from service.routes import Route, RouteTable
 from service.routing import route_record, selects
 from service.throttle import Throttle
-from service.verdicts import Verdict
+from service.verdicts import Verdict, survivor
 from service.watcher import FAILED, TERMINAL, LaunchedRun, RunWatcher
 
 logger = logging.getLogger(__name__)
@@ -645,17 +645,32 @@ class Delivery:
         share = owned.share(route.name) if owned is not None else None
         if share is not None:
             share.reconciled = Reconciled(time.time(), len(runs), covered)
-        unhandled = 0
-        for run in runs:
+        unsettled = 0
+        for batch_runs in _by_batch(runs).values():
+            unsettled += await self._adopt_unsettled(batch_runs)
+        logger.info("reconciled route %r on %s/%d: %d earlier runs (%d ended ones not yet settled), covered "
+                    "up to offset %d", route.name, tp.topic, tp.partition, len(runs), unsettled, covered)
+        return covered
+
+    async def _adopt_unsettled(self, batch_runs: list[RunInfo]) -> int:
+        """Watch a batch's runs still going, and those that ended unsettled while no worker watched them (the
+        watcher settles them at its next poll); a batch whose runs the duplicate rule all cancelled, once."""
+        unsettled = 0
+        outcomes = set()
+        for run in batch_runs:
             if run.status not in TERMINAL:
                 self.watcher.adopt(_launched(run.run_id, run.job, run.tags))
-            elif run.status in FAILED and await self.outcomes.outcome(run.run_id) in (None, DUPLICATE):
-                # It ended while no worker watched it: the watcher settles its batch at its next poll.
-                self.watcher.adopt(_launched(run.run_id, run.job, run.tags))
-                unhandled += 1
-        logger.info("reconciled route %r on %s/%d: %d earlier runs (%d failed ones not yet in the DLQ), covered "
-                    "up to offset %d", route.name, tp.topic, tp.partition, len(runs), unhandled, covered)
-        return covered
+            elif run.status in FAILED:
+                outcome = await self.outcomes.outcome(run.run_id)
+                outcomes.add(outcome)
+                if outcome is None:
+                    self.watcher.adopt(_launched(run.run_id, run.job, run.tags))
+                    unsettled += 1
+        if outcomes == {DUPLICATE} and survivor(batch_runs) is None:  # a race, then its worker died
+            newest = max(batch_runs, key=lambda run: (run.creation_time, run.run_id))
+            self.watcher.adopt(_launched(newest.run_id, newest.job, newest.tags))
+            unsettled += 1
+        return unsettled
 
     # -- lanes: launch and dead-letter --------------------------------------
 
@@ -1121,6 +1136,13 @@ def _share_status(share: RouteShare, tp: TP, now: float, inflight: int) -> dict[
             "at": datetime.fromtimestamp(reconciled.at, UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
             "runs_found": reconciled.runs_found, "covered": reconciled.covered},
     }
+
+
+def _by_batch(runs: Iterable[RunInfo]) -> dict[str, list[RunInfo]]:
+    batches: dict[str, list[RunInfo]] = {}
+    for run in runs:
+        batches.setdefault(run.tags.get(TAG_BATCH_ID) or run.run_id, []).append(run)
+    return batches
 
 
 def _launched(run_id: str, job: str, tags: dict[str, str]) -> LaunchedRun:

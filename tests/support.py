@@ -358,16 +358,25 @@ async def account(bootstrap: str, api: DagsterApi, topic: str, dlq_topic: str) -
 
 
 def executed_runs(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The runs that count: a duplicate of a batch canceled before it started never processed anything."""
+    """The runs that count (`service.verdicts`): not a duplicate of a batch cancelled before it started, and
+    not a run that failed before processing its batch (Dagster's failure reason other than a step's) while
+    another run of the batch exists."""
     by_batch: dict[str, int] = {}
     for run in runs:
         by_batch[run["tags"].get("kafka/batch_id", "")] = by_batch.get(run["tags"].get("kafka/batch_id", ""), 0) + 1
-    return [run for run in runs if not (run["status"] == "CANCELED" and not run.get("started")
-                                        and by_batch[run["tags"].get("kafka/batch_id", "")] > 1)]
+
+    def replaced(run: dict[str, Any]) -> bool:
+        cancelled = run["status"] == "CANCELED" and not run.get("started")
+        system = run["status"] == "FAILURE" and run["tags"].get("dagster/failure_reason") != "STEP_FAILURE"
+        return (cancelled or system) and by_batch[run["tags"].get("kafka/batch_id", "")] > 1
+
+    return [run for run in runs if not replaced(run)]
 
 
 def canceled_duplicates(runs: list[dict[str, Any]]) -> int:
-    return len(runs) - len(executed_runs(runs))
+    """Runs of a batch with other runs, cancelled before they started: the duplicate rule's."""
+    replaced = [run for run in runs if run not in executed_runs(runs)]
+    return sum(run["status"] == "CANCELED" for run in replaced)
 
 
 async def settled(bootstrap: str, api: DagsterApi, topic: str, dlq_topic: str, expected: int) -> Accounting:

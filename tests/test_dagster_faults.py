@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import httpx
@@ -29,6 +29,7 @@ from tests.support import (
     dead_letters,
     eventually,
     every_record_in_one_run,
+    executed_runs,
     metric,
     order,
     produce,
@@ -40,6 +41,7 @@ from tests.support import (
 pytestmark = pytest.mark.integration
 
 PARTITIONS = 2
+FREEZES = 4
 
 
 @pytest.fixture(scope="module")
@@ -85,19 +87,38 @@ async def assert_every_record_in_exactly_one_executed_run(stack: Stack, api: Dag
     return runs
 
 
-async def test_a_webserver_frozen_past_the_timeout_never_gets_a_batch_run_twice(
+async def test_a_webserver_frozen_past_the_timeout_again_and_again_loses_and_duplicates_nothing(
         stack: Stack, own_dagster: Dagster, flowing: tuple[WorkerProcess, Flow, str, DagsterApi]) -> None:
+    """Issue 21's black-box check: launches in flight when the webserver freezes for longer than the worker's
+    timeout are created late, beside their retries; every batch keeps exactly one run, freeze after freeze."""
     worker, flow, dlq, api = flowing
-    own_dagster.webserver.signal_group(signal.SIGSTOP)
-    try:
-        async def timed_out() -> bool:
-            return "ReadTimeout" in worker.log_path.read_text(errors="replace")
+    for freeze in range(FREEZES):
+        timeouts = _timeouts(worker)
+        own_dagster.webserver.signal_group(signal.SIGSTOP)
+        try:
+            async def timed_out(before: int = timeouts) -> bool:
+                return _timeouts(worker) > before
 
-        await eventually(timed_out, 60, "a launch to time out against the frozen webserver")
-        await asyncio.sleep(6)  # the freeze under test: longer than the 4 s timeout, retries pile up
-    finally:
-        own_dagster.webserver.signal_group(signal.SIGCONT)
+            await eventually(timed_out, 60, f"a launch to time out against the frozen webserver ({freeze + 1})")
+            await asyncio.sleep(3)  # the freeze under test: longer than the 4 s timeout, retries pile up
+        finally:
+            own_dagster.webserver.signal_group(signal.SIGCONT)
+        launched = _launches(worker)
+
+        async def launching_again(before: int = launched) -> bool:
+            return _launches(worker) > before
+
+        await eventually(launching_again, 60, "launches after the freeze")
     await assert_every_record_in_exactly_one_executed_run(stack, api, worker, flow, dlq)
+    assert await dead_letters(stack.bootstrap, dlq) == []
+
+
+def _timeouts(worker: WorkerProcess) -> int:
+    return worker.log_path.read_text(errors="replace").count("ReadTimeout")
+
+
+def _launches(worker: WorkerProcess) -> int:
+    return worker.log_path.read_text(errors="replace").count("launched run")
 
 
 async def test_a_webserver_killed_and_restarted_mid_stream_loses_and_duplicates_nothing(
@@ -110,11 +131,12 @@ async def test_a_webserver_killed_and_restarted_mid_stream_loses_and_duplicates_
     await assert_every_record_in_exactly_one_executed_run(stack, api, worker, flow, dlq)
 
 
-async def test_a_stopped_code_location_pauses_launching_and_nothing_is_dead_lettered(
+async def test_a_code_server_killed_mid_stream_dead_letters_nothing_and_every_record_succeeds(
         stack: Stack, own_dagster: Dagster, flowing: tuple[WorkerProcess, Flow, str, DagsterApi]) -> None:
-    """A broken deploy: the code server is gone. Launches wait (no PipelineNotFoundError dead letters)."""
+    """The code server SIGKILLed with runs queued and running, and back 20 s later: launching pauses, runs the
+    daemon dequeues meanwhile wait, runs that failed for it are launched again. No healthy record in the DLQ."""
     worker, flow, dlq, api = flowing
-    own_dagster.code_server.stop()
+    own_dagster.code_server.kill()
     try:
         async def paused() -> dict[str, Any] | None:
             try:
@@ -122,66 +144,166 @@ async def test_a_stopped_code_location_pauses_launching_and_nothing_is_dead_lett
                     body = (await client.get(f"{worker.base_url}/readyz", timeout=5)).json()
             except httpx.HTTPError:
                 return None
-            return body.get("routes_paused", {}).get(flow.topic)
+            return body.get("routes_paused", {}).get(flow.topic)  # type: ignore[no-any-return]
 
         pause = await eventually(paused, 120, "/readyz to name the route paused for its code location")
         assert pause["reason"] == "code_location_error", pause
         assert metric(await worker.metrics(), "kafka_dagster_route_paused", route=flow.topic,
                       reason="code_location_error") == 1
-        # Runs that were executing when their code server went away may fail, and are copied (stage run);
-        # the records waiting to be launched are not dead-lettered.
-        letters = await dead_letters(stack.bootstrap, dlq)
-        assert {letter.stage for letter in letters} <= {"run"}
     finally:
         own_dagster.code_server.start()
         await asyncio.to_thread(wait_until, lambda: port_open(own_dagster.grpc_port), 60, "the code server")
     await assert_every_record_in_exactly_one_executed_run(stack, api, worker, flow, dlq)
+    assert await dead_letters(stack.bootstrap, dlq) == []
+    executed = executed_runs(await api.runs(flow.topic))
+    assert {run["status"] for run in executed} == {"SUCCESS"}, [(r["runId"], r["status"]) for r in executed]
     assert metric(await worker.metrics(), "kafka_dagster_route_paused", route=flow.topic,
                   reason="code_location_error") == 0
 
 
-async def test_two_runs_of_one_batch_are_settled_to_one_that_runs(stack: Stack, own_dagster: Dagster) -> None:
-    """What a late, lost launch leaves behind (two runs with one kafka/batch_id), made harmless in real Dagster:
-    the queue's per-batch limit keeps them apart and the worker's sweep cancels one before it runs."""
-    from prometheus_client import CollectorRegistry
-
+async def _one_batch(stack: Stack, client: Any) -> tuple[str, Callable[[], Awaitable[str]], Any]:
+    """A batch of three records (its run reads them back from Kafka): its topic, a launch of it, the batch."""
     from service.batching import Batch
-    from service.dagster_client import DagsterClient
-    from service.delivery import TAG_BATCH_ID, run_config, run_tags
-    from service.duplicates import DuplicateRuns
-    from service.metrics import Metrics
+    from service.delivery import run_config, run_tags
     from service.records import Record
     from service.routes import Route
 
     topic = unique("duplicate")
     await produce(stack.bootstrap, topic, [order(i) for i in range(3)])
-    route = Route(topic, "process_orders", 10, 1_000_000, 1.0, inline_max_bytes=0)  # the run reads Kafka
+    route = Route(topic, "process_orders", 10, 1_000_000, 1.0, inline_max_bytes=0)
     records = [Record(topic, 0, i, None, None, order(i)) for i in range(3)]
     batch = Batch(topic, 0, opened_at=0.0, records=records, size=sum(r.size for r in records))
     tags = run_tags(route, batch, unique("group"))
-    client = DagsterClient(own_dagster.graphql_url)
-    metrics = Metrics(CollectorRegistry())
+    selector = await client.resolve_job("process_orders")
+
+    async def launch() -> str:
+        return str(await client.launch_run(selector, run_config(route, batch), tags))
+
+    return topic, launch, batch
+
+
+class Decider:
+    """What settles a batch in one worker: its own Dagster client, duplicate rule and view of the outcomes topic."""
+
+    def __init__(self, stack: Stack, dagster: Dagster, dlq: str) -> None:
+        from prometheus_client import CollectorRegistry
+
+        from service.dagster_client import DagsterClient
+        from service.duplicates import DuplicateRuns
+        from service.kafka import Producer
+        from service.metrics import Metrics
+        from service.outcomes import OutcomeLog, outcomes_topic
+
+        self.client = DagsterClient(dagster.graphql_url)
+        self.registry = CollectorRegistry()
+        self.producer = Producer(stack.bootstrap)
+        self.log = OutcomeLog(stack.bootstrap, outcomes_topic(dlq), self.producer)
+        self.duplicates = DuplicateRuns(self.client, Metrics(self.registry), self.log, window_s=60,
+                                        max_system_failures=4)
+
+    def cancelled(self) -> float:
+        return self.registry.get_sample_value("kafka_dagster_duplicate_runs_cancelled_total",
+                                              {"dagster_job": "process_orders"}) or 0.0
+
+    async def close(self) -> None:
+        await self.log.stop()
+        await self.producer.stop()
+        await self.client.aclose()
+
+
+@contextlib.asynccontextmanager
+async def deciders(stack: Stack, dagster: Dagster, count: int) -> AsyncIterator[list[Decider]]:
+    """`count` workers' deciders on one outcomes topic."""
+    dlq = unique("dlq")
+    made = [Decider(stack, dagster, dlq) for _ in range(count)]
     try:
-        selector = await client.resolve_job("process_orders")
-        first = await client.launch_run(selector, run_config(route, batch), tags)
-        second = await client.launch_run(selector, run_config(route, batch), tags)  # the retry's duplicate
-        kept = await DuplicateRuns(client, metrics, window_s=60).settle(
-            "process_orders", batch.batch_id, {TAG_BATCH_ID: batch.batch_id}, second)
+        yield made
     finally:
-        await client.aclose()
+        for decider in made:
+            await decider.close()
+
+
+async def _finished(api: DagsterApi, topic: str, count: int) -> list[dict[str, Any]]:
+    runs = await api.runs(topic)
+    done = len(runs) == count and all(r["status"] in ("SUCCESS", "FAILURE", "CANCELED") for r in runs)
+    return runs if done else []
+
+
+async def test_two_workers_settling_one_batch_at_once_keep_the_same_run(stack: Stack, own_dagster: Dagster) -> None:
+    """The launch path of one worker and the sweep of another judge a batch with two queued runs at once, twice
+    over: both keep the oldest, the other is cancelled, and the kept run executes."""
     api = DagsterApi(own_dagster.graphql_url)
-
-    async def both_finished() -> list[dict[str, Any]]:
-        runs = await api.runs(topic)
-        return runs if len(runs) == 2 and all(r["status"] in ("SUCCESS", "FAILURE", "CANCELED") for r in runs) else []
-
-    runs = {r["runId"]: r for r in await eventually(both_finished, 120, "both runs finished")}
-    canceled = first if kept == second else second
-    assert runs[kept]["status"] == "SUCCESS"
-    assert runs[canceled]["status"] == "CANCELED" and not runs[canceled]["started"]
+    async with deciders(stack, own_dagster, 2) as (first, second):
+        topic, launch, batch = await _one_batch(stack, first.client)
+        own_dagster.daemon.signal_group(signal.SIGSTOP)  # both runs stay queued while they are judged
+        try:
+            original, duplicate = await launch(), await launch()
+            for _ in range(2):
+                verdicts = await asyncio.gather(first.duplicates.judge("process_orders", batch.batch_id),
+                                                second.duplicates.judge("process_orders", batch.batch_id))
+                assert {v.survivor.run_id for v in verdicts if v.survivor} == {original}, verdicts
+                assert all(v.survivor for v in verdicts), verdicts
+        finally:
+            own_dagster.daemon.signal_group(signal.SIGCONT)
+        runs = {r["runId"]: r for r in await eventually(lambda: _finished(api, topic, 2), 120, "both runs ended")}
+        assert 1 <= first.cancelled() + second.cancelled() <= 2  # both may cancel it in the same instant
+    assert runs[original]["status"] == "SUCCESS"
+    assert runs[duplicate]["status"] == "CANCELED" and not runs[duplicate]["started"]
     assert canceled_duplicates(list(runs.values())) == 1
-    assert metrics.registry.get_sample_value("kafka_dagster_duplicate_runs_cancelled_total",
-                                             {"dagster_job": "process_orders"}) == 1
+
+
+async def test_a_run_that_started_keeps_its_batch_and_a_later_duplicate_is_cancelled(
+        stack: Stack, own_dagster: Dagster) -> None:
+    api = DagsterApi(own_dagster.graphql_url)
+    async with deciders(stack, own_dagster, 1) as (decider,):
+        topic, launch, batch = await _one_batch(stack, decider.client)
+        original = await launch()
+
+        async def started() -> bool:
+            return any(r["started"] for r in await api.runs(topic))
+
+        await eventually(started, 120, "the first run to start")
+        own_dagster.daemon.signal_group(signal.SIGSTOP)  # the late duplicate stays queued
+        try:
+            duplicate = await launch()
+            verdict = await decider.duplicates.judge("process_orders", batch.batch_id)
+        finally:
+            own_dagster.daemon.signal_group(signal.SIGCONT)
+        assert verdict.survivor is not None and verdict.survivor.run_id == original
+        runs = {r["runId"]: r for r in await eventually(lambda: _finished(api, topic, 2), 120, "both runs ended")}
+        assert decider.cancelled() == 1
+    assert runs[original]["status"] == "SUCCESS"
+    assert runs[duplicate]["status"] == "CANCELED" and not runs[duplicate]["started"]
+
+
+async def test_an_operator_cancelling_a_batch_run_puts_its_records_in_the_dlq_once(
+        stack: Stack, own_dagster: Dagster, start_worker: Any) -> None:
+    """The run an operator terminates (the UI's Terminate: GraphQL terminateRun) is no duplicate: its records
+    go to the DLQ at stage run, with the run id, and are not launched again."""
+    from service.dagster_client import DagsterClient
+
+    topic, dlq = unique("operator-cancel"), unique("dlq")
+    api = DagsterApi(own_dagster.graphql_url)
+    await ensure_topics(stack.bootstrap, {topic: 1})
+    own_dagster.daemon.signal_group(signal.SIGSTOP)
+    try:
+        await start_worker(route_toml(topic, max_records=3, max_wait_s=0.5), KAFKA_DAGSTER_DLQ_TOPIC=dlq,
+                           DAGSTER_GRAPHQL_URL=own_dagster.graphql_url)
+        await produce(stack.bootstrap, topic, [order(i) for i in range(3)])
+        runs = await eventually(lambda: api.runs(topic), 120, "the batch's run")
+        client = DagsterClient(own_dagster.graphql_url)
+        try:
+            assert await client.terminate_queued(runs[0]["runId"])
+        finally:
+            await client.aclose()
+        letters = await eventually(lambda: dead_letters(stack.bootstrap, dlq), 120, "the cancelled run's records")
+    finally:
+        own_dagster.daemon.signal_group(signal.SIGCONT)
+    result = await eventually(lambda: settled(stack.bootstrap, api, topic, dlq, 3), 120, "the batch settled")
+    assert result.problems == [] and result.run_copies == 3
+    assert {(letter.stage, letter.dlq["dlq.error.class"], letter.dlq["dlq.run_id"]) for letter in letters} == {
+        ("run", "RunCanceled", runs[0]["runId"])}
+    assert [r["status"] for r in await api.runs(topic)] == ["CANCELED"]
 
 
 async def test_max_queued_runs_holds_launches_while_dagster_dequeues_nothing(

@@ -926,3 +926,21 @@ async def test_a_run_an_operator_cancels_puts_its_records_in_the_dlq(make_harnes
     assert h.sink.offsets("run") == [0, 1, 2]
     assert {m["dlq"]["dlq.error.class"] for m in h.sink.sent} == {"RunCanceled"}
     assert h.outcomes.recorded == {"run-0": "CANCELED"}
+
+
+async def test_a_new_owner_launches_again_a_batch_a_race_left_without_a_run(
+        make_harness: Callable[..., Harness]) -> None:
+    """Two deciders raced and cancelled both runs of a batch; their worker died before it noticed."""
+    h = make_harness(max_records=3)
+    cancelled = [ended(_failed_run(run_id, 0, 2), "CANCELED") for run_id in ("a", "b")]
+    h.client.runs.extend(RunInfo(r.run_id, r.status, r.job, r.tags | {"kafka/batch_id": "b-x"}, float(i))
+                         for i, r in enumerate(cancelled))
+    h.outcomes.recorded = {"a": DUPLICATE, "b": DUPLICATE}
+    h.read_back[(0, 2)] = [h.record(offset) for offset in range(3)]
+    await h.feed(0, 1, 2)
+    assert await h.settle()
+    assert h.launched() == []  # covered by the batch's runs: settled by the rule, not by a new batch
+    await h.delivery.watcher.poll()
+    await _relaunched(h)
+    assert h.launched() == [(0, 2)]
+    assert h.sink.sent == []
