@@ -37,7 +37,8 @@ def stack() -> Iterator[Stack]:
     daemon), stopped whatever happens."""
     workdir = ROOT / ".test-stack" / unique("session")
     broker = Broker(workdir)
-    dagster = Dagster(workdir / "dagster", {"KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{broker.port}"},
+    dagster = Dagster(workdir / "dagster", {"KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{broker.port}",
+                                            "KAFKA_DAGSTER_TEST_FLAKY_DIR": str(workdir / "flaky-starts")},
                       extra_locations={BYO_LOCATION: BYO_MODULE})
     try:
         broker.start()
