@@ -36,7 +36,11 @@ from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers import aiokafka as aiokafka_driver
 from faust.types import TP
 
+from service.errors import BrokerUnavailable
 from service.kafka import kafka_error
+
+# How long a fencing commit may wait for the group coordinator before it counts as a transient failure.
+FENCE_TIMEOUT_S = 10.0
 
 # What the fetch loop hands over: one partition and its fetched aiokafka `ConsumerRecord`s, in offset order.
 RecordSink = Callable[[TP, Sequence[Any]], Awaitable[None]]
@@ -94,10 +98,19 @@ class ConsumerThread(aiokafka_driver.AIOKafkaConsumerThread):
 
     async def _commit_owned(self, tp: TP, offset: int) -> bool:
         consumer = self._ensure_consumer()
-        if consumer._coordinator.generation < 0:  # kicked out of the group, not yet rejoined
+        # Kicked out of the group (aiokafka reset the generation to -1), not yet rejoined: a commit now would
+        # go out with generation -1, which a real coordinator accepts when the group is empty. Not proof.
+        if consumer._coordinator.generation < 0:
             return False
         try:
-            await consumer.commit({AIOKafkaTP(tp.topic, tp.partition): OffsetAndMetadata(offset, "")})
+            # aiokafka retries coordinator errors (NOT_COORDINATOR, COORDINATOR_NOT_AVAILABLE, timeouts)
+            # inside commit forever: a coordinator moving (a broker restart) must not hold a launch that long.
+            await asyncio.wait_for(
+                consumer.commit({AIOKafkaTP(tp.topic, tp.partition): OffsetAndMetadata(offset, "")}),
+                FENCE_TIMEOUT_S)
+        except TimeoutError as exc:
+            raise BrokerUnavailable(f"committing {tp.topic}/{tp.partition}: the group coordinator did not answer "
+                                    f"in {FENCE_TIMEOUT_S:.0f}s") from exc
         except (CommitFailedError, IllegalStateError) as exc:
             # The coordinator answered UNKNOWN_MEMBER_ID, ILLEGAL_GENERATION or REBALANCE_IN_PROGRESS
             # (aiokafka raises CommitFailedError for all three), or the partition is no longer assigned.

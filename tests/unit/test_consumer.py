@@ -8,13 +8,18 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from aiokafka import errors as Errors
+from aiokafka.consumer.group_coordinator import GroupCoordinator
 from faust.types import TP
 
+from service import consumer as consumer_module
 from service.app import App
 from service.consumer import Consumer
+from service.errors import BrokerUnavailable
 
 P0, P1 = TP("orders", 0), TP("orders", 1)
 
@@ -202,3 +207,88 @@ async def test_a_fetch_waits_out_a_rebalance_and_carries_the_new_generation(
     c.resume_flow()
     records, generation = await asyncio.wait_for(fetching, 5)
     assert records == {P0: chunk(0)} and generation == GEN + 1
+
+
+class AnsweringCoordinator(GroupCoordinator):
+    """aiokafka's own group coordinator logic (`commit_offsets`), answered by a scripted broker.
+
+    Only the network is replaced: what aiokafka does with each OffsetCommit answer (raise, reset the
+    generation, request a rejoin, retry) is its real code.
+    """
+
+    def __init__(self, error_code: int, generation: int = 5) -> None:  # no super(): no client, no tasks
+        self.group_id, self.generation, self.member_id = "group", generation, "member-1"
+        self.coordinator_id, self._retry_backoff_ms = 1, 1
+        self._commit_lock = asyncio.Lock()
+        self.error_code = error_code
+        self.requests: list[tuple[int, str]] = []
+        self.rejoin_requested = False
+
+    async def ensure_coordinator_known(self) -> None:
+        return None
+
+    async def _send_req(self, request: Any) -> Any:
+        self.requests.append((request._consumer_group_generation_id, request._consumer_id))
+        return SimpleNamespace(topics=[("orders", [(0, self.error_code)])])
+
+    def request_rejoin(self) -> None:
+        self.rejoin_requested = True
+
+    def coordinator_dead(self, error: Any = None) -> None:  # would wake the task that finds the next coordinator
+        self.coordinator_id = None
+
+
+class CommittingConsumer:
+    """The part of aiokafka's consumer that the fencing commit uses: its coordinator, and commit."""
+
+    def __init__(self, coordinator: AnsweringCoordinator) -> None:
+        self._coordinator = coordinator
+
+    async def commit(self, offsets: dict[Any, Any]) -> None:
+        await self._coordinator.commit_offsets(None, offsets)
+
+
+def fencing(app: App, error_code: int, generation: int = 5) -> tuple[Any, AnsweringCoordinator]:
+    thread = consumer(app)._thread
+    coordinator = AnsweringCoordinator(error_code, generation)
+    thread._consumer = CommittingConsumer(coordinator)
+    return thread, coordinator
+
+
+@pytest.mark.parametrize("answer", [Errors.UnknownMemberIdError, Errors.IllegalGenerationError,
+                                    Errors.RebalanceInProgressError])
+async def test_each_refusal_of_a_real_coordinator_means_the_worker_does_not_own_the_partition(
+        app: App, answer: type[Errors.BrokerResponseError]) -> None:
+    """Apache Kafka's answers to a commit from a member the group moved on without (shared/kafka/README.md)."""
+    thread, coordinator = fencing(app, answer.errno)
+    assert await thread._commit_owned(P0, 10) is False
+    assert coordinator.requests == [(5, "member-1")]
+    if answer is Errors.RebalanceInProgressError:  # joined the next generation, not synced: rejoin
+        assert coordinator.rejoin_requested and coordinator.generation == 5
+    else:  # removed from the group: aiokafka forgets its generation
+        assert coordinator.generation == -1
+        assert await thread._commit_owned(P0, 10) is False  # and the next fence sends nothing at all
+        assert len(coordinator.requests) == 1
+
+
+async def test_a_member_without_a_generation_never_commits_what_an_empty_group_would_accept(app: App) -> None:
+    """A generation -1 commit is accepted by a real coordinator when the group is empty: it proves nothing."""
+    thread, coordinator = fencing(app, Errors.NoError.errno, generation=-1)
+    assert await thread._commit_owned(P0, 10) is False
+    assert coordinator.requests == []
+
+
+async def test_an_accepted_commit_proves_ownership(app: App) -> None:
+    thread, coordinator = fencing(app, Errors.NoError.errno)
+    assert await thread._commit_owned(P0, 10) is True
+    assert coordinator.requests == [(5, "member-1")]
+
+
+async def test_a_coordinator_that_keeps_moving_is_a_transient_failure_not_a_hang(
+        app: App, monkeypatch: pytest.MonkeyPatch) -> None:
+    """aiokafka retries NOT_COORDINATOR inside commit forever (a broker restarting): the fence gives up."""
+    monkeypatch.setattr(consumer_module, "FENCE_TIMEOUT_S", 0.05)
+    thread, coordinator = fencing(app, Errors.NotCoordinatorForGroupError.errno)
+    with pytest.raises(BrokerUnavailable, match="did not answer"):
+        await thread._commit_owned(P0, 10)
+    assert len(coordinator.requests) > 1  # it was retrying
