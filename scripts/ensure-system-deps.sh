@@ -6,6 +6,8 @@
 #   stunnel4        stunnel: TLS in front of a test Kafka broker (tests/test_kafka_tls.py)
 #   nginx           nginx: TLS and an API token in front of the test Dagster (tests/test_dagster_https.py)
 #   openssl         openssl: the tests' CA and server certificates (tests/tls.py)
+#   default-jre-headless  java: the Apache Kafka test broker (service/dev/apache_kafka.py)
+#   maven           mvn: resolves that broker's jars from Maven Central (dev/kafka/<version>/pom.xml)
 #   docker-compose  `docker-compose config`: validates docker-compose.yml against the
 #                   Compose schema without a Docker engine (tests/test_deploy.py);
 #                   not installed when the Compose v2 plugin (`docker compose`) is there
@@ -21,6 +23,8 @@ REQUIRED=(
     "nginx:nginx"
     "openssl:openssl"
     "docker-compose:docker-compose"
+    "java:default-jre-headless"
+    "mvn:maven"
 )
 
 say() { echo "ensure-system-deps: $*" >&2; }
