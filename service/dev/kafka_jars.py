@@ -72,3 +72,7 @@ def _resolve(pom: Path, lib: Path) -> None:
         raise StackError(f"mvn failed to resolve {pom}: {' | '.join(tail)}")
     shutil.rmtree(lib, ignore_errors=True)
     partial.rename(lib)
+
+
+if __name__ == "__main__":  # `make test` resolves the jars before the suite starts
+    print(kafka_jars())
