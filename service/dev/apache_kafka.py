@@ -115,6 +115,8 @@ class ApacheKafka:
 
     def start(self, timeout_s: float = 120.0) -> None:
         """Start the broker (formatting its log directory on first start); return once a client sees it."""
+        if self.process.alive:
+            raise StackError(f"{self.name} is already running; see {self.log_path}")
         began = time.monotonic()
         require_java()
         kafka_jars(self.version)
