@@ -47,6 +47,7 @@ run: $(STAMP)  ## the embedded stack with demo events; Ctrl-C stops everything
 
 test: $(STAMP)  ## the whole suite against a real broker and a real Dagster
 	bash scripts/ensure-system-deps.sh
+	$(BIN)/python -m service.dev.kafka_jars  # the Apache Kafka broker's jars (dev/kafka/), once
 	DAGSTER_DISABLE_TELEMETRY=1 $(BIN)/pytest
 
 test-unit: $(STAMP)
@@ -64,4 +65,4 @@ lint: $(STAMP)
 	$(BIN)/mypy service dagster_project bench
 
 clean:
-	rm -rf $(VENV) $(LOCK_VENV) .kafka-dagster .test-stack .bench-stack
+	rm -rf $(VENV) $(LOCK_VENV) .kafka-dagster .test-stack .bench-stack .kafka

@@ -127,22 +127,20 @@ class KafkaResource(dg.ConfigurableResource):
         return [_message(r) for r in records]
 
     async def _end_offsets(self, topics: list[str]) -> dict[str, dict[int, int]]:
+        partitions = await kafka.topic_partitions(self.bootstrap_servers, topics, self.security())
+        tps = [TopicPartition(topic, p) for topic, numbers in partitions.items() for p in numbers]
+        result: dict[str, dict[int, int]] = {topic: {} for topic in partitions}
+        if not tps:
+            return result
         consumer = self._consumer()
         await consumer.start()
         try:
-            existing = await consumer.topics()
-            tps = [
-                TopicPartition(topic, p)
-                for topic in topics if topic in existing
-                for p in sorted(consumer.partitions_for_topic(topic) or ())
-            ]
-            ends = await consumer.end_offsets(tps) if tps else {}
-            result: dict[str, dict[int, int]] = {t: {} for t in topics if t in existing}
-            for tp, offset in ends.items():
-                result[tp.topic][tp.partition] = offset
-            return result
+            ends = await consumer.end_offsets(tps)
         finally:
             await consumer.stop()
+        for tp, offset in ends.items():
+            result[tp.topic][tp.partition] = offset
+        return result
 
     async def _publish(self, topic: str, messages: list[KafkaMessage]) -> None:
         await self._ensure_topic(topic)

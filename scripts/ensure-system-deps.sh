@@ -8,6 +8,8 @@
 #   openssl         openssl: the tests' CA and server certificates (tests/tls.py)
 #   postgresql      initdb, postgres: Dagster's storage as compose deploys it, a server the
 #                   tests and the benchmark start themselves (service/dev/postgres.py)
+#   default-jre-headless  java: the Apache Kafka test broker (service/dev/apache_kafka.py)
+#   maven           mvn: resolves that broker's jars from Maven Central (dev/kafka/<version>/pom.xml)
 #   docker-compose  `docker-compose config`: validates docker-compose.yml against the
 #                   Compose schema without a Docker engine (tests/test_deploy.py);
 #                   not installed when the Compose v2 plugin (`docker compose`) is there
@@ -24,6 +26,8 @@ REQUIRED=(
     "openssl:openssl"
     "initdb:postgresql"
     "docker-compose:docker-compose"
+    "java:default-jre-headless"
+    "mvn:maven"
 )
 
 say() { echo "ensure-system-deps: $*" >&2; }

@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
-from collections.abc import AsyncGenerator, Iterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Iterable, Iterator, Mapping, Sequence
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -67,6 +67,27 @@ async def ensure_topics(bootstrap_servers: str, topics: Mapping[str, int],
                 logger.info("created topics %s", ", ".join(t.name for t in missing))
     finally:
         await admin.close()
+
+
+async def topic_partitions(bootstrap_servers: str, topics: Iterable[str],
+                           security: KafkaSecurity = PLAINTEXT) -> dict[str, list[int]]:
+    """The partition numbers of each of `topics` that exists; a missing topic is left out.
+
+    It asks for the metadata of every topic, so a cluster that auto-creates topics
+    creates none. A consumer's own metadata cannot tell: aiokafka bootstraps with a
+    request naming no topics, which Apache Kafka answers with none (Tansu with all),
+    so its `partitions_for_topic` knows only the topics it was given.
+    """
+    wanted = set(topics)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, **aiokafka_kwargs(security))
+    try:
+        with map_kafka_errors(f"describing topics on {bootstrap_servers}"):
+            await admin.start()
+            described = await admin.describe_topics()
+    finally:
+        await admin.close()
+    return {t["topic"]: sorted(p["partition"] for p in t["partitions"])
+            for t in described if t["topic"] in wanted and t["error_code"] == 0}
 
 
 class Producer:
@@ -181,18 +202,14 @@ async def read_topic(bootstrap_servers: str, topic: str, timeout_s: float = 30.0
     empty fetch after them: some Kafka-compatible brokers (Tansu) report the
     last batch's base offset + 1 as the end offset.
     """
+    tps = await _topic_partitions(bootstrap_servers, topic, security)
+    if not tps:
+        return []
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, enable_auto_commit=False,
                                 auto_offset_reset="earliest", **aiokafka_kwargs(security))
     found: list[tuple[int, int, object]] = []
     try:
         await consumer.start()
-        partitions = consumer.partitions_for_topic(topic) or set()
-        if not partitions:
-            await consumer.topics()  # refresh metadata once
-            partitions = consumer.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
-        if not tps:
-            return []
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         ends = await consumer.end_offsets(tps)
@@ -227,14 +244,14 @@ async def stream_topic(bootstrap_servers: str, topic: str, from_offset: int | No
     memory: a topic of any size streams. A read that makes no progress for
     `stall_timeout_s` while records remain raises `BrokerUnavailable`.
     """
+    tps = await _topic_partitions(bootstrap_servers, topic, security)
+    if not tps:
+        return
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, enable_auto_commit=False,
                                 auto_offset_reset="earliest", **aiokafka_kwargs(security))
     try:
         with map_kafka_errors(f"reading {topic}"):
             await consumer.start()
-            tps = await _partitions(consumer, topic)
-            if not tps:
-                return
             consumer.assign(tps)
             await _seek(consumer, tps, from_offset)
             ends = await consumer.end_offsets(tps)
@@ -261,12 +278,9 @@ async def stream_topic(bootstrap_servers: str, topic: str, from_offset: int | No
         await consumer.stop()
 
 
-async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
-    partitions = consumer.partitions_for_topic(topic) or set()
-    if not partitions:
-        await consumer.topics()  # refresh metadata once
-        partitions = consumer.partitions_for_topic(topic) or set()
-    return [TopicPartition(topic, p) for p in sorted(partitions)]
+async def _topic_partitions(bootstrap_servers: str, topic: str, security: KafkaSecurity) -> list[TopicPartition]:
+    partitions = await topic_partitions(bootstrap_servers, [topic], security)
+    return [TopicPartition(topic, p) for p in partitions.get(topic, [])]
 
 
 async def _seek(consumer: AIOKafkaConsumer, tps: list[TopicPartition], from_offset: int | None) -> None:

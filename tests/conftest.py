@@ -1,4 +1,5 @@
-"""Session fixtures: one real Tansu broker and one real Dagster for the whole run."""
+"""Session fixtures: one real broker (Apache Kafka, or Tansu: `tests.brokers`) and one real Dagster for the
+whole run."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from service.dev.stack import Broker, Dagster
+from service.dev.stack import Dagster, KafkaBroker
+from tests.brokers import new_broker
 from tests.support import ROOT, DagsterApi, WorkerProcess, new_web_port, route_toml, unique
 
 os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "1")
@@ -22,7 +24,7 @@ BYO_MODULE = "tests.fixtures.byo_project.location"
 
 @dataclass
 class Stack:
-    broker: Broker
+    broker: KafkaBroker
     dagster: Dagster
     workdir: Path
 
@@ -36,7 +38,7 @@ def stack() -> Iterator[Stack]:
     """A broker and a Dagster deployment (code servers of the demo and of the fixture project, webserver,
     daemon), stopped whatever happens."""
     workdir = ROOT / ".test-stack" / unique("session")
-    broker = Broker(workdir)
+    broker = new_broker(workdir)
     dagster = Dagster(workdir / "dagster", {"KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{broker.port}",
                                             "KAFKA_DAGSTER_TEST_FLAKY_DIR": str(workdir / "flaky-starts")},
                       extra_locations={BYO_LOCATION: BYO_MODULE})

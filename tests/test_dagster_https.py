@@ -17,6 +17,7 @@ import orjson
 import pytest
 
 from service.dlq import DeadLetter
+from service.kafka import ensure_topics
 from tests.conftest import Stack
 from tests.support import (
     DagsterApi,
@@ -73,6 +74,7 @@ def dead_letter_text(letters: list[DeadLetter]) -> str:
 async def test_launches_through_https_with_the_token_and_the_token_stays_secret(
         stack: Stack, dagster_api: DagsterApi, dagster_proxy: DagsterProxy, start_worker) -> None:
     topic, dlq_topic = unique("https-orders"), unique("https-dlq")
+    await ensure_topics(stack.bootstrap, {topic: 1})
     worker: WorkerProcess = await start_worker(
         route_toml(topic, max_records=5, max_wait_s=1.0), KAFKA_DAGSTER_DLQ_TOPIC=dlq_topic,
         DAGSTER_GRAPHQL_URL=dagster_proxy.graphql_url, DAGSTER_SSL_CAFILE=str(dagster_proxy.ca.cert),
@@ -106,6 +108,7 @@ async def test_an_untrusted_dagster_certificate_is_retried_with_a_clear_hint(
         stack: Stack, dagster_proxy: DagsterProxy, start_worker) -> None:
     """Without DAGSTER_SSL_CAFILE the system CAs do not trust the proxy: nothing is launched, nothing lost."""
     topic, dlq_topic = unique("https-untrusted"), unique("https-untrusted-dlq")
+    await ensure_topics(stack.bootstrap, {topic: 1})
     worker: WorkerProcess = await start_worker(
         route_toml(topic, max_records=1, max_wait_s=1.0), wait=False, KAFKA_DAGSTER_DLQ_TOPIC=dlq_topic,
         DAGSTER_GRAPHQL_URL=dagster_proxy.graphql_url, DAGSTER_API_TOKEN=TOKEN)

@@ -16,7 +16,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from service.contract import DEFAULT_DLQ_TOPIC
-from service.kafka import ensure_topics
+from service.kafka import ensure_topics, topic_partitions
 from tests.conftest import Stack
 from tests.support import DagsterApi, eventually, produce, record_counts, route_toml, unique
 
@@ -49,12 +49,13 @@ async def read_topic(bootstrap: str, topic: str) -> list[Any]:
     Reads until a fetch comes back empty: Tansu's end offsets count record
     batches, not records, so they cannot tell when the end is reached.
     """
+    partitions = (await topic_partitions(bootstrap, [topic])).get(topic)
+    if partitions is None:
+        return []
+    tps = [TopicPartition(topic, p) for p in partitions]
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_wait_ms=100)
     await consumer.start()
     try:
-        if topic not in await consumer.topics():
-            return []
-        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         records: list[Any] = []

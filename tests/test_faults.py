@@ -205,7 +205,9 @@ async def _took_all_partitions(worker: WorkerProcess, topic: str) -> bool:
 
 async def idle_worker_shows_its_dependencies_up(stack: Stack, dagster_api: DagsterApi, start_worker: Any) -> None:
     """No message has flowed: the probes alone say Dagster and Kafka are up (no false DagsterDown alert)."""
-    worker = await start_worker(route_toml(unique("idle"), max_wait_s=1.0))
+    topic = unique("idle")
+    await ensure_topics(stack.bootstrap, {topic: 1})  # the broker creates no topic on its own
+    worker = await start_worker(route_toml(topic, max_wait_s=1.0))
 
     async def both_up() -> bool:
         samples = await worker.metrics()

