@@ -51,6 +51,17 @@ def kafka_error(what: str, exc: KafkaError) -> BrokerUnavailable | KafkaRejected
     return KafkaRejected(f"{what}: {exc!r}")
 
 
+async def existing_topics(bootstrap_servers: str, security: KafkaSecurity = PLAINTEXT) -> set[str]:
+    """The names of the topics on the cluster now."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, **aiokafka_kwargs(security))
+    try:
+        with map_kafka_errors(f"listing topics on {bootstrap_servers}"):
+            await admin.start()
+            return set(await admin.list_topics())
+    finally:
+        await admin.close()
+
+
 async def ensure_topics(bootstrap_servers: str, topics: Mapping[str, int],
                         security: KafkaSecurity = PLAINTEXT, configs: Mapping[str, str] | None = None) -> None:
     """Create each topic with its number of partitions (and `configs`) unless it exists."""

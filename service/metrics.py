@@ -93,7 +93,7 @@ class Metrics:
             "kafka_dagster_route_paused",
             "1 while a route cannot launch (reason: unauthorized, job_not_found, code_location_error, "
             "run_config_invalid, "
-            "bad_request, launch_rejected, dagster_error, dlq_write).",
+            "bad_request, launch_rejected, dagster_error, dlq_write, topic_missing).",
             ["route", "reason"], registry=r)
         self.duplicate_runs_cancelled = Counter(
             "kafka_dagster_duplicate_runs_cancelled",

@@ -16,12 +16,13 @@ from service.dagster_client import DagsterClient
 from service.decoding import JsonBounds
 from service.delivery import Delivery
 from service.health import Heartbeat, probe_forever, readiness, update_lag
-from service.kafka import Producer, ensure_topics, read_range
+from service.kafka import Producer, ensure_topics, existing_topics, read_range
 from service.metrics import Metrics
 from service.outcomes import OutcomeLog, outcomes_topic
 from service.records import TP, Record
 from service.routes import RouteTable, check_batch_bytes, load_routes
 from service.settings import Settings
+from service.topic_check import watch_topics
 from service.web import add_pages
 
 logger = logging.getLogger(__name__)
@@ -215,6 +216,13 @@ def _add_lifecycle(app: App, settings: Settings, delivery: Delivery, dlq_produce
         await watch_routes(delivery.routes.values(), client, delivery.pauses.pause,
                            lambda route, reason: delivery.pauses.resume(route, reason=reason),
                            settings.route_retry_max_delay_s)
+
+    @app.task
+    async def check_topics() -> None:
+        await watch_topics(delivery.routes.values(),
+                           lambda: existing_topics(settings.bootstrap_servers, settings.kafka_security),
+                           delivery.pauses.pause, lambda route, reason: delivery.pauses.resume(route, reason=reason),
+                           settings.bootstrap_servers)
 
     @app.task
     async def create_dlq_topic() -> None:
