@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from service.dev.stack import Dagster, KafkaBroker
-from tests.brokers import new_broker
+from tests.brokers import ExternalCluster, new_broker
 from tests.support import ROOT, DagsterApi, WorkerProcess, new_web_port, route_toml, unique
 
 os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "1")
@@ -24,7 +24,7 @@ BYO_MODULE = "tests.fixtures.byo_project.location"
 
 @dataclass
 class Stack:
-    broker: KafkaBroker
+    broker: KafkaBroker | ExternalCluster
     dagster: Dagster
     workdir: Path
 
@@ -39,7 +39,7 @@ def stack() -> Iterator[Stack]:
     daemon), stopped whatever happens."""
     workdir = ROOT / ".test-stack" / unique("session")
     broker = new_broker(workdir)
-    dagster = Dagster(workdir / "dagster", {"KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{broker.port}",
+    dagster = Dagster(workdir / "dagster", {"KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap_servers,
                                             "KAFKA_DAGSTER_TEST_FLAKY_DIR": str(workdir / "flaky-starts")},
                       extra_locations={BYO_LOCATION: BYO_MODULE})
     try:

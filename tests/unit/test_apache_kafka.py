@@ -10,7 +10,7 @@ import pytest
 from service.dev.apache_kafka import TEST_PROPERTIES, ApacheKafka, new_cluster_id, server_properties
 from service.dev.kafka_jars import KAFKA_VERSION, build_file, kafka_jars
 from service.dev.stack import Broker, StackError
-from tests.brokers import BROKER_ENV, new_broker, selected_broker
+from tests.brokers import BOOTSTRAP_ENV, BROKER_ENV, ExternalCluster, new_broker, selected_broker
 
 
 def parsed(text: str) -> dict[str, str]:
@@ -85,3 +85,13 @@ def test_an_unknown_broker_kind_is_refused_naming_the_setting(monkeypatch: pytes
 
     with pytest.raises(ValueError, match=f"invalid setting {BROKER_ENV}='redpanda'"):
         selected_broker()
+
+
+def test_a_cluster_of_your_own_needs_its_bootstrap_address(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv(BROKER_ENV, "external")
+    monkeypatch.delenv(BOOTSTRAP_ENV, raising=False)
+    with pytest.raises(ValueError, match=f"needs {BOOTSTRAP_ENV}=host:port"):
+        new_broker(tmp_path)
+    monkeypatch.setenv(BOOTSTRAP_ENV, "kafka-1.internal:9092")
+    cluster = new_broker(tmp_path)
+    assert isinstance(cluster, ExternalCluster) and cluster.bootstrap_servers == "kafka-1.internal:9092"
