@@ -106,6 +106,7 @@ RELAUNCH_MAX_DELAY_S = 60.0
 # What the outcomes topic says of a run settled without a dead letter.
 SUPERSEDED = "SUPERSEDED"  # another run of its batch keeps the records
 RELAUNCHED = "RELAUNCHED"  # its batch was launched again
+DEAD_LETTERED = "DEAD_LETTERED"  # launching its batch again was refused: the records are in the DLQ
 
 
 class DeadLetterSink(Protocol):
@@ -956,7 +957,13 @@ class Delivery:
                        verdict.reason, delay_s)
         task = asyncio.create_task(self._relaunch(run, verdict, delay_s), name=f"relaunch-{run.batch_id}")
         self._relaunches[run.batch_id] = task
-        task.add_done_callback(lambda _: self._relaunches.pop(run.batch_id, None))
+        task.add_done_callback(partial(self._relaunch_done, run.batch_id))
+
+    def _relaunch_done(self, batch_id: str, task: asyncio.Task[None]) -> None:
+        self._relaunches.pop(batch_id, None)
+        if not task.cancelled() and task.exception() is not None:
+            # A bug, not a classified failure: the runs stay unsettled, and the next reconcile settles them.
+            logger.error("launching batch %s again failed", batch_id, exc_info=task.exception())
 
     async def _relaunch(self, run: LaunchedRun, verdict: Verdict, delay_s: float) -> None:
         await asyncio.sleep(delay_s)
@@ -978,14 +985,24 @@ class Delivery:
         except Fenced as exc:
             logger.warning("not launching batch %s again: %s", run.batch_id, exc)
             return
+        except (RecordError, RouteError) as exc:  # as for any launch of the batch: its records go to the DLQ
+            stage = exc.stage if isinstance(exc, RecordError) else STAGE_LAUNCH
+            logger.error("batch %s not launched again: %s; dead-lettering its %d records", run.batch_id, exc,
+                         len(records))
+            await self.dead_letter(records, dataclasses.replace(Failure.from_exception(stage, exc), route=route.name))
+            await self._record_dead_runs(verdict, DEAD_LETTERED)
+            return
         self.metrics.runs_relaunched.labels(route.job).inc()
         self.duplicates.watch(route.job, batch.batch_id)
         logger.warning("launched run %s for batch %s again (%s/%d offsets %d-%d): %s", run_id, batch.batch_id,
                        batch.topic, batch.partition, batch.offset_start, batch.offset_end, verdict.reason)
+        await self._record_dead_runs(verdict, RELAUNCHED)
+        await self.watcher.add(_launched(run_id, route.job, run_tags(route, batch, self.group_id)))
+
+    async def _record_dead_runs(self, verdict: Verdict, done: str) -> None:
         for dead in verdict.dead_runs:
             written = DUPLICATE if dead.run_id in verdict.cancelled_as_duplicates else None
-            await self._record_outcome(dead.run_id, written, RELAUNCHED)
-        await self.watcher.add(_launched(run_id, route.job, run_tags(route, batch, self.group_id)))
+            await self._record_outcome(dead.run_id, written, done)
 
     async def dead_letter(self, records: Iterable[Record], failure: Failure) -> None:
         """Write records to the DLQ, retrying what Kafka refuses."""

@@ -944,3 +944,19 @@ async def test_a_new_owner_launches_again_a_batch_a_race_left_without_a_run(
     await _relaunched(h)
     assert h.launched() == [(0, 2)]
     assert h.sink.sent == []
+
+
+async def test_a_relaunch_the_route_refuses_dead_letters_where_the_route_asks_for_it(
+        make_harness: Callable[..., Harness], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(delivery_module, "RELAUNCH_BASE_S", 0.0)
+    h = make_harness(on_launch_rejected="dead_letter")
+    await h.feed(0, 1, 2)
+    assert await h.settle()
+    h.read_back[(0, 2)] = [h.record(offset) for offset in range(3)]
+    h.client.runs = [ended(r, "FAILURE", "RUN_WORKER_RESTART") for r in h.client.runs]
+    h.client.script = [LaunchRejected("PipelineNotFoundError", "the job is gone")]
+    await h.delivery.watcher.poll()
+    await _relaunched(h)
+    assert h.launched() == [(0, 2)]
+    assert h.sink.offsets("launch") == [0, 1, 2]
+    assert h.outcomes.recorded == {"run-0": "DEAD_LETTERED"}
