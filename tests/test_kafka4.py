@@ -6,13 +6,14 @@ through its new group coordinator only. The scenarios are the suite's own (`test
 `test_delivery`, `test_faults`), given a `Stack` whose broker is the 4.x one: their workers and every read
 of the accounting go to it. The runs go to the session's Dagster, with their records inline (no batch of
 these scenarios reaches a route's `inline_max_bytes`), so the code location never reads the 4.x broker.
-They mostly wait, so the module fixture starts all three at once and each test awaits its own.
+Each scenario launches a run a second or more, so they run one after the other, as in their own modules.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 import pytest
 
@@ -22,15 +23,9 @@ from tests.conftest import Stack, Workers
 from tests.support import DagsterApi, unique
 from tests.test_delivery import killed_three_times
 from tests.test_end_to_end import orders_become_runs_of_a_ready_worker
-from tests.test_faults import Scenario, rolling_restarts
+from tests.test_faults import rolling_restarts
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
-
-SCENARIOS: dict[str, Scenario] = {
-    "end_to_end": orders_become_runs_of_a_ready_worker,
-    "kill_9": killed_three_times,
-    "rolling_restarts": rolling_restarts,
-}
 
 
 @pytest.fixture(scope="module")
@@ -45,32 +40,24 @@ async def kafka4(stack: Stack) -> AsyncIterator[Stack]:
         await asyncio.to_thread(broker.stop)
 
 
-@pytest.fixture(scope="module")
-async def scenarios(kafka4: Stack, dagster_api: DagsterApi,
-                    tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[dict[str, asyncio.Task[None]]]:
-    """Every scenario on the 4.x broker, started at once, each with workers (and a consumer group) of its own."""
-    pools = {name: Workers(kafka4, tmp_path_factory.mktemp(f"kafka4-{name}")) for name in SCENARIOS}
-    tasks = {name: asyncio.create_task(scenario(kafka4, dagster_api, pools[name].start), name=name)
-             for name, scenario in SCENARIOS.items()}
-    try:
-        yield tasks
-    finally:
-        for task in tasks.values():
-            task.cancel()
-        await asyncio.gather(*tasks.values(), return_exceptions=True)
-        for pool in pools.values():
-            pool.stop()
+@pytest.fixture
+async def start_worker4(kafka4: Stack, tmp_path: Path) -> AsyncIterator[Callable[..., object]]:
+    """`start_worker`, with the workers on the 4.x broker."""
+    workers = Workers(kafka4, tmp_path)
+    yield workers.start
+    workers.stop()
 
 
-async def test_messages_become_successful_runs_on_kafka_4(scenarios: dict[str, asyncio.Task[None]]) -> None:
-    await scenarios["end_to_end"]
+async def test_messages_become_successful_runs_on_kafka_4(kafka4: Stack, dagster_api: DagsterApi,
+                                                          start_worker4: Callable[..., object]) -> None:
+    await orders_become_runs_of_a_ready_worker(kafka4, dagster_api, start_worker4)
 
 
 async def test_killing_the_worker_loses_and_duplicates_nothing_on_kafka_4(
-        scenarios: dict[str, asyncio.Task[None]]) -> None:
-    await scenarios["kill_9"]
+        kafka4: Stack, dagster_api: DagsterApi, start_worker4: Callable[..., object]) -> None:
+    await killed_three_times(kafka4, dagster_api, start_worker4)
 
 
 async def test_rolling_restarts_of_two_workers_lose_and_duplicate_nothing_on_kafka_4(
-        scenarios: dict[str, asyncio.Task[None]]) -> None:
-    await scenarios["rolling_restarts"]
+        kafka4: Stack, dagster_api: DagsterApi, start_worker4: Callable[..., object]) -> None:
+    await rolling_restarts(kafka4, dagster_api, start_worker4)
