@@ -47,7 +47,7 @@ run: $(STAMP)  ## the embedded stack with demo events; Ctrl-C stops everything
 
 test: $(STAMP)  ## the whole suite against a real broker and a real Dagster
 	bash scripts/ensure-system-deps.sh
-	$(BIN)/python -m service.dev.kafka_jars  # the Apache Kafka broker's jars (dev/kafka/), once
+	$(BIN)/python -m service.dev.kafka_jars  # the jars of each tested Apache Kafka (dev/kafka/), once
 	DAGSTER_DISABLE_TELEMETRY=1 $(BIN)/pytest
 
 test-unit: $(STAMP)
@@ -55,9 +55,13 @@ test-unit: $(STAMP)
 	$(BIN)/pytest -m "not integration"
 
 bench: $(BENCH_STAMP)  ## contenders side by side on a fresh broker and Dagster (< 10 min)
+	bash scripts/ensure-system-deps.sh
+	$(BIN)/python -m service.dev.kafka_jars
 	DAGSTER_DISABLE_TELEMETRY=1 $(BIN)/python -m bench
 
 bench-quick: $(BENCH_STAMP)  ## the same with fewer messages and repetitions (< 3 min)
+	bash scripts/ensure-system-deps.sh
+	$(BIN)/python -m service.dev.kafka_jars
 	DAGSTER_DISABLE_TELEMETRY=1 $(BIN)/python -m bench --quick
 
 lint: $(STAMP)

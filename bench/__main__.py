@@ -7,6 +7,7 @@ import logging
 import os
 
 from bench import report
+from bench.broker import BROKERS
 from bench.config import FULL, QUICK
 from bench.run import run, write_outputs
 
@@ -18,13 +19,15 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true",
                         help="record the service worker of the first repetition with py-spy "
                              "(bench/results/profile-service.svg)")
+    parser.add_argument("--broker", choices=BROKERS, default="apache",
+                        help="Apache Kafka 3.9.1 (the default, as deployed) or Tansu (the figures before 2026-12-07)")
     args = parser.parse_args()
     os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "1")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("aiokafka").setLevel(logging.ERROR)
     logging.getLogger("service").setLevel(logging.WARNING)
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    results = run(QUICK if args.quick else FULL, keep=args.keep, profile=args.profile)
+    results = run(QUICK if args.quick else FULL, keep=args.keep, profile=args.profile, broker_kind=args.broker)
     path = write_outputs(results)
     print()
     print(report.table(results))

@@ -18,7 +18,7 @@ class Mode:
     amortisation_runs: int
     workers: tuple[int, ...]
     backpressure_hold_s: float
-    worker_start_s: float = 8.0  # before the backlog arrives: Faust start and a Tansu group join
+    worker_start_s: float = 8.0  # before the backlog arrives: Faust start and a group join
     backlog_step_pause_s: float = 1.0
     partitions: int = 8
     value_bytes: int = 300

@@ -9,13 +9,13 @@ from pathlib import Path
 
 from bench.config import Mode
 from bench.worker import RouteSpec, Worker, routes_toml, unique, worker_env
-from service.dev.stack import Broker, Dagster
+from service.dev.stack import Dagster, KafkaBroker
 
 
 @dataclass
 class Context:
     mode: Mode
-    broker: Broker
+    broker: KafkaBroker
     dagster: Dagster
     workdir: Path
     topic: str = field(default_factory=lambda: unique("bench.orders"))

@@ -11,6 +11,8 @@ from typing import Any
 
 import psutil
 
+from bench.broker import broker_name
+
 
 def machine() -> dict[str, Any]:
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
@@ -39,7 +41,7 @@ def table(results: dict[str, Any]) -> str:
         f"~{results['value_bytes']} B, {results['partitions']} partitions, median of {results['repetitions']}",
         f"machine: {results['machine']['cpu']}, {results['machine']['cores']} cores, "
         f"load {results['machine']['load_average_at_start']} at start; date {results['date']}; "
-        f"Dagster storage {results.get('dagster_storage', 'sqlite')}",
+        f"Dagster storage {results.get('dagster_storage', 'sqlite')}; broker {broker_name(results)}",
         "",
         f"service / limit          {r['service_over_limit']:.2f}x   (target >= 0.6x)",
         f"service_schema / limit   {r['service_schema_over_limit']:.2f}x   (target >= 0.5x)",
@@ -139,7 +141,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
         axes[1][2].plot(range(1, len(values) + 1), values, marker="o", label=name)
     axes[1][2].set(title="Throughput per repetition", xlabel="repetition", ylabel="msgs/s", yscale="log")
     axes[1][2].legend()
-    fig.suptitle(f"kafka-dagster benchmark ({results['mode']}), {results['date']}")
+    fig.suptitle(f"kafka-dagster benchmark ({results['mode']}) on {broker_name(results)}, {results['date']}")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=90)

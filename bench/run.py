@@ -16,6 +16,7 @@ from typing import Any
 from bench import matching, report, validators
 from bench.amortisation import amortisation
 from bench.backpressure import backpressure
+from bench.broker import broker_name, new_broker
 from bench.config import Mode
 from bench.context import Context
 from bench.data import make_values, produce_fast
@@ -27,7 +28,7 @@ from bench.service import run_scaling, run_service
 from bench.stats import median, percentile, ratio
 from bench.worker import ROOT, unique
 from service.dev.postgres import postgres_server
-from service.dev.stack import Broker, Dagster, StackError, running, temporary_database
+from service.dev.stack import Dagster, StackError, running, temporary_database
 
 logger = logging.getLogger("bench")
 RESULTS = ROOT / "bench" / "results"
@@ -130,12 +131,13 @@ def dagster_storage(stack: contextlib.ExitStack, workdir: Path, started: float) 
         return None, "sqlite"
 
 
-def run(mode: Mode, keep: bool = False, profile: bool = False) -> dict[str, Any]:
+def run(mode: Mode, keep: bool = False, profile: bool = False, broker_kind: str = "apache") -> dict[str, Any]:
     started = time.monotonic()
     workdir = ROOT / ".bench-stack" / unique(mode.name)
-    broker = Broker(workdir)
+    broker, broker_info = new_broker(broker_kind, workdir)
     results: dict[str, Any] = {
         "mode": mode.name, "date": datetime.now(UTC).isoformat(timespec="seconds"), "machine": report.machine(),
+        "broker": broker_info,
         "messages": mode.messages, "value_bytes": mode.value_bytes, "partitions": mode.partitions,
         "repetitions": mode.repetitions, "naive_take": mode.naive_take,
         "service_max_records": mode.service_max_records,
@@ -146,7 +148,7 @@ def run(mode: Mode, keep: bool = False, profile: bool = False) -> dict[str, Any]
             results["dagster_storage"] = storage
             dagster = Dagster(workdir / "dagster", {"KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap_servers},
                               pg_url=pg_url)
-            _step(f"starting the broker and Dagster ({storage} storage)", started)
+            _step(f"starting {broker_name(results)} and Dagster ({storage} storage)", started)
             with running(broker, dagster):
                 results |= measure(Context(mode, broker, dagster, workdir), started, profile)
     finally:

@@ -31,7 +31,7 @@ from bench.worker import ORDER_SCHEMA, Launch, RouteSpec, unique, wait_launched
 from service.kafka import ensure_topics
 
 MAX_WAIT_S = 60.0
-REBALANCE_SETTLE_S = 6.0  # longer than a Tansu join (half the session timeout)
+REBALANCE_SETTLE_S = 6.0  # longer than a join: Tansu takes half the session timeout, Apache Kafka a heartbeat
 
 
 FENCE = "kafka_dagster_fence_duration_seconds"

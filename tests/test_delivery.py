@@ -173,6 +173,10 @@ async def test_replayed_dead_letters_reach_runs_once_the_cause_is_fixed(
 
 async def test_killing_the_worker_loses_and_duplicates_nothing(
         stack: Stack, dagster_api: DagsterApi, start_worker: Any) -> None:
+    await killed_three_times(stack, dagster_api, start_worker)
+
+
+async def killed_three_times(stack: Stack, dagster_api: DagsterApi, start_worker: Any) -> None:
     """kill -9 three times at random points of a stream that flows until the third restart."""
     topic, dlq = unique("kill"), unique("dlq")
     await ensure_topics(stack.bootstrap, {topic: 4})

@@ -36,6 +36,11 @@ def orders(count: int) -> list[bytes]:
 
 async def test_messages_become_successful_runs_with_materializations(stack: Stack, dagster_api: DagsterApi,
                                                                      start_worker) -> None:
+    await orders_become_runs_of_a_ready_worker(stack, dagster_api, start_worker)
+
+
+async def orders_become_runs_of_a_ready_worker(stack: Stack, dagster_api: DagsterApi, start_worker) -> None:
+    """The whole path on `stack`'s broker, then the worker's probes: healthy and ready."""
     topic = unique("orders")
     await ensure_topics(stack.bootstrap, {topic: 4})
     worker = await start_worker(route_toml(topic, max_records=200, max_wait_s=2.0))

@@ -29,6 +29,7 @@ from service.dev.stack import ManagedProcess, StackError, free_port, port_open, 
 logger = logging.getLogger(__name__)
 
 LOG4J_CONFIG = ROOT / "dev" / "kafka" / "log4j.properties"
+LOG4J2_CONFIG = ROOT / "dev" / "kafka" / "log4j2.properties"
 
 # A small JVM: the broker of a test session holds little data (docs/development.md has its measured size).
 JVM_FLAGS = ("-Xmx384m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1", "-Djava.awt.headless=true")
@@ -56,13 +57,38 @@ TEST_PROPERTIES: Mapping[str, str] = {
 }
 
 
+# 4.x only: its share coordinator's state topic defaults to a replication factor of 3, like the offsets topic.
+KAFKA4_PROPERTIES: Mapping[str, str] = {
+    "share.coordinator.state.topic.replication.factor": "1",
+    "share.coordinator.state.topic.min.isr": "1",
+}
+
+
+def major_version(version: str) -> int:
+    """3 for "3.9.1", 4 for "4.4.0"."""
+    return int(version.split(".", 1)[0])
+
+
+def logging_flag(version: str) -> str:
+    """The JVM flag naming the broker's logging config: 3.x reads log4j 1 (reload4j), 4.x log4j2 (KIP-653)
+    and silently ignores the old flag."""
+    if major_version(version) >= 4:
+        return f"-Dlog4j2.configurationFile={LOG4J2_CONFIG}"
+    return f"-Dlog4j.configuration=file:{LOG4J_CONFIG}"
+
+
+def version_properties(version: str) -> Mapping[str, str]:
+    """The test defaults only some versions accept or need."""
+    return KAFKA4_PROPERTIES if major_version(version) >= 4 else {}
+
+
 def new_cluster_id() -> str:
     """A KRaft cluster id: a UUID in 22 characters of URL-safe base64."""
     return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
 
 
 def server_properties(port: int, controller_port: int, log_dir: Path,
-                      extra: Mapping[str, str] | None = None) -> str:
+                      extra: Mapping[str, str] | None = None, version: str = KAFKA_VERSION) -> str:
     """server.properties of a combined broker and controller on 127.0.0.1."""
     properties = {
         "process.roles": "broker,controller",
@@ -75,6 +101,7 @@ def server_properties(port: int, controller_port: int, log_dir: Path,
         "controller.listener.names": "CONTROLLER",
         "log.dirs": str(log_dir),
         **TEST_PROPERTIES,
+        **version_properties(version),
         **(extra or {}),
     }
     return "".join(f"{key}={value}\n" for key, value in properties.items())
@@ -135,13 +162,12 @@ class ApacheKafka:
 
     def _java(self, main_class: str, *args: str) -> list[str]:
         classpath = f"{cache_dir(self.version) / 'lib'}/*"
-        return ["java", *JVM_FLAGS, f"-Dlog4j.configuration=file:{LOG4J_CONFIG}", "-cp", classpath,
-                main_class, *args]
+        return ["java", *JVM_FLAGS, logging_flag(self.version), "-cp", classpath, main_class, *args]
 
     def _configure(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(
-            server_properties(self.port, self.controller_port, self.log_dir, self.extra_properties))
+            server_properties(self.port, self.controller_port, self.log_dir, self.extra_properties, self.version))
         if not (self.log_dir / "meta.properties").is_file():
             self._format()
 

@@ -14,6 +14,7 @@ import hashlib
 import logging
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 from service.dev.stack import StackError
@@ -22,6 +23,10 @@ logger = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parents[2]
 KAFKA_VERSION = "3.9.1"
+# The newest 4.x Maven Central serves: the suite runs its end-to-end, kill -9 and rolling-restart scenarios
+# on it too (tests/test_kafka4.py).
+KAFKA4_VERSION = "4.4.0"
+TESTED_VERSIONS = (KAFKA_VERSION, KAFKA4_VERSION)
 RESOLVE_TIMEOUT_S = 600.0
 
 
@@ -74,5 +79,11 @@ def _resolve(pom: Path, lib: Path) -> None:
     partial.rename(lib)
 
 
-if __name__ == "__main__":  # `make test` resolves the jars before the suite starts
-    print(kafka_jars())
+def main(versions: list[str]) -> None:
+    """Resolve the jars of each version named (every tested one by default) and print their folders."""
+    for version in versions or TESTED_VERSIONS:
+        print(kafka_jars(version))
+
+
+if __name__ == "__main__":  # `make test` and `make bench` resolve the jars before they start
+    main(sys.argv[1:])

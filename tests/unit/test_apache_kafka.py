@@ -7,8 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from service.dev.apache_kafka import TEST_PROPERTIES, ApacheKafka, new_cluster_id, server_properties
-from service.dev.kafka_jars import KAFKA_VERSION, build_file, kafka_jars
+from service.dev.apache_kafka import (
+    LOG4J2_CONFIG,
+    TEST_PROPERTIES,
+    ApacheKafka,
+    logging_flag,
+    new_cluster_id,
+    server_properties,
+)
+from service.dev.kafka_jars import KAFKA4_VERSION, KAFKA_VERSION, build_file, kafka_jars
 from service.dev.stack import Broker, StackError
 from tests.brokers import BOOTSTRAP_ENV, BROKER_ENV, ExternalCluster, new_broker, selected_broker
 
@@ -55,6 +62,29 @@ def test_the_pinned_build_file_names_the_broker_and_its_logging_binding() -> Non
     assert "<artifactId>kafka_2.13</artifactId>" in pom
     assert "<artifactId>slf4j-reload4j</artifactId>" in pom
     assert "<artifactId>maven-dependency-plugin</artifactId>" in pom
+
+
+def test_the_pinned_4x_build_file_brings_the_log4j2_binding_of_slf4j_1_7() -> None:
+    pom = build_file(KAFKA4_VERSION).read_text()
+
+    assert KAFKA4_VERSION.startswith("4.")
+    assert f"<version>{KAFKA4_VERSION}</version>" in pom
+    assert "<artifactId>log4j-slf4j-impl</artifactId>" in pom  # kafka 4.x resolves slf4j-api 1.7.36
+    assert "slf4j-reload4j" not in pom
+
+
+def test_kafka_4_reads_a_log4j2_config_and_3_a_log4j_one() -> None:
+    assert logging_flag(KAFKA4_VERSION) == f"-Dlog4j2.configurationFile={LOG4J2_CONFIG}"
+    assert LOG4J2_CONFIG.is_file()
+    assert logging_flag(KAFKA_VERSION).startswith("-Dlog4j.configuration=file:")
+
+
+def test_only_kafka_4_gets_the_share_coordinator_defaults() -> None:
+    four = parsed(server_properties(1, 2, Path("/d"), version=KAFKA4_VERSION))
+    three = parsed(server_properties(1, 2, Path("/d"), version=KAFKA_VERSION))
+
+    assert four["share.coordinator.state.topic.replication.factor"] == "1"
+    assert "share.coordinator.state.topic.replication.factor" not in three
 
 
 def test_a_version_without_a_build_file_fails_with_one_line() -> None:

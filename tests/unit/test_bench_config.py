@@ -6,10 +6,13 @@ from pathlib import Path
 
 import orjson
 
+from bench.broker import broker_name, new_broker
 from bench.data import make_values
 from bench.service import shared_topic_routes
 from bench.worker import ORDER_SCHEMA, RouteSpec, routes_toml
 from service.decoding import decode_value
+from service.dev.apache_kafka import ApacheKafka
+from service.dev.stack import Broker
 from service.routes import check_batch_bytes, load_routes
 from service.settings import Settings
 from tests.unit.factories import make_record
@@ -47,3 +50,13 @@ def test_the_shared_topic_routes_take_what_the_benchmark_counts(tmp_path: Path) 
     taken = {name: sum(route.match.matches(None, [], value) for value in values)
              for name, route in routes.items() if route.match is not None}
     assert taken == {"orders": 2_000, "priced": 2_000, "refunds": 0}
+
+
+def test_the_bench_runs_apache_kafka_unless_told_tansu_and_names_the_broker(tmp_path: Path) -> None:
+    apache, apache_info = new_broker("apache", tmp_path)
+    tansu, tansu_info = new_broker("tansu", tmp_path)
+
+    assert isinstance(apache, ApacheKafka) and isinstance(tansu, Broker)
+    assert broker_name({"broker": apache_info}) == "Apache Kafka 3.9.1"
+    assert broker_name({"broker": tansu_info}).startswith("Tansu 0.6.0")
+    assert broker_name({}) == "Tansu 0.6.0"  # results written before the broker was recorded
