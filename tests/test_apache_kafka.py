@@ -69,6 +69,14 @@ async def test_the_broker_killed_and_started_again_on_its_data_loses_and_duplica
         await ensure_topics(broker.bootstrap_servers, {topic: 2})
         worker = await start_worker(route_toml(topic, max_records=200, max_wait_s=1.0),
                                     KAFKA_BOOTSTRAP_SERVERS=broker.bootstrap_servers, KAFKA_DAGSTER_DLQ_TOPIC=dlq)
+        await _restart_mid_stream(broker, worker, topic, dlq, dagster_api)
+    finally:
+        await asyncio.to_thread(broker.stop)
+
+
+async def _restart_mid_stream(broker: ApacheKafka, worker: WorkerProcess, topic: str, dlq: str,
+                              dagster_api: DagsterApi) -> None:
+    try:
         before = Flow(broker.bootstrap_servers, topic, per_second=40, partitions=2)
         before.start()
 
@@ -96,7 +104,7 @@ async def test_the_broker_killed_and_started_again_on_its_data_loses_and_duplica
         assert result.in_runs == result.offsets >= sent
         assert await dead_letters(broker.bootstrap_servers, dlq) == []
     finally:
-        await asyncio.to_thread(broker.stop)
+        await asyncio.to_thread(worker.stop)  # before its broker: a worker whose broker is gone stops slowly
 
 
 def _launches(worker: WorkerProcess) -> int:
@@ -142,7 +150,8 @@ async def test_a_routed_topic_that_does_not_exist_pauses_its_route_with_one_clea
         apache: ApacheKafka, dagster_api: DagsterApi, start_worker: Any) -> None:
     topic, dlq = unique("not-yet"), unique("dlq")
     worker = await start_worker(route_toml(topic, max_records=10, max_wait_s=0.5), wait=False,
-                                KAFKA_BOOTSTRAP_SERVERS=apache.bootstrap_servers, KAFKA_DAGSTER_DLQ_TOPIC=dlq)
+                                KAFKA_BOOTSTRAP_SERVERS=apache.bootstrap_servers, KAFKA_DAGSTER_DLQ_TOPIC=dlq,
+                                KAFKA_DAGSTER_TOPIC_REFRESH_S="5")  # finds the topic created late sooner
 
     async def said() -> bool:
         return f"topic {topic!r} does not exist on {apache.bootstrap_servers}" in worker.log_path.read_text(
