@@ -28,7 +28,7 @@ from service.dagster_client import DagsterClient, RunInfo
 from service.errors import KafkaDagsterError
 from service.metrics import Metrics
 from service.outcomes import DUPLICATE
-from service.verdicts import Verdict, judge
+from service.verdicts import CANCELLED, Verdict, judge
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +66,8 @@ class DuplicateRuns:
         self.window_s = window_s
         self.max_system_failures = max_system_failures
         self.suspects: dict[str, Suspect] = {}
+        # Runs asked to cancel whose answer has not confirmed it (lost in a timeout): counted once seen cancelled.
+        self._unconfirmed: set[str] = set()
 
     async def settle(self, job: str, batch_id: str) -> str | None:
         """A suspect batch (an earlier attempt's outcome is unknown): the survivor's run id, None if no live run."""
@@ -96,15 +98,23 @@ class DuplicateRuns:
     async def judge(self, job: str, batch_id: str) -> Verdict:
         """The batch's verdict now, its duplicates cancelled."""
         runs = await self.client.find_runs({TAG_BATCH_ID: batch_id}, job=job, limit=50)
+        for run in runs:
+            if run.run_id in self._unconfirmed and run.status in CANCELLED:
+                self._counted(job, run.run_id)
         verdict = judge(runs, await self.log.cancelled_as_duplicates(), self.max_system_failures)
         if verdict.survivor is not None:
             for run in verdict.duplicates:
                 await self._cancel(job, run, verdict.survivor)
         return verdict
 
+    def _counted(self, job: str, run_id: str) -> None:
+        self._unconfirmed.discard(run_id)
+        self.metrics.duplicate_runs_cancelled.labels(job).inc()
+
     async def _cancel(self, job: str, run: RunInfo, kept: RunInfo) -> None:
         await self.log.record(run.run_id, DUPLICATE)
+        self._unconfirmed.add(run.run_id)
         if await self.client.terminate_queued(run.run_id):
-            self.metrics.duplicate_runs_cancelled.labels(job).inc()
+            self._counted(job, run.run_id)
             logger.warning("canceled run %s: a duplicate of run %s for the same batch (a launch whose answer "
                            "was lost, then retried)", run.run_id, kept.run_id)
