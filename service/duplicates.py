@@ -68,6 +68,7 @@ class DuplicateRuns:
         self.suspects: dict[str, Suspect] = {}
         # Runs asked to cancel whose answer has not confirmed it (lost in a timeout): counted once seen cancelled.
         self._unconfirmed: set[str] = set()
+        self._counted_ids: set[str] = set()  # two judges of one worker may cancel the same run at once
 
     async def settle(self, job: str, batch_id: str) -> str | None:
         """A suspect batch (an earlier attempt's outcome is unknown): the survivor's run id, None if no live run."""
@@ -109,7 +110,9 @@ class DuplicateRuns:
 
     def _counted(self, job: str, run_id: str) -> None:
         self._unconfirmed.discard(run_id)
-        self.metrics.duplicate_runs_cancelled.labels(job).inc()
+        if run_id not in self._counted_ids:
+            self._counted_ids.add(run_id)
+            self.metrics.duplicate_runs_cancelled.labels(job).inc()
 
     async def _cancel(self, job: str, run: RunInfo, kept: RunInfo) -> None:
         await self.log.record(run.run_id, DUPLICATE)
