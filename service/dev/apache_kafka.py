@@ -83,8 +83,15 @@ def version_properties(version: str) -> Mapping[str, str]:
 
 
 def new_cluster_id() -> str:
-    """A KRaft cluster id: a UUID in 22 characters of URL-safe base64."""
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    """A KRaft cluster id: a UUID in 22 characters of URL-safe base64.
+
+    Like Kafka's own Uuid.randomUuid, never one that starts with "-": kafka-storage's argument parser
+    would read it as an option (one id in 64 did, and failed a whole CI run).
+    """
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 def server_properties(port: int, controller_port: int, log_dir: Path,

@@ -55,6 +55,10 @@ def test_a_cluster_id_is_a_uuid_in_22_url_safe_characters() -> None:
     assert cluster_id != new_cluster_id()
 
 
+def test_no_cluster_id_starts_with_a_dash_the_storage_tool_would_read_as_an_option() -> None:
+    assert not any(new_cluster_id().startswith("-") for _ in range(2000))
+
+
 def test_the_pinned_build_file_names_the_broker_and_its_logging_binding() -> None:
     pom = build_file().read_text()
 
