@@ -26,12 +26,21 @@ from collections.abc import Mapping, Sequence
 from typing import Protocol
 
 import dagster as dg
+from dagster._core.errors import DagsterExecutionInterruptedError
+from dagster._core.storage.dagster_run import RunRecord
 
 from dagster_project.dead_letters import dead_letter
 from dagster_project.resources import DeadLetterResource, KafkaMessage, KafkaResource, KafkaUnavailable, env_or
 from dagster_project.selection import selected
-from service.contract import DEFAULT_BOOTSTRAP_SERVERS, DEFAULT_DLQ_TOPIC, TAG_DAGSTER_PARTITION
+from service.contract import (
+    DEFAULT_BOOTSTRAP_SERVERS,
+    DEFAULT_DLQ_TOPIC,
+    TAG_BATCH_ID,
+    TAG_DAGSTER_PARTITION,
+    TAG_DUPLICATE_OF,
+)
 from service.matching import MatchError
+from service.verdicts import RunInfo, stands_down
 
 __all__ = [
     "DeadLetterResource",
@@ -48,9 +57,11 @@ __all__ = [
     "kafka_resources",
     "provenance",
     "records_source",
+    "stand_down_if_duplicate",
 ]
 
 MAX_RETRIES = 3
+MAX_RUNS_PER_BATCH = 50
 RETRY_WAIT_S = 2.0
 
 
@@ -142,11 +153,13 @@ def batch_records(context: dg.OpExecutionContext | dg.AssetExecutionContext, con
     """The batch's records, in offset order: inline ones as they are, or the range read back from Kafka
     and kept to what the route's `match` selects.
 
-    A broker that cannot be reached asks Dagster to retry the step
-    (`RetryRequested`); a `match` that is not a pattern fails it. Read back,
+    A run whose batch another run already started stands down first
+    (`stand_down_if_duplicate`). A broker that cannot be reached asks Dagster
+    to retry the step (`RetryRequested`); a `match` that is not a pattern fails it. Read back,
     the batch should hold `record_count` records: a warning says when it does
     not (retention, or a record the worker dead-lettered for the route).
     """
+    stand_down_if_duplicate(context, config.batch_id)
     inline = inline_records(config)
     if inline is not None:
         return inline
@@ -166,6 +179,41 @@ def batch_records(context: dg.OpExecutionContext | dg.AssetExecutionContext, con
                             config.offset_start, config.offset_end, len(in_range),
                             "kept by the route's match" if config.match is not None else "no match")
     return messages
+
+
+def stand_down_if_duplicate(context: dg.OpExecutionContext | dg.AssetExecutionContext, batch_id: str) -> None:
+    """End this run as CANCELED, before it reads a record, if another live run of `batch_id` started first
+    (`service.verdicts.stands_down`): a duplicate launch that no worker could cancel in time.
+
+    The run is tagged `kafka/duplicate_of` with the run that has the batch,
+    then terminated the way an operator's terminate does it (any run
+    launcher), so every worker sees a dead duplicate, never a failed batch.
+    """
+    instance = context.instance
+    records = instance.get_run_records(dg.RunsFilter(tags={TAG_BATCH_ID: batch_id}), limit=MAX_RUNS_PER_BATCH)
+    original = stands_down(context.run_id, [_run_info(record) for record in records])
+    if original is None:
+        return
+    message = (f"batch {batch_id} is run {original.run_id}'s, which started first: this run is a duplicate "
+               "launch (a launch retried after its answer was lost) and stands down without reading a record")
+    context.log.warning(message)
+    instance.add_run_tags(context.run_id, {TAG_DUPLICATE_OF: original.run_id})
+    if not _terminate(instance, context.run_id):
+        instance.report_run_canceling(context.run, message=message)
+    raise DagsterExecutionInterruptedError(message)
+
+
+def _terminate(instance: dg.DagsterInstance, run_id: str) -> bool:
+    try:
+        return bool(instance.run_launcher.terminate(run_id))
+    except Exception:  # a launcher that cannot terminate: the run marks itself canceling
+        return False
+
+
+def _run_info(record: RunRecord) -> RunInfo:
+    run = record.dagster_run
+    return RunInfo(run_id=run.run_id, status=run.status.value, job=run.job_name, tags=dict(run.tags),
+                   creation_time=record.create_timestamp.timestamp(), start_time=record.start_time)
 
 
 def provenance(context: dg.OpExecutionContext | dg.AssetExecutionContext | None, config: KafkaBatch,

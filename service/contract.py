@@ -18,6 +18,7 @@ TAG_RECORD_COUNT = "kafka/record_count"
 TAG_CONSUMER_GROUP = "kafka/consumer_group"
 TAG_ROUTE = "kafka/route"
 TAG_BATCH_ID = "kafka/batch_id"
+TAG_DUPLICATE_OF = "kafka/duplicate_of"  # set by a run that stood down: the run that has its batch
 # Dagster's own tag for a run's partition: the worker sets it on a partitioned route's runs.
 TAG_DAGSTER_PARTITION = "dagster/partition"
 

@@ -33,6 +33,7 @@ from service.errors import (
     RequestRejected,
     Unauthorized,
 )
+from service.verdicts import RunInfo
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +73,7 @@ RUNS = """
 query Runs($filter: RunsFilter, $limit: Int) {
   runsOrError(filter: $filter, limit: $limit) {
     __typename
-    ... on Runs { results { runId status jobName creationTime tags { key value } } }
+    ... on Runs { results { runId status jobName creationTime startTime tags { key value } } }
     ... on InvalidPipelineRunsFilterError { message }
     ... on PythonError { message }
   }
@@ -252,15 +253,6 @@ class Target:
         if self.assets:
             selector["assetSelection"] = [{"path": list(path)} for path in self.assets]
         return selector
-
-
-@dataclass(frozen=True)
-class RunInfo:
-    run_id: str
-    status: str
-    job: str
-    tags: dict[str, str]
-    creation_time: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -685,6 +677,7 @@ def _run_info(run: dict[str, Any]) -> RunInfo:
         job=run["jobName"],
         tags={t["key"]: t["value"] for t in run["tags"]},
         creation_time=float(run.get("creationTime") or 0.0),
+        start_time=float(run["startTime"]) if run.get("startTime") is not None else None,
     )
 
 

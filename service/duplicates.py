@@ -11,9 +11,11 @@ survivor is kept, every other queued run is cancelled. Each cancelled run is
 first written to the outcomes topic as a duplicate, so that every worker can
 tell it from a run an operator cancelled. The shipped `dagster.yaml` limits
 runs per `kafka/batch_id` to one at a time, so a duplicate waits in the queue
-beside its original instead of running with it. What remains: a duplicate
+beside its original instead of running with it. A duplicate
 created after the window, or one dequeued after the original finished and
-before a sweep, would run.
+before a sweep, would start: it then stands down in its own run before
+reading a record (`dagster_project.toolkit.stand_down_if_duplicate`, by the
+same rule), ending CANCELED with the tag `kafka/duplicate_of`.
 """
 
 from __future__ import annotations
@@ -101,7 +103,10 @@ class DuplicateRuns:
         runs = await self.client.find_runs({TAG_BATCH_ID: batch_id}, job=job, limit=50)
         for run in runs:
             if run.run_id in self._unconfirmed and run.status in CANCELLED:
-                self._counted(job, run.run_id)
+                if run.start_time is None:
+                    self._counted(job, run.run_id)
+                else:  # it started before the request landed: it stood down in its run, or was stopped
+                    self._unconfirmed.discard(run.run_id)
         verdict = judge(runs, await self.log.cancelled_as_duplicates(), self.max_system_failures)
         if verdict.survivor is not None:
             for run in verdict.duplicates:

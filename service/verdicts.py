@@ -11,10 +11,17 @@ the rule depends only on facts each of them reads the same way:
   run worker died, it timed out starting): it never processed its batch.
   Every other run is *live*: queued, running, or done (SUCCESS, or FAILURE of
   a step, a fact about the data).
-- The *survivor* is the live run that started first, else the live run that
-  was created first (creation time, then run id). A started run is never
-  cancelled. Two deciders' views of a batch differ only by runs created
-  later, which sort after the oldest, so they pick the same survivor.
+- The *survivor* is the live run that started first (start time, then run
+  id), else the live run that was created first (creation time, then run
+  id). A started run is never cancelled by a worker. Two deciders' views of a
+  queued batch differ only by runs created later, which sort after the
+  oldest, so they pick the same survivor.
+- A run that starts while another live run of its batch started before it
+  *stands down* in its own run (`stands_down`, called by the toolkit before
+  a step reads its batch): the last guard, for a duplicate that no worker
+  could cancel in time (the webserver frozen while the daemon dequeued it).
+  The shipped run coordinator runs one run per batch at a time, so the
+  earlier run has finished by then and both see the same facts.
 - Every other live run still queued is a duplicate, to cancel. Nobody cancels
   the survivor, and a run once asked to cancel is dead for every later decision.
 - No live run left: the batch is launched again, unless a run of it was
@@ -28,12 +35,24 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, replace
 
-from service.dagster_client import RunInfo
-
 FAILURE_REASON_TAG = "dagster/failure_reason"
+PARENT_RUN_TAG = "dagster/parent_run_id"  # a re-execution an operator asked for
 STEP_FAILURE = "STEP_FAILURE"
 NOT_STARTED = frozenset({"QUEUED", "NOT_STARTED"})
 CANCELLED = frozenset({"CANCELING", "CANCELED"})
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """What a decider reads of one Dagster run (`service.dagster_client` fills it in from GraphQL, the toolkit
+    from the instance)."""
+
+    run_id: str
+    status: str
+    job: str
+    tags: dict[str, str]
+    creation_time: float = 0.0
+    start_time: float | None = None  # when its run worker started it; None until then
 
 
 def failed_for_the_system(run: RunInfo) -> bool:
@@ -49,10 +68,21 @@ def survivor(runs: Sequence[RunInfo]) -> RunInfo | None:
     """The run that keeps the batch: the first live run to start, else the first live run created."""
     live = [run for run in runs if is_live(run)]
     started = [run for run in live if run.status not in NOT_STARTED]
-    candidates = started or live
-    if not candidates:
+    if started:  # STARTING has no start time yet: after those that have one
+        return min(started, key=lambda run: (run.start_time is None, run.start_time or 0.0, run.run_id))
+    if not live:
         return None
-    return min(candidates, key=lambda run: (run.creation_time, run.run_id))
+    return min(live, key=lambda run: (run.creation_time, run.run_id))
+
+
+def stands_down(run_id: str, runs: Sequence[RunInfo]) -> RunInfo | None:
+    """The live run of the batch that started before `run_id`, which then must not process the batch; None
+    when `run_id` is the batch's run (or not among `runs`, or a re-execution an operator asked for)."""
+    mine = next((run for run in runs if run.run_id == run_id), None)
+    if mine is None or PARENT_RUN_TAG in mine.tags:
+        return None
+    first = survivor([run for run in runs if PARENT_RUN_TAG not in run.tags])
+    return first if first is not None and first.run_id != run_id else None
 
 
 def failure_reason(run: RunInfo) -> str:

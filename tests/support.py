@@ -367,16 +367,22 @@ def executed_runs(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
     def replaced(run: dict[str, Any]) -> bool:
         cancelled = run["status"] == "CANCELED" and not run.get("started")
+        stood_down = run["status"] == "CANCELED" and "kafka/duplicate_of" in run["tags"]  # before any record
         system = run["status"] == "FAILURE" and run["tags"].get("dagster/failure_reason") != "STEP_FAILURE"
-        return (cancelled or system) and by_batch[run["tags"].get("kafka/batch_id", "")] > 1
+        return (cancelled or stood_down or system) and by_batch[run["tags"].get("kafka/batch_id", "")] > 1
 
     return [run for run in runs if not replaced(run)]
 
 
 def canceled_duplicates(runs: list[dict[str, Any]]) -> int:
-    """Runs of a batch with other runs, cancelled before they started: the duplicate rule's."""
+    """Runs of a batch with other runs, cancelled by a worker before they started: the duplicate rule's."""
     replaced = [run for run in runs if run not in executed_runs(runs)]
-    return sum(run["status"] == "CANCELED" for run in replaced)
+    return sum(run["status"] == "CANCELED" and not run.get("started") for run in replaced)
+
+
+def stood_down(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Duplicates that started after their batch's run and stood down in their own run (`kafka/duplicate_of`)."""
+    return [run for run in runs if run["status"] == "CANCELED" and "kafka/duplicate_of" in run["tags"]]
 
 
 async def settled(bootstrap: str, api: DagsterApi, topic: str, dlq_topic: str, expected: int) -> Accounting:

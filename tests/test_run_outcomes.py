@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+import yaml
 
 from service.delivery import MAX_SYSTEM_FAILURES
 from service.kafka import ensure_topics
@@ -84,3 +85,69 @@ async def test_a_batch_whose_runs_never_start_is_dead_lettered_with_the_reason_o
 async def _all(letters: Any, count: int) -> list[Any]:
     found = await letters
     return found if len(found) >= count else []
+
+
+RUN_TO_COPY = """
+query Run($runId: ID!) { runOrError(runId: $runId) { __typename ... on Run {
+  jobName runConfigYaml tags { key value } assetSelection { path }
+  repositoryOrigin { repositoryLocationName repositoryName } } } }"""
+
+LAUNCH_COPY = """
+mutation Launch($params: ExecutionParams!) { launchRun(executionParams: $params) {
+  __typename ... on LaunchRunSuccess { run { runId } } ... on PythonError { message } } }"""
+
+RUN_END = """
+query Run($runId: ID!) { runOrError(runId: $runId) { __typename ... on Run {
+  status tags { key value } stats { ... on RunStatsSnapshot { startTime materializations stepsSucceeded } } } } }"""
+
+
+async def _launch_copy(api: DagsterApi, run_id: str) -> str:
+    """Launch `run_id` again with its job, selection, run config and tags, as a retried launch would."""
+    run = (await api.query(RUN_TO_COPY, {"runId": run_id}))["runOrError"]
+    origin = run["repositoryOrigin"]
+    selector: dict[str, Any] = {"repositoryLocationName": origin["repositoryLocationName"],
+                                "repositoryName": origin["repositoryName"], "jobName": run["jobName"]}
+    if run["assetSelection"]:
+        selector["assetSelection"] = run["assetSelection"]
+    tags = [tag for tag in run["tags"] if not tag["key"].startswith("dagster/")]
+    params = {"selector": selector, "runConfigData": yaml.safe_load(run["runConfigYaml"]),
+              "executionMetadata": {"tags": tags}}
+    result = (await api.query(LAUNCH_COPY, {"params": params}))["launchRun"]
+    assert result["__typename"] == "LaunchRunSuccess", result
+    return str(result["run"]["runId"])
+
+
+async def _ended(api: DagsterApi, run_id: str) -> dict[str, Any] | None:
+    run = (await api.query(RUN_END, {"runId": run_id}))["runOrError"]
+    return run if run["status"] in ("SUCCESS", "FAILURE", "CANCELED") else None
+
+
+@pytest.mark.parametrize("target", ["op job, in-process executor", "asset job, multiprocess executor"])
+async def test_a_duplicate_launched_after_its_batch_ran_stands_down_without_reading_a_record(
+        stack: Stack, dagster_api: DagsterApi, start_worker: Any, target: str) -> None:
+    """The duplicate no worker could cancel in time (the webserver frozen while the daemon dequeued it once the
+    original had finished): it starts, sees that its batch's run started first, and ends CANCELED, tagged."""
+    topic = unique("stand-down")
+    await ensure_topics(stack.bootstrap, {topic: 1})
+    if target.startswith("op job"):
+        routes = route_toml(topic, max_records=RECORDS, max_wait_s=1.0)
+    else:
+        routes = (f'[[routes]]\ntopic = "{topic}"\nassets = ["page_views"]\n'
+                  f'max_records = {RECORDS}\nmax_bytes = 1048576\nmax_wait_s = 1.0\n')
+    worker = await start_worker(routes)
+    await produce(stack.bootstrap, topic, [order(i) for i in range(RECORDS)])
+
+    async def succeeded() -> list[dict[str, Any]]:
+        runs = await dagster_api.runs(topic)
+        return runs if any(run["status"] == "SUCCESS" for run in runs) else []
+
+    [original] = await eventually(succeeded, 180, "the batch's run to succeed")
+    worker.stop()  # no worker left to cancel the copy: it meets the original in its own run
+    copy_id = await _launch_copy(dagster_api, original["runId"])
+
+    copy = await eventually(lambda: _ended(dagster_api, copy_id), 180, "the copy to end")
+    tags = {tag["key"]: tag["value"] for tag in copy["tags"]}
+    assert copy["status"] == "CANCELED" and tags["kafka/duplicate_of"] == original["runId"]
+    assert copy["stats"]["startTime"] is not None  # it did start: the stand-down, not a queued cancel
+    assert copy["stats"]["materializations"] == 0 and copy["stats"]["stepsSucceeded"] == 0
+    assert tags["kafka/batch_id"] == original["tags"]["kafka/batch_id"]

@@ -8,14 +8,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from service.dagster_client import RunInfo
-from service.verdicts import FAILURE_REASON_TAG, STEP_FAILURE, judge, survivor
+from service.verdicts import FAILURE_REASON_TAG, PARENT_RUN_TAG, STEP_FAILURE, judge, stands_down, survivor
 
 MAX = 3
 
 
-def run(run_id: str, status: str, created: float, reason: str | None = None) -> RunInfo:
+def run(run_id: str, status: str, created: float, reason: str | None = None,
+        started: float | None = None) -> RunInfo:
     tags = {"kafka/batch_id": "b"} | ({FAILURE_REASON_TAG: reason} if reason else {})
-    return RunInfo(run_id, status, "job", tags, created)
+    return RunInfo(run_id, status, "job", tags, created, started)
 
 
 def test_the_oldest_queued_run_is_kept_and_the_others_are_duplicates() -> None:
@@ -72,6 +73,46 @@ def test_a_run_an_operator_cancelled_puts_the_batch_in_the_dlq() -> None:
     verdict = judge(runs, {"b"}, MAX)  # the duplicate rule cancelled b; someone else cancelled a
     assert not verdict.relaunch and verdict.dead_letter is not None and verdict.dead_letter.run_id == "a"
     assert "was canceled" in verdict.reason
+
+
+def test_of_two_started_runs_the_one_that_started_first_is_kept() -> None:
+    """The daemon may start a later-created run first (the older one waited for its code location)."""
+    runs = [run("a", "STARTED", 1.0, started=20.0), run("b", "SUCCESS", 2.0, started=10.0),
+            run("c", "STARTING", 0.5)]
+    verdict = judge(runs, set(), MAX)
+    assert verdict.survivor is not None and verdict.survivor.run_id == "b" and verdict.duplicates == ()
+
+
+def test_a_run_that_starts_after_its_batch_was_run_stands_down() -> None:
+    """The duplicate no worker could cancel in time: dequeued once the original finished."""
+    original = run("a", "SUCCESS", 1.0, started=10.0)
+    duplicate = run("b", "STARTED", 2.0, started=30.0)
+    assert stands_down("b", [original, duplicate]) == original
+    assert stands_down("a", [original, duplicate]) is None
+    failed_step = run("a", "FAILURE", 1.0, STEP_FAILURE, started=10.0)  # its records go to the DLQ: not again
+    assert stands_down("b", [failed_step, duplicate]) == failed_step
+
+
+def test_a_run_after_dead_runs_or_alone_processes_its_batch() -> None:
+    relaunched = run("c", "STARTED", 3.0, started=40.0)
+    dead = [run("a", "CANCELED", 1.0, started=10.0), run("b", "FAILURE", 2.0, "RUN_WORKER_RESTART", started=20.0)]
+    assert stands_down("c", [*dead, relaunched]) is None
+    assert stands_down("c", [relaunched]) is None
+    assert stands_down("c", []) is None  # not a run of this instance (a test context): nothing to compare
+
+
+def test_two_runs_started_side_by_side_agree_on_which_one_stands_down() -> None:
+    """Without the coordinator's one-run-per-batch limit both may run at once: exactly one goes on."""
+    a, b = run("a", "STARTED", 2.0, started=10.0), run("b", "STARTED", 1.0, started=10.5)
+    assert stands_down("a", [a, b]) is None and stands_down("b", [a, b]) == a
+    still_starting = run("b", "STARTING", 1.0)
+    assert stands_down("a", [a, still_starting]) is None
+
+
+def test_a_re_execution_an_operator_asked_for_always_runs() -> None:
+    original = run("a", "SUCCESS", 1.0, started=10.0)
+    again = RunInfo("r", "STARTED", "job", {"kafka/batch_id": "b", PARENT_RUN_TAG: "a"}, 5.0, 50.0)
+    assert stands_down("r", [original, again]) is None
 
 
 STATUSES = ["QUEUED", "STARTING", "STARTED", "SUCCESS", "FAILURE", "CANCELING", "CANCELED"]
