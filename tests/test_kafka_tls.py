@@ -3,9 +3,8 @@
 The broker advertises the stunnel port, so metadata sends every client back
 through TLS: nothing reaches the broker in the clear. The worker, the CLI and
 the code location's Kafka resource use the same settings and the same mapping
-(`service.kafka_security`). SASL cannot be completed against a real peer here
-(see docs/security.md); `test_sasl_*` shows what can be: the mechanism
-and credentials reach an authenticating broker, and a rejection fails at start.
+(`service.kafka_security`). SASL logins, and mutual TLS on Apache Kafka
+itself: tests/test_kafka_sasl.py.
 """
 
 from __future__ import annotations
@@ -184,33 +183,6 @@ async def test_tls_to_a_plaintext_listener_fails_at_start_with_one_line(tls_kafk
     done = await asyncio.to_thread(_cli, "worker", env=env, timeout_s=60)
     line = _one_line_failure(done)
     assert "KAFKA_SECURITY_PROTOCOL" in line, line
-
-
-@pytest.fixture(scope="module")
-def authenticating_broker(stack: Stack) -> Iterator[str]:
-    """Tansu with `--authentication`: SASL/SCRAM required. No user can be created on it (see the module doc)."""
-    broker = Broker(stack.workdir / unique("sasl"), extra_args=("--authentication",), name="sasl-broker")
-    try:
-        broker.start()
-        yield broker.bootstrap_servers
-    finally:
-        broker.stop()
-
-
-@pytest.mark.parametrize("mechanism", ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"])
-async def test_sasl_rejection_fails_at_start_with_one_line_without_the_password(
-        authenticating_broker: str, tmp_path: Path, mechanism: str) -> None:
-    routes = tmp_path / "routes.toml"
-    routes.write_text(route_toml(unique("never")))
-    password = "pw-" + unique("secret")
-    env = {"KAFKA_BOOTSTRAP_SERVERS": authenticating_broker, "KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
-           "KAFKA_SASL_MECHANISM": mechanism, "KAFKA_SASL_USERNAME": "alice", "KAFKA_SASL_PASSWORD": password,
-           "KAFKA_DAGSTER_ROUTES": str(routes)}
-    done = await asyncio.to_thread(_cli, "worker", env=env, timeout_s=60)
-    line = _one_line_failure(done)
-    assert "SASL authentication failed" in line and "KAFKA_SASL_PASSWORD" in line, line
-    assert f"{mechanism} as 'alice'" in line, line
-    assert password not in done.stderr.decode() + done.stdout.decode()
 
 
 @dataclass

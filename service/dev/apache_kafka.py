@@ -16,7 +16,7 @@ import shutil
 import subprocess
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -127,16 +127,21 @@ class ApacheKafka:
     :param name: names its log file (`<name>.log`) and its data folder (`<name>-data`).
     :param extra_properties: server.properties entries added to, or replacing, the test defaults.
     :param version: the Apache Kafka version, with its build file under `dev/kafka/<version>/`.
+    :param format_args: more arguments of `kafka-storage format` (e.g. `--add-scram` users).
     """
 
     def __init__(self, workdir: Path, port: int | None = None, name: str = "kafka",
-                 extra_properties: Mapping[str, str] | None = None, version: str = KAFKA_VERSION) -> None:
+                 extra_properties: Mapping[str, str] | None = None, version: str = KAFKA_VERSION,
+                 format_args: Sequence[str] = ()) -> None:
         self.workdir = workdir
         self.port = port or free_port()
         self.controller_port = free_port()
+        while self.controller_port == self.port:  # a probed port is released: the kernel may offer it again
+            self.controller_port = free_port()
         self.name = name
         self.version = version
         self.extra_properties = dict(extra_properties or {})
+        self.format_args = tuple(format_args)
         self.cluster_id = new_cluster_id()
         self.log_dir = workdir / f"{name}-data"
         self.config_path = workdir / f"{name}.properties"
@@ -180,7 +185,8 @@ class ApacheKafka:
 
     def _format(self) -> None:
         """Format the log directory with this broker's cluster id (once: a restart keeps it)."""
-        argv = self._java("kafka.tools.StorageTool", "format", "-t", self.cluster_id, "-c", str(self.config_path))
+        argv = self._java("kafka.tools.StorageTool", "format", "-t", self.cluster_id, "-c", str(self.config_path),
+                          *self.format_args)
         result = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
         if result.returncode != 0:
             raise StackError(f"formatting {self.log_dir} failed: {(result.stdout + result.stderr).strip()}")
