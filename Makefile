@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-unit lint lock clean bench bench-quick
+.PHONY: run test test-unit lint lock clean bench bench-quick tools chart-files
 
 # requirements/*.lock pin every package, with hashes, per purpose: runtime (the worker),
 # dagster (the image: worker and Dagster), dev (the embedded stack, tests, linters), bench.
@@ -42,6 +42,18 @@ lock:  ## re-resolve pyproject's ranges into requirements/*.lock (UPGRADE=1 to m
 	$(PIP_COMPILE) -o requirements/pip.lock requirements/pip.in
 	rm -rf $(LOCK_VENV)
 
+# The Helm chart's checks (tests/test_helm.py) run helm, pinned here and built once from the Go
+# module proxy (its go.sum pins every dependency) into the git-ignored .tools/, one folder per version.
+HELM_VERSION := v3.21.4
+HELM := .tools/helm-$(HELM_VERSION)/helm
+$(HELM):
+	GOBIN=$(abspath $(dir $(HELM))) GOTOOLCHAIN=local go install helm.sh/helm/v3/cmd/helm@$(HELM_VERSION)
+
+tools: $(HELM)  ## the pinned helm for tests/test_helm.py
+
+chart-files:  ## copy the alert rules, routes and schemas into the Helm chart (one source each)
+	bash scripts/sync-chart-files.sh
+
 run: $(STAMP)  ## the embedded stack with demo events; Ctrl-C stops everything
 	DAGSTER_DISABLE_TELEMETRY=1 $(BIN)/kafka-dagster dev
 
@@ -50,14 +62,14 @@ run: $(STAMP)  ## the embedded stack with demo events; Ctrl-C stops everything
 # PYTEST_PARALLEL= runs the suite in one process.
 PYTEST_PARALLEL ?= -n 2 --dist loadfile
 
-test: $(STAMP)  ## the whole suite against a real broker and a real Dagster
+test: $(STAMP) $(HELM)  ## the whole suite against a real broker and a real Dagster
 	bash scripts/ensure-system-deps.sh
 	$(BIN)/python -m service.dev.kafka_jars  # the jars of each tested Apache Kafka (dev/kafka/), once
-	DAGSTER_DISABLE_TELEMETRY=1 $(BIN)/pytest $(PYTEST_PARALLEL)
+	HELM=$(abspath $(HELM)) DAGSTER_DISABLE_TELEMETRY=1 $(BIN)/pytest $(PYTEST_PARALLEL)
 
-test-unit: $(STAMP)
+test-unit: $(STAMP) $(HELM)
 	bash scripts/ensure-system-deps.sh
-	$(BIN)/pytest -m "not integration"
+	HELM=$(abspath $(HELM)) $(BIN)/pytest -m "not integration"
 
 bench: $(BENCH_STAMP)  ## contenders side by side on a fresh broker and Dagster (< 10 min)
 	bash scripts/ensure-system-deps.sh
@@ -74,4 +86,4 @@ lint: $(STAMP)
 	$(BIN)/mypy service dagster_project bench
 
 clean:
-	rm -rf $(VENV) $(LOCK_VENV) .kafka-dagster .test-stack .bench-stack .kafka
+	rm -rf $(VENV) $(LOCK_VENV) .tools .kafka-dagster .test-stack .bench-stack .kafka
