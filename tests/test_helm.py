@@ -394,7 +394,7 @@ def test_the_mounted_routes_and_env_are_valid_settings(objects: str, request: py
         env |= {"KAFKA_SASL_USERNAME": "from-the-secret", "KAFKA_SASL_PASSWORD": "from-the-secret"}
     settings = load_settings(env)
     routes = load_routes(settings.routes_path)
-    assert routes and all(r.schema is not None for r in routes)
+    assert routes and all(r.schema is not None for r in routes.values())
 
 
 # ---------------------------------------------------------------- metrics and alerts: one source
@@ -479,7 +479,7 @@ def test_kedas_default_topics_are_the_routed_topics_compose_creates(compose_work
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     topic_init = yaml.safe_load(COMPOSE_FILE.read_text())["services"]["topic-init"]
     created = dict(spec.split(":") for spec in environment(topic_init)["TOPICS"].split())
-    routed = {r.topic for r in load_routes(ROOT / "routes.toml")}
+    routed = set(load_routes(ROOT / "routes.toml").topics)
     assert {t["name"]: str(t["partitions"]) for t in values["keda"]["topics"]} == {t: created[t] for t in routed}
     assert values["keda"]["maxReplicaCount"] <= max(t["partitions"] for t in values["keda"]["topics"])
 
