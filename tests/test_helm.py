@@ -42,6 +42,7 @@ from tests.test_deploy import (
 ROOT = Path(__file__).resolve().parent.parent
 CHART = ROOT / "deploy" / "helm" / "kafka-dagster"
 DAGSTER_VALUES = ROOT / "deploy" / "helm" / "dagster-values.yaml"
+DASHBOARD = ROOT / "deploy" / "grafana" / "dashboards" / "kafka-dagster.json"
 CRD_SCHEMAS = Path(__file__).resolve().parent / "fixtures" / "crd-schemas"
 HELM_VERSION = re.search(r"^HELM_VERSION := (\S+)$", (ROOT / "Makefile").read_text(), re.M)[1]  # type: ignore[index]
 RELEASE = "kd"
@@ -69,7 +70,8 @@ ALL_ON: dict[str, Any] = {
         "schemas": {p.name: p.read_text() for p in (ROOT / "schemas").glob("*.json")},
     },
     "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}},
-                "prometheusRule": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}}},
+                "prometheusRule": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}},
+                "grafanaDashboard": {"enabled": True}},
     "podDisruptionBudget": {"enabled": True},
     "keda": {"enabled": True, "maxReplicaCount": 6, "topics": [{"name": "demo.orders", "partitions": 6}]},
 }
@@ -139,6 +141,11 @@ def one(objects: list[dict[str, Any]], kind: str) -> dict[str, Any]:
     return found
 
 
+def routes_config_map(objects: list[dict[str, Any]]) -> dict[str, Any]:
+    (found,) = [o for o in objects if o["kind"] == "ConfigMap" and o["metadata"]["name"].endswith("-routes")]
+    return found
+
+
 def container(objects: list[dict[str, Any]]) -> dict[str, Any]:
     (worker,) = one(objects, "Deployment")["spec"]["template"]["spec"]["containers"]
     return worker  # type: ignore[no-any-return]
@@ -170,7 +177,7 @@ def test_the_defaults_render_no_optional_custom_resource(default_objects: list[d
 
 def test_every_optional_part_renders(all_on_objects: list[dict[str, Any]]) -> None:
     kinds = sorted(o["kind"] for o in all_on_objects)
-    assert kinds == ["ConfigMap", "Deployment", "PodDisruptionBudget", "PrometheusRule", "ScaledObject",
+    assert kinds == ["ConfigMap", "ConfigMap", "Deployment", "PodDisruptionBudget", "PrometheusRule", "ScaledObject",
                      "Service", "ServiceMonitor", "TriggerAuthentication"]
 
 
@@ -239,7 +246,7 @@ def test_the_chart_refuses_a_kubernetes_older_than_its_kube_version(tmp_path: Pa
                                   "TriggerAuthentication", "ServiceMonitor", "PrometheusRule"])
 def test_validation_refuses_an_unknown_field(kind: str, all_on_objects: list[dict[str, Any]]) -> None:
     """The check above would pass anything if the schemas were not strict: prove that they are."""
-    obj = copy.deepcopy(one(all_on_objects, kind))
+    obj = copy.deepcopy(routes_config_map(all_on_objects) if kind == "ConfigMap" else one(all_on_objects, kind))
     target = obj.get("spec", obj)
     if kind == "Deployment":
         target = obj["spec"]["template"]["spec"]["containers"][0]
@@ -387,7 +394,7 @@ def test_the_mounted_routes_and_env_are_valid_settings(objects: str, request: py
     """Lay the ConfigMap out as the pod sees it and load it with the worker's own settings code."""
     rendered = request.getfixturevalue(objects)
     pod = one(rendered, "Deployment")["spec"]["template"]["spec"]
-    data = one(rendered, "ConfigMap")["data"]
+    data = routes_config_map(rendered)["data"]
     (routes_volume,) = [v for v in pod["volumes"] if v["name"] == "routes"]
     (mount,) = [m for m in container(rendered)["volumeMounts"] if m["name"] == "routes"]
     root = tmp_path / "pod"
@@ -413,6 +420,7 @@ def test_the_mounted_routes_and_env_are_valid_settings(objects: str, request: py
 def test_the_charts_copies_are_their_sources() -> None:
     """files/ holds copies (Helm reads nothing outside the chart): `make chart-files` refreshes them."""
     pairs = [(PROMETHEUS_DIR / "alerts.yml", CHART / "files" / "alerts.yml"),
+             (DASHBOARD, CHART / "files" / "kafka-dagster-dashboard.json"),
              (ROOT / "routes.toml", CHART / "files" / "routes.toml")]
     pairs += [(p, CHART / "files" / "schemas" / p.name) for p in (ROOT / "schemas").glob("*.json")]
     assert {p.name for p in (CHART / "files" / "schemas").iterdir()} == {p.name for p in (ROOT / "schemas").glob("*")}
@@ -424,6 +432,13 @@ def test_the_prometheus_rule_carries_composes_alert_rules(all_on_objects: list[d
     rules = one(all_on_objects, "PrometheusRule")
     assert rules["spec"]["groups"] == yaml.safe_load((PROMETHEUS_DIR / "alerts.yml").read_text())["groups"]
     assert rules["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+
+
+def test_the_dashboard_config_map_carries_composes_dashboard(all_on_objects: list[dict[str, Any]]) -> None:
+    (dashboard,) = [o for o in all_on_objects
+                    if o["kind"] == "ConfigMap" and o["metadata"]["name"].endswith("-dashboard")]
+    assert json.loads(dashboard["data"]["kafka-dagster.json"]) == json.loads(DASHBOARD.read_text())
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
 
 
 def test_the_service_monitor_scrapes_as_compose_does(all_on_objects: list[dict[str, Any]]) -> None:
