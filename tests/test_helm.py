@@ -266,6 +266,7 @@ def test_validation_refuses_an_unknown_field(kind: str, all_on_objects: list[dic
     {"keda": {"maxReplicaCount": "6"}},
     {"keda": {"topics": []}},
     {"worker": {"extraEnv": {"DAGSTER_GRAPHQL_URL": "http://elsewhere/graphql"}}},
+    {"worker": {"extraEnv": {"KAFKA_DAGSTER_ROUTES": "/elsewhere.toml"}}},  # set by the chart already
     {"worker": {"logLevel": "TRACE"}},
     {"dagster": {"graphqlUrl": "dagster-webserver:3000"}},
     {"routes": {"schemas": {"../escape.json": "{}"}}},
@@ -309,6 +310,18 @@ def test_secrets_are_referenced_never_rendered(all_on_objects: list[dict[str, An
 @pytest.fixture(scope="module")
 def compose_worker() -> dict[str, Any]:
     return yaml.safe_load(COMPOSE_FILE.read_text())["services"][WORKER]  # type: ignore[no-any-return]
+
+
+def test_chart_sets_each_env_var_once(all_on_objects: list[dict[str, Any]]) -> None:
+    names = [e["name"] for e in container(all_on_objects)["env"]]
+    assert len(names) == len(set(names))
+
+
+def test_extra_env_cannot_override_what_the_chart_sets(all_on_objects: list[dict[str, Any]]) -> None:
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    refused = set(schema["properties"]["worker"]["properties"]["extraEnv"]["propertyNames"]["not"]["enum"])
+    chart_set = {n for n in env_of(all_on_objects) if n.startswith("KAFKA_DAGSTER_")}
+    assert chart_set - set(ALL_ON["worker"]["extraEnv"]) == refused
 
 
 def test_chart_sets_only_env_vars_the_worker_reads(all_on_objects: list[dict[str, Any]]) -> None:
