@@ -540,6 +540,17 @@ def test_dagster_values_mirror_composes_run_coordinator() -> None:
                                        "pollIntervalSeconds": monitoring["poll_interval_seconds"]}
 
 
+def test_dagsters_code_location_reads_what_the_worker_reads(default_objects: list[dict[str, Any]]) -> None:
+    """The code location (a user deployment of Dagster's chart) runs the same image, broker and DLQ topic."""
+    (location,) = yaml.safe_load(DAGSTER_VALUES.read_text())["dagster-user-deployments"]["deployments"]
+    worker = env_of(default_objects)
+    assert f"{location['image']['repository']}:{location['image']['tag']}" == container(default_objects)["image"]
+    assert location["dagsterApiGrpcArgs"] == ["-m", "dagster_project.definitions"]
+    for name in ("KAFKA_BOOTSTRAP_SERVERS", "KAFKA_DAGSTER_DLQ_TOPIC"):
+        assert location["env"][name] == worker[name]["value"], name
+    assert location["env"]["KAFKA_DAGSTER_ROUTES"] == dockerfile_env()["KAFKA_DAGSTER_ROUTES"]
+
+
 def test_the_worker_points_at_dagsters_writable_webserver(compose_worker: dict[str, Any]) -> None:
     """Dagster's chart names its webserver Service <release>-dagster-webserver, on port 80."""
     url = yaml.safe_load((CHART / "values.yaml").read_text())["dagster"]["graphqlUrl"]
