@@ -362,6 +362,12 @@ def test_port_and_probes_are_composes(compose_worker: dict[str, Any], default_ob
     assert worker["command"] == compose_worker["command"]
 
 
+def test_rollout_replaces_one_worker_at_a_time_without_surge(default_objects: list[dict[str, Any]]) -> None:
+    """A surge pod beyond the partition count would get no partition and never be ready (/readyz)."""
+    strategy = one(default_objects, "Deployment")["spec"]["strategy"]
+    assert strategy == {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}}
+
+
 def test_grace_period_outlasts_the_hand_over(compose_worker: dict[str, Any],
                                              default_objects: list[dict[str, Any]]) -> None:
     pod = one(default_objects, "Deployment")["spec"]["template"]["spec"]
