@@ -286,6 +286,9 @@ def test_values_schema_rejects_a_wrong_value(tmp_path: Path, values: dict[str, A
     ({"terminationGracePeriodSeconds": 20}, "must exceed worker.shutdownTimeoutSeconds=20"),
     ({"keda": {"enabled": True, "maxReplicaCount": 7}}, "keda.maxReplicaCount=7: more than the largest topic's 6"),
     ({"keda": {"enabled": True, "minReplicaCount": 3, "maxReplicaCount": 2}}, "keda.minReplicaCount=3"),
+    ({"routes": {"file": (ROOT / "routes.toml").read_text()}}, 'routes.schemas: no "order.json"'),
+    ({"routes": {"file": "[[routes]]\nschema_file = '/etc/order.json'\n", "schemas": {"order.json": "{}"}}},
+     'schema_file = "/etc/order.json"'),
 ])
 def test_cross_field_rules_fail_the_render_naming_the_value(tmp_path: Path, values: dict[str, Any],
                                                             message: str) -> None:

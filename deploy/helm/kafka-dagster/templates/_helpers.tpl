@@ -65,6 +65,14 @@ Cross-field rules the schema cannot say in one line; each fails the render namin
 {{- if le (int .Values.terminationGracePeriodSeconds) (int .Values.worker.shutdownTimeoutSeconds) -}}
 {{- fail (printf "terminationGracePeriodSeconds=%v: must exceed worker.shutdownTimeoutSeconds=%v, or the hand-over is killed" .Values.terminationGracePeriodSeconds .Values.worker.shutdownTimeoutSeconds) -}}
 {{- end -}}
+{{- /* Each route's schema_file is mounted next to the routes file, or the worker fails at start. */ -}}
+{{- $schemas := include "kafka-dagster.schemas" . | fromYaml -}}
+{{- range regexFindAll "(?m)^[ \t]*schema_file[ \t]*=[ \t]*[\"'][^\"']*[\"']" (include "kafka-dagster.routesFile" .) -1 -}}
+{{- $path := regexReplaceAll "^[ \t]*schema_file[ \t]*=[ \t]*[\"']([^\"']*)[\"']" . "${1}" -}}
+{{- if not (and (hasPrefix "schemas/" $path) (hasKey $schemas (trimPrefix "schemas/" $path))) -}}
+{{- fail (printf "routes.schemas: no %q for the routes file's schema_file = %q (--set-file 'routes.schemas.NAME=FILE')" (trimPrefix "schemas/" $path) $path) -}}
+{{- end -}}
+{{- end -}}
 {{- if .Values.keda.enabled -}}
 {{- $partitions := 0 -}}
 {{- range .Values.keda.topics -}}{{- $partitions = max $partitions (int .partitions) -}}{{- end -}}
