@@ -515,6 +515,19 @@ def test_keda_authenticates_with_the_workers_own_secrets(all_on_objects: list[di
     assert refs["key"] == ("kafka-tls", "tls.key")
 
 
+def test_tls_without_sasl_hands_keda_the_ca_alone(tmp_path: Path) -> None:
+    objects = render(tmp_path, {"kafka": {"securityProtocol": "SSL", "tls": {"existingSecret": "kafka-tls"}},
+                                "keda": {"enabled": True}})
+    for obj in objects:
+        validate(obj, KUBE_VERSIONS[-1])
+    env = env_of(objects)
+    assert "KAFKA_SSL_CAFILE" in env and "KAFKA_SSL_CERTFILE" not in env and "KAFKA_SASL_USERNAME" not in env
+    (trigger,) = one(objects, "ScaledObject")["spec"]["triggers"]
+    assert trigger["metadata"]["tls"] == "enable" and "sasl" not in trigger["metadata"]
+    refs = one(objects, "TriggerAuthentication")["spec"]["secretTargetRef"]
+    assert refs == [{"parameter": "ca", "name": "kafka-tls", "key": "ca.crt"}]
+
+
 def test_plaintext_keda_needs_no_authentication(tmp_path: Path) -> None:
     objects = render(tmp_path, {"keda": {"enabled": True}})
     (trigger,) = one(objects, "ScaledObject")["spec"]["triggers"]
