@@ -44,10 +44,17 @@ lock:  ## re-resolve pyproject's ranges into requirements/*.lock (UPGRADE=1 to m
 
 # The Helm chart's checks (tests/test_helm.py) run helm, pinned here and built once from the Go
 # module proxy (its go.sum pins every dependency) into the git-ignored .tools/, one folder per version.
+# The -X flags are those of helm's own release build: its version, and the Kubernetes version it
+# assumes without a cluster (1 + the major, and the minor, of the k8s.io/client-go it builds with).
 HELM_VERSION := v3.21.4
+HELM_KUBE_MINOR := 36
 HELM := .tools/helm-$(HELM_VERSION)/helm
+HELM_LDFLAGS := -X helm.sh/helm/v3/internal/version.version=$(HELM_VERSION) \
+	$(foreach pkg,lint/rules chartutil,-X helm.sh/helm/v3/pkg/$(pkg).k8sVersionMajor=1 \
+	-X helm.sh/helm/v3/pkg/$(pkg).k8sVersionMinor=$(HELM_KUBE_MINOR))
 $(HELM):
-	GOBIN=$(abspath $(dir $(HELM))) GOTOOLCHAIN=local go install helm.sh/helm/v3/cmd/helm@$(HELM_VERSION)
+	GOBIN=$(abspath $(dir $(HELM))) GOTOOLCHAIN=local \
+		go install -ldflags '$(HELM_LDFLAGS)' helm.sh/helm/v3/cmd/helm@$(HELM_VERSION)
 
 tools: $(HELM)  ## the pinned helm for tests/test_helm.py
 
