@@ -58,7 +58,7 @@ $(HELM):
 
 tools: $(HELM)  ## the pinned helm for tests/test_helm.py
 
-chart-files:  ## copy the alert rules, routes and schemas into the Helm chart (one source each)
+chart-files:  ## copy the alert rules, dashboard, routes and schemas into the Helm chart (one source each)
 	bash scripts/sync-chart-files.sh
 
 run: $(STAMP)  ## the embedded stack with demo events; Ctrl-C stops everything
