@@ -24,11 +24,11 @@ from dataclasses import dataclass
 
 from service.batching import Batch
 from service.dagster_client import DagsterClient, Target
-from service.delivery import run_config
 from service.errors import ConfigurationError, RouteError, TransientError
 from service.records import Record
 from service.retry import Backoff
 from service.routes import Route, load_routes
+from service.run_request import run_config
 from service.settings import load_settings
 
 logger = logging.getLogger(__name__)

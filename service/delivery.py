@@ -40,8 +40,6 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import Any, Protocol
 
-import orjson
-
 from service.batching import Batch, Batcher, BatchPolicy
 from service.contract import (
     STAGE_LAUNCH,
@@ -49,11 +47,8 @@ from service.contract import (
     STAGE_RUN,
     TAG_BATCH_ID,
     TAG_CONSUMER_GROUP,
-    TAG_DAGSTER_PARTITION,
     TAG_OFFSET_END,
-    TAG_OFFSET_START,
     TAG_PARTITION,
-    TAG_RECORD_COUNT,
     TAG_ROUTE,
     TAG_TOPIC,
 )
@@ -86,6 +81,7 @@ from service.records import TP, Record
 from service.retry import Backoff
 from service.routes import Route, RouteTable
 from service.routing import route_record, selects
+from service.run_request import inline_records_json, launched_run, run_config, run_tags  # noqa: F401  (re-exported)
 from service.throttle import Throttle
 from service.verdicts import Verdict, survivor
 from service.watcher import FAILED, TERMINAL, LaunchedRun, RunWatcher
@@ -127,59 +123,6 @@ class HandledOutcomes(Protocol):
 # (topic, partition, offset) -> next offset: proves ownership by committing it (see `Delivery`).
 Fence = Callable[[TP, int], Awaitable[bool]]
 ReadRange = Callable[[str, int, int, int], Awaitable[list[Record]]]
-
-
-def run_tags(route: Route, batch: Batch, group_id: str) -> dict[str, str]:
-    tags = {
-        TAG_TOPIC: batch.topic,
-        TAG_PARTITION: str(batch.partition),
-        TAG_OFFSET_START: str(batch.offset_start),
-        TAG_OFFSET_END: str(batch.offset_end),
-        TAG_RECORD_COUNT: str(len(batch.records)),
-        TAG_BATCH_ID: batch.batch_id,
-        TAG_CONSUMER_GROUP: group_id,
-        TAG_ROUTE: route.name,
-    }
-    if batch.partition_key is not None:
-        tags[TAG_DAGSTER_PARTITION] = batch.partition_key
-    return tags
-
-
-def run_config(route: Route, batch: Batch, inline: bool = True,
-               batch_ops: Sequence[str] | None = None) -> dict[str, Any]:
-    """The batch as `ops.<op>.config` of each of `batch_ops` (default: the route's `batch_op`; for an asset
-    target, the selected assets that take it); records inline only below the route's bound (and if `inline`)."""
-    config: dict[str, Any] = {
-        "topic": batch.topic,
-        "partition": batch.partition,
-        "offset_start": batch.offset_start,
-        "offset_end": batch.offset_end,
-        "record_count": len(batch.records),
-        "batch_id": batch.batch_id,
-    }
-    if inline and batch.size <= route.inline_max_bytes:
-        config["records_json"] = inline_records_json(batch.records)
-    if route.match is not None:  # the offset range holds other routes' records too: the run keeps its own
-        config["match"] = route.match.to_json()
-    return {"ops": {op: {"config": config} for op in (batch_ops or [route.batch_op])}}
-
-
-def inline_records_json(records: Sequence[Record]) -> str:
-    """The records as the run config's `records_json`: one JSON array of {offset, timestamp_ms, key, value}.
-
-    One string instead of a list of typed records: Dagster validates run config
-    field by field in Python, which made a launch with 300 records inline take
-    about 45 ms longer (`make bench` measures both: docs/performance.md).
-    """
-    return orjson.dumps([
-        {
-            "offset": r.offset,
-            "timestamp_ms": r.timestamp_ms or 0,
-            "key": r.key.decode("utf-8", "backslashreplace") if r.key is not None else None,
-            "value": (r.value or b"").decode("utf-8"),
-        }
-        for r in records
-    ]).decode()
 
 
 @dataclass
@@ -660,16 +603,16 @@ class Delivery:
         outcomes = set()
         for run in batch_runs:
             if run.status not in TERMINAL:
-                self.watcher.adopt(_launched(run.run_id, run.job, run.tags))
+                self.watcher.adopt(launched_run(run.run_id, run.job, run.tags))
             elif run.status in FAILED:
                 outcome = await self.outcomes.outcome(run.run_id)
                 outcomes.add(outcome)
                 if outcome is None:
-                    self.watcher.adopt(_launched(run.run_id, run.job, run.tags))
+                    self.watcher.adopt(launched_run(run.run_id, run.job, run.tags))
                     unsettled += 1
         if outcomes == {DUPLICATE} and survivor(batch_runs) is None:  # a race, then its worker died
             newest = max(batch_runs, key=lambda run: (run.creation_time, run.run_id))
-            self.watcher.adopt(_launched(newest.run_id, newest.job, newest.tags))
+            self.watcher.adopt(launched_run(newest.run_id, newest.job, newest.tags))
             unsettled += 1
         return unsettled
 
@@ -705,10 +648,10 @@ class Delivery:
             await self.dead_letter(batch.records, failure)
             return
         share.covered = max(share.covered if share.covered is not None else -1, batch.offset_end)
-        self._observe_launched(batch, run_id)
-        await self.watcher.add(_launched(run_id, route.job, run_tags(route, batch, self.group_id)))
+        self._observelaunched_run(batch, run_id)
+        await self.watcher.add(launched_run(run_id, route.job, run_tags(route, batch, self.group_id)))
 
-    def _observe_launched(self, batch: Batch, run_id: str) -> None:
+    def _observelaunched_run(self, batch: Batch, run_id: str) -> None:
         oldest = min((r.timestamp_ms for r in batch.records if r.timestamp_ms), default=None)
         if oldest:
             self.metrics.event_to_launch.labels(batch.topic).observe(max(0.0, time.time() - oldest / 1000))
@@ -918,7 +861,7 @@ class Delivery:
 
     def _follow(self, survivor: RunInfo) -> None:
         if survivor.status != "SUCCESS":
-            self.watcher.adopt(_launched(survivor.run_id, survivor.job, survivor.tags))
+            self.watcher.adopt(launched_run(survivor.run_id, survivor.job, survivor.tags))
 
     async def _record_outcome(self, run_id: str, outcome: str | None, done: str) -> None:
         """Write what was done with `run_id`, unless it was written as a duplicate (which stays so)."""
@@ -997,7 +940,7 @@ class Delivery:
         logger.warning("launched run %s for batch %s again (%s/%d offsets %d-%d): %s", run_id, batch.batch_id,
                        batch.topic, batch.partition, batch.offset_start, batch.offset_end, verdict.reason)
         await self._record_dead_runs(verdict, RELAUNCHED)
-        await self.watcher.add(_launched(run_id, route.job, run_tags(route, batch, self.group_id)))
+        await self.watcher.add(launched_run(run_id, route.job, run_tags(route, batch, self.group_id)))
 
     async def _record_dead_runs(self, verdict: Verdict, done: str) -> None:
         for dead in verdict.dead_runs:
@@ -1160,9 +1103,3 @@ def _by_batch(runs: Iterable[RunInfo]) -> dict[str, list[RunInfo]]:
     for run in runs:
         batches.setdefault(run.tags.get(TAG_BATCH_ID) or run.run_id, []).append(run)
     return batches
-
-
-def _launched(run_id: str, job: str, tags: dict[str, str]) -> LaunchedRun:
-    return LaunchedRun(run_id, job, tags[TAG_TOPIC], int(tags[TAG_PARTITION]),
-                       int(tags[TAG_OFFSET_START]), int(tags[TAG_OFFSET_END]), tags.get(TAG_ROUTE, ""),
-                       tags.get(TAG_BATCH_ID, ""), tags.get(TAG_DAGSTER_PARTITION))
