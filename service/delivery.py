@@ -30,6 +30,7 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
+import enum
 import itertools
 import logging
 import time
@@ -238,6 +239,15 @@ class RouteShare:
         return lowest
 
 
+class PartitionState(enum.Enum):
+    """Where an owned partition is between its assignment and its drop."""
+
+    ASSIGNED = "assigned"
+    HANDING_OVER = "handing_over"  # revoked: launch what is open, commit nothing more
+    FENCED = "fenced"  # the coordinator says another worker owns it now: launch and commit nothing
+    DROPPED = "dropped"  # no longer held here
+
+
 @dataclass(eq=False)
 class OwnedPartition:
     """What the worker holds for one partition it owns, from assignment to revoke.
@@ -255,8 +265,32 @@ class OwnedPartition:
     position: int | None = None  # first offset consumed since assignment (the committed offset then)
     next_offset: int | None = None
     dispatched: int | None = None  # every record below it has been handed to the routes it matches
-    handing_over: bool = False  # revoked or shutting down: launch what is open, commit nothing more
-    fenced: bool = False  # the coordinator says another worker owns it now
+    state: PartitionState = PartitionState.ASSIGNED
+
+    @property
+    def may_launch(self) -> bool:
+        """Batches of it may be launched (each launch still proves ownership with the coordinator first)."""
+        return self.state in (PartitionState.ASSIGNED, PartitionState.HANDING_OVER)
+
+    @property
+    def may_commit(self) -> bool:
+        """Its offsets may be marked done: a revoked partition's commits are Faust's no more."""
+        return self.state is PartitionState.ASSIGNED
+
+    def owns(self, record: Record) -> bool:
+        """The record was consumed for this assignment of the partition, and it is still held here."""
+        return record.epoch == self.epoch and self.may_launch
+
+    def hand_over(self) -> None:
+        if self.state is PartitionState.ASSIGNED:
+            self.state = PartitionState.HANDING_OVER
+
+    def fence(self) -> None:
+        if self.state is not PartitionState.DROPPED:
+            self.state = PartitionState.FENCED
+
+    def drop(self) -> None:
+        self.state = PartitionState.DROPPED
 
     def share(self, route: str) -> RouteShare | None:
         return next((share for share in self.shares if share.route.name == route), None)
@@ -382,15 +416,12 @@ class Delivery:
     def _current(self, record: Record) -> OwnedPartition | None:
         """The partition the record was consumed for, if this worker still holds that assignment."""
         owned = self.partitions.get(record.tp)
-        if owned is None or owned.epoch != record.epoch or owned.fenced:
-            return None
-        return owned
+        return owned if owned is not None and owned.owns(record) else None
 
     def _advance(self, owned: OwnedPartition) -> None:
         """Mark the partition done below what every route of it has finished with."""
-        # Records from before a revoke must not commit for a partition we may no longer own.
-        if self.partitions.get(owned.tp) is not owned or owned.handing_over or owned.fenced:
-            return
+        if not owned.may_commit:
+            return  # records from before a revoke must not commit for a partition we may no longer own
         done = owned.done_below()
         if done is not None:
             self.mark_done(owned.tp, done)
@@ -420,14 +451,14 @@ class Delivery:
             logger.info("consuming %s/%d from offset %d", tp.topic, tp.partition, records[0].offset)
         owned.next_offset = records[-1].offset + 1
         covered = [await self._covered(owned, share) for share in owned.shares]
-        if self._current(records[0]) is not owned:
+        if not owned.owns(records[0]):
             return
         only = owned.shares[0].route if len(owned.shares) == 1 else None
         if only is not None and only.match is None and only.partition_key is None:
             await self._add_checked(owned, owned.shares[0], [r for r in records if r.offset > covered[0]])
         else:
             await self._dispatch(owned, records, covered)
-        if self._current(records[0]) is owned:
+        if owned.owns(records[0]):
             owned.dispatched = records[-1].offset + 1
             self._advance(owned)
 
@@ -530,7 +561,7 @@ class Delivery:
         return at_most if not deadlines else min(at_most, max(0.0, min(deadlines) - self.clock()))
 
     async def _submit(self, owned: OwnedPartition, share: RouteShare, batch: Batch) -> None:
-        if self.partitions.get(batch.tp) is not owned or owned.fenced:
+        if not owned.may_launch:
             return  # the partition moved on: its next owner reconciles and launches these records
         self._count_closed(batch)
         await share.lane.put(batch)
@@ -619,7 +650,7 @@ class Delivery:
     # -- lanes: launch and dead-letter --------------------------------------
 
     async def _handle(self, owned: OwnedPartition, share: RouteShare | None, item: Batch | DeadLetters) -> None:
-        if self.partitions.get(owned.tp) is not owned or owned.fenced:
+        if not owned.may_launch:
             return  # dropped: launch nothing for a partition another worker owns now
         if isinstance(item, DeadLetters):
             await self.dead_letter(item.records, item.failure)
@@ -806,7 +837,7 @@ class Delivery:
 
     async def _prove_ownership(self, owned: OwnedPartition, batch: Batch) -> None:
         """Raise `Fenced` unless the coordinator confirms this worker owns the partition now."""
-        if owned.fenced or self.partitions.get(owned.tp) is not owned:
+        if not owned.may_launch:
             raise Fenced(f"{owned.tp.topic}/{owned.tp.partition} is no longer assigned to this worker")
         # The commit proving it is of what the partition is done with (every route of it), at most the batch's
         # start, unless the whole batch lies below that (a batch launched again: its offsets are covered).
@@ -826,7 +857,7 @@ class Delivery:
 
     def _drop_fenced(self, owned: OwnedPartition, batch: Batch, exc: Fenced) -> None:
         """Another worker owns the partition: launch and commit nothing more for it here."""
-        owned.fenced = True
+        owned.fence()
         open_batches = [b for share in owned.shares for b in share.batcher.drain({owned.tp})]
         queued = [item for lane in owned.lanes for item in lane.drain() if isinstance(item, Batch)]
         dropped = [batch, *queued, *open_batches]
@@ -912,7 +943,7 @@ class Delivery:
         await asyncio.sleep(delay_s)
         owned = self.partitions.get(TP(run.topic, run.partition))
         route = self.routes.get(run.route)
-        if owned is None or owned.fenced or route is None or owned.share(route.name) is None:
+        if owned is None or not owned.may_launch or route is None or owned.share(route.name) is None:
             logger.warning("not launching batch %s again: %s/%d is not owned here (its owner reconciles and "
                            "settles it)", run.batch_id, run.topic, run.partition)
             return
@@ -1021,7 +1052,7 @@ class Delivery:
         """
         owned = [self.partitions[tp] for tp in set(tps) if tp in self.partitions]
         for partition in owned:
-            partition.handing_over = True
+            partition.hand_over()
         await self._hand_over(owned, timeout_s)
 
     async def close(self, timeout_s: float) -> None:
@@ -1034,7 +1065,7 @@ class Delivery:
         for partition in owned:
             for share in partition.shares:
                 for batch in share.batcher.drain({partition.tp}):
-                    if share.lane.queue.full() or partition.fenced:
+                    if share.lane.queue.full() or not partition.may_launch:
                         continue  # its records stay uncommitted: whoever consumes them next reconciles first
                     self._count_closed(batch)
                     share.lane.put_nowait(batch)
@@ -1048,6 +1079,7 @@ class Delivery:
             await self._drop(partition)
 
     async def _drop(self, owned: OwnedPartition) -> None:
+        owned.drop()
         if self.partitions.get(owned.tp) is owned:
             del self.partitions[owned.tp]
         for lane in owned.lanes:
@@ -1066,7 +1098,8 @@ class Delivery:
         partitions = [{
             "topic": tp.topic, "partition": tp.partition, "epoch": owned.epoch, "position": owned.position,
             "next_offset": owned.next_offset, "done_below": owned.done_below(),
-            "handing_over": owned.handing_over, "fenced": owned.fenced,
+            "handing_over": owned.state is PartitionState.HANDING_OVER,
+            "fenced": owned.state is PartitionState.FENCED,
             "unmatched_queued": owned.unmatched.queue.qsize() if owned.unmatched is not None else None,
             "routes": [_share_status(share, tp, now, inflight[(share.route.name, tp.topic, tp.partition)])
                        for share in owned.shares],
