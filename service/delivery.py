@@ -79,7 +79,7 @@ from service.outcomes import DUPLICATE
 from service.partition_sets import PartitionSets
 from service.pauses import RoutePauses
 from service.records import TP, Record
-from service.retry import Backoff
+from service.retry import EVERY_PAUSE, Refusal, Resumes, Retrying, route_refusal, until_accepted
 from service.routes import Route, RouteTable
 from service.routing import route_record, selects
 from service.run_request import inline_records_json, launched_run, run_config, run_tags  # noqa: F401  (re-exported)
@@ -91,7 +91,6 @@ logger = logging.getLogger(__name__)
 
 # Dagster answering PythonError this many times in a row is no passing trouble: the route pauses.
 MAX_DAGSTER_ERROR_ATTEMPTS = 10
-ROUTE_RETRY_BASE_S = 2.0
 # A route paused for its code location looks this often whether the workspace shows it loaded again,
 # so it resumes within seconds of a fix instead of at its next backoff retry (up to minutes away).
 LOCATION_PROBE_S = 3.0
@@ -104,6 +103,7 @@ RELAUNCH_MAX_DELAY_S = 60.0
 SUPERSEDED = "SUPERSEDED"  # another run of its batch keeps the records
 RELAUNCHED = "RELAUNCHED"  # its batch was launched again
 DEAD_LETTERED = "DEAD_LETTERED"  # launching its batch again was refused: the records are in the DLQ
+DLQ_WRITE = "dlq_write"  # a route's pause reason: the DLQ topic refused a dead letter
 
 
 class DeadLetterSink(Protocol):
@@ -366,8 +366,7 @@ class Delivery:
         self.on_fatal = on_fatal
         self.bounds = json_bounds or JsonBounds()
         self.queue_size = queued_batches_per_partition
-        self.retry_max_delay_s = retry_max_delay_s
-        self.route_retry_max_delay_s = route_retry_max_delay_s
+        self.retrying = Retrying(metrics, retry_max_delay_s, route_retry_max_delay_s)
         self.clock = clock
         self.wall_clock = wall_clock
         self.batchers = {name: Batcher(BatchPolicy(r.max_records, r.max_bytes, r.max_wait_s), name)
@@ -604,7 +603,9 @@ class Delivery:
     def _reconcile_task(self, owned: OwnedPartition, share: RouteShare) -> asyncio.Task[int]:
         if share.reconcile is None:
             share.reconcile = asyncio.create_task(
-                self.retry(lambda: self._reconcile(owned.tp, share.route), share.route, "reconcile"),
+                self._until_accepted(share.route, partial(self.retrying.transient,
+                                                          partial(self._reconcile, owned.tp, share.route),
+                                                          "reconcile")),
                 name=f"reconcile-{share.route.name}-{owned.tp.topic}-{owned.tp.partition}")
         return share.reconcile
 
@@ -717,36 +718,45 @@ class Delivery:
         return run_id
 
     async def _launch_through_refusals(self, owned: OwnedPartition, route: Route, batch: Batch) -> str:
-        backoff = Backoff(base_s=ROUTE_RETRY_BASE_S, max_delay_s=self.route_retry_max_delay_s)
         inline = True
-        while True:
-            try:
-                run_id = await self._launch_once(owned, route, batch, inline)
-            except BatchTooLarge as exc:
-                if not inline:
-                    refused = RequestRejected(f"{exc}, even with the offset range only",
-                                              hint="raise the request size limit of the proxy in front of Dagster")
-                    await self._route_refused(route, refused, backoff)
-                    continue
-                logger.warning("batch %s was refused for its size (%s); launching it with its offset range only",
-                               batch.batch_id, exc, extra=batch_extra(batch))
-                inline = False
-                continue
-            except RouteError as exc:
-                if route.dead_letters_rejected_launches:
-                    raise
-                await self._route_refused(route, exc, backoff)
-                continue
-            self.pauses.resume(route.name)
-            return run_id
+        too_large: RouteError | None = None  # refused for its size even with the offset range only: a pause
 
-    async def _route_refused(self, route: Route, exc: RouteError, backoff: Backoff) -> None:
-        self.pauses.pause(route.name, exc.reason, str(exc), exc.hint)
+        async def attempt() -> str:
+            nonlocal inline, too_large
+            while True:
+                try:
+                    return await self._launch_once(owned, route, batch, inline)
+                except BatchTooLarge as exc:
+                    if not inline:
+                        too_large = RequestRejected(f"{exc}, even with the offset range only",
+                                                    hint="raise the request size limit of the proxy in front of "
+                                                    "Dagster")
+                        raise too_large from exc
+                    logger.warning("batch %s was refused for its size (%s); launching it with its offset range "
+                                   "only", batch.batch_id, exc, extra=batch_extra(batch))
+                    inline = False
+
+        def refusal(exc: Exception) -> Refusal | None:
+            if route.dead_letters_rejected_launches and isinstance(exc, RouteError) and exc is not too_large:
+                return None  # raised: the route dead-letters refused launches
+            return route_refusal(exc)
+
+        return await self._until_accepted(route, attempt, refusal)
+
+    async def _until_accepted(self, route: Route, attempt: Callable[[], Awaitable[Any]],
+                              refusal: Callable[[Exception], Refusal | None] = route_refusal,
+                              resumes: Resumes = EVERY_PAUSE) -> Any:
+        """`attempt()` until the route's Dagster accepts it: each refusal pauses the route and waits."""
+        return await until_accepted(attempt, pauses=self.pauses, route=route.name, resumes=resumes,
+                                    refusal=refusal, backoff=self.retrying.route_backoff(),
+                                    wait=partial(self._route_refused, route))
+
+    async def _route_refused(self, route: Route, refused: Refusal, delay_s: float) -> None:
         self.client.forget_job(route.job)
-        if exc.reason == CODE_LOCATION_ERROR:
-            await self._until_location_loads(route, backoff.next_delay())
+        if refused.reason == CODE_LOCATION_ERROR:
+            await self._until_location_loads(route, delay_s)
         else:
-            await self.pauses.wait(route.name, backoff.next_delay())
+            await self.pauses.wait(route.name, delay_s)
 
     async def _until_location_loads(self, route: Route, delay_s: float) -> None:
         """Wait `delay_s`, or less: until the route's code location (any, if not pinned) loads again."""
@@ -765,11 +775,11 @@ class Delivery:
     async def _launch_once(self, owned: OwnedPartition, route: Route, batch: Batch, inline: bool) -> str:
         """Launch the batch's run, retrying transient failures; never launches it twice knowingly."""
         tags = run_tags(route, batch, self.group_id)
-        backoff = Backoff(max_delay_s=self.retry_max_delay_s)
-        attempts = dagster_errors = 0
+        dagster_errors = 0
         outcome_unknown = False
-        while True:
-            attempts += 1
+
+        async def attempt() -> tuple[str, bool]:
+            """The run's id, and whether it is the one an earlier lost answer left (no launch now)."""
             try:
                 target = await self._target(route)
                 if batch.partition_key is not None:
@@ -777,30 +787,31 @@ class Delivery:
                 if outcome_unknown:
                     kept = await self.duplicates.settle(route.job, batch.batch_id)
                     if kept is not None:
-                        return kept
-                await self._prove_ownership(owned, batch)
+                        return kept, True
                 config = run_config(route, batch, inline, target.batch_ops)
-                run_id = await self._timed_launch(route, batch.topic, target, config, tags, outcome_unknown)
-            except DagsterError as exc:
+                return await self._fenced_launch(owned, route, batch, target, config, tags), False
+            except (RouteError, BatchTooLarge) as exc:
+                self._count_launch(route, getattr(exc, "typename", type(exc).__name__))
+                raise
+
+        async def on_failure(exc: TransientError) -> None:
+            nonlocal dagster_errors, outcome_unknown
+            if isinstance(exc, DagsterError):
                 dagster_errors += 1
                 self._count_launch(route, exc.typename)
                 if dagster_errors >= MAX_DAGSTER_ERROR_ATTEMPTS:
                     raise LaunchRejected(exc.typename, f"{exc} ({dagster_errors} times in a row)") from exc
-                await self._wait_transient(exc, backoff, f"launch of batch {batch.batch_id}", attempts)
-            except TransientError as exc:
-                # The request may have reached Dagster: a run may exist that this worker never heard of.
-                outcome_unknown = outcome_unknown or (isinstance(exc, DagsterUnavailable)
-                                                      and not isinstance(exc, RateLimited))
-                if isinstance(exc, DagsterUnavailable) and exc.http_status is not None and exc.http_status >= 500:
-                    await self._raise_if_location_broken(route)
-                await self._wait_transient(exc, backoff, f"launch of batch {batch.batch_id}", attempts)
-            except (RouteError, BatchTooLarge) as exc:
-                self._count_launch(route, getattr(exc, "typename", type(exc).__name__))
-                raise
-            else:
-                if outcome_unknown:
-                    run_id = await self.duplicates.settle(route.job, batch.batch_id) or run_id
-                return run_id
+                return
+            # The request may have reached Dagster: a run may exist that this worker never heard of.
+            outcome_unknown = outcome_unknown or (isinstance(exc, DagsterUnavailable)
+                                                  and not isinstance(exc, RateLimited))
+            if isinstance(exc, DagsterUnavailable) and exc.http_status is not None and exc.http_status >= 500:
+                await self._raise_if_location_broken(route)
+
+        run_id, kept = await self.retrying.transient(attempt, f"launch of batch {batch.batch_id}", on_failure)
+        if outcome_unknown and not kept:
+            run_id = await self.duplicates.settle(route.job, batch.batch_id) or run_id
+        return run_id
 
     async def _target(self, route: Route) -> Target:
         if not route.assets:
@@ -818,16 +829,18 @@ class Delivery:
         if failure is not None:
             raise failure
 
-    async def _timed_launch(self, route: Route, topic: str, selector: Target, config: dict[str, Any],
-                            tags: dict[str, str], retried: bool) -> str:
+    async def _fenced_launch(self, owned: OwnedPartition, route: Route, batch: Batch, target: Target,
+                             config: dict[str, Any], tags: dict[str, str]) -> str:
+        """Prove ownership of the partition, then launch: nothing is awaited between the two."""
+        await self._prove_ownership(owned, batch)
         started = time.monotonic()
         try:
-            run_id = await self.client.launch_run(selector, config, tags)
+            run_id = await self.client.launch_run(target, config, tags)
         except DagsterUnavailable:
             self._count_launch(route, "transport_error")
             raise
         finally:
-            self.metrics.run_launch_duration.labels(topic).observe(time.monotonic() - started)
+            self.metrics.run_launch_duration.labels(batch.topic).observe(time.monotonic() - started)
         self._count_launch(route, "LaunchRunSuccess")
         self.metrics.dagster_up.set(1)
         return run_id
@@ -989,19 +1002,18 @@ class Delivery:
 
     async def _send_until_accepted(self, record: Record, failure: Failure) -> None:
         """Send one dead letter; a broker that refuses it (e.g. for its size) pauses its route, reason dlq_write."""
-        name = failure.route or record.topic
-        backoff = Backoff(base_s=ROUTE_RETRY_BASE_S, max_delay_s=self.route_retry_max_delay_s)
-        while True:
-            try:
-                await self.retry_transient(partial(self._send_dead_letter, record, failure), "dead-letter")
-            except KafkaRejected as exc:
-                self.pauses.pause(name, "dlq_write", f"the DLQ topic {self.dlq_topic} refused a dead letter of "
-                                  f"{record.topic}/{record.partition} offset {record.offset}: {exc}",
-                                  "raise the DLQ topic's max.message.bytes (or the broker's message.max.bytes)")
-                await self.pauses.wait(name, backoff.next_delay())
-                continue
-            self.pauses.resume(name, reason="dlq_write")
-            return
+
+        def refusal(exc: Exception) -> Refusal | None:
+            if not isinstance(exc, KafkaRejected):
+                return None
+            return Refusal(DLQ_WRITE, f"the DLQ topic {self.dlq_topic} refused a dead letter of {record.topic}/"
+                           f"{record.partition} offset {record.offset}: {exc}",
+                           "raise the DLQ topic's max.message.bytes (or the broker's message.max.bytes)")
+
+        await until_accepted(partial(self.retrying.transient, partial(self._send_dead_letter, record, failure),
+                                     "dead-letter"),
+                             pauses=self.pauses, route=failure.route or record.topic, resumes=Resumes(DLQ_WRITE),
+                             refusal=refusal, backoff=self.retrying.route_backoff())
 
     async def _send_dead_letter(self, record: Record, failure: Failure) -> None:
         headers = dlq_headers(record, failure)
@@ -1009,33 +1021,7 @@ class Delivery:
 
     async def retry_transient(self, call: Callable[[], Awaitable[Any]], what: str) -> Any:
         """`call()`, retried with backoff for as long as it fails transiently."""
-        backoff = Backoff(max_delay_s=self.retry_max_delay_s)
-        attempts = 0
-        while True:
-            attempts += 1
-            try:
-                return await call()
-            except TransientError as exc:
-                await self._wait_transient(exc, backoff, what, attempts)
-
-    async def retry(self, call: Callable[[], Awaitable[Any]], route: Route, what: str) -> Any:
-        """`call()`, retried through transient failures and, pausing `route`, through route failures."""
-        backoff = Backoff(base_s=ROUTE_RETRY_BASE_S, max_delay_s=self.route_retry_max_delay_s)
-        while True:
-            try:
-                result = await self.retry_transient(call, what)
-            except RouteError as exc:
-                await self._route_refused(route, exc, backoff)
-                continue
-            self.pauses.resume(route.name)
-            return result
-
-    async def _wait_transient(self, exc: TransientError, backoff: Backoff, what: str, attempts: int) -> None:
-        if isinstance(exc, DagsterUnavailable) and not isinstance(exc, RateLimited):
-            self.metrics.dagster_up.set(0)
-        delay = max(backoff.next_delay(), exc.retry_after_s or 0.0)
-        logger.warning("%s failed (%s), attempt %d; retrying in %.1fs", what, exc, attempts, delay)
-        await asyncio.sleep(delay)
+        return await self.retrying.transient(call, what)
 
     def _on_route_pause(self, route_name: str, paused: bool) -> None:
         tps = {tp for tp, owned in self.partitions.items() if owned.share(route_name) is not None}

@@ -213,9 +213,7 @@ def _add_lifecycle(app: App, settings: Settings, delivery: Delivery, dlq_produce
     @app.task
     async def check_routes() -> None:
         """`kafka-dagster check` at start: a route that fails it pauses, with the reason, until it passes."""
-        await watch_routes(delivery.routes.values(), client, delivery.pauses.pause,
-                           lambda route, reason: delivery.pauses.resume(route, reason=reason),
-                           settings.route_retry_max_delay_s)
+        await watch_routes(delivery.routes.values(), client, delivery.pauses, settings.route_retry_max_delay_s)
 
     @app.task
     async def check_topics() -> None:

@@ -794,10 +794,9 @@ async def test_a_watched_run_that_fails_is_recorded_as_handled(make_harness: Cal
 
 async def test_a_route_paused_for_its_code_location_resumes_when_it_loads_not_at_its_next_backoff(
         make_harness: Callable[..., Harness], monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(delivery_module, "ROUTE_RETRY_BASE_S", 600.0)  # the backoff alone: minutes
     monkeypatch.setattr(delivery_module, "LOCATION_PROBE_S", 0.01)
     h = make_harness()
-    h.delivery.route_retry_max_delay_s = 600.0
+    h.delivery.retrying.route_retry_base_s = h.delivery.retrying.route_retry_max_delay_s = 600.0  # minutes
     gone = LaunchRejected("PipelineNotFoundError", "no job named 'process_orders': code location failed to load",
                           hint=CODE_LOCATION_HINT, reason=CODE_LOCATION_ERROR)
     h.client.script = [gone]
