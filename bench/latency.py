@@ -13,9 +13,9 @@ from bench.data import make_values, produce_steady
 from bench.worker import RouteSpec, unique, wait_launched
 from service.contract import TAG_BATCH_ID, TAG_TOPIC
 from service.dagster_client import DagsterClient
-from service.delivery import inline_records_json
 from service.kafka import ensure_topics, read_topic
 from service.records import Record
+from service.run_request import inline_records_json
 
 WARM_UP_S = 2.0
 

@@ -24,11 +24,11 @@ from dataclasses import dataclass
 
 from service.batching import Batch
 from service.dagster_client import DagsterClient, Target
-from service.delivery import run_config
 from service.errors import ConfigurationError, RouteError, TransientError
 from service.records import Record
-from service.retry import Backoff
+from service.retry import OWN_PAUSE, ROUTE_RETRY_BASE_S, Backoff, Pauses, Refusal, until_accepted
 from service.routes import Route, load_routes
+from service.run_request import run_config
 from service.settings import load_settings
 
 logger = logging.getLogger(__name__)
@@ -124,38 +124,47 @@ async def check_routes(routes: Iterable[Route], client: DagsterClient) -> list[V
     return list(await asyncio.gather(*(check_route(route, client) for route in routes)))
 
 
-async def watch_routes(routes: Iterable[Route], client: DagsterClient,
-                       pause: Callable[[str, str, str, str], None], resume: Callable[[str, str], None],
-                       max_delay_s: float, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+async def watch_routes(routes: Iterable[Route], client: DagsterClient, pauses: Pauses, max_delay_s: float,
+                       sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
     """The worker's start check: pause each failing route (reason, message, fix) and check it again with a
     capped backoff until it passes; Dagster being unreachable only delays the check."""
-    await asyncio.gather(*(_watch(route, client, pause, resume, max_delay_s, sleep) for route in routes))
+    await asyncio.gather(*(_watch(route, client, pauses, max_delay_s, sleep) for route in routes))
 
 
-async def _watch(route: Route, client: DagsterClient, pause: Callable[[str, str, str, str], None],
-                 resume: Callable[[str, str], None], max_delay_s: float,
+class _CheckFailed(Exception):
+    def __init__(self, verdict: Verdict) -> None:
+        super().__init__(verdict.detail)
+        self.verdict = verdict
+
+
+async def _watch(route: Route, client: DagsterClient, pauses: Pauses, max_delay_s: float,
                  sleep: Callable[[float], Awaitable[None]]) -> None:
-    backoff = Backoff(base_s=2.0, max_delay_s=max_delay_s)
-    paused_for: str | None = None
-    while True:
-        try:
-            verdict = await check_route(route, client)
-        except TransientError as exc:
-            logger.info("checking route %r waits for Dagster: %s", route.name, exc)
-            await sleep(backoff.next_delay())
-            continue
-        if verdict.ok:
-            logger.info("route check: %s", verdict.line())
-            if paused_for is not None:
-                resume(route.name, paused_for)
-            return
-        if route.dead_letters_rejected_launches:
-            logger.error("route check: %s (not paused: its refused launches are dead-lettered)", verdict.line())
-            return
-        paused_for = verdict.reason
-        pause(route.name, verdict.reason, verdict.detail, verdict.hint)
-        client.forget_job(route.job)
-        await sleep(backoff.next_delay())
+    async def attempt() -> Verdict:
+        verdict = await check_route(route, client)
+        if verdict.ok or route.dead_letters_rejected_launches:
+            return verdict
+        raise _CheckFailed(verdict)
+
+    def refusal(exc: Exception) -> Refusal | None:
+        if isinstance(exc, _CheckFailed):
+            return Refusal(exc.verdict.reason, exc.verdict.detail, exc.verdict.hint)
+        if isinstance(exc, TransientError):
+            return Refusal("dagster_unreachable", str(exc), "", pauses=False)
+        return None
+
+    async def wait(refused: Refusal, delay_s: float) -> None:
+        if refused.pauses:
+            client.forget_job(route.job)
+        else:
+            logger.info("checking route %r waits for Dagster: %s", route.name, refused.message)
+        await sleep(delay_s)
+
+    verdict = await until_accepted(attempt, pauses=pauses, route=route.name, resumes=OWN_PAUSE, refusal=refusal,
+                                   backoff=Backoff(base_s=ROUTE_RETRY_BASE_S, max_delay_s=max_delay_s), wait=wait)
+    if verdict.ok:
+        logger.info("route check: %s", verdict.line())
+    else:
+        logger.error("route check: %s (not paused: its refused launches are dead-lettered)", verdict.line())
 
 
 def main() -> int:

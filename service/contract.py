@@ -22,6 +22,20 @@ TAG_DUPLICATE_OF = "kafka/duplicate_of"  # set by a run that stood down: the run
 # Dagster's own tag for a run's partition: the worker sets it on a partitioned route's runs.
 TAG_DAGSTER_PARTITION = "dagster/partition"
 
+# -- run config: the batch as `ops.<batch_op>.config` (dagster_project.toolkit.KafkaBatch) ------------------
+CONFIG_TOPIC = "topic"
+CONFIG_PARTITION = "partition"
+CONFIG_OFFSET_START = "offset_start"
+CONFIG_OFFSET_END = "offset_end"
+CONFIG_RECORD_COUNT = "record_count"
+CONFIG_BATCH_ID = "batch_id"
+# The fields an op's or asset's config must have to take the batch.
+BATCH_CONFIG_FIELDS = (CONFIG_TOPIC, CONFIG_PARTITION, CONFIG_OFFSET_START, CONFIG_OFFSET_END, CONFIG_RECORD_COUNT,
+                       CONFIG_BATCH_ID)
+CONFIG_RECORDS_JSON = "records_json"  # the records inline: one JSON array of objects of INLINE_RECORD_FIELDS
+CONFIG_MATCH = "match"  # the route's `match` as JSON, when the offset range holds other routes' records too
+INLINE_RECORD_FIELDS = ("offset", "timestamp_ms", "key", "value")
+
 # -- dead letters: the headers added to the original record ---------------------
 HEADER_PREFIX = "dlq."
 HEADER_TOPIC = "dlq.topic"

@@ -21,6 +21,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
+from service.contract import BATCH_CONFIG_FIELDS
 from service.errors import (
     CODE_LOCATION_ERROR,
     CODE_LOCATION_HINT,
@@ -192,8 +193,6 @@ mutation AddDynamicPartition($repository: RepositorySelector!, $name: String!, $
 
 # The answer of addDynamicPartition for a definition name the repository does not hold (an UnauthorizedError).
 NO_SUCH_DYNAMIC_PARTITIONS = "does not contain a dynamic partitions definition"
-# The fields of the contract's run config an asset's config must have to take the batch.
-BATCH_CONFIG_FIELDS = frozenset({"topic", "partition", "offset_start", "offset_end", "record_count", "batch_id"})
 
 LOCATIONS = """
 { workspaceOrError { __typename ... on Workspace { locationEntries { name locationOrLoadError {
@@ -580,7 +579,7 @@ def _batch_ops(node: dict[str, Any]) -> list[str]:
     """The asset's op names when its config takes the batch (has the contract's fields), else []."""
     config_type = (node.get("configField") or {}).get("configType") or {}
     fields = {f["name"] for f in config_type.get("fields") or []}
-    return list(node["opNames"]) if BATCH_CONFIG_FIELDS <= fields else []
+    return list(node["opNames"]) if set(BATCH_CONFIG_FIELDS) <= fields else []
 
 
 def _partitions(node: dict[str, Any]) -> PartitionsDef | None:

@@ -53,9 +53,9 @@ class Failure:
 
     @classmethod
     def from_exception(cls, stage: str, exc: BaseException, attempts: int = 1,
-                       run_id: str | None = None) -> Failure:
+                       run_id: str | None = None, route: str | None = None) -> Failure:
         error_class = getattr(exc, "typename", None) or type(exc).__name__
-        return cls(stage, error_class, str(exc), attempts, run_id)
+        return cls(stage, error_class, str(exc), attempts, run_id, route)
 
 
 def dlq_headers(record: Record, failure: Failure, now: datetime | None = None) -> list[tuple[str, bytes]]:

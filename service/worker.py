@@ -13,8 +13,7 @@ from service import __version__
 from service.app import App, create_app
 from service.check import watch_routes
 from service.dagster_client import DagsterClient
-from service.decoding import JsonBounds
-from service.delivery import Delivery
+from service.delivery import Delivery, DeliverySettings
 from service.health import Heartbeat, probe_forever, readiness, update_lag
 from service.kafka import Producer, ensure_topics, existing_topics, read_range
 from service.metrics import Metrics
@@ -48,23 +47,10 @@ def build_worker(settings: Settings, metrics: Metrics | None = None) -> App:
                             max_request_size=settings.max_message_bytes + DLQ_HEADER_ROOM_BYTES)
     outcomes = OutcomeLog(settings.bootstrap_servers, outcomes_topic(settings.dlq_topic), dlq_producer, security)
     delivery = Delivery(
-        routes, client, dlq_producer, metrics,
-        group_id=settings.group_id,
-        dlq_topic=settings.dlq_topic,
-        max_message_bytes=settings.max_message_bytes,
-        read_range=lambda topic, partition, start, end: read_range(
+        DeliverySettings.from_settings(settings), routes, client, FaustConsumer(app), dlq_producer, outcomes,
+        lambda topic, partition, start, end: read_range(
             settings.bootstrap_servers, topic, partition, start, end, security=security),
-        outcomes=outcomes,
-        fence=lambda tp, offset: app.consumer.prove_ownership(tp, offset),  # type: ignore[attr-defined]
-        mark_done=lambda tp, next_offset: app.consumer.mark_done(tp, next_offset),  # type: ignore[attr-defined]
-        pause_fetching=lambda tps, paused: _pause_fetching(app, tps, paused),
-        on_fatal=lambda exc: app.crash(exc),
-        queued_batches_per_partition=settings.queued_batches_per_partition,
-        retry_max_delay_s=settings.retry_max_delay_s,
-        route_retry_max_delay_s=settings.route_retry_max_delay_s,
-        max_inflight_runs=settings.max_inflight_runs,
-        duplicate_window_s=2 * settings.dagster_timeout_s + 60,
-        json_bounds=JsonBounds(settings.max_json_depth, settings.max_json_keys),
+        metrics, on_fatal=lambda exc: app.crash(exc),
     )
     _add_intake(app, routes, delivery)
     _add_lifecycle(app, settings, delivery, dlq_producer, client, outcomes)
@@ -81,13 +67,27 @@ def build_worker(settings: Settings, metrics: Metrics | None = None) -> App:
     return app
 
 
-def _pause_fetching(app: App, tps: set[TP], paused: bool) -> None:
-    """Stop or resume fetching these partitions (a paused route's), where this worker holds them."""
-    held = {tp for tp in app.consumer.assignment() if TP.of(tp) in tps}
-    if paused:
-        app.consumer.pause_partitions(held)
-    else:
-        app.consumer.resume_partitions(held)
+class FaustConsumer:
+    """The way back up from `Delivery` to Faust's consumer (`service.delivery.ConsumerLink`)."""
+
+    def __init__(self, app: App) -> None:
+        self.app = app
+
+    async def fence(self, tp: TP, offset: int) -> bool:
+        return await self.app.consumer.prove_ownership(tp, offset)  # type: ignore[attr-defined,no-any-return]
+
+    def mark_done(self, tp: TP, next_offset: int) -> None:
+        self.app.consumer.mark_done(tp, next_offset)  # type: ignore[attr-defined]
+
+    def pause(self, tps: set[TP]) -> None:
+        """Stop fetching these partitions (a paused route's), where this worker holds them."""
+        self.app.consumer.pause_partitions(self._held(tps))
+
+    def resume(self, tps: set[TP]) -> None:
+        self.app.consumer.resume_partitions(self._held(tps))
+
+    def _held(self, tps: set[TP]) -> set[Any]:
+        return {tp for tp in self.app.consumer.assignment() if TP.of(tp) in tps}
 
 
 def tune_gc() -> None:
@@ -213,9 +213,7 @@ def _add_lifecycle(app: App, settings: Settings, delivery: Delivery, dlq_produce
     @app.task
     async def check_routes() -> None:
         """`kafka-dagster check` at start: a route that fails it pauses, with the reason, until it passes."""
-        await watch_routes(delivery.routes.values(), client, delivery.pauses.pause,
-                           lambda route, reason: delivery.pauses.resume(route, reason=reason),
-                           settings.route_retry_max_delay_s)
+        await watch_routes(delivery.routes.values(), client, delivery.pauses, settings.route_retry_max_delay_s)
 
     @app.task
     async def check_topics() -> None:

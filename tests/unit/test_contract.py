@@ -44,3 +44,16 @@ def test_match_patterns_need_no_third_party_library() -> None:
 def test_the_worker_and_the_cli_use_the_contract_stages() -> None:
     assert dlq.STAGES is contract.STAGES
     assert set(dlq.PRE_LAUNCH_STAGES) <= set(contract.STAGES)
+
+
+def test_the_run_config_the_worker_writes_is_the_one_the_toolkit_reads() -> None:
+    """`service.run_request` writes the contract's config names; `toolkit.KafkaBatch` must take each of them."""
+    from dagster_project.toolkit import KafkaBatch, KafkaRecord
+    from service.run_request import inline_records_json
+    from tests.unit.factories import make_record
+
+    batch_fields = set(KafkaBatch.model_fields)
+    assert set(contract.BATCH_CONFIG_FIELDS) | {contract.CONFIG_RECORDS_JSON, contract.CONFIG_MATCH} <= batch_fields
+    assert tuple(KafkaRecord.model_fields) == contract.INLINE_RECORD_FIELDS
+    [inline] = json.loads(inline_records_json([make_record(7, value=b"{}")]))
+    assert tuple(inline) == contract.INLINE_RECORD_FIELDS

@@ -160,3 +160,11 @@ def test_each_part_imports_only_what_its_lock_installs(folder: str, exclude: str
         # a package of another purpose (bench's) may not be installed here: then its import name is its name
         owners = {canonicalize_name(d) for d in distributions.get(module, [module])}
         assert owners & set(pins), f"{where}: imports {module} ({', '.join(owners)}), not in {lock_name}.lock"
+
+
+def test_every_package_of_the_project_is_installed() -> None:
+    """A sub-package missing from `[tool.setuptools] packages` would be missing from the wheel and the image."""
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(init.parent.relative_to(ROOT).parts) for top in ("service", "dagster_project")
+             for init in (ROOT / top).rglob("__init__.py")}
+    assert found <= listed

@@ -196,8 +196,17 @@ async def test_the_worker_pauses_a_route_that_fails_its_check_and_resumes_it_onc
         client.problem = None  # deployed meanwhile
         await asyncio.sleep(0)
 
-    await watch_routes([asset_route()], client, lambda *a: events.append(("pause", *a[:2])),  # type: ignore[arg-type]
-                       lambda *a: events.append(("resume", *a)), 5.0, sleep)
+    class Pauses:
+        def pause(self, route: str, reason: str, message: str, hint: str) -> None:
+            events.append(("pause", route, reason))
+
+        def resume(self, route: str, reason: str | None = None) -> None:
+            events.append(("resume", route, reason or ""))
+
+        async def wait(self, route: str, delay_s: float) -> None:
+            raise AssertionError("the start check sleeps its own backoff")
+
+    await watch_routes([asset_route()], client, Pauses(), 5.0, sleep)  # type: ignore[arg-type]
     assert events == [("pause", "t", "asset_not_found"), ("resume", "t", "asset_not_found")]
 
 

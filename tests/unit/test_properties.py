@@ -121,9 +121,8 @@ def test_the_worker_delivery_path_places_every_record(raw: list[Any], chunk: int
 
 
 async def _deliver(batch: list[Record], chunk: int) -> tuple[list[int], list[int], int]:
-    harness = Harness(CollectorRegistry(), max_records=5, max_bytes=600, schema=SCHEMA)
-    harness.delivery.max_message_bytes = MAX_MESSAGE_BYTES
-    harness.delivery.bounds = BOUNDS
+    harness = Harness(CollectorRegistry(), delivery={"max_message_bytes": MAX_MESSAGE_BYTES, "json_bounds": BOUNDS},
+                      max_records=5, max_bytes=600, schema=SCHEMA)
     try:
         for start in range(0, len(batch), chunk):
             await harness.deliver(*batch[start:start + chunk])

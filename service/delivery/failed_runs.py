@@ -1,0 +1,177 @@
+"""Failed runs: a watched run that ended FAILURE or CANCELED settles its batch by the one rule of
+`service.verdicts`: another run keeps the records, the records are copied to the DLQ (stage `run`), or the
+batch is launched again; what was done is recorded in the outcomes topic, once, by whichever worker saw it."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from functools import partial
+
+from service.batching import Batch
+from service.contract import STAGE_LAUNCH, STAGE_RUN
+from service.dagster_client import RunInfo
+from service.delivery.config import DeliverySettings
+from service.delivery.dead_letters import DeadLetterWriter
+from service.delivery.launcher import Launcher
+from service.delivery.links import HandledOutcomes, ReadRange
+from service.delivery.ownership import Partitions
+from service.dlq import Failure
+from service.duplicates import DuplicateRuns
+from service.errors import Fenced, RecordError, RouteError
+from service.metrics import Metrics
+from service.outcomes import DUPLICATE
+from service.records import TP, Record
+from service.retry import Retrying
+from service.routes import RouteTable
+from service.routing import selects
+from service.run_request import launched_run, run_tags
+from service.verdicts import Verdict
+from service.watcher import LaunchedRun, RunWatcher
+
+logger = logging.getLogger(__name__)
+
+# What the outcomes topic says of a run settled without a dead letter.
+SUPERSEDED = "SUPERSEDED"  # another run of its batch keeps the records
+RELAUNCHED = "RELAUNCHED"  # its batch was launched again
+DEAD_LETTERED = "DEAD_LETTERED"  # launching its batch again was refused: the records are in the DLQ
+
+
+class FailedRuns:
+    """Settles the batch of each watched run that did not succeed (`on_run_failed`)."""
+
+    def __init__(self, settings: DeliverySettings, routes: RouteTable, partitions: Partitions, launcher: Launcher,
+                 dead_letters: DeadLetterWriter, duplicates: DuplicateRuns, watcher: RunWatcher,
+                 outcomes: HandledOutcomes, read_range: ReadRange, retrying: Retrying, metrics: Metrics,
+                 clock: Callable[[], float]) -> None:
+        self.settings = settings
+        self.routes = routes
+        self.partitions = partitions
+        self.launcher = launcher
+        self.dead_letters = dead_letters
+        self.duplicates = duplicates
+        self.watcher = watcher
+        self.outcomes = outcomes
+        self.read_range = read_range
+        self.retrying = retrying
+        self.metrics = metrics
+        self.clock = clock
+        self._relaunching: dict[str, asyncio.Task[None]] = {}  # batch id -> its relaunch
+
+    def relaunches(self) -> list[asyncio.Task[None]]:
+        """The batches being launched again right now."""
+        return list(self._relaunching.values())
+
+    async def on_run_failed(self, run: LaunchedRun, status: str) -> None:
+        """A watched run ended FAILURE or CANCELED: settle its batch by the one rule of `service.verdicts`."""
+        outcome = await self.retrying.transient(partial(self.outcomes.outcome, run.run_id), "reading handled outcomes")
+        if outcome not in (None, DUPLICATE):
+            return  # settled already, by another worker or an earlier life of this one
+        if not run.batch_id:  # a run from before batches were tagged: its own end decides
+            await self._dead_letter_run(run, run.run_id, status, f"Dagster run {run.run_id} ended {status}")
+            return
+        verdict: Verdict = await self.retrying.transient(partial(self.duplicates.judge, run.job, run.batch_id),
+                                                      f"settling batch {run.batch_id}")
+        if verdict.survivor is not None and verdict.survivor.run_id != run.run_id:
+            self._follow(verdict.survivor)  # it holds the batch's records
+            await self._record_outcome(run.run_id, outcome, SUPERSEDED)
+        elif verdict.survivor is not None:  # the run of the batch, ended by a failed step: the data's fault
+            await self._dead_letter_run(run, run.run_id, status, f"Dagster run {run.run_id} ended {status}")
+        elif verdict.relaunch:
+            self._start_relaunch(run, verdict)
+        else:
+            assert verdict.dead_letter is not None
+            dead = verdict.dead_letter
+            await self._dead_letter_run(run, dead.run_id, dead.status, verdict.reason)
+            if dead.run_id != run.run_id:
+                await self._record_outcome(run.run_id, outcome, status)
+
+    def _follow(self, survivor: RunInfo) -> None:
+        if survivor.status != "SUCCESS":
+            self.watcher.adopt(launched_run(survivor.run_id, survivor.job, survivor.tags))
+
+    async def _record_outcome(self, run_id: str, outcome: str | None, done: str) -> None:
+        """Write what was done with `run_id`, unless it was written as a duplicate (which stays so)."""
+        if outcome != DUPLICATE:
+            await self.retrying.transient(partial(self.outcomes.record, run_id, done), "recording a handled outcome")
+
+    async def _dead_letter_run(self, run: LaunchedRun, run_id: str, status: str, message: str) -> None:
+        """Copy the records of `run`'s batch to the DLQ, stage `run`, naming `run_id`; then record it handled."""
+        records = await self._records_of(run)
+        route = self.routes.get(run.route)
+        failure = Failure(STAGE_RUN, f"Run{status.title()}", message, run_id=run_id,
+                          route=route.name if route is not None else None)
+        await self.dead_letters.write(records, failure)
+        await self.retrying.transient(partial(self.outcomes.record, run_id, status), "recording a handled outcome")
+
+    async def _records_of(self, run: LaunchedRun) -> list[Record]:
+        """The records of a run's offset range that its route takes (the range also holds other routes')."""
+        records = await self.retrying.transient(
+            partial(self.read_range, run.topic, run.partition, run.offset_start, run.offset_end),
+            "reading a run's records back")
+        route = self.routes.get(run.route)
+        if route is None:
+            return list(records)
+        return [r for r in records if selects(route, r, self.settings.max_message_bytes, self.settings.json_bounds)]
+
+    # -- relaunch: a batch left with no live run ------------------------------
+
+    def _start_relaunch(self, run: LaunchedRun, verdict: Verdict) -> None:
+        if run.batch_id in self._relaunching:
+            return  # already being launched again (another of its runs ended at the same time)
+        delay_s = 0.0
+        if verdict.system_failures:
+            delay_s = min(self.settings.relaunch_base_s * 2 ** (verdict.system_failures - 1),
+                          self.settings.relaunch_max_delay_s)
+        logger.warning("batch %s (%s/%d offsets %d-%d) has no run left to process it (%s): launching it again "
+                       "in %.0fs", run.batch_id, run.topic, run.partition, run.offset_start, run.offset_end,
+                       verdict.reason, delay_s)
+        task = asyncio.create_task(self._relaunch(run, verdict, delay_s), name=f"relaunch-{run.batch_id}")
+        self._relaunching[run.batch_id] = task
+        task.add_done_callback(partial(self._relaunch_done, run.batch_id))
+
+    def _relaunch_done(self, batch_id: str, task: asyncio.Task[None]) -> None:
+        self._relaunching.pop(batch_id, None)
+        if not task.cancelled() and task.exception() is not None:
+            # A bug, not a classified failure: the runs stay unsettled, and the next reconcile settles them.
+            logger.error("launching batch %s again failed", batch_id, exc_info=task.exception())
+
+    async def _relaunch(self, run: LaunchedRun, verdict: Verdict, delay_s: float) -> None:
+        await asyncio.sleep(delay_s)
+        owned = self.partitions.get(TP(run.topic, run.partition))
+        route = self.routes.get(run.route)
+        if owned is None or not owned.may_launch or route is None or owned.share(route.name) is None:
+            logger.warning("not launching batch %s again: %s/%d is not owned here (its owner reconciles and "
+                           "settles it)", run.batch_id, run.topic, run.partition)
+            return
+        records = await self._records_of(run)
+        if not records:
+            logger.error("not launching batch %s again: its offsets %d-%d hold none of route %r's records",
+                         run.batch_id, run.offset_start, run.offset_end, route.name)
+            return
+        batch = Batch(run.topic, run.partition, self.clock(), records, sum(len(r.value or b"") for r in records),
+                      reason="relaunch", route=route.name, partition_key=run.partition_key)
+        try:
+            run_id = await self.launcher.launch_through_refusals(owned, route, batch)
+        except Fenced as exc:
+            logger.warning("not launching batch %s again: %s", run.batch_id, exc)
+            return
+        except (RecordError, RouteError) as exc:  # as for any launch of the batch: its records go to the DLQ
+            stage = exc.stage if isinstance(exc, RecordError) else STAGE_LAUNCH
+            logger.error("batch %s not launched again: %s; dead-lettering its %d records", run.batch_id, exc,
+                         len(records))
+            await self.dead_letters.write(records, Failure.from_exception(stage, exc, route=route.name))
+            await self._record_dead_runs(verdict, DEAD_LETTERED)
+            return
+        self.metrics.runs_relaunched.labels(route.job).inc()
+        self.duplicates.watch(route.job, batch.batch_id)
+        logger.warning("launched run %s for batch %s again (%s/%d offsets %d-%d): %s", run_id, batch.batch_id,
+                       batch.topic, batch.partition, batch.offset_start, batch.offset_end, verdict.reason)
+        await self._record_dead_runs(verdict, RELAUNCHED)
+        await self.watcher.add(launched_run(run_id, route.job, run_tags(route, batch, self.settings.group_id)))
+
+    async def _record_dead_runs(self, verdict: Verdict, done: str) -> None:
+        for dead in verdict.dead_runs:
+            written = DUPLICATE if dead.run_id in verdict.cancelled_as_duplicates else None
+            await self._record_outcome(dead.run_id, written, done)

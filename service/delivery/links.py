@@ -1,0 +1,45 @@
+"""What the delivery is given to reach the world around it: the consumer above it (the one way back up),
+the dead-letter producer, the outcomes topic and the reader of offset ranges."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+from service.records import TP, Record
+
+
+class ConsumerLink(Protocol):
+    """The way back up to the consumer that feeds the delivery (`service.worker` wires Faust's)."""
+
+    async def fence(self, tp: TP, offset: int) -> bool:
+        """Prove with the group coordinator that this worker owns `tp` (a synchronous commit of `offset`);
+        False: another worker owns it now."""
+
+    def mark_done(self, tp: TP, next_offset: int) -> None:
+        """Every offset of `tp` below `next_offset` is launched or dead-lettered: it may be committed."""
+
+    def pause(self, tps: set[TP]) -> None:
+        """Stop fetching these partitions (a paused route's)."""
+
+    def resume(self, tps: set[TP]) -> None:
+        """Fetch these partitions again."""
+
+
+class DeadLetterSink(Protocol):
+    async def send(self, topic: str, key: bytes | None, value: bytes | None,
+                   headers: list[tuple[str, bytes]], timestamp_ms: int | None) -> None: ...
+
+
+class HandledOutcomes(Protocol):
+    """Which runs that did not succeed are settled already, by any worker (`service.outcomes.OutcomeLog`)."""
+
+    async def outcome(self, run_id: str) -> str | None: ...
+
+    async def record(self, run_id: str, status: str) -> None: ...
+
+    async def cancelled_as_duplicates(self) -> set[str]: ...
+
+
+# (topic, partition, first offset, last offset) -> the records of that range, read back from Kafka.
+ReadRange = Callable[[str, int, int, int], Awaitable[list[Record]]]
