@@ -64,15 +64,10 @@ chart-files:  ## copy the alert rules, dashboard, routes and schemas into the He
 run: $(STAMP)  ## the embedded stack with demo events; Ctrl-C stops everything
 	DAGSTER_DISABLE_TELEMETRY=1 $(BIN)/kafka-dagster dev
 
-# Two pytest processes side by side, whole test files each (module fixtures stay in one process), each
-# with its own broker and Dagster: most integration tests wait on the stack, not on a core.
-# PYTEST_PARALLEL= runs the suite in one process.
-PYTEST_PARALLEL ?= -n 2 --dist loadfile
-
 test: $(STAMP) $(HELM)  ## the whole suite against a real broker and a real Dagster
 	bash scripts/ensure-system-deps.sh
 	$(BIN)/python -m service.dev.kafka_jars  # the jars of each tested Apache Kafka (dev/kafka/), once
-	HELM=$(abspath $(HELM)) DAGSTER_DISABLE_TELEMETRY=1 $(BIN)/pytest $(PYTEST_PARALLEL)
+	HELM=$(abspath $(HELM)) DAGSTER_DISABLE_TELEMETRY=1 $(BIN)/pytest
 
 test-unit: $(STAMP) $(HELM)
 	bash scripts/ensure-system-deps.sh

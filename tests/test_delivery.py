@@ -176,8 +176,8 @@ async def test_killing_the_worker_loses_and_duplicates_nothing(
     await killed_three_times(stack, dagster_api, start_worker)
 
 
-async def killed_three_times(stack: Stack, dagster_api: DagsterApi, start_worker: Any) -> None:
-    """kill -9 three times at random points of a stream that flows until the third restart."""
+async def killed_three_times(stack: Stack, dagster_api: DagsterApi, start_worker: Any, kills: int = 3) -> None:
+    """kill -9 `kills` times at random points of a stream that flows until the last restart."""
     topic, dlq = unique("kill"), unique("dlq")
     await ensure_topics(stack.bootstrap, {topic: 4})
     routes = route_toml(topic, max_records=1000, max_wait_s=4.0)  # about a run a second
@@ -185,7 +185,7 @@ async def killed_three_times(stack: Stack, dagster_api: DagsterApi, start_worker
     flow = Flow(stack.bootstrap, topic, per_second=200, partitions=4)
     flow.start()
     rng = random.Random(20261125)
-    for kill in range(3):
+    for kill in range(kills):
         launched = len(await dagster_api.runs(topic))
         await eventually(lambda n=launched: more_runs(dagster_api, topic, n), 120, f"progress before kill {kill}")
         await asyncio.sleep(rng.uniform(0, 2))  # a random point in the stream

@@ -262,8 +262,8 @@ async def orphan_failure_copied_once(stack: Stack, dagster_api: DagsterApi, star
     assert sorted(letter.origin[2] for letter in letters) == list(range(20))
 
 
-async def rolling_restarts(stack: Stack, dagster_api: DagsterApi, start_worker: Any) -> None:
-    """SIGTERM each of two workers and start it again, twice, with records flowing."""
+async def rolling_restarts(stack: Stack, dagster_api: DagsterApi, start_worker: Any, rounds: int = 2) -> None:
+    """SIGTERM each of two workers and start it again, `rounds` times, with records flowing."""
     topic, dlq = unique("rolling"), unique("dlq")
     await ensure_topics(stack.bootstrap, {topic: 4})
     # Batches open for 4 s: every rebalance finds open batches, and some partitions come back to the worker
@@ -273,7 +273,7 @@ async def rolling_restarts(stack: Stack, dagster_api: DagsterApi, start_worker: 
     flow = Flow(stack.bootstrap, topic, per_second=40, partitions=4)
     flow.start()
     await eventually(lambda: _has_launched(workers[0]), 90, "the first launches")
-    for _ in range(2):
+    for _ in range(rounds):
         for index in range(2):
             assert await asyncio.to_thread(workers[index].stop) == 0  # a clean shutdown
             workers[index] = await start_worker(routes, KAFKA_DAGSTER_DLQ_TOPIC=dlq)
