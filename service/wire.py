@@ -1,0 +1,300 @@
+"""Values in the Confluent wire format: the frame, and the value decoded with its writer schema.
+
+A framed value starts with a magic byte: 0 and a 4-byte big-endian schema id,
+or 1 and a 16-byte schema GUID; or it has no frame and the id is in the
+record's `__value_schema_id` (`__key_schema_id`) header, framed the same way.
+A Protobuf value adds, after the id (in the payload or the header, wherever the
+id is), the message-index array: zigzag varints, a count then the path of the
+message type in the schema's file (a count of 0 means the first message).
+
+Each writer schema decodes to the structure a JSON value gives, so `match`,
+`partition_key` and JSON Schema validation read Avro and Protobuf fields as they
+read JSON ones, and the run receives the value as JSON text: fastavro for
+Avro (logical types as their JSON text: ISO-8601 dates and times, decimals
+as strings; bytes as base64), protobuf's own JSON mapping for Protobuf (field
+names as declared), and the JSON text itself, checked against its schema, for
+JSON Schema. Pure: no I/O; the schemas come from `service.registry`.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import struct
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any, Protocol
+
+import fastavro
+import orjson
+from google.protobuf import descriptor_pb2, descriptor_pool, json_format, message_factory
+from google.protobuf.message import DecodeError as ProtobufDecodeError
+from google.protobuf.message import Message
+
+from service.errors import BadFraming, UndecodableValue, UnknownSchema
+from service.schemas import CompiledSchema, SchemaCompileError, first_error
+
+JSON = "json"
+AVRO = "avro"
+PROTOBUF = "protobuf"
+JSON_SCHEMA = "json_schema"
+FORMATS = (JSON, AVRO, PROTOBUF, JSON_SCHEMA)
+# What the registry calls each framed format (`schemaType`; absent means AVRO).
+REGISTRY_TYPES = {AVRO: "AVRO", PROTOBUF: "PROTOBUF", JSON_SCHEMA: "JSON"}
+
+VALUE_SCHEMA_ID_HEADER = "__value_schema_id"
+KEY_SCHEMA_ID_HEADER = "__key_schema_id"
+MAGIC_ID = 0
+MAGIC_GUID = 1
+MAX_MESSAGE_INDEXES = 100  # deeper than any schema nests its messages
+
+
+@dataclass(frozen=True, slots=True)
+class SchemaRef:
+    """Which schema a value was written with: its registry id, or its GUID."""
+
+    id: int | None = None
+    guid: uuid.UUID | None = None
+
+    def __str__(self) -> str:
+        return str(self.id) if self.id is not None else f"guid {self.guid}"
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """A framed value: its writer schema's ref, the Protobuf message indexes, and the encoded bytes."""
+
+    ref: SchemaRef
+    payload: bytes
+    indexes: tuple[int, ...] = ()
+
+
+def read_frame(data: bytes | None, header: bytes | None = None, protobuf: bool = False) -> Frame:
+    """The frame of `data`, or of `header` (a `__value_schema_id` header) when there is one."""
+    if data is None:
+        raise BadFraming("record has a null value where a framed value is required")
+    if header is not None:
+        ref, indexes, _ = _read_id(io.BytesIO(header), protobuf, "the schema id header")
+        return Frame(ref, data, indexes)
+    buf = io.BytesIO(data)
+    ref, indexes, offset = _read_id(buf, protobuf, "the value")
+    return Frame(ref, data[offset:], indexes)
+
+
+def schema_id_header(headers: Sequence[tuple[str, bytes]], name: str = VALUE_SCHEMA_ID_HEADER) -> bytes | None:
+    """The value of the record's schema id header `name`, or None."""
+    for key, value in headers:
+        if key == name:
+            return value
+    return None
+
+
+def _read_id(buf: io.BytesIO, protobuf: bool, where: str) -> tuple[SchemaRef, tuple[int, ...], int]:
+    magic = buf.read(1)
+    if magic == bytes([MAGIC_ID]):
+        raw = buf.read(4)
+        if len(raw) != 4:
+            raise BadFraming(f"{where} ends inside its 4-byte schema id")
+        ref = SchemaRef(id=struct.unpack(">I", raw)[0])
+    elif magic == bytes([MAGIC_GUID]):
+        raw = buf.read(16)
+        if len(raw) != 16:
+            raise BadFraming(f"{where} ends inside its 16-byte schema GUID")
+        ref = SchemaRef(guid=uuid.UUID(bytes=raw))
+    else:
+        shown = f"0x{magic.hex()}" if magic else "nothing"
+        raise BadFraming(f"{where} starts with {shown}, not the wire format's magic byte 0 or 1")
+    indexes = _read_indexes(buf, where) if protobuf else ()
+    return ref, indexes, buf.tell()
+
+
+def _read_indexes(buf: io.BytesIO, where: str) -> tuple[int, ...]:
+    count = _read_zigzag(buf, where)
+    if count < 0 or count > MAX_MESSAGE_INDEXES:
+        raise BadFraming(f"{where} has a message-index array of {count} entries")
+    if count == 0:
+        return (0,)
+    return tuple(_read_zigzag(buf, where) for _ in range(count))
+
+
+def _read_zigzag(buf: io.BytesIO, where: str) -> int:
+    value = shift = 0
+    while True:
+        byte = buf.read(1)
+        if not byte:
+            raise BadFraming(f"{where} ends inside its Protobuf message-index array")
+        value |= (byte[0] & 0x7F) << shift
+        shift += 7
+        if not byte[0] & 0x80:
+            return (value >> 1) ^ -(value & 1)
+        if shift > 63:
+            raise BadFraming(f"{where} has a message index longer than 64 bits")
+
+
+@dataclass(frozen=True, slots=True)
+class Decoded:
+    """A decoded value: the structure a JSON value gives, and its JSON text."""
+
+    value: Any
+    json: bytes
+
+
+class WriterSchema(Protocol):
+    """A registry schema, parsed once, that decodes the values written with it."""
+
+    format: str
+
+    def decode(self, frame: Frame) -> Decoded: ...
+
+
+class AvroSchema:
+    """An Avro writer schema (fastavro, parsed once)."""
+
+    format = AVRO
+
+    def __init__(self, text: str, named: Mapping[str, Any] | None = None) -> None:
+        try:
+            named_schemas: dict[str, Any] = dict(named or {})
+            self.parsed = fastavro.parse_schema(orjson.loads(text), named_schemas=named_schemas)
+        except (orjson.JSONDecodeError, fastavro.schema.SchemaParseException, ValueError, TypeError) as exc:
+            raise UnknownSchema(f"the registry's Avro schema does not parse: {exc}") from None
+
+    def decode(self, frame: Frame) -> Decoded:
+        buf = io.BytesIO(frame.payload)
+        try:
+            value = fastavro.schemaless_reader(buf, self.parsed, None)
+        except (EOFError, StopIteration, ValueError, IndexError, KeyError, UnicodeDecodeError, struct.error) as exc:
+            raise UndecodableValue(f"value does not decode with Avro schema {frame.ref}: "
+                                   f"{exc.__class__.__name__}: {exc}") from None
+        if buf.tell() != len(frame.payload):
+            raise UndecodableValue(f"value has {len(frame.payload) - buf.tell()} bytes left over after the "
+                                   f"record of Avro schema {frame.ref}")
+        text = orjson.dumps(value, default=_json_default)
+        return Decoded(orjson.loads(text), text)
+
+
+def _json_default(value: Any) -> Any:
+    """Avro values orjson does not write itself (datetimes, dates and UUIDs it does)."""
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode()
+    if isinstance(value, Decimal):
+        return str(value)
+    raise TypeError(f"{value.__class__.__name__} is not JSON")
+
+
+class ProtobufSchema:
+    """A Protobuf writer schema: its file descriptor (as the registry serializes it) and its imports."""
+
+    format = PROTOBUF
+
+    def __init__(self, file: bytes, dependencies: Mapping[str, bytes] | None = None) -> None:
+        pool = descriptor_pool.DescriptorPool()
+        try:
+            proto = descriptor_pb2.FileDescriptorProto.FromString(file)
+            for name in proto.dependency:
+                _add_dependency(pool, name, dependencies or {})
+            self.file = pool.Add(proto)
+            self._top = [self.file.message_types_by_name[m.name] for m in proto.message_type]
+        except (ProtobufDecodeError, TypeError, KeyError, ValueError) as exc:
+            raise UnknownSchema(f"the registry's Protobuf schema does not load: {exc}") from None
+        self._types: dict[tuple[int, ...], type[Message]] = {}
+
+    def message_type(self, indexes: tuple[int, ...]) -> type[Message]:
+        """The message class the message-index path names in this file."""
+        cls = self._types.get(indexes)
+        if cls is None:
+            try:
+                if min(indexes) < 0:
+                    raise IndexError
+                descriptor = self._top[indexes[0]]
+                for index in indexes[1:]:
+                    descriptor = descriptor.nested_types[index]
+            except IndexError:
+                raise UndecodableValue(f"message indexes {list(indexes)} name no message of "
+                                       f"{self.file.name}") from None
+            cls = self._types[indexes] = message_factory.GetMessageClass(descriptor)
+        return cls
+
+    def decode(self, frame: Frame) -> Decoded:
+        cls = self.message_type(frame.indexes or (0,))
+        try:
+            message = cls.FromString(frame.payload)
+        except ProtobufDecodeError as exc:
+            raise UndecodableValue(f"value does not decode as {cls.DESCRIPTOR.full_name} of schema "
+                                   f"{frame.ref}: {exc}") from None
+        value = json_format.MessageToDict(message, preserving_proto_field_name=True)
+        return Decoded(value, orjson.dumps(value))
+
+
+def _add_dependency(pool: descriptor_pool.DescriptorPool, name: str, dependencies: Mapping[str, bytes]) -> None:
+    try:
+        pool.FindFileByName(name)
+        return
+    except KeyError:
+        pass
+    if name in dependencies:
+        proto = descriptor_pb2.FileDescriptorProto.FromString(dependencies[name])
+    else:  # a well-known type (google/protobuf/timestamp.proto, ...), as protobuf ships it
+        proto = descriptor_pb2.FileDescriptorProto()
+        descriptor_pool.Default().FindFileByName(name).CopyToProto(proto)
+    for inner in proto.dependency:
+        _add_dependency(pool, inner, dependencies)
+    pool.Add(proto)
+
+
+class JsonSchemaSchema:
+    """A JSON Schema writer schema: the value is JSON text that must conform to it."""
+
+    format = JSON_SCHEMA
+
+    def __init__(self, text: str) -> None:
+        try:
+            self.schema = CompiledSchema(orjson.loads(text))
+        except (orjson.JSONDecodeError, SchemaCompileError, TypeError) as exc:
+            raise UnknownSchema(f"the registry's JSON Schema does not compile: {exc}") from None
+
+    def decode(self, frame: Frame) -> Decoded:
+        try:
+            value = orjson.loads(frame.payload)
+        except orjson.JSONDecodeError as exc:
+            raise UndecodableValue(f"value of JSON Schema {frame.ref} is not JSON: {exc}") from None
+        error = first_error(self.schema, value)
+        if error is not None:
+            path = "/".join(str(p) for p in error.absolute_path) or "(root)"
+            raise UndecodableValue(f"value breaks its JSON Schema {frame.ref} at {path}: {error.message}")
+        return Decoded(value, frame.payload)
+
+
+def writer_schema(schema_type: str, text: str, dependencies: Mapping[str, bytes] | None = None) -> WriterSchema:
+    """The registry's schema (`schemaType` and `schema`) parsed; a Protobuf `text` is the serialized file
+    descriptor, base64 (the registry's `format=serialized`)."""
+    if schema_type == "AVRO":
+        return AvroSchema(text)
+    if schema_type == "PROTOBUF":
+        return ProtobufSchema(_serialized_file(text), dependencies)
+    if schema_type == "JSON":
+        return JsonSchemaSchema(text)
+    raise UnknownSchema(f"the registry's schema type {schema_type!r} is not AVRO, PROTOBUF or JSON")
+
+
+def _serialized_file(text: str) -> bytes:
+    """The file descriptor's bytes: base64 as Confluent's registry sends them, or (Apicurio 3.3's ccompat)
+    the bytes themselves as a string of code points below 256."""
+    try:
+        return base64.b64decode(text, validate=True)
+    except ValueError:
+        pass
+    try:
+        return text.encode("latin-1")
+    except UnicodeEncodeError:
+        raise UnknownSchema("the registry's Protobuf schema is not a serialized file descriptor "
+                            "(format=serialized)") from None
+
+
+def decode_framed(schema: WriterSchema, frame: Frame, fmt: str) -> Decoded:
+    """`frame` decoded with its writer schema, which must be of the route's format `fmt`."""
+    if schema.format != fmt:
+        raise UnknownSchema(f"schema {frame.ref} is {REGISTRY_TYPES[schema.format]}, but the route reads {fmt}")
+    return schema.decode(frame)
