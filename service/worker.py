@@ -19,7 +19,7 @@ from service.kafka import Producer, ensure_topics, existing_topics, read_range
 from service.metrics import Metrics
 from service.outcomes import OutcomeLog, outcomes_topic
 from service.records import TP, Record
-from service.routes import RouteTable, check_batch_bytes, load_routes
+from service.routes import RouteTable, check_batch_bytes, check_registry, load_routes
 from service.settings import Settings
 from service.topic_check import watch_topics
 from service.web import add_pages
@@ -36,6 +36,8 @@ def build_worker(settings: Settings, metrics: Metrics | None = None) -> App:
     """The Faust app with everything wired: routes, delivery, DLQ, metrics, pages."""
     routes = load_routes(settings.routes_path)
     check_batch_bytes(routes, settings.max_batch_bytes)
+    registry = settings.schema_registry.with_url(routes.registry_url)
+    check_registry(routes, registry.url)
     metrics = metrics or Metrics()
     app = create_app(settings, subscription_pattern=routes.subscription_pattern)
     client = DagsterClient(settings.dagster_graphql_url, settings.dagster_api_token, settings.dagster_timeout_s,
