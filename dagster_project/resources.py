@@ -56,6 +56,10 @@ class KafkaMessage:
     key: bytes | None
     value: bytes | None
     headers: tuple[tuple[str, bytes], ...] = field(default=())
+    # A value the worker decoded from the Confluent wire format: `value` is then its JSON text, and these
+    # name its writer schema (the registry id, or "guid <uuid>") and the registry's subject for it.
+    value_schema_id: str | None = None
+    value_subject: str | None = None
 
 
 class KafkaResource(dg.ConfigurableResource):

@@ -66,12 +66,15 @@ RETRY_WAIT_S = 2.0
 
 
 class KafkaRecord(dg.Config):
-    """One Kafka record carried inline in run config; `value` is its JSON text."""
+    """One Kafka record carried inline in run config; `value` is its JSON text (for a framed value, as the
+    worker decoded it, with its writer schema's id and subject)."""
 
     offset: int
     timestamp_ms: int
     key: str | None = None
     value: str
+    value_schema_id: str | None = None
+    value_subject: str | None = None
 
 
 class KafkaBatch(dg.Config):
@@ -103,7 +106,8 @@ class KafkaBatch(dg.Config):
 def inline_messages(records: Sequence[KafkaRecord]) -> list[KafkaMessage]:
     """Inline records as `KafkaMessage`s (inline records carry no headers)."""
     return [
-        KafkaMessage(r.offset, r.timestamp_ms, r.key.encode() if r.key is not None else None, r.value.encode())
+        KafkaMessage(r.offset, r.timestamp_ms, r.key.encode() if r.key is not None else None, r.value.encode(),
+                     value_schema_id=r.value_schema_id, value_subject=r.value_subject)
         for r in records
     ]
 

@@ -135,10 +135,13 @@ def _read_zigzag(buf: io.BytesIO, where: str) -> int:
 
 @dataclass(frozen=True, slots=True)
 class Decoded:
-    """A decoded value: the structure a JSON value gives, and its JSON text."""
+    """A decoded value: the structure a JSON value gives, its JSON text, and its writer schema (the id or
+    GUID, and the registry's subject for it, when known)."""
 
     value: Any
     json: bytes
+    schema_id: str | None = None
+    subject: str | None = None
 
 
 class WriterSchema(Protocol):

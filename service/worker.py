@@ -19,6 +19,7 @@ from service.kafka import Producer, ensure_topics, existing_topics, read_range
 from service.metrics import Metrics
 from service.outcomes import OutcomeLog, outcomes_topic
 from service.records import TP, Record
+from service.registry import SchemaRegistry
 from service.routes import RouteTable, check_batch_bytes, check_registry, load_routes
 from service.settings import Settings
 from service.topic_check import watch_topics
@@ -53,6 +54,7 @@ def build_worker(settings: Settings, metrics: Metrics | None = None) -> App:
         lambda topic, partition, start, end: read_range(
             settings.bootstrap_servers, topic, partition, start, end, security=security),
         metrics, on_fatal=lambda exc: app.crash(exc),
+        registry=SchemaRegistry(registry) if routes.framed else None,
     )
     _add_intake(app, routes, delivery)
     _add_lifecycle(app, settings, delivery, dlq_producer, client, outcomes)
