@@ -109,18 +109,18 @@ class Delivery:
         self.watcher = RunWatcher(client, metrics, self.on_run_failed, settings.max_inflight_runs,
                                   settings.run_poll_interval_s, sweep=self.duplicates.sweep)
         route_retry = RouteRetry(self.pauses, client, self.retrying, settings.location_probe_s, clock)
+        self.framed = FramedValues(registry, route_retry, self.retrying) if registry is not None else None
         dead_letter_writer = DeadLetterWriter(settings, dead_letters, self.pauses, self.retrying, metrics)
         self.launcher = Launcher(settings, client, consumer, route_retry, self.retrying, self.throttles,
                                  self.duplicates, dead_letter_writer, self.watcher, metrics, clock, wall_clock)
         self.partitions.work = self.launcher.handle
         self.reconciler = Reconciler(settings, self.partitions, client, route_retry, self.retrying, self.watcher,
                                      outcomes, self.pauses, consumer, wall_clock)
-        self.framed = FramedValues(registry, route_retry, self.retrying) if registry is not None else None
         self.intake = Intake(settings, self.partitions, self.reconciler, self.throttles, metrics, clock, wall_clock,
                              self.framed)
         self.failed_runs = FailedRuns(settings, routes, self.partitions, self.launcher, dead_letter_writer,
                                       self.duplicates, self.watcher, outcomes, read_range, self.retrying, metrics,
-                                      clock)
+                                      clock, self.framed)
         self.hand_over = HandOver(self.partitions, self.intake)
 
     # -- the consumer's calls, in a record's order --------------------------

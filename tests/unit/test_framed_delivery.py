@@ -6,6 +6,7 @@ HTTP faked with httpx.MockTransport; the real one: tests/test_schema_registry.py
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import io
 import json
 import struct
@@ -134,4 +135,20 @@ async def test_a_registry_that_is_down_or_refuses_dead_letters_nothing(status: i
     await close(h)
     assert h.launched() == [(0, 1)] and h.sink.sent == []
     assert not h.delivery.pauses.is_paused("payments")
+    await h.close()
+
+
+async def test_a_failed_run_s_framed_records_are_copied_to_the_dlq() -> None:
+    """Read back for a failed run, framed records are decoded again, so the route's match selects them."""
+    from tests.unit.test_delivery import _failed_run
+
+    h = harness(Answers(), match=compile_match({"value.status": "settled"}))
+    run = _failed_run("failed-run", 0, 2)
+    h.client.runs.append(dataclasses.replace(run, tags={**run.tags, "kafka/route": "payments"}))
+    h.read_back[(0, 2)] = [h.record(0, framed(payment(0))), h.record(1, framed(payment(1, "open"))),
+                           h.record(2, framed(payment(2)))]
+    await h.deliver(*(h.record(o, framed(payment(o))) for o in range(4)))
+    await close(h)
+    await h.delivery.watcher.poll()
+    assert h.sink.offsets("run") == [0, 2]  # the route's own records of the range
     await h.close()
