@@ -219,8 +219,9 @@ def test_worker_refuses_a_route_over_the_batch_bytes_setting(tmp_path: Path) -> 
 
 
 def test_value_and_key_formats(tmp_path: Path) -> None:
-    route = load_routes(write(tmp_path, BASE + 'value_format = "avro"\nkey_format = "protobuf"\n'))["orders"]
-    assert (route.value_format, route.key_format, route.framed) == ("avro", "protobuf", True)
+    route = load_routes(write(tmp_path, BASE + 'value_format = "avro"\nkey_format = "json"\n'))["orders"]
+    assert (route.value_format, route.key_format, route.framed) == ("avro", "json", True)
+    assert "key_format protobuf is not supported yet" in config_error(tmp_path, BASE + 'key_format = "protobuf"\n')
     plain = load_routes(write(tmp_path, BASE))["orders"]
     assert (plain.value_format, plain.key_format, plain.framed) == ("json", "json", False)
 
