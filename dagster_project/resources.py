@@ -94,6 +94,11 @@ class KafkaResource(dg.ConfigurableResource):
             "KAFKA_SSL_KEYFILE": self.ssl_keyfile or "",
         })
 
+    def schema_registry(self) -> Any:
+        """The schema registry client for framed values read back (`dagster_project.framed`); None: the
+        worker's settings from the environment, read when a run needs them."""
+        return None
+
     def client_kwargs(self) -> dict[str, Any]:
         """bootstrap_servers, client_id and the TLS/SASL arguments every aiokafka client here is made with."""
         return {"bootstrap_servers": self.bootstrap_servers, "client_id": self.client_id,

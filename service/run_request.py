@@ -18,6 +18,7 @@ from service.contract import (
     CONFIG_RECORD_COUNT,
     CONFIG_RECORDS_JSON,
     CONFIG_TOPIC,
+    CONFIG_VALUE_FORMAT,
     INLINE_VALUE_SCHEMA_ID,
     INLINE_VALUE_SUBJECT,
     TAG_BATCH_ID,
@@ -33,7 +34,7 @@ from service.contract import (
 from service.records import Record
 from service.routes import Route
 from service.watcher import LaunchedRun
-from service.wire import Decoded
+from service.wire import JSON, Decoded
 
 
 def run_tags(route: Route, batch: Batch, group_id: str) -> dict[str, str]:
@@ -69,6 +70,8 @@ def run_config(route: Route, batch: Batch, inline: bool = True,
         config[CONFIG_RECORDS_JSON] = inline_records_json(batch.records)
     if route.match is not None:  # the offset range holds other routes' records too: the run keeps its own
         config[CONFIG_MATCH] = route.match.to_json()
+    if route.value_format != JSON:  # read back, the values are decoded as the worker decoded them
+        config[CONFIG_VALUE_FORMAT] = route.value_format
     return {"ops": {op: {"config": config} for op in (batch_ops or [route.batch_op])}}
 
 
