@@ -215,10 +215,10 @@ class RegistryRefused(RouteError):
     typename = "RegistryRefused"
     hint = "check KAFKA_DAGSTER_SCHEMA_REGISTRY_USERNAME and _PASSWORD"
 
-    def __init__(self, message: str, http_status: int) -> None:
+    def __init__(self, message: str, http_status: int, hint: str | None = None) -> None:
         auth = http_status in (401, 403)
-        super().__init__(message, None if auth else "check KAFKA_DAGSTER_SCHEMA_REGISTRY_URL (the registry's "
-                         "Confluent-compatible API, e.g. .../apis/ccompat/v7)")
+        super().__init__(message, hint or (None if auth else "check KAFKA_DAGSTER_SCHEMA_REGISTRY_URL (the "
+                         "registry's Confluent-compatible API, e.g. .../apis/ccompat/v7)"))
         if not auth:
             self.reason = "schema_registry_rejected"
         self.http_status = http_status

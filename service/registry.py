@@ -94,6 +94,10 @@ class SchemaRegistry:
         body = await self._get(path, ref, {"format": "serialized"} if serialized else None)
         if not isinstance(body, dict) or not isinstance(body.get("schema"), str):
             raise RegistryRefused(f"schema registry answered {path} without a schema", 400)
+        if serialized and body.get("schemaType") == "PROTOBUF" and "\ufffd" in body["schema"]:
+            raise RegistryRefused(f"the schema registry's serialized form of Protobuf schema {ref} lost bytes "
+                                  "(U+FFFD in it)", 400, hint="use a registry that serves Protobuf schemas "
+                                  "base64-serialized (Confluent's does; Apicurio 3.3's ccompat API does not)")
         schema = writer_schema(body.get("schemaType") or "AVRO", body["schema"])
         subject = await self._subject(ref) if ref.id is not None else None
         logger.info("schema %s (%s%s) fetched from the schema registry", ref, schema.format,

@@ -109,3 +109,15 @@ async def test_an_unreachable_registry_is_transient() -> None:
     with pytest.raises(RegistryUnavailable) as caught:
         await registry.resolve(SchemaRef(1), AVRO)
     assert isinstance(caught.value, TransientError)
+
+
+async def test_a_lossy_serialized_protobuf_schema_pauses_the_route() -> None:
+    """Apicurio 3.3's ccompat API answers format=serialized with the descriptor's bytes decoded as UTF-8:
+    a byte over 0x7f that is not UTF-8 becomes U+FFFD. The registry is at fault, not the records."""
+    def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"schemaType": "PROTOBUF", "schema": "\n\x03Pay\ufffd\ufffd"})
+
+    registry = SchemaRegistry(RegistrySettings(URL), transport=httpx.MockTransport(answer))
+    with pytest.raises(RegistryRefused, match="lost bytes") as caught:
+        await registry.resolve(SchemaRef(3), PROTOBUF)
+    assert caught.value.reason == "schema_registry_rejected" and "base64" in caught.value.hint
