@@ -234,4 +234,7 @@ def _add_lifecycle(app: App, settings: Settings, delivery: Delivery, dlq_produce
 
     @app.on_before_shutdown.connect  # type: ignore[arg-type]
     async def on_shutdown(app: Any, **kwargs: Any) -> None:
-        await asyncio.gather(outcomes.stop(), dlq_producer.stop(), client.aclose(), return_exceptions=True)
+        closing = [outcomes.stop(), dlq_producer.stop(), client.aclose()]
+        if delivery.framed is not None:
+            closing.append(delivery.framed.registry.aclose())
+        await asyncio.gather(*closing, return_exceptions=True)

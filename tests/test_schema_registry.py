@@ -23,6 +23,7 @@ import yaml
 from confluent_kafka import Producer
 from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroSerializer
+from confluent_kafka.schema_registry.json_schema import JSONSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
 from service.dev.apicurio import ApicurioRegistry
@@ -127,3 +128,46 @@ async def test_avro_records_match_on_decoded_fields_and_reach_runs_decoded(
     assert (letter.stage, letter.dlq["dlq.error.class"]) == ("decode", "UnknownSchema")
     assert f"schema {UNKNOWN_ID} is not in the schema registry" in letter.dlq["dlq.error.message"]
     assert letter.value == records[poison_at]  # byte for byte
+
+
+async def test_json_schema_records_are_checked_against_their_writer_schema(
+        stack: Stack, dagster_api: DagsterApi, registry: ApicurioRegistry, start_worker: Any) -> None:
+    """JSONSerializer frames: a value that breaks its writer schema (written around the serializer, which
+    would refuse it) is dead-lettered at decode; the others reach their run as they were written."""
+    topic = unique("orders-js")
+    dlq = unique("dlq")
+    await ensure_topics(stack.bootstrap, {topic: 1})
+    schema = orjson.dumps({"type": "object", "required": ["order_id", "customer", "amount"],
+                           "properties": {"order_id": {"type": "string"}, "customer": {"type": "string"},
+                                          "amount": {"type": "number"}}}).decode()
+
+    def serialize_json() -> list[bytes]:
+        with SchemaRegistryClient({"url": registry.url}) as client:
+            serializer = JSONSerializer(schema, client)
+            return [serializer(order(i), SerializationContext(topic, MessageField.VALUE)) for i in range(4)]
+
+    framed = await asyncio.to_thread(serialize_json)
+    breaking = framed[0][:5] + orjson.dumps({"order_id": 7, "customer": "c", "amount": 1})
+    records = [framed[0], framed[1], breaking, framed[2], framed[3]]
+    await asyncio.to_thread(send, stack.bootstrap, topic, records)
+    await start_worker(route_toml(topic, value_format="json_schema", max_wait_s=1.0),
+                       KAFKA_DAGSTER_DLQ_TOPIC=dlq, KAFKA_DAGSTER_SCHEMA_REGISTRY_URL=registry.url)
+
+    async def runs_done() -> list[dict[str, Any]]:
+        runs = executed_runs(await dagster_api.runs(topic))
+        if sum(int(r["tags"]["kafka/record_count"]) for r in runs) < 4:
+            return []
+        return runs if all(r["status"] in ("SUCCESS", "FAILURE") for r in runs) else []
+
+    runs = await eventually(runs_done, 120, "runs covering the four valid records")
+    received: list[dict[str, Any]] = []
+    for run in runs:
+        received.extend(await inline_records(dagster_api, run["runId"]))
+    assert sorted(r["offset"] for r in received) == [0, 1, 3, 4]
+    assert sorted((orjson.loads(r["value"]) for r in received), key=lambda v: v["order_id"]) == [
+        order(i) for i in range(4)]
+    letters = await eventually(lambda: dead_letters(stack.bootstrap, dlq), 60, "the breaking value's dead letter")
+    [letter] = letters
+    assert (letter.origin, letter.stage, letter.dlq["dlq.error.class"]) == ((topic, 0, 2), "decode",
+                                                                             "UndecodableValue")
+    assert "breaks its JSON Schema" in letter.dlq["dlq.error.message"]
