@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
+import shutil
 import struct
 from collections.abc import Iterator
 from pathlib import Path
@@ -48,12 +50,15 @@ UNKNOWN_ID = 987_654
 @pytest.fixture(scope="module")
 def registry() -> Iterator[ApicurioRegistry]:
     """A fresh Apicurio Registry (in-memory storage) for this module, stopped whatever happens."""
-    server = ApicurioRegistry(ROOT / ".test-stack" / unique("apicurio"))
+    workdir = ROOT / ".test-stack" / unique("apicurio")
+    server = ApicurioRegistry(workdir)
     try:
         server.start()
         yield server
     finally:
         server.stop()
+    if os.environ.get("KEEP_TEST_STACK") != "1":
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def order(i: int) -> dict[str, Any]:
