@@ -67,6 +67,7 @@ run: $(STAMP)  ## the embedded stack with demo events; Ctrl-C stops everything
 test: $(STAMP) $(HELM)  ## the whole suite against a real broker and a real Dagster
 	bash scripts/ensure-system-deps.sh
 	$(BIN)/python -m service.dev.kafka_jars  # the jars of each tested Apache Kafka (dev/kafka/), once
+	$(BIN)/python -m service.dev.apicurio  # the test schema registry's distribution (dev/apicurio/), once
 	HELM=$(abspath $(HELM)) DAGSTER_DISABLE_TELEMETRY=1 $(BIN)/pytest
 
 test-unit: $(STAMP) $(HELM)
@@ -88,4 +89,4 @@ lint: $(STAMP)
 	$(BIN)/mypy service dagster_project bench
 
 clean:
-	rm -rf $(VENV) $(LOCK_VENV) .tools .kafka-dagster .test-stack .bench-stack .kafka
+	rm -rf $(VENV) $(LOCK_VENV) .tools .kafka-dagster .test-stack .bench-stack .kafka .apicurio

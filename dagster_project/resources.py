@@ -56,6 +56,10 @@ class KafkaMessage:
     key: bytes | None
     value: bytes | None
     headers: tuple[tuple[str, bytes], ...] = field(default=())
+    # A value the worker decoded from the Confluent wire format: `value` is then its JSON text, and these
+    # name its writer schema (the registry id, or "guid <uuid>") and the registry's subject for it.
+    value_schema_id: str | None = None
+    value_subject: str | None = None
 
 
 class KafkaResource(dg.ConfigurableResource):
@@ -89,6 +93,11 @@ class KafkaResource(dg.ConfigurableResource):
             "KAFKA_SSL_CERTFILE": self.ssl_certfile or "",
             "KAFKA_SSL_KEYFILE": self.ssl_keyfile or "",
         })
+
+    def schema_registry(self) -> Any:
+        """The schema registry client for framed values read back (`dagster_project.framed`); None: the
+        worker's settings from the environment, read when a run needs them."""
+        return None
 
     def client_kwargs(self) -> dict[str, Any]:
         """bootstrap_servers, client_id and the TLS/SASL arguments every aiokafka client here is made with."""

@@ -66,12 +66,15 @@ RETRY_WAIT_S = 2.0
 
 
 class KafkaRecord(dg.Config):
-    """One Kafka record carried inline in run config; `value` is its JSON text."""
+    """One Kafka record carried inline in run config; `value` is its JSON text (for a framed value, as the
+    worker decoded it, with its writer schema's id and subject)."""
 
     offset: int
     timestamp_ms: int
     key: str | None = None
     value: str
+    value_schema_id: str | None = None
+    value_subject: str | None = None
 
 
 class KafkaBatch(dg.Config):
@@ -86,7 +89,10 @@ class KafkaBatch(dg.Config):
     large to inline and is read back from Kafka. The range
     may hold records of the topic that the route does not take: `match` is
     then the route's pattern as JSON, and only the records it matches belong
-    to the batch (without it, every record of the range does).
+    to the batch (without it, every record of the range does). `value_format`
+    is set when the route reads the Confluent wire format (`avro`, `protobuf`,
+    `json_schema`): records read back are decoded as the worker decoded the
+    inline ones (`dagster_project.framed`).
     """
 
     topic: str
@@ -98,12 +104,14 @@ class KafkaBatch(dg.Config):
     records: list[KafkaRecord] | None = None
     records_json: str | None = None
     match: str | None = None
+    value_format: str | None = None
 
 
 def inline_messages(records: Sequence[KafkaRecord]) -> list[KafkaMessage]:
     """Inline records as `KafkaMessage`s (inline records carry no headers)."""
     return [
-        KafkaMessage(r.offset, r.timestamp_ms, r.key.encode() if r.key is not None else None, r.value.encode())
+        KafkaMessage(r.offset, r.timestamp_ms, r.key.encode() if r.key is not None else None, r.value.encode(),
+                     value_schema_id=r.value_schema_id, value_subject=r.value_subject)
         for r in records
     ]
 
@@ -165,6 +173,8 @@ def batch_records(context: dg.OpExecutionContext | dg.AssetExecutionContext, con
         return inline
     try:
         in_range = kafka.read_range(config.topic, config.partition, config.offset_start, config.offset_end)
+        if config.value_format is not None and config.value_format != "json":
+            in_range = _decoded(config, in_range, kafka)
     except KafkaUnavailable as exc:
         context.log.warning("reading batch %s back from Kafka failed: %s", config.batch_id, exc)
         raise dg.RetryRequested(max_retries=MAX_RETRIES, seconds_to_wait=RETRY_WAIT_S) from exc
@@ -179,6 +189,15 @@ def batch_records(context: dg.OpExecutionContext | dg.AssetExecutionContext, con
                             config.offset_start, config.offset_end, len(in_range),
                             "kept by the route's match" if config.match is not None else "no match")
     return messages
+
+
+def _decoded(config: KafkaBatch, messages: list[KafkaMessage], kafka: KafkaResource) -> list[KafkaMessage]:
+    from dagster_project import framed  # the registry client, only for routes that need it
+
+    try:
+        return framed.decode_messages(messages, config.value_format or "", kafka.schema_registry())
+    except framed.RegistryRefusedRun as exc:
+        raise dg.Failure(description=f"batch {config.batch_id}: {exc}", metadata=coordinates(config)) from exc
 
 
 def stand_down_if_duplicate(context: dg.OpExecutionContext | dg.AssetExecutionContext, batch_id: str) -> None:

@@ -15,7 +15,16 @@ from typing import Any
 
 import orjson
 
-from service.errors import InvalidJson, JsonTooDeep, MessageTooLarge, NotUtf8, NullValue, SchemaViolation, TooManyKeys
+from service.errors import (
+    InvalidJson,
+    JsonTooDeep,
+    MessageTooLarge,
+    NotUtf8,
+    NullValue,
+    RecordError,
+    SchemaViolation,
+    TooManyKeys,
+)
 from service.records import Record
 from service.schemas import SchemaValidator, first_error
 
@@ -42,6 +51,8 @@ def parse_value(record: Record, max_message_bytes: int, bounds: JsonBounds | Non
     """The record's value as JSON, checked against its size and shape bounds (not a schema)."""
     if record.size > max_message_bytes:
         raise MessageTooLarge(f"record is {record.size} bytes, over the bound of {max_message_bytes}")
+    if record.decoded is not None:  # a framed value, decoded with its writer schema (service.wire)
+        return _framed_value(record.decoded, bounds)
     raw = record.value
     if raw is None:
         raise NullValue("record has a null value")
@@ -57,6 +68,13 @@ def parse_value(record: Record, max_message_bytes: int, bounds: JsonBounds | Non
     if _may_exceed(raw, bounds):
         check_shape(value, bounds)
     return value
+
+
+def _framed_value(decoded: Any, bounds: JsonBounds | None) -> Any:
+    if isinstance(decoded, RecordError):
+        raise decoded
+    check_shape(decoded.value, bounds or JsonBounds())
+    return decoded.value
 
 
 def check_schema(validator: SchemaValidator, value: Any) -> None:

@@ -33,9 +33,13 @@ from service.contract import (
     STAGE_VALIDATE,
     STAGES,
 )
+from service.errors import BadFraming, UndecodableValue, UnknownSchema
+from service.frames import read_frame, schema_id_header
 from service.records import Record
 
 PRE_LAUNCH_STAGES = (STAGE_DECODE, STAGE_VALIDATE, STAGE_LAUNCH)
+# A framed value that named its writer schema but did not decode with it: `dlq inspect` shows the schema.
+FRAMED_DECODE_ERRORS = (UnknownSchema.__name__, UndecodableValue.__name__)
 MAX_ERROR_MESSAGE_CHARS = 1024
 REPLAYED_SUFFIX = ".replayed"
 
@@ -189,4 +193,16 @@ def describe(letter: DeadLetter) -> str:
     topic, partition, offset = letter.origin
     run = f" run={letter.dlq[HEADER_RUN_ID]}" if HEADER_RUN_ID in letter.dlq else ""
     return (f"{letter.dlq_offset}\t{topic}/{partition}/{offset}\t{letter.stage}\t"
-            f"{letter.dlq.get(HEADER_ERROR_CLASS, '')}: {letter.dlq.get(HEADER_ERROR_MESSAGE, '')}{run}")
+            f"{letter.dlq.get(HEADER_ERROR_CLASS, '')}: {letter.dlq.get(HEADER_ERROR_MESSAGE, '')}{run}"
+            f"{_schema(letter)}")
+
+
+def _schema(letter: DeadLetter) -> str:
+    """` schema=ID` for a framed value that failed to decode with its writer schema (Confluent wire format)."""
+    if letter.stage != STAGE_DECODE or letter.dlq.get(HEADER_ERROR_CLASS) not in FRAMED_DECODE_ERRORS:
+        return ""
+    try:
+        frame = read_frame(letter.value, schema_id_header(letter.headers))
+    except BadFraming:
+        return ""
+    return f" schema={frame.ref}"

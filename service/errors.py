@@ -10,12 +10,16 @@ library it comes from, in one place per library: httpx and GraphQL results in
     │   ├── DagsterUnavailable  connection refused or reset, timeout, HTTP 5xx and 408
     │   │   └── RateLimited     HTTP 429; waits at least its Retry-After
     │   ├── DagsterError        Dagster answered PythonError (it may pass; ten in a row pause the route)
-    │   └── BrokerUnavailable   a retriable Kafka error, or the broker cannot be reached
+    │   ├── BrokerUnavailable   a retriable Kafka error, or the broker cannot be reached
+    │   └── RegistryUnavailable the schema registry cannot be reached, timed out, or answered 5xx/408/429
     ├── RecordError             the record itself is bad: that record alone goes to the DLQ
     │   ├── DecodeError         stage `decode`
     │   │   ├── NullValue       the value is null (a tombstone)
     │   │   ├── NotUtf8         the value is not UTF-8
-    │   │   └── InvalidJson     the value is UTF-8 but not JSON
+    │   │   ├── InvalidJson     the value is UTF-8 but not JSON
+    │   │   ├── BadFraming      no Confluent wire-format frame (magic byte, schema id) where one is required
+    │   │   ├── UnknownSchema   the registry has no schema of the record's id (HTTP 404), or not of its format
+    │   │   └── UndecodableValue the bytes do not decode with their writer schema
     │   ├── ValidationError     stage `validate`
     │   │   ├── MessageTooLarge the record is over the size bound
     │   │   ├── JsonTooDeep     the value nests deeper than the depth bound
@@ -29,6 +33,8 @@ library it comes from, in one place per library: httpx and GraphQL results in
     │   │                       (unless the route sets on_launch_rejected = "dead_letter")
     │   ├── LaunchRejected      a LaunchRunResult error member (PipelineNotFoundError, ...)
     │   ├── Unauthorized        HTTP 401/403 or UnauthorizedError: the token is refused
+    │   ├── RegistryRefused     the schema registry answered 401/403 (`schema_registry_auth`)
+    │   │                       or another 4xx than 404/408/429 (`schema_registry_rejected`)
     │   └── RequestRejected     HTTP 400/404 and other 4xx, GraphQL errors: a wrong URL or query
     ├── BatchTooLarge           HTTP 413: relaunch the batch with its offset range only
     ├── KafkaRejected           a Kafka error that waiting will not fix (e.g. a record too large
@@ -78,6 +84,10 @@ class BrokerUnavailable(TransientError):
     """The Kafka broker could not be reached, or answered a retriable error."""
 
 
+class RegistryUnavailable(TransientError):
+    """The schema registry could not be reached, timed out, or answered 5xx, 408 or 429."""
+
+
 class RecordError(KafkaDagsterError):
     """The record itself cannot be delivered: dead-letter it alone; never retried."""
 
@@ -106,6 +116,18 @@ class NotUtf8(DecodeError):
 
 class InvalidJson(DecodeError):
     """The value is UTF-8 text but not JSON."""
+
+
+class BadFraming(DecodeError):
+    """The value (or key) has no Confluent wire-format frame where its route's format needs one."""
+
+
+class UnknownSchema(DecodeError):
+    """The registry has no schema of the record's id or GUID, or one of another format than the route's."""
+
+
+class UndecodableValue(DecodeError):
+    """The bytes after the frame do not decode with their writer schema (or break a JSON Schema)."""
 
 
 class MessageTooLarge(ValidationError):
@@ -184,6 +206,22 @@ class Unauthorized(RouteError):
     reason = "unauthorized"
     typename = "UnauthorizedError"
     hint = "check DAGSTER_API_TOKEN"
+
+
+class RegistryRefused(RouteError):
+    """The schema registry refused the worker's requests: credentials (401/403) or another 4xx."""
+
+    reason = "schema_registry_auth"
+    typename = "RegistryRefused"
+    hint = "check KAFKA_DAGSTER_SCHEMA_REGISTRY_USERNAME and _PASSWORD"
+
+    def __init__(self, message: str, http_status: int, hint: str | None = None) -> None:
+        auth = http_status in (401, 403)
+        super().__init__(message, hint or (None if auth else "check KAFKA_DAGSTER_SCHEMA_REGISTRY_URL (the "
+                         "registry's Confluent-compatible API, e.g. .../apis/ccompat/v7)"))
+        if not auth:
+            self.reason = "schema_registry_rejected"
+        self.http_status = http_status
 
 
 class RequestRejected(RouteError):

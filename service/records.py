@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 
 class _HasTopicPartition(Protocol):
@@ -42,6 +42,9 @@ class Record:
     value: bytes | None
     headers: Sequence[tuple[str, bytes]] = ()
     epoch: int = 0  # the partition's assignment epoch when the record was consumed
+    # A framed value (`service.wire`), decoded before routing: a `wire.Decoded`, or the RecordError saying
+    # why it cannot be; None for a JSON route's record, whose value is parsed where it is read.
+    decoded: Any = None
 
     @property
     def tp(self) -> TP:

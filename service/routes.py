@@ -13,6 +13,7 @@ route matches:
     max_bytes = 1048576
     max_wait_s = 5.0
     schema_file = "schemas/order.json"   # optional JSON Schema for the value
+    value_format = "json"                # or avro | protobuf | json_schema (Confluent wire format)
     on_launch_rejected = "pause"         # or "dead_letter": what a refused launch does
     max_runs_per_minute = 30             # optional: launches per minute, at most
     max_queued_runs = 20                 # optional: wait while Dagster holds this many QUEUED runs of the job
@@ -29,6 +30,9 @@ route matches:
 
     [topics."shop.events"]
     unmatched = "skip"                   # or "dead_letter" (stage route)
+
+    [schema_registry]
+    url = "https://registry:8081"        # for framed formats; KAFKA_DAGSTER_SCHEMA_REGISTRY_URL wins
 
 The file is validated whole at start: an unknown key, a missing field or a
 bad value fails with one line naming the route and the field. A route's
@@ -55,19 +59,21 @@ from service.errors import ConfigurationError
 from service.matching import Match, MatchError, compile_match
 from service.partitions import PartitionKeyError, PartitionKeySpec, compile_partition_key
 from service.schemas import CompiledSchema, SchemaCompileError
+from service.wire import FORMATS, JSON
 
 logger = logging.getLogger(__name__)
 
 REQUIRED = ("max_records", "max_bytes", "max_wait_s")
 OPTIONAL = ("name", "topic", "topic_pattern", "job", "assets", "location", "repository", "batch_op",
             "inline_max_bytes", "schema", "schema_file", "on_launch_rejected", "match", "max_runs_per_minute",
-            "max_queued_runs", "partition_key", "dynamic_partitions")
+            "max_queued_runs", "partition_key", "dynamic_partitions", "value_format", "key_format")
 # Dagster's implicit asset job: an asset route without `job` launches its selection in it.
 IMPLICIT_ASSET_JOB = "__ASSET_JOB"
 DEFAULT_BATCH_OP = "read_batch"
 ON_LAUNCH_REJECTED = ("pause", "dead_letter")
 UNMATCHED = ("skip", "dead_letter")
 TOPIC_OPTIONS = ("unmatched",)
+REGISTRY_OPTIONS = ("url",)
 
 
 @dataclass(frozen=True)
@@ -97,6 +103,8 @@ class Route:
     assets: tuple[str, ...] = ()
     partition_key: PartitionKeySpec | None = field(default=None, compare=False)
     dynamic_partitions: str | None = None
+    value_format: str = JSON
+    key_format: str = JSON
     _compiled: CompiledSchema | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -119,6 +127,11 @@ class Route:
         if not self.assets:
             return f"job {self.job}"
         return f"assets {', '.join(self.assets)}" + ("" if self.job == IMPLICIT_ASSET_JOB else f" (job {self.job})")
+
+    @property
+    def framed(self) -> bool:
+        """True when the route reads its values or keys in the Confluent wire format (a schema registry)."""
+        return self.value_format != JSON or self.key_format != JSON
 
     @property
     def throttled(self) -> bool:
@@ -147,9 +160,11 @@ def _pattern(text: str) -> re.Pattern[str]:
 class RouteTable(Mapping[str, Route]):
     """The routes keyed by name, and which of them read each topic."""
 
-    def __init__(self, routes: Mapping[str, Route], unmatched: Mapping[str, str] | None = None) -> None:
+    def __init__(self, routes: Mapping[str, Route], unmatched: Mapping[str, str] | None = None,
+                 registry_url: str | None = None) -> None:
         self._routes = dict(routes)
         self._unmatched = dict(unmatched or {})
+        self.registry_url = registry_url  # the file's [schema_registry] url
         self._by_topic: dict[str, tuple[Route, ...]] = {}
 
     def __getitem__(self, name: str) -> Route:
@@ -171,6 +186,11 @@ class RouteTable(Mapping[str, Route]):
     def unmatched(self, topic: str) -> str:
         """What happens to a record of `topic` that no route matches: "skip" or "dead_letter"."""
         return self._unmatched.get(topic, "skip")
+
+    @property
+    def framed(self) -> list[Route]:
+        """The routes that read the Confluent wire format."""
+        return [r for r in self._routes.values() if r.framed]
 
     @property
     def topics(self) -> list[str]:
@@ -208,10 +228,10 @@ def load_routes(path: Path) -> RouteTable:
     tables = document.get("routes")
     if not isinstance(tables, list) or not tables:
         raise ConfigurationError(f"routes file {path}: expected one or more [[routes]] tables")
-    unknown = sorted(set(document) - {"routes", "topics"})
+    unknown = sorted(set(document) - {"routes", "topics", "schema_registry"})
     if unknown:
-        raise ConfigurationError(f"routes file {path}: unknown key(s) {', '.join(unknown)} (expected [[routes]] "
-                                 "and [topics.\"<name>\"] tables)")
+        raise ConfigurationError(f"routes file {path}: unknown key(s) {', '.join(unknown)} (expected [[routes]], "
+                                 "[topics.\"<name>\"] and [schema_registry] tables)")
     routes: dict[str, Route] = {}
     for index, table in enumerate(tables):
         route = parse_route(table, f"{path}: routes[{index}]", base=path.parent)
@@ -220,7 +240,33 @@ def load_routes(path: Path) -> RouteTable:
                                      + (" (give each route of a topic its own name)" if route.topic else ""))
         routes[route.name] = route
     _check_shared_topics(routes.values(), path)
-    return RouteTable(routes, _parse_topics(document.get("topics", {}), path))
+    return RouteTable(routes, _parse_topics(document.get("topics", {}), path),
+                      _parse_registry(document.get("schema_registry", {}), path))
+
+
+def _parse_registry(table: Any, path: Path) -> str | None:
+    """The `[schema_registry]` table: its url alone; credentials and TLS come from the environment."""
+    where = f"{path}: schema_registry"
+    if not isinstance(table, dict):
+        raise ConfigurationError(f"{where}: must be a table ([schema_registry])")
+    unknown = sorted(set(table) - set(REGISTRY_OPTIONS))
+    if unknown:
+        raise ConfigurationError(f"{where}: unknown key(s) {', '.join(unknown)} (only url; credentials and TLS "
+                                 "come from KAFKA_DAGSTER_SCHEMA_REGISTRY_USERNAME, _PASSWORD and _CAFILE)")
+    url = table.get("url")
+    if url is not None and (not isinstance(url, str) or not url.startswith(("http://", "https://"))):
+        raise ConfigurationError(f"{where}: url must be an http:// or https:// URL")
+    return url
+
+
+def check_registry(routes: RouteTable, registry_url: str | None) -> None:
+    """Every route that reads a framed format has a schema registry to ask."""
+    if registry_url is not None:
+        return
+    for route in routes.framed:
+        fmt = route.value_format if route.value_format != JSON else route.key_format
+        raise ConfigurationError(f"route {route.name!r}: format {fmt} needs a schema registry: set "
+                                 "KAFKA_DAGSTER_SCHEMA_REGISTRY_URL or [schema_registry] url in the routes file")
 
 
 def _check_shared_topics(routes: Iterable[Route], path: Path) -> None:
@@ -355,6 +401,12 @@ def _check_types(values: dict[str, Any], where: str) -> None:
             value == 0 and name != "inline_max_bytes"
         ):
             raise ConfigurationError(f"{where}: {name} must be a positive integer")
+    for name in ("value_format", "key_format"):
+        if values.get(name, JSON) not in FORMATS:
+            raise ConfigurationError(f"{where}: {name} must be one of {', '.join(FORMATS)}")
+    if values.get("key_format", JSON) != JSON:
+        raise ConfigurationError(f"{where}: key_format {values['key_format']} is not supported yet: keys are read "
+                                 "as they are (value_format decodes values)")
     if values.get("on_launch_rejected", "pause") not in ON_LAUNCH_REJECTED:
         raise ConfigurationError(f"{where}: on_launch_rejected must be one of {', '.join(ON_LAUNCH_REJECTED)}")
     wait = values["max_wait_s"]

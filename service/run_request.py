@@ -18,6 +18,9 @@ from service.contract import (
     CONFIG_RECORD_COUNT,
     CONFIG_RECORDS_JSON,
     CONFIG_TOPIC,
+    CONFIG_VALUE_FORMAT,
+    INLINE_VALUE_SCHEMA_ID,
+    INLINE_VALUE_SUBJECT,
     TAG_BATCH_ID,
     TAG_CONSUMER_GROUP,
     TAG_DAGSTER_PARTITION,
@@ -31,6 +34,7 @@ from service.contract import (
 from service.records import Record
 from service.routes import Route
 from service.watcher import LaunchedRun
+from service.wire import JSON, Decoded
 
 
 def run_tags(route: Route, batch: Batch, group_id: str) -> dict[str, str]:
@@ -66,6 +70,8 @@ def run_config(route: Route, batch: Batch, inline: bool = True,
         config[CONFIG_RECORDS_JSON] = inline_records_json(batch.records)
     if route.match is not None:  # the offset range holds other routes' records too: the run keeps its own
         config[CONFIG_MATCH] = route.match.to_json()
+    if route.value_format != JSON:  # read back, the values are decoded as the worker decoded them
+        config[CONFIG_VALUE_FORMAT] = route.value_format
     return {"ops": {op: {"config": config} for op in (batch_ops or [route.batch_op])}}
 
 
@@ -74,17 +80,27 @@ def inline_records_json(records: Sequence[Record]) -> str:
 
     One string instead of a list of typed records: Dagster validates run config
     field by field in Python, which made a launch with 300 records inline take
-    about 45 ms longer (`make bench` measures both: docs/performance.md).
+    about 45 ms longer (`make bench` measures both: docs/performance.md). A
+    framed value (`service.wire`) travels as its decoded JSON, with its writer
+    schema's id and subject (`value_schema_id`, `value_subject`).
     """
-    return orjson.dumps([
-        {
-            "offset": r.offset,
-            "timestamp_ms": r.timestamp_ms or 0,
-            "key": r.key.decode("utf-8", "backslashreplace") if r.key is not None else None,
-            "value": (r.value or b"").decode("utf-8"),
-        }
-        for r in records
-    ]).decode()
+    return orjson.dumps([_inline(r) for r in records]).decode()
+
+
+def _inline(r: Record) -> dict[str, Any]:
+    record: dict[str, Any] = {
+        "offset": r.offset,
+        "timestamp_ms": r.timestamp_ms or 0,
+        "key": r.key.decode("utf-8", "backslashreplace") if r.key is not None else None,
+    }
+    decoded = r.decoded
+    if isinstance(decoded, Decoded):
+        record["value"] = decoded.json.decode()
+        record[INLINE_VALUE_SCHEMA_ID] = decoded.schema_id
+        record[INLINE_VALUE_SUBJECT] = decoded.subject
+    else:
+        record["value"] = (r.value or b"").decode("utf-8")
+    return record
 
 
 def launched_run(run_id: str, job: str, tags: dict[str, str]) -> LaunchedRun:

@@ -23,6 +23,29 @@ T = TypeVar("T")
 
 
 @dataclass(frozen=True)
+class RegistrySettings:
+    """Where the schema registry is, and how to reach it: basic auth and TLS from the environment only.
+
+    `url` is the registry's Confluent-compatible API (Apicurio: `.../apis/ccompat/v7`); unset here, the
+    routes file's `[schema_registry] url` is used (`with_url`). The password is never shown.
+    """
+
+    url: str | None = None
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    cafile: str | None = None
+    timeout_s: float = 10.0
+
+    def with_url(self, url: str | None) -> RegistrySettings:
+        """These settings with the routes file's url, unless the environment named one."""
+        if self.url is not None or url is None:
+            return self
+        _check_registry_url(url, self.cafile, "[schema_registry] url in the routes file")
+        return RegistrySettings(url, self.username, self.password, self.cafile, self.timeout_s)
+
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything the worker reads from its environment."""
 
@@ -52,6 +75,7 @@ class Settings:
     log_format: str = "text"
     data_dir: Path = field(default_factory=lambda: Path(default_data_dir()))
     kafka_security: KafkaSecurity = field(default_factory=KafkaSecurity)
+    schema_registry: RegistrySettings = field(default_factory=RegistrySettings)
 
     @property
     def broker_urls(self) -> list[str]:
@@ -60,7 +84,7 @@ class Settings:
     def __repr__(self) -> str:
         token = "'***'" if self.dagster_api_token else "None"
         return (f"Settings(bootstrap_servers={self.bootstrap_servers!r}, dagster_api_token={token}, "
-                f"kafka_security={self.kafka_security!r}, ...)")
+                f"kafka_security={self.kafka_security!r}, schema_registry={self.schema_registry!r}, ...)")
 
 
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
@@ -94,7 +118,45 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         log_format=read("KAFKA_DAGSTER_LOG_FORMAT", _log_format, "text"),
         data_dir=read("KAFKA_DAGSTER_DATA_DIR", _directory, default_data_dir()),
         kafka_security=load_kafka_security(env),
+        schema_registry=load_registry_settings(env),
     )
+
+
+def load_registry_settings(env: Mapping[str, str] | None = None) -> RegistrySettings:
+    """The schema registry's URL, credentials and CA from the environment (never from the routes file)."""
+    env = os.environ if env is None else env
+    read = _Reader(env)
+    url = env.get("KAFKA_DAGSTER_SCHEMA_REGISTRY_URL", "").strip() or None
+    username = env.get("KAFKA_DAGSTER_SCHEMA_REGISTRY_USERNAME") or None
+    password = env.get("KAFKA_DAGSTER_SCHEMA_REGISTRY_PASSWORD") or None
+    if (username is None) != (password is None):
+        missing = "KAFKA_DAGSTER_SCHEMA_REGISTRY_PASSWORD" if password is None else \
+            "KAFKA_DAGSTER_SCHEMA_REGISTRY_USERNAME"
+        raise ConfigurationError(f"invalid setting {missing}: basic auth needs both the username and the password")
+    cafile = _optional_file("KAFKA_DAGSTER_SCHEMA_REGISTRY_CAFILE", env, read)
+    if cafile is not None:
+        try:
+            ssl.create_default_context(cafile=cafile)
+        except (ssl.SSLError, OSError) as exc:
+            raise ConfigurationError(f"invalid setting KAFKA_DAGSTER_SCHEMA_REGISTRY_CAFILE={cafile!r}: not a PEM "
+                                     f"certificate bundle ({exc.__class__.__name__})") from None
+    if url is not None:
+        _check_registry_url(url, cafile, "KAFKA_DAGSTER_SCHEMA_REGISTRY_URL")
+    timeout_s = read("KAFKA_DAGSTER_SCHEMA_REGISTRY_TIMEOUT_S", _positive_float, "10")
+    return RegistrySettings(url, username, password, cafile, timeout_s)
+
+
+def _check_registry_url(url: str, cafile: str | None, name: str) -> None:
+    try:
+        _http_url(url)
+    except ValueError as exc:
+        raise ConfigurationError(f"invalid setting {name}: {exc}") from None  # the URL may hold a secret
+    if urlparse(url).password is not None or "@" in urlparse(url).netloc:
+        raise ConfigurationError(f"invalid setting {name}: credentials in the URL; set "
+                                 "KAFKA_DAGSTER_SCHEMA_REGISTRY_USERNAME and _PASSWORD instead")
+    if cafile is not None and not url.startswith("https://"):
+        raise ConfigurationError(f"invalid setting KAFKA_DAGSTER_SCHEMA_REGISTRY_CAFILE: {name} is not an "
+                                 "https:// URL")
 
 
 def default_data_dir() -> str:

@@ -19,7 +19,8 @@ from service.kafka import Producer, ensure_topics, existing_topics, read_range
 from service.metrics import Metrics
 from service.outcomes import OutcomeLog, outcomes_topic
 from service.records import TP, Record
-from service.routes import RouteTable, check_batch_bytes, load_routes
+from service.registry import SchemaRegistry
+from service.routes import RouteTable, check_batch_bytes, check_registry, load_routes
 from service.settings import Settings
 from service.topic_check import watch_topics
 from service.web import add_pages
@@ -36,6 +37,8 @@ def build_worker(settings: Settings, metrics: Metrics | None = None) -> App:
     """The Faust app with everything wired: routes, delivery, DLQ, metrics, pages."""
     routes = load_routes(settings.routes_path)
     check_batch_bytes(routes, settings.max_batch_bytes)
+    registry = settings.schema_registry.with_url(routes.registry_url)
+    check_registry(routes, registry.url)
     metrics = metrics or Metrics()
     app = create_app(settings, subscription_pattern=routes.subscription_pattern)
     client = DagsterClient(settings.dagster_graphql_url, settings.dagster_api_token, settings.dagster_timeout_s,
@@ -51,6 +54,7 @@ def build_worker(settings: Settings, metrics: Metrics | None = None) -> App:
         lambda topic, partition, start, end: read_range(
             settings.bootstrap_servers, topic, partition, start, end, security=security),
         metrics, on_fatal=lambda exc: app.crash(exc),
+        registry=SchemaRegistry(registry) if routes.framed else None,
     )
     _add_intake(app, routes, delivery)
     _add_lifecycle(app, settings, delivery, dlq_producer, client, outcomes)
@@ -230,4 +234,7 @@ def _add_lifecycle(app: App, settings: Settings, delivery: Delivery, dlq_produce
 
     @app.on_before_shutdown.connect  # type: ignore[arg-type]
     async def on_shutdown(app: Any, **kwargs: Any) -> None:
-        await asyncio.gather(outcomes.stop(), dlq_producer.stop(), client.aclose(), return_exceptions=True)
+        closing = [outcomes.stop(), dlq_producer.stop(), client.aclose()]
+        if delivery.framed is not None:
+            closing.append(delivery.framed.registry.aclose())
+        await asyncio.gather(*closing, return_exceptions=True)

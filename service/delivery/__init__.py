@@ -45,6 +45,7 @@ from service.dagster_client import DagsterClient
 from service.delivery.config import MAX_SYSTEM_FAILURES, DeliverySettings
 from service.delivery.dead_letters import DeadLetterWriter
 from service.delivery.failed_runs import FailedRuns
+from service.delivery.framed import FramedValues
 from service.delivery.handover import HandOver
 from service.delivery.intake import Intake, batchers_of
 from service.delivery.launcher import Launcher
@@ -57,6 +58,7 @@ from service.duplicates import DuplicateRuns
 from service.metrics import Metrics
 from service.pauses import RoutePauses
 from service.records import TP, Record
+from service.registry import SchemaRegistry
 from service.retry import Retrying
 from service.routes import RouteTable
 from service.run_request import inline_records_json, run_config, run_tags
@@ -82,12 +84,14 @@ class Delivery:
     :param on_fatal: a bug in a lane: stop the worker
     :param clock: monotonic time, for batch deadlines and waits
     :param wall_clock: epoch time, to credit a batch's clock with its first record's way to the worker
+    :param registry: the schema registry, when a route reads a framed format (`service.wire`)
     """
 
     def __init__(self, settings: DeliverySettings, routes: RouteTable, client: DagsterClient,
                  consumer: ConsumerLink, dead_letters: DeadLetterSink, outcomes: HandledOutcomes,
                  read_range: ReadRange, metrics: Metrics, on_fatal: Callable[[BaseException], Awaitable[None]],
-                 clock: Callable[[], float] = time.monotonic, wall_clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.monotonic, wall_clock: Callable[[], float] = time.time,
+                 registry: SchemaRegistry | None = None) -> None:
         self.settings = settings
         self.routes = routes
         self.consumer = consumer
@@ -105,16 +109,18 @@ class Delivery:
         self.watcher = RunWatcher(client, metrics, self.on_run_failed, settings.max_inflight_runs,
                                   settings.run_poll_interval_s, sweep=self.duplicates.sweep)
         route_retry = RouteRetry(self.pauses, client, self.retrying, settings.location_probe_s, clock)
+        self.framed = FramedValues(registry, route_retry, self.retrying) if registry is not None else None
         dead_letter_writer = DeadLetterWriter(settings, dead_letters, self.pauses, self.retrying, metrics)
         self.launcher = Launcher(settings, client, consumer, route_retry, self.retrying, self.throttles,
                                  self.duplicates, dead_letter_writer, self.watcher, metrics, clock, wall_clock)
         self.partitions.work = self.launcher.handle
         self.reconciler = Reconciler(settings, self.partitions, client, route_retry, self.retrying, self.watcher,
                                      outcomes, self.pauses, consumer, wall_clock)
-        self.intake = Intake(settings, self.partitions, self.reconciler, self.throttles, metrics, clock, wall_clock)
+        self.intake = Intake(settings, self.partitions, self.reconciler, self.throttles, metrics, clock, wall_clock,
+                             self.framed)
         self.failed_runs = FailedRuns(settings, routes, self.partitions, self.launcher, dead_letter_writer,
                                       self.duplicates, self.watcher, outcomes, read_range, self.retrying, metrics,
-                                      clock)
+                                      clock, self.framed)
         self.hand_over = HandOver(self.partitions, self.intake)
 
     # -- the consumer's calls, in a record's order --------------------------

@@ -14,6 +14,7 @@ from service.contract import STAGE_LAUNCH, STAGE_RUN
 from service.dagster_client import RunInfo
 from service.delivery.config import DeliverySettings
 from service.delivery.dead_letters import DeadLetterWriter
+from service.delivery.framed import FramedValues
 from service.delivery.launcher import Launcher
 from service.delivery.links import HandledOutcomes, ReadRange
 from service.delivery.ownership import Partitions
@@ -44,9 +45,10 @@ class FailedRuns:
     def __init__(self, settings: DeliverySettings, routes: RouteTable, partitions: Partitions, launcher: Launcher,
                  dead_letters: DeadLetterWriter, duplicates: DuplicateRuns, watcher: RunWatcher,
                  outcomes: HandledOutcomes, read_range: ReadRange, retrying: Retrying, metrics: Metrics,
-                 clock: Callable[[], float]) -> None:
+                 clock: Callable[[], float], framed: FramedValues | None = None) -> None:
         self.settings = settings
         self.routes = routes
+        self.framed = framed  # decodes a framed route's records read back, so they select as they did
         self.partitions = partitions
         self.launcher = launcher
         self.dead_letters = dead_letters
@@ -113,6 +115,8 @@ class FailedRuns:
         route = self.routes.get(run.route)
         if route is None:
             return list(records)
+        if self.framed is not None:
+            await self.framed.decode(route, records)
         return [r for r in records if selects(route, r, self.settings.max_message_bytes, self.settings.json_bounds)]
 
     # -- relaunch: a batch left with no live run ------------------------------

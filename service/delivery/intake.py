@@ -10,6 +10,7 @@ from service.batching import Batch, Batcher, BatchPolicy
 from service.contract import STAGE_ROUTE
 from service.decoding import decode_value
 from service.delivery.config import DeliverySettings
+from service.delivery.framed import FramedValues, framed_route
 from service.delivery.lanes import DeadLetters
 from service.delivery.ownership import OwnedPartition, Partitions, RouteShare
 from service.delivery.reconcile import Reconciler
@@ -34,8 +35,9 @@ class Intake:
 
     def __init__(self, settings: DeliverySettings, partitions: Partitions, reconciler: Reconciler,
                  throttles: dict[str, Throttle], metrics: Metrics, clock: Callable[[], float],
-                 wall_clock: Callable[[], float]) -> None:
+                 wall_clock: Callable[[], float], framed: FramedValues | None = None) -> None:
         self.settings = settings
+        self.framed = framed  # None when no route reads a framed format
         self.partitions = partitions
         self.batchers = partitions.batchers
         self.reconciler = reconciler
@@ -61,6 +63,11 @@ class Intake:
         covered = [await self.reconciler.covered(owned, share) for share in owned.shares]
         if not owned.owns(records[0]):
             return
+        framed = framed_route([share.route for share in owned.shares]) if self.framed is not None else None
+        if framed is not None and self.framed is not None:
+            await self.framed.decode(framed, records)
+            if not owned.owns(records[0]):
+                return
         only = owned.shares[0].route if len(owned.shares) == 1 else None
         if only is not None and only.match is None and only.partition_key is None:
             await self._add_checked(owned, owned.shares[0], [r for r in records if r.offset > covered[0]])

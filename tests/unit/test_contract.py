@@ -11,7 +11,7 @@ from tests.support import ROOT
 
 # The modules of `service` that `dagster_project` imports (docs/dagster_project.md says why).
 SHARED = {"service", "service.batching", "service.records", "service.contract", "service.dlq", "service.errors",
-          "service.kafka", "service.kafka_security", "service.matching", "service.settings",
+          "service.frames", "service.kafka", "service.kafka_security", "service.matching", "service.settings",
           "service.verdicts"}
 
 
@@ -54,6 +54,7 @@ def test_the_run_config_the_worker_writes_is_the_one_the_toolkit_reads() -> None
 
     batch_fields = set(KafkaBatch.model_fields)
     assert set(contract.BATCH_CONFIG_FIELDS) | {contract.CONFIG_RECORDS_JSON, contract.CONFIG_MATCH} <= batch_fields
-    assert tuple(KafkaRecord.model_fields) == contract.INLINE_RECORD_FIELDS
+    assert tuple(KafkaRecord.model_fields) == (*contract.INLINE_RECORD_FIELDS, contract.INLINE_VALUE_SCHEMA_ID,
+                                               contract.INLINE_VALUE_SUBJECT)
     [inline] = json.loads(inline_records_json([make_record(7, value=b"{}")]))
     assert tuple(inline) == contract.INLINE_RECORD_FIELDS

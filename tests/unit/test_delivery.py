@@ -151,7 +151,8 @@ class Harness:
     """A `Delivery` over fakes; the harness is its consumer too (`service.delivery.ConsumerLink`)."""
 
     def __init__(self, registry: CollectorRegistry, routes: RouteTable | None = None,
-                 delivery: dict[str, Any] | None = None, outcomes: FakeOutcomes | None = None, **route: Any) -> None:
+                 delivery: dict[str, Any] | None = None, outcomes: FakeOutcomes | None = None,
+                 schema_registry: Any = None, **route: Any) -> None:
         self.log: list[tuple[str, Any]] = []
         self.client = FakeDagster(self.log)
         self.sink = FakeSink(self.log)
@@ -171,6 +172,7 @@ class Harness:
             settings, self.routes, self.client, self, self.sink, self.outcomes,  # type: ignore[arg-type]
             self._read_range, Metrics(registry), on_fatal=self._fatal, clock=self.clock,
             wall_clock=lambda: RECORD_TIME_S,  # the records' timestamp: no arrival credit
+            registry=schema_registry,
         )
         self.fed: dict[int, list[int]] = {}
         self.done: dict[int, int] = {}

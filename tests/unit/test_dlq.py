@@ -162,3 +162,22 @@ def test_a_selection_takes_each_dead_letter_once_and_only_those_failed_since() -
     assert [item.dlq_offset for item in letters if selection.takes(item)] == [1]
     assert letters[1].failed_at_ms == int(datetime(2024, 5, 1, 12, tzinfo=UTC).timestamp() * 1000)
     assert identity(letters[1]) == "orders/0/2/validate"
+
+
+def test_inspect_names_the_writer_schema_of_a_framed_value_that_did_not_decode() -> None:
+    import struct
+
+    from service.dlq import DeadLetter, describe
+
+    def letter(value: bytes, error_class: str, headers: list[tuple[str, bytes]] | None = None) -> DeadLetter:
+        dlq = {"dlq.topic": "payments", "dlq.partition": "0", "dlq.offset": "5", "dlq.stage": "decode",
+               "dlq.error.class": error_class, "dlq.error.message": "no"}
+        return DeadLetter(None, value, 1, [*(headers or []), *((k, v.encode()) for k, v in dlq.items())], dlq, 3)
+
+    assert describe(letter(b"\x00" + struct.pack(">I", 987654) + b"\x02", "UnknownSchema")).endswith(
+        " schema=987654")
+    guid = bytes(range(16))
+    assert describe(letter(b"\x02", "UndecodableValue", [("__value_schema_id", b"\x01" + guid)])).endswith(
+        " schema=guid 00010203-0405-0607-0809-0a0b0c0d0e0f")
+    assert "schema=" not in describe(letter(b"{", "BadFraming"))
+    assert "schema=" not in describe(letter(b"\x00\x00\x00\x00\x01", "InvalidJson"))

@@ -216,3 +216,37 @@ def test_worker_refuses_a_route_over_the_batch_bytes_setting(tmp_path: Path) -> 
     settings = load_settings({"KAFKA_DAGSTER_ROUTES": str(routes), "KAFKA_DAGSTER_MAX_BATCH_BYTES": "4096"})
     with pytest.raises(ConfigurationError, match="KAFKA_DAGSTER_MAX_BATCH_BYTES"):
         build_worker(settings)
+
+
+def test_value_and_key_formats(tmp_path: Path) -> None:
+    route = load_routes(write(tmp_path, BASE + 'value_format = "avro"\nkey_format = "json"\n'))["orders"]
+    assert (route.value_format, route.key_format, route.framed) == ("avro", "json", True)
+    assert "key_format protobuf is not supported yet" in config_error(tmp_path, BASE + 'key_format = "protobuf"\n')
+    plain = load_routes(write(tmp_path, BASE))["orders"]
+    assert (plain.value_format, plain.key_format, plain.framed) == ("json", "json", False)
+
+
+@pytest.mark.parametrize("name", ["value_format", "key_format"])
+def test_a_bad_format_names_the_field(tmp_path: Path, name: str) -> None:
+    message = config_error(tmp_path, BASE + f'{name} = "xml"\n')
+    assert f"{name} must be one of json, avro, protobuf, json_schema" in message
+
+
+def test_the_schema_registry_table_takes_a_url_alone(tmp_path: Path) -> None:
+    table = load_routes(write(tmp_path, BASE + '\n[schema_registry]\nurl = "http://registry:8080/apis/ccompat/v7"\n'))
+    assert table.registry_url == "http://registry:8080/apis/ccompat/v7"
+    assert load_routes(write(tmp_path, BASE)).registry_url is None
+    message = config_error(tmp_path, BASE + '\n[schema_registry]\nurl = "http://r"\npassword = "s3cret"\n')
+    assert "unknown key(s) password" in message and "KAFKA_DAGSTER_SCHEMA_REGISTRY_USERNAME" in message
+    assert "s3cret" not in message
+    assert "url must be an http" in config_error(tmp_path, BASE + '\n[schema_registry]\nurl = "registry"\n')
+
+
+def test_a_framed_route_needs_a_registry(tmp_path: Path) -> None:
+    from service.routes import check_registry
+
+    table = load_routes(write(tmp_path, BASE + 'value_format = "json_schema"\n'))
+    with pytest.raises(ConfigurationError, match="route 'orders': format json_schema needs a schema registry"):
+        check_registry(table, None)
+    check_registry(table, "http://registry:8081")
+    check_registry(load_routes(write(tmp_path, BASE)), None)

@@ -174,3 +174,31 @@ def test_json_bounds_are_settings(env: dict[str, str]) -> None:
     for name in ("KAFKA_DAGSTER_MAX_JSON_DEPTH", "KAFKA_DAGSTER_MAX_JSON_KEYS"):
         with pytest.raises(ConfigurationError, match=name):
             load_settings({**env, name: "0"})
+
+
+def test_schema_registry_settings_come_from_the_environment(env: dict[str, str]) -> None:
+    settings = load_settings({**env, "KAFKA_DAGSTER_SCHEMA_REGISTRY_URL": "http://registry:8081",
+                              "KAFKA_DAGSTER_SCHEMA_REGISTRY_USERNAME": "svc",
+                              "KAFKA_DAGSTER_SCHEMA_REGISTRY_PASSWORD": "s3cret"})
+    registry = settings.schema_registry
+    assert (registry.url, registry.username, registry.password, registry.timeout_s) == (
+        "http://registry:8081", "svc", "s3cret", 10.0)
+    assert "s3cret" not in repr(settings) and "s3cret" not in repr(registry)
+    assert registry.with_url("http://other:8081") is registry  # the environment wins over the routes file
+    assert load_settings(env).schema_registry.with_url("http://file:8081").url == "http://file:8081"
+
+
+@pytest.mark.parametrize(("extra", "named"), [
+    ({"KAFKA_DAGSTER_SCHEMA_REGISTRY_URL": "registry:8081"}, "KAFKA_DAGSTER_SCHEMA_REGISTRY_URL"),
+    ({"KAFKA_DAGSTER_SCHEMA_REGISTRY_URL": "http://u:p@registry:8081"}, "KAFKA_DAGSTER_SCHEMA_REGISTRY_URL"),
+    ({"KAFKA_DAGSTER_SCHEMA_REGISTRY_USERNAME": "svc"}, "KAFKA_DAGSTER_SCHEMA_REGISTRY_PASSWORD"),
+    ({"KAFKA_DAGSTER_SCHEMA_REGISTRY_PASSWORD": "pw"}, "KAFKA_DAGSTER_SCHEMA_REGISTRY_USERNAME"),
+    ({"KAFKA_DAGSTER_SCHEMA_REGISTRY_CAFILE": "/nonexistent.pem"}, "KAFKA_DAGSTER_SCHEMA_REGISTRY_CAFILE"),
+    ({"KAFKA_DAGSTER_SCHEMA_REGISTRY_TIMEOUT_S": "0"}, "KAFKA_DAGSTER_SCHEMA_REGISTRY_TIMEOUT_S"),
+])
+def test_bad_schema_registry_settings_name_the_variable(env: dict[str, str], extra: dict[str, str],
+                                                        named: str) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        load_settings({**env, **extra})
+    assert named in str(info.value) and "\n" not in str(info.value)
+    assert ":p@" not in str(info.value)

@@ -105,3 +105,48 @@ def test_the_readme_and_the_docs_show_the_example_project_as_it_is_tested() -> N
     for page in (ROOT / "README.md", ROOT / "docs" / "byo.md"):
         assert body in page.read_text(), page.name
     assert len(example.splitlines()) <= 25
+
+
+def test_framed_values_read_back_are_decoded_as_the_worker_decodes_them() -> None:
+    """An offset range of Avro values (wire format): decoded with the registry's schema, then matched; the one
+    whose schema id the registry does not know is left out (the worker dead-lettered it)."""
+    import io
+    import struct
+
+    import fastavro
+    import httpx
+
+    from service.registry import SchemaRegistry
+    from service.settings import RegistrySettings
+
+    schema = {"type": "record", "name": "View", "fields": [{"name": "page", "type": "string"},
+                                                           {"name": "kind", "type": "string"}]}
+
+    def framed(offset: int, page: str, kind: str = "view", schema_id: int = 1) -> KafkaMessage:
+        buf = io.BytesIO()
+        fastavro.schemaless_writer(buf, fastavro.parse_schema(schema), {"page": page, "kind": kind})
+        return KafkaMessage(offset, 1_700_000_000_000, None, b"\x00" + struct.pack(">I", schema_id) + buf.getvalue())
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/schemas/ids/1":
+            return httpx.Response(200, json={"schema": json.dumps(schema)})
+        if request.url.path == "/schemas/ids/1/versions":
+            return httpx.Response(200, json=[{"subject": "views-value", "version": 1}])
+        return httpx.Response(404, json={"error_code": 40403, "message": "not found"})
+
+    class FramedKafka(RangeKafka):
+        def schema_registry(self) -> Any:
+            return SchemaRegistry(RegistrySettings("http://registry.test"), transport=httpx.MockTransport(answer))
+
+    messages = [framed(0, "p0"), framed(1, "p1", kind="click"), framed(2, "p2"), framed(3, "p0", schema_id=9),
+                framed(4, "p1")]
+    RangeKafka.held = messages
+    match = json.dumps({"value.kind": "view"})
+    result = dg.materialize_to_memory(
+        [definitions.page_views], resources={"kafka": FramedKafka()},
+        run_config={"ops": {"page_views": {"config": batch(messages, False, match=match, record_count=3,
+                                                            value_format="avro")}}})
+
+    metadata = materialization(result)
+    assert metadata["records_source"] == "kafka" and metadata["records_received"] == 3
+    assert metadata["pages"] == 3  # p0, p2 and p1: the click and the unknown id are not the batch's

@@ -1,0 +1,155 @@
+"""The schema registry client: writer schemas by id or GUID, each fetched once, over the registry's
+Confluent-compatible REST API with httpx (async: a look-up never blocks the event loop).
+
+httpx and HTTP answers are mapped to `service.errors` here alone:
+- unreachable, a timeout, 5xx, 408, 429: `RegistryUnavailable` (transient: retried, never dead-lettered);
+- 401/403: `RegistryRefused` (`schema_registry_auth`: the route pauses);
+- 404 with the registry's "schema not found" code (40403): `UnknownSchema`, a record failure (DLQ at `decode`);
+  any other 404 or 4xx is a wrong URL, not a bad record: `RegistryRefused` (`schema_registry_rejected`).
+Registry ids are immutable, so a schema is kept for the worker's life; an unknown id is remembered for
+`UNKNOWN_TTL_S` only (a schema registered late, or a registry restored from backup, is found again).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from service.errors import RecordError, RegistryRefused, RegistryUnavailable, UnknownSchema
+from service.settings import RegistrySettings
+from service.wire import PROTOBUF, SchemaRef, WriterSchema, writer_schema
+
+logger = logging.getLogger(__name__)
+
+SCHEMA_NOT_FOUND = 40403  # the Confluent API's error_code for an unknown id (Apicurio's ccompat says the same)
+UNKNOWN_TTL_S = 60.0
+ACCEPT = "application/vnd.schemaregistry.v1+json, application/json"
+
+
+@dataclass(frozen=True, slots=True)
+class Resolved:
+    """A writer schema and where it is registered (the first subject naming it, if the registry says)."""
+
+    ref: SchemaRef
+    schema: WriterSchema
+    subject: str | None = None
+
+
+class SchemaRegistry:
+    """Writer schemas by `SchemaRef`, cached; `resolve` raises the errors drawn in the module docstring."""
+
+    def __init__(self, settings: RegistrySettings, transport: httpx.AsyncBaseTransport | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        if settings.url is None:
+            raise ValueError("a SchemaRegistry needs a url")
+        auth = (settings.username, settings.password) if settings.username and settings.password else None
+        self.url = settings.url.rstrip("/")
+        self._client = httpx.AsyncClient(base_url=self.url, auth=auth, timeout=settings.timeout_s,
+                                         verify=settings.cafile or True, transport=transport,
+                                         headers={"Accept": ACCEPT})
+        self._schemas: dict[tuple[SchemaRef, bool], Resolved] = {}
+        self._unknown: dict[tuple[SchemaRef, bool], tuple[float, RecordError]] = {}
+        self._inflight: dict[tuple[SchemaRef, bool], asyncio.Task[Resolved]] = {}
+        self.clock = clock
+
+    def cached(self, ref: SchemaRef, fmt: str) -> Resolved | RecordError | None:
+        """What is known of `ref` without asking: its schema, why it is unknown, or None (ask)."""
+        key = (ref, fmt == PROTOBUF)
+        resolved = self._schemas.get(key)
+        if resolved is not None:
+            return resolved
+        unknown = self._unknown.get(key)
+        if unknown is not None and self.clock() - unknown[0] < UNKNOWN_TTL_S:
+            return unknown[1]
+        return None
+
+    async def resolve(self, ref: SchemaRef, fmt: str) -> Resolved:
+        """The writer schema of `ref` for a route reading `fmt` (Protobuf asks for the serialized form)."""
+        known = self.cached(ref, fmt)
+        if isinstance(known, Resolved):
+            return known
+        if isinstance(known, RecordError):
+            raise known
+        key = (ref, fmt == PROTOBUF)
+        task = self._inflight.get(key)
+        if task is None:
+            task = self._inflight[key] = asyncio.ensure_future(self._fetch(ref, fmt == PROTOBUF))
+            task.add_done_callback(lambda _: self._inflight.pop(key, None))
+        try:
+            resolved = await asyncio.shield(task)
+        except RecordError as exc:
+            self._unknown[key] = (self.clock(), exc)
+            raise
+        self._schemas[key] = resolved
+        return resolved
+
+    async def _fetch(self, ref: SchemaRef, serialized: bool) -> Resolved:
+        path = f"/schemas/ids/{ref.id}" if ref.id is not None else f"/schemas/guids/{ref.guid}"
+        body = await self._get(path, ref, {"format": "serialized"} if serialized else None)
+        if not isinstance(body, dict) or not isinstance(body.get("schema"), str):
+            raise RegistryRefused(f"schema registry answered {path} without a schema", 400)
+        if serialized and body.get("schemaType") == "PROTOBUF" and "\ufffd" in body["schema"]:
+            raise RegistryRefused(f"the schema registry's serialized form of Protobuf schema {ref} lost bytes "
+                                  "(U+FFFD in it)", 400, hint="use a registry that serves Protobuf schemas "
+                                  "base64-serialized (Confluent's does; Apicurio 3.3's ccompat API does not)")
+        schema = writer_schema(body.get("schemaType") or "AVRO", body["schema"])
+        subject = await self._subject(ref) if ref.id is not None else None
+        logger.info("schema %s (%s%s) fetched from the schema registry", ref, schema.format,
+                    f", subject {subject}" if subject else "")
+        return Resolved(ref, schema, subject)
+
+    async def _subject(self, ref: SchemaRef) -> str | None:
+        """The first subject the registry lists for the id (metadata only: None when it will not say)."""
+        try:
+            versions = await self._get(f"/schemas/ids/{ref.id}/versions", ref)
+        except (UnknownSchema, RegistryRefused):
+            return None
+        if isinstance(versions, list) and versions and isinstance(versions[0], dict):
+            subject = versions[0].get("subject")
+            return subject if isinstance(subject, str) else None
+        return None
+
+    async def _get(self, path: str, ref: SchemaRef, params: dict[str, str] | None = None) -> Any:
+        try:
+            response = await self._client.get(path, params=params)
+        except httpx.TimeoutException as exc:
+            raise RegistryUnavailable(f"schema registry timed out: {exc.__class__.__name__}") from None
+        except httpx.TransportError as exc:
+            raise RegistryUnavailable(f"schema registry unreachable: {exc.__class__.__name__}: {exc}") from None
+        status = response.status_code
+        if status >= 500 or status in (408, 429):
+            error = RegistryUnavailable(f"schema registry answered HTTP {status}")
+            if status == 429:
+                error.retry_after_s = _retry_after(response)
+            raise error
+        if status in (401, 403):
+            raise RegistryRefused(f"schema registry refused the credentials: HTTP {status}", status)
+        body = _json(response)
+        if status == 404 and isinstance(body, dict) and body.get("error_code") == SCHEMA_NOT_FOUND:
+            raise UnknownSchema(f"schema {ref} is not in the schema registry ({body.get('message', 'not found')})")
+        if status >= 400:
+            raise RegistryRefused(f"schema registry answered HTTP {status} to {path}", status)
+        return body
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+
+def _json(response: httpx.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        return None
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    try:
+        return float(response.headers.get("Retry-After", ""))
+    except ValueError:
+        return None
