@@ -107,5 +107,3 @@ def _read_zigzag(buf: io.BytesIO, where: str) -> int:
             return (value >> 1) ^ -(value & 1)
         if shift > 63:
             raise BadFraming(f"{where} has a message index longer than 64 bits")
-
-
