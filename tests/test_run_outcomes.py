@@ -43,7 +43,8 @@ async def _flaky_batch(stack: Stack, start_worker: Any, failures: str) -> tuple[
     await ensure_topics(stack.bootstrap, {topic: 1})
     worker = await start_worker(route_toml(topic, job="flaky_start_job", location=BYO_LOCATION,
                                            batch_op="take_batch", max_records=RECORDS, max_wait_s=1.0),
-                                KAFKA_DAGSTER_DLQ_TOPIC=dlq)
+                                KAFKA_DAGSTER_DLQ_TOPIC=dlq,
+                                KAFKA_DAGSTER_ROUTE_RETRY_MAX_DELAY_S="2")  # relaunches after 2 s, not 5-20 s
     await produce(stack.bootstrap, topic, [order(i) for i in range(RECORDS)])
     return topic, dlq, worker
 

@@ -62,4 +62,5 @@ class DeliverySettings:
             route_retry_max_delay_s=settings.route_retry_max_delay_s,
             max_inflight_runs=settings.max_inflight_runs,
             duplicate_window_s=2 * settings.dagster_timeout_s + 60,
+            relaunch_max_delay_s=min(cls.relaunch_max_delay_s, settings.route_retry_max_delay_s),
         )

@@ -202,3 +202,11 @@ def test_bad_schema_registry_settings_name_the_variable(env: dict[str, str], ext
         load_settings({**env, **extra})
     assert named in str(info.value) and "\n" not in str(info.value)
     assert ":p@" not in str(info.value)
+
+
+def test_a_relaunch_never_waits_longer_than_a_paused_route(routes_file: Path) -> None:
+    from service.delivery.config import DeliverySettings
+
+    assert DeliverySettings.from_settings(Settings(routes_path=routes_file)).relaunch_max_delay_s == 60.0
+    short = Settings(routes_path=routes_file, route_retry_max_delay_s=2.0)
+    assert DeliverySettings.from_settings(short).relaunch_max_delay_s == 2.0
