@@ -9,11 +9,7 @@ a fresh process is an empty registry; the HTTP port is a free one, bound to 127.
 
 from __future__ import annotations
 
-import fcntl
-import hashlib
 import logging
-import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -21,13 +17,13 @@ from pathlib import Path
 import httpx
 
 from service.dev.kafka_jars import ROOT
+from service.dev.maven import built_once
 from service.dev.stack import ManagedProcess, StackError, free_port, wait_until
 
 logger = logging.getLogger(__name__)
 
 APICURIO_VERSION = "3.3.3"
 CCOMPAT_PATH = "/apis/ccompat/v7"
-RESOLVE_TIMEOUT_S = 600.0
 JVM_FLAGS = ("-Xmx384m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1", "-Djava.awt.headless=true")
 
 
@@ -47,37 +43,8 @@ def registry_dist(version: str = APICURIO_VERSION) -> Path:
     if not pom.is_file():
         raise StackError(f"no build file for Apicurio Registry {version} at {pom}")
     folder = cache_dir(version)
-    folder.mkdir(parents=True, exist_ok=True)
-    with (folder / ".lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        dist = folder / "dist"
-        stamp = folder / "dist.stamp"
-        digest = hashlib.sha256(pom.read_bytes()).hexdigest()
-        if not (dist.is_dir() and stamp.is_file() and stamp.read_text() == digest):
-            _unpack(pom, dist, folder / "markers")
-            stamp.write_text(digest)
-    return dist
-
-
-def _unpack(pom: Path, dist: Path, markers: Path) -> None:
-    mvn = shutil.which("mvn")
-    if mvn is None:
-        raise StackError("mvn not found: run scripts/ensure-system-deps.sh (or apt-get install maven)")
-    partial = dist.with_name(dist.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    shutil.rmtree(markers, ignore_errors=True)
-    logger.info("unpacking Apicurio Registry from %s into %s", pom, dist)
-    argv = [mvn, "-q", "-B", "-f", str(pom), "dependency:unpack", f"-DoutputDirectory={partial}",
-            f"-DmarkersDir={markers}"]
-    try:
-        result = subprocess.run(argv, capture_output=True, text=True, timeout=RESOLVE_TIMEOUT_S, check=False)
-    except subprocess.TimeoutExpired:
-        raise StackError(f"mvn did not unpack {pom} within {RESOLVE_TIMEOUT_S:.0f}s") from None
-    if result.returncode != 0 or not (partial / "quarkus-run.jar").is_file():
-        tail = (result.stdout + result.stderr).strip().splitlines()[-5:]
-        raise StackError(f"mvn failed to unpack {pom}: {' | '.join(tail)}")
-    shutil.rmtree(dist, ignore_errors=True)
-    partial.rename(dist)
+    return built_once(pom, folder / "dist", ["dependency:unpack", f"-DmarkersDir={folder / 'markers'}"],
+                      "unpack", complete=lambda dist: (dist / "quarkus-run.jar").is_file())
 
 
 def java21() -> str:
