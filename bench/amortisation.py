@@ -18,7 +18,7 @@ from bench.context import Context
 from bench.data import make_values, produce_to
 from bench.worker import RouteSpec, Worker, unique
 from service.contract import TAG_TOPIC
-from service.dagster_client import DagsterClient
+from service.dagster import DagsterClient
 from service.dev.stack import StackError
 from service.kafka import ensure_topics
 

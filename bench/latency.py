@@ -12,7 +12,7 @@ from bench.context import Context
 from bench.data import make_values, produce_steady
 from bench.worker import RouteSpec, unique, wait_launched
 from service.contract import TAG_BATCH_ID, TAG_TOPIC
-from service.dagster_client import DagsterClient
+from service.dagster import DagsterClient
 from service.kafka import ensure_topics, read_topic
 from service.records import Record
 from service.run_request import inline_records_json
@@ -37,7 +37,7 @@ def _config(batch_id: str, offset: int, inline: list[bytes], as_list: bool) -> d
 async def _launch_latencies(graphql_url: str, samples: int, inline: list[bytes], as_list: bool) -> list[float]:
     client = DagsterClient(graphql_url)
     try:
-        selector = await client.resolve_job("process_orders")
+        selector = await client.workspace.resolve_job("process_orders")
         latencies = []
         for index in range(samples):
             batch_id = unique("bench-launch")

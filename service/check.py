@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
 from service.batching import Batch
-from service.dagster_client import DagsterClient, Target
+from service.dagster import DagsterClient, Target
 from service.errors import ConfigurationError, RouteError, TransientError
 from service.records import Record
 from service.retry import OWN_PAUSE, ROUTE_RETRY_BASE_S, Backoff, Pauses, Refusal, until_accepted
@@ -63,14 +63,14 @@ def sample_batch(route: Route) -> Batch:
 async def check_route(route: Route, client: DagsterClient) -> Verdict:
     """The route's verdict; transient failures (Dagster unreachable) propagate, to be retried."""
     try:
-        target = await client.resolve_target(route.job, route.assets, route.location, route.repository,
+        target = await client.workspace.resolve_target(route.job, route.assets, route.location, route.repository,
                                              route.batch_op)
         problem = await _target_problem(route, target, client)
         if problem is not None:
             return Verdict(route.name, False, *problem)
         batch = sample_batch(route)
         for inline in (True, False):
-            errors = await client.config_errors(target, run_config(route, batch, inline, target.batch_ops))
+            errors = await client.workspace.config_errors(target, run_config(route, batch, inline, target.batch_ops))
             if errors:
                 mode = "inline" if inline else "as an offset range"
                 return Verdict(route.name, False, f"{route.target} does not accept the batch config ({mode}): "
@@ -93,7 +93,7 @@ async def _target_problem(route: Route, target: Target, client: DagsterClient) -
             return (f"none of the assets {', '.join(route.assets)} takes the batch config", "run_config_invalid",
                     "give one of them `config: KafkaBatch` (dagster_project.toolkit)")
         return None
-    ops = await client.job_ops(target)
+    ops = await client.workspace.job_ops(target)
     if route.batch_op not in ops:
         return (f"batch_op {route.batch_op!r} is not an op of job {route.job} (its ops: {', '.join(sorted(ops))})",
                 "run_config_invalid", "set the route's batch_op to the op that takes the batch config")
@@ -154,7 +154,7 @@ async def _watch(route: Route, client: DagsterClient, pauses: Pauses, max_delay_
 
     async def wait(refused: Refusal, delay_s: float) -> None:
         if refused.pauses:
-            client.forget_job(route.job)
+            client.workspace.forget_job(route.job)
         else:
             logger.info("checking route %r waits for Dagster: %s", route.name, refused.message)
         await sleep(delay_s)

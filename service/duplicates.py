@@ -26,11 +26,11 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from service.contract import TAG_BATCH_ID
-from service.dagster_client import DagsterClient, RunInfo
+from service.dagster import DagsterClient
 from service.errors import KafkaDagsterError
 from service.metrics import Metrics
 from service.outcomes import DUPLICATE
-from service.verdicts import CANCELLED, Verdict, judge
+from service.verdicts import CANCELLED, RunInfo, Verdict, judge
 
 logger = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 Every failure that reaches the delivery logic is translated at the edge of the
 library it comes from, in one place per library: httpx and GraphQL results in
-`dagster_client`, aiokafka errors (by their own `retriable` flag) in
+`service.dagster`, aiokafka errors (by their own `retriable` flag) in
 `kafka.map_kafka_errors`. The rest of the code decides on these classes only:
 
     KafkaDagsterError

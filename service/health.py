@@ -9,7 +9,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from service.dagster_client import DagsterClient
+from service.dagster import DagsterClient
 from service.kafka import tcp_reachable
 from service.metrics import Metrics
 from service.records import TP

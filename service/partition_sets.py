@@ -19,7 +19,7 @@ import logging
 import time
 from collections.abc import Callable
 
-from service.dagster_client import DagsterClient, Target
+from service.dagster import DagsterClient, Target
 from service.errors import LaunchRejected, PartitionKeyNotFound
 from service.routes import Route
 
@@ -61,7 +61,7 @@ class PartitionSets:
         cached = self._keys.get(target)
         if cached is not None and (not refresh or self.clock() - cached[0] < self.refresh_s):
             return cached[1]
-        keys = frozenset(await self.client.partition_keys(target))
+        keys = frozenset(await self.client.workspace.partition_keys(target))
         self._keys[target] = (self.clock(), keys)
         return keys
 
@@ -69,6 +69,6 @@ class PartitionSets:
         known = self._dynamic.setdefault((target.selector.location, target.selector.repository, name), set())
         if key in known:
             return
-        if await self.client.add_dynamic_partition(target, name, key):
+        if await self.client.workspace.add_dynamic_partition(target, name, key):
             logger.info("added partition %r to the dynamic partitions %r of %s", key, name, target.selector.location)
         known.add(key)

@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 
 from service.errors import RecordError, RegistryRefused, RegistryUnavailable, UnknownSchema
+from service.http_headers import retry_after_s
 from service.settings import RegistrySettings
 from service.wire import PROTOBUF, SchemaRef, WriterSchema, writer_schema
 
@@ -126,7 +127,7 @@ class SchemaRegistry:
         if status >= 500 or status in (408, 429):
             error = RegistryUnavailable(f"schema registry answered HTTP {status}")
             if status == 429:
-                error.retry_after_s = _retry_after(response)
+                error.retry_after_s = retry_after_s(response.headers.get("Retry-After"))
             raise error
         if status in (401, 403):
             raise RegistryRefused(f"schema registry refused the credentials: HTTP {status}", status)
@@ -144,12 +145,5 @@ class SchemaRegistry:
 def _json(response: httpx.Response) -> Any:
     try:
         return response.json()
-    except ValueError:
-        return None
-
-
-def _retry_after(response: httpx.Response) -> float | None:
-    try:
-        return float(response.headers.get("Retry-After", ""))
     except ValueError:
         return None

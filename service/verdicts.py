@@ -44,7 +44,7 @@ CANCELLED = frozenset({"CANCELING", "CANCELED"})
 
 @dataclass(frozen=True)
 class RunInfo:
-    """What a decider reads of one Dagster run (`service.dagster_client` fills it in from GraphQL, the toolkit
+    """What a decider reads of one Dagster run (`service.dagster` fills it in from GraphQL, the toolkit
     from the instance)."""
 
     run_id: str

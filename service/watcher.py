@@ -23,7 +23,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
-from service.dagster_client import DagsterClient, RunEvent
+from service.dagster import DagsterClient, RunEvent
 from service.errors import KafkaDagsterError, TransientError
 from service.metrics import Metrics
 

@@ -12,7 +12,7 @@ from urllib.parse import urlparse
 from service import __version__
 from service.app import App, create_app
 from service.check import watch_routes
-from service.dagster_client import DagsterClient
+from service.dagster import DagsterClient
 from service.delivery import Delivery, DeliverySettings
 from service.health import Heartbeat, probe_forever, readiness, update_lag
 from service.kafka import Producer, ensure_topics, existing_topics, read_range

@@ -176,7 +176,7 @@ async def _one_batch(stack: Stack, client: Any) -> tuple[str, Callable[[], Await
     records = [Record(topic, 0, i, None, None, order(i)) for i in range(3)]
     batch = Batch(topic, 0, opened_at=0.0, records=records, size=sum(r.size for r in records))
     tags = run_tags(route, batch, unique("group"))
-    selector = await client.resolve_job("process_orders")
+    selector = await client.workspace.resolve_job("process_orders")
 
     async def launch() -> str:
         return str(await client.launch_run(selector, run_config(route, batch), tags))
@@ -190,7 +190,7 @@ class Decider:
     def __init__(self, stack: Stack, dagster: Dagster, dlq: str) -> None:
         from prometheus_client import CollectorRegistry
 
-        from service.dagster_client import DagsterClient
+        from service.dagster import DagsterClient
         from service.duplicates import DuplicateRuns
         from service.kafka import Producer
         from service.metrics import Metrics
@@ -282,7 +282,7 @@ async def test_an_operator_cancelling_a_batch_run_puts_its_records_in_the_dlq_on
         stack: Stack, own_dagster: Dagster, start_worker: Any) -> None:
     """The run an operator terminates (the UI's Terminate: GraphQL terminateRun) is no duplicate: its records
     go to the DLQ at stage run, with the run id, and are not launched again."""
-    from service.dagster_client import DagsterClient
+    from service.dagster import DagsterClient
 
     topic, dlq = unique("operator-cancel"), unique("dlq")
     api = DagsterApi(own_dagster.graphql_url)

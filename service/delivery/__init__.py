@@ -41,7 +41,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 from service.contract import TAG_CONSUMER_GROUP  # noqa: F401  (re-exported)
-from service.dagster_client import DagsterClient
+from service.dagster import DagsterClient
 from service.delivery.config import MAX_SYSTEM_FAILURES, DeliverySettings
 from service.delivery.dead_letters import DeadLetterWriter
 from service.delivery.failed_runs import FailedRuns

@@ -11,7 +11,6 @@ from functools import partial
 
 from service.batching import Batch
 from service.contract import STAGE_LAUNCH, STAGE_RUN
-from service.dagster_client import RunInfo
 from service.delivery.config import DeliverySettings
 from service.delivery.dead_letters import DeadLetterWriter
 from service.delivery.framed import FramedValues
@@ -28,7 +27,7 @@ from service.retry import Retrying
 from service.routes import RouteTable
 from service.routing import selects
 from service.run_request import launched_run, run_tags
-from service.verdicts import Verdict
+from service.verdicts import RunInfo, Verdict
 from service.watcher import LaunchedRun, RunWatcher
 
 logger = logging.getLogger(__name__)

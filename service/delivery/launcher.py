@@ -12,7 +12,7 @@ from typing import Any
 
 from service.batching import Batch
 from service.contract import STAGE_LAUNCH
-from service.dagster_client import DagsterClient, Target, location_failure
+from service.dagster import DagsterClient, Target, location_failure
 from service.delivery.config import MAX_DAGSTER_ERROR_ATTEMPTS, DeliverySettings
 from service.delivery.dead_letters import DeadLetterWriter
 from service.delivery.lanes import DeadLetters
@@ -199,14 +199,14 @@ class Launcher:
 
     async def _target(self, route: Route) -> Target:
         if not route.assets:
-            return Target(await self.client.resolve_job(route.job, route.location, route.repository), (),
+            return Target(await self.client.workspace.resolve_job(route.job, route.location, route.repository), (),
                           (route.batch_op,))
-        return await self.client.resolve_target(route.job, route.assets, route.location, route.repository)
+        return await self.client.workspace.resolve_target(route.job, route.assets, route.location, route.repository)
 
     async def _raise_if_location_broken(self, route: Route) -> None:
         """The webserver is up but failed: if the route's code location failed to load, that is a route fault."""
         try:
-            broken = await self.client.broken_locations()
+            broken = await self.client.workspace.broken_locations()
         except TransientError:
             return
         failure = location_failure("CodeLocationError", "Dagster answered HTTP 5xx", broken, route.location)

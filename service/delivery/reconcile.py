@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable
 from functools import partial
 
 from service.contract import TAG_BATCH_ID, TAG_CONSUMER_GROUP, TAG_OFFSET_END, TAG_PARTITION, TAG_ROUTE, TAG_TOPIC
-from service.dagster_client import DagsterClient, RunInfo
+from service.dagster import DagsterClient
 from service.delivery.config import DeliverySettings
 from service.delivery.links import ConsumerLink, HandledOutcomes
 from service.delivery.ownership import OwnedPartition, Partitions, Reconciled, RouteShare
@@ -19,7 +19,7 @@ from service.pauses import RoutePauses
 from service.records import TP
 from service.retry import Retrying
 from service.run_request import launched_run
-from service.verdicts import survivor
+from service.verdicts import RunInfo, survivor
 from service.watcher import FAILED, TERMINAL, RunWatcher
 
 logger = logging.getLogger(__name__)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from service.dagster_client import DagsterClient
+from service.dagster import DagsterClient
 from service.errors import CODE_LOCATION_ERROR, KafkaDagsterError
 from service.pauses import RoutePauses
 from service.retry import EVERY_PAUSE, Refusal, Resumes, Retrying, route_refusal, until_accepted
@@ -29,7 +29,7 @@ class RouteRetry:
                              resumes: Resumes = EVERY_PAUSE) -> Any:
         """`attempt()` until the route's Dagster accepts it: each refusal pauses the route and waits."""
         async def wait(refused: Refusal, delay_s: float) -> None:
-            self.client.forget_job(route.job)
+            self.client.workspace.forget_job(route.job)
             if refused.reason == CODE_LOCATION_ERROR:
                 await self._until_location_loads(route, delay_s)
             else:
@@ -46,7 +46,7 @@ class RouteRetry:
             if not self.pauses.is_paused(route.name):
                 return  # another lane got through
             try:
-                broken = await self.client.broken_locations(max_age_s=self.location_probe_s / 2)
+                broken = await self.client.workspace.broken_locations(max_age_s=self.location_probe_s / 2)
             except KafkaDagsterError:
                 continue  # Dagster itself unreachable: keep waiting
             if not (broken if route.location is None else route.location in broken):

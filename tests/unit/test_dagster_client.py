@@ -11,14 +11,8 @@ from typing import Any
 import httpx
 import pytest
 
-from service.dagster_client import (
-    TOKEN_HEADER,
-    DagsterClient,
-    JobSelector,
-    _tls_hint,
-    retry_after_s,
-    without_credentials,
-)
+from service.dagster import DagsterClient, JobSelector
+from service.dagster.transport import TOKEN_HEADER, _tls_hint, without_credentials
 from service.errors import (
     BatchTooLarge,
     DagsterError,
@@ -31,6 +25,7 @@ from service.errors import (
     TransientError,
     Unauthorized,
 )
+from service.http_headers import retry_after_s
 from tests.tls import make_ca
 
 URL = "http://dagster.test/graphql"
@@ -223,14 +218,14 @@ async def test_an_unknown_job_names_the_code_location_that_failed_to_load(
 
     client = make_client(FakeDagster(respond))
     with pytest.raises(LaunchRejected) as info:
-        await client.resolve_job("process_orders")
+        await client.workspace.resolve_job("process_orders")
     assert info.value.reason == "code_location_error"
     assert "orders_location: ModuleNotFoundError: No module named 'x'" in str(info.value)
 
 
 async def test_a_200_answer_that_is_not_json_is_a_classified_error(
         make_client: Callable[..., DagsterClient]) -> None:
-    # BUG (service/dagster_client.py, DagsterClient.execute): `response.json()` is not guarded, so a
+    # BUG (service/dagster/transport.py, GraphQL.execute): `response.json()` is not guarded, so a
     # 200 answer with an HTML body (e.g. DAGSTER_GRAPHQL_URL pointing at the UI, or a proxy page)
     # escapes as json.JSONDecodeError instead of a TransientError/PermanentError; in Delivery that
     # kills the partition's lane task instead of retrying or dead-lettering.
@@ -277,8 +272,8 @@ REPOSITORIES = {
 async def test_resolve_job_finds_and_caches(make_client: Callable[..., DagsterClient]) -> None:
     fake = FakeDagster(lambda body: {"data": {"repositoriesOrError": REPOSITORIES}})
     client = make_client(fake)
-    first = await client.resolve_job("process_orders")
-    second = await client.resolve_job("process_orders")
+    first = await client.workspace.resolve_job("process_orders")
+    second = await client.workspace.resolve_job("process_orders")
     assert first == second == JobSelector("loc_b", "__repository__", "process_orders")
     assert len(fake.requests) == 1
     assert "repositoriesOrError" in fake.bodies[0]["query"]
@@ -287,19 +282,19 @@ async def test_resolve_job_finds_and_caches(make_client: Callable[..., DagsterCl
 async def test_resolve_job_honours_location_and_repository(make_client: Callable[..., DagsterClient]) -> None:
     fake = FakeDagster(lambda body: {"data": {"repositoriesOrError": REPOSITORIES}})
     client = make_client(fake)
-    assert await client.resolve_job("process_orders", location="loc_c") == JobSelector(
+    assert await client.workspace.resolve_job("process_orders", location="loc_c") == JobSelector(
         "loc_c", "repo_c", "process_orders")
-    assert await client.resolve_job("process_orders", repository="repo_c") == JobSelector(
+    assert await client.workspace.resolve_job("process_orders", repository="repo_c") == JobSelector(
         "loc_c", "repo_c", "process_orders")
     with pytest.raises(LaunchRejected):
-        await client.resolve_job("process_orders", location="loc_a")
+        await client.workspace.resolve_job("process_orders", location="loc_a")
 
 
 async def test_resolve_unknown_job(make_client: Callable[..., DagsterClient]) -> None:
     fake = FakeDagster(lambda body: {"data": {"repositoriesOrError": REPOSITORIES}})
     client = make_client(fake)
     with pytest.raises(LaunchRejected) as info:
-        await client.resolve_job("no_such_job")
+        await client.workspace.resolve_job("no_such_job")
     assert info.value.typename == "PipelineNotFoundError"
     assert "no_such_job" in str(info.value)
 
@@ -310,8 +305,8 @@ async def test_resolve_job_python_error_is_transient_and_not_cached(
     fake = FakeDagster(lambda body: {"data": {"repositoriesOrError": answers.pop(0)}})
     client = make_client(fake)
     with pytest.raises(TransientError):
-        await client.resolve_job("process_orders")
-    assert (await client.resolve_job("process_orders")).location == "loc_b"
+        await client.workspace.resolve_job("process_orders")
+    assert (await client.workspace.resolve_job("process_orders")).location == "loc_b"
     assert len(fake.requests) == 2
 
 

@@ -12,7 +12,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from service.batching import RECORDS, REVOKE, SPLIT, TIME, batch_id
-from service.dagster_client import JobSelector, RunInfo
+from service.dagster import JobSelector
 from service.delivery import MAX_SYSTEM_FAILURES, Delivery, DeliverySettings
 from service.errors import (
     CODE_LOCATION_ERROR,
@@ -31,7 +31,7 @@ from service.metrics import Metrics
 from service.outcomes import DUPLICATE
 from service.records import TP, Record
 from service.routes import Route, RouteTable
-from service.verdicts import FAILURE_REASON_TAG, STEP_FAILURE
+from service.verdicts import FAILURE_REASON_TAG, STEP_FAILURE, RunInfo
 from tests.unit.factories import RECORD_TIME_S, make_record
 
 JOB = "process_orders"
@@ -43,9 +43,10 @@ LOST = "lost"  # a launch Dagster performed but whose answer never arrived
 
 
 class FakeDagster:
-    """Stands in for DagsterClient; `script` says what each launch_run call does, in order."""
+    """Stands in for DagsterClient and its workspace; `script` says what each launch_run call does, in order."""
 
     def __init__(self, log: list[tuple[str, Any]]) -> None:
+        self.workspace = self
         self.log = log
         self.script: list[Any] = []
         self.runs: list[RunInfo] = []

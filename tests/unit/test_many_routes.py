@@ -13,11 +13,10 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from service.batching import batch_id
-from service.dagster_client import RunInfo
 from service.metrics import Metrics
 from service.routes import RouteTable, load_routes
 from service.throttle import Throttle
-from service.verdicts import FAILURE_REASON_TAG, STEP_FAILURE
+from service.verdicts import FAILURE_REASON_TAG, STEP_FAILURE, RunInfo
 from tests.unit.test_delivery import GROUP, Harness
 
 TWO_ROUTES = """

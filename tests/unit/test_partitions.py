@@ -10,7 +10,7 @@ import pytest
 
 from service.batching import SPLIT, Batcher, BatchPolicy
 from service.check import Verdict, check_route, watch_routes
-from service.dagster_client import JobSelector, PartitionsDef, Target
+from service.dagster import JobSelector, PartitionsDef, Target
 from service.delivery import run_config, run_tags
 from service.errors import ConfigurationError, LaunchRejected, PartitionKeyMissing, PartitionKeyNotFound
 from service.partition_sets import PartitionSets
@@ -128,9 +128,10 @@ def test_a_partitioned_batch_carries_the_dagster_partition_tag_and_its_config_go
 
 
 class FakeClient:
-    """What PartitionSets and the check ask of Dagster."""
+    """What PartitionSets and the check ask of Dagster (the client and its workspace in one)."""
 
     def __init__(self, target: Target, keys: list[str] | None = None, problem: Exception | None = None) -> None:
+        self.workspace = self
         self.target, self.keys, self.problem = target, keys or [], problem
         self.added: list[tuple[str, str]] = []
         self.key_reads = 0

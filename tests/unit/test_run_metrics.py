@@ -16,7 +16,7 @@ import httpx
 import pytest
 from prometheus_client import CollectorRegistry
 
-from service.dagster_client import DagsterClient, RunEvent
+from service.dagster import DagsterClient, RunEvent
 from service.metrics import Metrics
 from service.watcher import LaunchedRun, RunWatcher, count_run_events
 

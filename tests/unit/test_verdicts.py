@@ -7,8 +7,7 @@ import itertools
 from hypothesis import given
 from hypothesis import strategies as st
 
-from service.dagster_client import RunInfo
-from service.verdicts import FAILURE_REASON_TAG, PARENT_RUN_TAG, STEP_FAILURE, judge, stands_down, survivor
+from service.verdicts import FAILURE_REASON_TAG, PARENT_RUN_TAG, STEP_FAILURE, RunInfo, judge, stands_down, survivor
 
 MAX = 3
 
