@@ -62,6 +62,11 @@ class Failure:
         return cls(stage, error_class, str(exc), attempts, run_id, route)
 
 
+def utc_iso(moment: datetime | None = None, timespec: str = "milliseconds") -> str:
+    """`moment` (default: now) in UTC as ISO-8601 ending in Z, as `dlq.failed_at` and the replay markers say it."""
+    return (moment or datetime.now(UTC)).isoformat(timespec=timespec).replace("+00:00", "Z")
+
+
 def dlq_headers(record: Record, failure: Failure, now: datetime | None = None) -> list[tuple[str, bytes]]:
     """The record's own headers followed by the `dlq.*` headers for `failure`."""
     return failure_headers(record.headers, record.topic, record.partition, record.offset, failure, now)
@@ -72,7 +77,7 @@ def failure_headers(own: Sequence[tuple[str, bytes]], topic: str, partition: int
     """`own` headers (less any `dlq.*`) followed by the `dlq.*` headers of the record at topic/partition/offset."""
     if failure.stage not in STAGES:
         raise ValueError(f"unknown DLQ stage {failure.stage!r}")
-    failed_at = (now or datetime.now(UTC)).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    failed_at = utc_iso(now)
     added = {
         HEADER_TOPIC: topic,
         HEADER_PARTITION: str(partition),

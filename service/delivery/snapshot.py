@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from service.delivery.ownership import OwnedPartition, Partitions, PartitionState, RouteShare
+from service.dlq import utc_iso
 from service.pauses import RoutePauses
 from service.records import TP
 from service.throttle import Throttle
@@ -55,6 +56,6 @@ def _share_status(share: RouteShare, tp: TP, now: float, inflight: int) -> dict[
         "covered": share.covered,
         "inflight_runs": inflight,
         "reconcile": None if reconciled is None else {
-            "at": datetime.fromtimestamp(reconciled.at, UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
+            "at": utc_iso(datetime.fromtimestamp(reconciled.at, UTC), timespec="seconds"),
             "runs_found": reconciled.runs_found, "covered": reconciled.covered},
     }

@@ -12,9 +12,15 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from service import __version__, cli
-from service.cli import KeyedValue, ReplayPlan, _chunks, main, paced, record_key, since_ms
+from service import __version__
+from service.cli import dead_letters as cli_dlq
+from service.cli import main
+from service.cli import sending as cli_produce
+from service.cli.options import since_ms
+from service.cli.sending import KeyedValue, _chunks, record_key, send_paced
 from service.dlq import DeadLetter, identity
+from service.pacing import paced
+from service.replay import ReplayPlan
 
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 
@@ -79,7 +85,7 @@ async def test_a_paced_produce_does_not_wait_for_one_ack_per_record() -> None:
     loop = asyncio.get_running_loop()
     started = loop.time()
 
-    sent = await cli.send_paced(producer, "t", records, rate=1000.0)  # type: ignore[arg-type]
+    sent = await send_paced(producer, "t", records, rate=1000.0)  # type: ignore[arg-type]
 
     assert sent == 200 and producer.sent == records
     assert loop.time() - started >= 0.19  # paced: 200 records at 1000/s
@@ -106,7 +112,7 @@ def produced(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
         calls.append({"topic": topic, "records": list(records), "headers": headers})
         return len(calls[-1]["records"])
 
-    monkeypatch.setattr(cli, "_produce", fake)
+    monkeypatch.setattr(cli_produce, "_produce", fake)
     return calls
 
 
@@ -272,7 +278,7 @@ def test_since_is_an_iso_time_or_a_duration_back_from_now(text: str, expected: d
 
 @pytest.fixture
 def replays(monkeypatch: pytest.MonkeyPatch) -> list[list[int]]:
-    """Plans two dead letters, the one at DLQ offset 1 replayed before; records what `_replay` would send."""
+    """Plans two dead letters, the one at DLQ offset 1 replayed before; records what `send_back` would send."""
     letters = [DeadLetter.parse(None, b"{}", 0, [("dlq.topic", b"orders"), ("dlq.partition", b"0"),
                                                  ("dlq.offset", str(n).encode()), ("dlq.stage", b"validate")], n)
                for n in range(2)]
@@ -285,8 +291,8 @@ def replays(monkeypatch: pytest.MonkeyPatch) -> list[list[int]]:
         sent.append([letter.dlq_offset for letter in chosen])
         return len(chosen)
 
-    monkeypatch.setattr(cli, "_plan_replay", plan)
-    monkeypatch.setattr(cli, "_replay", replay)
+    monkeypatch.setattr(cli_dlq, "_plan_replay", plan)
+    monkeypatch.setattr(cli_dlq, "send_back", replay)
     return sent
 
 
