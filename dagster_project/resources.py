@@ -34,7 +34,7 @@ from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 from service import kafka
 from service.contract import DEFAULT_DLQ_TOPIC
 from service.errors import BrokerUnavailable, KafkaRejected
-from service.kafka_security import KafkaSecurity, aiokafka_kwargs
+from service.kafka_security import KafkaSecurity, aiokafka_kwargs, as_env
 from service.records import Record
 from service.settings import load_kafka_security
 
@@ -84,15 +84,9 @@ class KafkaResource(dg.ConfigurableResource):
 
     def security(self) -> KafkaSecurity:
         """The TLS/SASL settings, checked by the worker's own code."""
-        return load_kafka_security({
-            "KAFKA_SECURITY_PROTOCOL": self.security_protocol,
-            "KAFKA_SASL_MECHANISM": self.sasl_mechanism,
-            "KAFKA_SASL_USERNAME": self.sasl_username or "",
-            "KAFKA_SASL_PASSWORD": self.sasl_password or "",
-            "KAFKA_SSL_CAFILE": self.ssl_cafile or "",
-            "KAFKA_SSL_CERTFILE": self.ssl_certfile or "",
-            "KAFKA_SSL_KEYFILE": self.ssl_keyfile or "",
-        })
+        return load_kafka_security(as_env(KafkaSecurity(
+            self.security_protocol, self.sasl_mechanism, self.sasl_username, self.sasl_password, self.ssl_cafile,
+            self.ssl_certfile, self.ssl_keyfile)))
 
     def schema_registry(self) -> Any:
         """The schema registry client for framed values read back (`dagster_project.framed`); None: the

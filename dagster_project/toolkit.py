@@ -39,6 +39,7 @@ from service.contract import (
     TAG_DAGSTER_PARTITION,
     TAG_DUPLICATE_OF,
 )
+from service.kafka_security import ENV as SECURITY_ENV
 from service.matching import MatchError
 from service.verdicts import RunInfo, stands_down
 
@@ -268,13 +269,13 @@ def kafka_resource() -> KafkaResource:
     `KAFKA_SECURITY_PROTOCOL`, `KAFKA_SASL_*`, `KAFKA_SSL_*`), read when a run starts."""
     return KafkaResource(
         bootstrap_servers=env_or("KAFKA_BOOTSTRAP_SERVERS", DEFAULT_BOOTSTRAP_SERVERS),
-        security_protocol=env_or("KAFKA_SECURITY_PROTOCOL", "PLAINTEXT"),
-        sasl_mechanism=env_or("KAFKA_SASL_MECHANISM", "PLAIN"),
-        sasl_username=env_or("KAFKA_SASL_USERNAME", None),
-        sasl_password=env_or("KAFKA_SASL_PASSWORD", None),
-        ssl_cafile=env_or("KAFKA_SSL_CAFILE", None),
-        ssl_certfile=env_or("KAFKA_SSL_CERTFILE", None),
-        ssl_keyfile=env_or("KAFKA_SSL_KEYFILE", None),
+        security_protocol=env_or(SECURITY_ENV["protocol"], "PLAINTEXT"),
+        sasl_mechanism=env_or(SECURITY_ENV["sasl_mechanism"], "PLAIN"),
+        sasl_username=env_or(SECURITY_ENV["sasl_username"], None),
+        sasl_password=env_or(SECURITY_ENV["sasl_password"], None),
+        ssl_cafile=env_or(SECURITY_ENV["ssl_cafile"], None),
+        ssl_certfile=env_or(SECURITY_ENV["ssl_certfile"], None),
+        ssl_keyfile=env_or(SECURITY_ENV["ssl_keyfile"], None),
     )
 
 

@@ -64,7 +64,7 @@ async def check_route(route: Route, client: DagsterClient) -> Verdict:
     """The route's verdict; transient failures (Dagster unreachable) propagate, to be retried."""
     try:
         target = await client.workspace.resolve_target(route.job, route.assets, route.location, route.repository,
-                                             route.batch_op)
+                                                       route.batch_op)
         problem = await _target_problem(route, target, client)
         if problem is not None:
             return Verdict(route.name, False, *problem)

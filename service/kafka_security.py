@@ -20,6 +20,17 @@ from typing import Any
 PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 
+# The environment variable of each KafkaSecurity field: the worker, the CLI and the code location read these.
+ENV = {
+    "protocol": "KAFKA_SECURITY_PROTOCOL",
+    "sasl_mechanism": "KAFKA_SASL_MECHANISM",
+    "sasl_username": "KAFKA_SASL_USERNAME",
+    "sasl_password": "KAFKA_SASL_PASSWORD",
+    "ssl_cafile": "KAFKA_SSL_CAFILE",
+    "ssl_certfile": "KAFKA_SSL_CERTFILE",
+    "ssl_keyfile": "KAFKA_SSL_KEYFILE",
+}
+
 
 @dataclass(frozen=True)
 class KafkaSecurity:
@@ -46,6 +57,11 @@ class KafkaSecurity:
         if self.uses_sasl:
             return f"{self.protocol} ({self.sasl_mechanism} as {self.sasl_username!r})"
         return self.protocol
+
+
+def as_env(security: KafkaSecurity) -> dict[str, str]:
+    """`security` as the environment variables that say it ("" for what is not set)."""
+    return {name: getattr(security, field) or "" for field, name in ENV.items()}
 
 
 def ssl_context(security: KafkaSecurity) -> ssl.SSLContext | None:

@@ -17,7 +17,7 @@ from urllib.parse import urlparse
 
 from service.contract import DEFAULT_BOOTSTRAP_SERVERS, DEFAULT_DLQ_TOPIC, DEFAULT_ROUTES_FILE
 from service.errors import ConfigurationError
-from service.kafka_security import MECHANISMS, PROTOCOLS, KafkaSecurity, ssl_context
+from service.kafka_security import ENV, MECHANISMS, PROTOCOLS, KafkaSecurity, ssl_context
 
 T = TypeVar("T")
 
@@ -178,13 +178,13 @@ def load_kafka_security(env: Mapping[str, str] | None = None) -> KafkaSecurity:
     env = os.environ if env is None else env
     read = _Reader(env)
     security = KafkaSecurity(
-        protocol=read("KAFKA_SECURITY_PROTOCOL", _choice(PROTOCOLS), "PLAINTEXT"),
-        sasl_mechanism=read("KAFKA_SASL_MECHANISM", _choice(MECHANISMS), "PLAIN"),
-        sasl_username=env.get("KAFKA_SASL_USERNAME") or None,
-        sasl_password=env.get("KAFKA_SASL_PASSWORD") or None,
-        ssl_cafile=_optional_file("KAFKA_SSL_CAFILE", env, read),
-        ssl_certfile=_optional_file("KAFKA_SSL_CERTFILE", env, read),
-        ssl_keyfile=_optional_file("KAFKA_SSL_KEYFILE", env, read),
+        protocol=read(ENV["protocol"], _choice(PROTOCOLS), "PLAINTEXT"),
+        sasl_mechanism=read(ENV["sasl_mechanism"], _choice(MECHANISMS), "PLAIN"),
+        sasl_username=env.get(ENV["sasl_username"]) or None,
+        sasl_password=env.get(ENV["sasl_password"]) or None,
+        ssl_cafile=_optional_file(ENV["ssl_cafile"], env, read),
+        ssl_certfile=_optional_file(ENV["ssl_certfile"], env, read),
+        ssl_keyfile=_optional_file(ENV["ssl_keyfile"], env, read),
     )
     _check_kafka_security(security, env)
     return security
@@ -212,19 +212,18 @@ def _optional_file(name: str, env: Mapping[str, str], read: _Reader) -> str | No
 
 
 def _check_kafka_security(security: KafkaSecurity, env: Mapping[str, str]) -> None:
-    protocol = f"KAFKA_SECURITY_PROTOCOL={security.protocol}"
+    protocol = f"{ENV['protocol']}={security.protocol}"
     if security.uses_sasl:
-        for name, value in (("KAFKA_SASL_USERNAME", security.sasl_username),
-                            ("KAFKA_SASL_PASSWORD", security.sasl_password)):
-            if not value:
-                raise ConfigurationError(f"invalid setting {name}: must be set with {protocol}")
+        for field in ("sasl_username", "sasl_password"):
+            if not getattr(security, field):
+                raise ConfigurationError(f"invalid setting {ENV[field]}: must be set with {protocol}")
     else:
-        for name in ("KAFKA_SASL_USERNAME", "KAFKA_SASL_PASSWORD"):
+        for name in (ENV["sasl_username"], ENV["sasl_password"]):
             if env.get(name):
                 raise ConfigurationError(f"invalid setting {name}: {protocol} does not use SASL; "
                                          "use SASL_PLAINTEXT or SASL_SSL, or unset it")
     if not security.uses_ssl:
-        for name in ("KAFKA_SSL_CAFILE", "KAFKA_SSL_CERTFILE", "KAFKA_SSL_KEYFILE"):
+        for name in (ENV["ssl_cafile"], ENV["ssl_certfile"], ENV["ssl_keyfile"]):
             if env.get(name, "").strip():
                 raise ConfigurationError(f"invalid setting {name}: {protocol} does not use TLS; "
                                          "use SSL or SASL_SSL, or unset it")

@@ -198,10 +198,8 @@ class Launcher:
         return run_id
 
     async def _target(self, route: Route) -> Target:
-        if not route.assets:
-            return Target(await self.client.workspace.resolve_job(route.job, route.location, route.repository), (),
-                          (route.batch_op,))
-        return await self.client.workspace.resolve_target(route.job, route.assets, route.location, route.repository)
+        return await self.client.workspace.resolve_target(route.job, route.assets, route.location, route.repository,
+                                                          route.batch_op)
 
     async def _raise_if_location_broken(self, route: Route) -> None:
         """The webserver is up but failed: if the route's code location failed to load, that is a route fault."""

@@ -12,7 +12,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from service.batching import RECORDS, REVOKE, SPLIT, TIME, batch_id
-from service.dagster import JobSelector
+from service.dagster import JobSelector, Target
 from service.delivery import MAX_SYSTEM_FAILURES, Delivery, DeliverySettings
 from service.errors import (
     CODE_LOCATION_ERROR,
@@ -71,11 +71,11 @@ class FakeDagster:
                      for r in self.runs]
         return True
 
-    async def resolve_job(self, job: str, location: str | None = None,
-                          repository: str | None = None) -> JobSelector:
+    async def resolve_target(self, job: str, assets: tuple[str, ...] = (), location: str | None = None,
+                             repository: str | None = None, batch_op: str = "read_batch") -> Target:
         if self.resolve_failures:
             raise self.resolve_failures.pop(0)
-        return JobSelector("loc", "__repository__", job)
+        return Target(JobSelector("loc", "__repository__", job), (), (batch_op,))
 
     async def launch_run(self, selector: JobSelector, run_config: dict[str, Any], tags: dict[str, str]) -> str:
         if self.gate is not None:
