@@ -138,6 +138,11 @@ class Consumer(aiokafka_driver.Consumer):
         thread = cast(ConsumerThread, self._thread)
         return await thread.prove_ownership(tp, offset)
 
+    def committed_offset(self, tp: TP) -> int | None:
+        """The offset Faust last committed for `tp` (None: nothing yet); Faust keeps it in a private dict."""
+        committed = self._committed_offset.get(tp)
+        return None if committed is None else int(committed)
+
     def mark_done(self, tp: TP, next_offset: int) -> None:
         """Every offset of `tp` below `next_offset` is in a launched run or the DLQ: commit up to it."""
         if next_offset > self._done.get(tp, -1):

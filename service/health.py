@@ -76,23 +76,29 @@ def partition_lag(end_offset: int, committed: int) -> int:
     return max(0, end_offset - committed)
 
 
-def update_lag(metrics: Metrics, ends: Mapping[TP, int], committed: Mapping[TP, int | None],
-               next_offsets: Mapping[TP, int], previous: set[TP]) -> set[TP]:
-    """Set the lag gauge of each assigned partition; drop the gauges of partitions no longer held.
+class ConsumerLag:
+    """Each assigned partition's lag as last measured: on `kafka_dagster_consumer_lag` and in /status."""
 
-    The end offset is the larger of the broker's answer and the next offset
-    this worker will read: some Kafka-compatible brokers (Tansu) report too low
-    an end offset, and lag is never negative.
-    """
-    current = set()
-    for tp, end in ends.items():
-        done = committed.get(tp)
-        if done is None:
-            continue
-        current.add(tp)
-        metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(
-            partition_lag(max(end, next_offsets.get(tp, 0)), done))
-    for tp in previous - current:
-        with contextlib.suppress(KeyError):
-            metrics.consumer_lag.remove(tp.topic, str(tp.partition))
-    return current
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+        self.lags: dict[TP, int] = {}
+
+    def update(self, ends: Mapping[TP, int], committed: Mapping[TP, int | None],
+               next_offsets: Mapping[TP, int]) -> None:
+        """Set each assigned partition's lag; drop the gauges of partitions no longer held.
+
+        The end offset is the larger of the broker's answer and the next offset
+        this worker will read: some Kafka-compatible brokers (Tansu) report too low
+        an end offset, and lag is never negative.
+        """
+        current = {}
+        for tp, end in ends.items():
+            done = committed.get(tp)
+            if done is None:
+                continue
+            current[tp] = partition_lag(max(end, next_offsets.get(tp, 0)), done)
+            self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(current[tp])
+        for tp in self.lags.keys() - current.keys():
+            with contextlib.suppress(KeyError):
+                self.metrics.consumer_lag.remove(tp.topic, str(tp.partition))
+        self.lags = current

@@ -14,7 +14,7 @@ from service.app import App, create_app
 from service.check import watch_routes
 from service.dagster import DagsterClient
 from service.delivery import Delivery, DeliverySettings
-from service.health import Heartbeat, probe_forever, readiness, update_lag
+from service.health import ConsumerLag, Heartbeat, probe_forever, readiness
 from service.kafka import Producer, ensure_topics, existing_topics, read_range
 from service.metrics import Metrics
 from service.outcomes import OutcomeLog, outcomes_topic
@@ -60,13 +60,14 @@ def build_worker(settings: Settings, metrics: Metrics | None = None) -> App:
     _add_lifecycle(app, settings, delivery, dlq_producer, client, outcomes)
 
     heartbeat = Heartbeat()
+    lag = ConsumerLag(metrics)
 
     async def ready() -> dict[str, Any]:
         checks = await readiness(settings.bootstrap_servers, client, bool(app.consumer.assignment()))
         return {**checks, "routes_paused": delivery.pauses.status()}
 
-    add_pages(app, metrics, ready, heartbeat.status, lambda: _status(app, settings, delivery, metrics))
-    _add_monitors(app, settings, routes, delivery, metrics, heartbeat, client)
+    add_pages(app, metrics, ready, heartbeat.status, lambda: _status(app, settings, delivery, lag))
+    _add_monitors(app, settings, routes, delivery, metrics, heartbeat, client, lag)
     metrics.build_info.labels(__version__).set(1)
     return app
 
@@ -114,8 +115,7 @@ def _warn_if_token_in_the_clear(settings: Settings) -> None:
 
 
 def _add_monitors(app: App, settings: Settings, routes: RouteTable, delivery: Delivery, metrics: Metrics,
-                  heartbeat: Heartbeat, client: DagsterClient) -> None:
-    lag_gauges: set[TP] = set()
+                  heartbeat: Heartbeat, client: DagsterClient, lag: ConsumerLag) -> None:
 
     @app.task
     async def beat() -> None:
@@ -127,7 +127,6 @@ def _add_monitors(app: App, settings: Settings, routes: RouteTable, delivery: De
 
     @app.timer(LAG_INTERVAL_S, name="kafka_dagster.consumer_lag")
     async def consumer_lag() -> None:
-        nonlocal lag_gauges
         tps = [tp for tp in app.consumer.assignment() if routes.for_topic(tp.topic)]
         if not tps:
             return
@@ -137,26 +136,22 @@ def _add_monitors(app: App, settings: Settings, routes: RouteTable, delivery: De
             logger.warning("reading end offsets for the lag gauge failed: %r", exc)
             return
         committed = {TP.of(tp): _committed(app, tp, delivery) for tp in tps}
-        lag_gauges = update_lag(metrics, {TP.of(tp): end for tp, end in ends.items()},
-                                committed, delivery.next_offsets, lag_gauges)
+        lag.update({TP.of(tp): end for tp, end in ends.items()}, committed, delivery.next_offsets)
 
 
-def _status(app: App, settings: Settings, delivery: Delivery, metrics: Metrics) -> dict[str, Any]:
+def _status(app: App, settings: Settings, delivery: Delivery, lag: ConsumerLag) -> dict[str, Any]:
     """The /status document: `Delivery.snapshot` with each partition's committed offset and lag."""
     snapshot = delivery.snapshot()
-    committed = app.consumer._committed_offset  # type: ignore[attr-defined]  # no public accessor
     for partition in snapshot["partitions"]:
         tp = TP(partition["topic"], partition["partition"])
-        partition["committed"] = committed.get(tp)
-        lag = metrics.registry.get_sample_value("kafka_dagster_consumer_lag",
-                                                {"topic": tp.topic, "partition": str(tp.partition)})
-        partition["lag"] = None if lag is None else int(lag)
+        partition["committed"] = app.consumer.committed_offset(tp)  # type: ignore[attr-defined]
+        partition["lag"] = lag.lags.get(tp)
     return {"version": __version__, "group_id": settings.group_id, "dlq_topic": settings.dlq_topic, **snapshot}
 
 
 def _committed(app: App, tp: Any, delivery: Delivery) -> int | None:
     """The partition's committed offset: Faust's last commit, else where this worker started reading."""
-    committed = app.consumer._committed_offset.get(tp)  # type: ignore[attr-defined]  # no public accessor
+    committed = app.consumer.committed_offset(tp)  # type: ignore[attr-defined]
     if committed is not None:
         return int(committed)
     return delivery.positions.get(TP.of(tp))

@@ -3,7 +3,7 @@
 `service/consumer.py` copies faust-streaming 0.15's `_drain_messages` and
 `getmany`, overrides private methods of its aiokafka driver and reads the
 aiokafka consumer's group generation; `service/app.py` overrides two `App`
-methods; `service/worker.py` reads the consumer's `_committed_offset`. None of
+methods; `service/consumer.py` reads the consumer's `_committed_offset` (`committed_offset`). None of
 that is public API, so nothing else would notice a Faust or aiokafka release
 that changes it. When a test here fails, the upgrade is a decision to make:
 re-read the code named in the message against the new version, adapt it, then
