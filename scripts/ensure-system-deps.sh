@@ -3,7 +3,6 @@
 # binaries are missing: idempotent, and quiet when there is nothing to do.
 #
 #   prometheus      prometheus, promtool  (tests/test_deploy.py, tests/test_prometheus_scrape.py)
-#   stunnel4        stunnel: TLS in front of a test Kafka broker (tests/test_kafka_tls.py)
 #   nginx           nginx: TLS and an API token in front of the test Dagster (tests/test_dagster_https.py)
 #   openssl         openssl: the tests' CA and server certificates (tests/tls.py)
 #   postgresql      initdb, postgres: Dagster's storage as compose deploys it, a server the
@@ -21,7 +20,6 @@ set -euo pipefail
 REQUIRED=(
     "prometheus:prometheus"
     "promtool:prometheus"
-    "stunnel4:stunnel4"
     "nginx:nginx"
     "openssl:openssl"
     "initdb:postgresql"

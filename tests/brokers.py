@@ -2,9 +2,9 @@
 
 `KAFKA_DAGSTER_TEST_BROKER=apache|tansu|external` chooses the session broker
 that `tests.conftest.stack` starts (docs/development.md); `external` starts
-none and uses the cluster at `KAFKA_DAGSTER_TEST_BOOTSTRAP`. Tests that start a broker
-of their own with options only Tansu's command line has (TLS behind stunnel,
-SASL) construct `service.dev.stack.Broker` directly.
+none and uses the cluster at `KAFKA_DAGSTER_TEST_BOOTSTRAP`. Tests that need a broker
+configured their own way (TLS and SASL listeners, Kafka 4.x) start an
+`service.dev.apache_kafka.ApacheKafka` of their own.
 """
 
 from __future__ import annotations

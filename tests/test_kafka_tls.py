@@ -1,10 +1,14 @@
-"""Kafka over TLS, for real: a Tansu broker behind stunnel, with a CA made in the test.
+"""Kafka over TLS, for real: an Apache Kafka broker of this module's own with TLS listeners, and a CA made
+in the test.
 
-The broker advertises the stunnel port, so metadata sends every client back
-through TLS: nothing reaches the broker in the clear. The worker, the CLI and
-the code location's Kafka resource use the same settings and the same mapping
-(`service.kafka_security`). SASL logins, and mutual TLS on Apache Kafka
-itself: tests/test_kafka_sasl.py.
+The broker listens on PLAINTEXT (the protocol-mismatch test), SSL (the
+broker's certificate verified by the client) and MTLS (SSL with
+`ssl.client.auth=required`: a client certificate from the test's CA). It
+advertises each listener's own address, so metadata sends every client back
+through the listener it came in by: nothing reaches the broker in the clear.
+The worker, the CLI and the code location's Kafka resource use the same
+settings and the same mapping (`service.kafka_security`). SASL logins:
+tests/test_kafka_sasl.py.
 """
 
 from __future__ import annotations
@@ -21,21 +25,65 @@ import orjson
 import pytest
 
 from dagster_project.resources import KafkaMessage, KafkaResource
-from service.dev.stack import Broker, free_port
+from service.dev.apache_kafka import ApacheKafka
 from service.dlq import DeadLetter
 from service.kafka import Producer, ensure_topics, read_topic
 from service.kafka_security import KafkaSecurity
 from tests.conftest import Stack
 from tests.support import ROOT, DagsterApi, eventually, finished_runs, route_toml, unique
-from tests.tls import CertPair, Stunnel, issue_server_cert, make_ca
+from tests.test_kafka_sasl import distinct_free_ports
+from tests.tls import CertPair, issue_server_cert, make_ca
 
 pytestmark = pytest.mark.integration
+
+LISTENERS = ("PLAINTEXT", "SSL", "MTLS")
+
+
+@dataclass
+class TlsBroker:
+    broker: ApacheKafka
+    ports: dict[str, int]  # listener name -> port
+    ca: CertPair
+    other_ca: CertPair  # a CA the broker's certificate is not from, and the stranger's certificate is
+    client: CertPair  # a client certificate the MTLS listener accepts
+    stranger: CertPair  # a client certificate from the other CA
+
+
+@pytest.fixture(scope="module")
+def tls_broker(stack: Stack) -> Iterator[TlsBroker]:
+    workdir = stack.workdir / unique("tls-kafka")
+    ca, other_ca = make_ca(workdir, "test-ca"), make_ca(workdir, "untrusted-ca")
+    server = issue_server_cert(workdir, ca)
+    client = issue_server_cert(workdir, ca, "kafka-dagster-client", usage="clientAuth")
+    stranger = issue_server_cert(workdir, other_ca, "stranger-client", usage="clientAuth")
+    keystore = workdir / "server-keystore.pem"  # Kafka's PEM keystore: the key, then the certificate
+    keystore.write_text(server.key.read_text() + server.cert.read_text())
+    controller, *listener_ports = distinct_free_ports(1 + len(LISTENERS))
+    ports = dict(zip(LISTENERS, listener_ports, strict=True))
+    broker = ApacheKafka(workdir, port=ports["PLAINTEXT"], name="tls-kafka")
+    broker.controller_port = controller
+    listeners = {name: f"{name}://127.0.0.1:{port}" for name, port in ports.items()}
+    broker.extra_properties = {
+        "listeners": ",".join([*listeners.values(), f"CONTROLLER://127.0.0.1:{controller}"]),
+        "advertised.listeners": ",".join(listeners.values()),
+        "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,SSL:SSL,MTLS:SSL,CONTROLLER:PLAINTEXT",
+        "ssl.keystore.type": "PEM",
+        "ssl.keystore.location": str(keystore),
+        "ssl.truststore.type": "PEM",
+        "ssl.truststore.location": str(ca.cert),
+        "listener.name.mtls.ssl.client.auth": "required",
+    }
+    try:
+        broker.start()
+        yield TlsBroker(broker, ports, ca, other_ca, client, stranger)
+    finally:
+        broker.stop()
 
 
 @dataclass
 class TlsKafka:
-    bootstrap: str  # the stunnel port: TLS only
-    plaintext_port: int  # the broker itself, for the protocol-mismatch test
+    bootstrap: str  # the SSL listener: TLS only
+    plaintext_port: int  # the same broker's PLAINTEXT listener, for the protocol-mismatch test
     ca: CertPair
     other_ca: CertPair
 
@@ -49,22 +97,10 @@ class TlsKafka:
 
 
 @pytest.fixture(scope="module")
-def tls_kafka(stack: Stack) -> Iterator[TlsKafka]:
-    """A second Tansu broker reachable only through stunnel's TLS listener."""
-    workdir = stack.workdir / unique("tls")
-    ca = make_ca(workdir, "test-ca")
-    other_ca = make_ca(workdir, "untrusted-ca")
-    server = issue_server_cert(workdir, ca)
-    tls_port = free_port()
-    broker = Broker(workdir, advertised_port=tls_port, name="tls-broker")
-    stunnel = Stunnel(workdir, server, broker.port, port=tls_port)
-    try:
-        broker.start()
-        stunnel.start()
-        yield TlsKafka(f"127.0.0.1:{tls_port}", broker.port, ca, other_ca)
-    finally:
-        stunnel.stop()
-        broker.stop()
+def tls_kafka(tls_broker: TlsBroker) -> TlsKafka:
+    """The broker's SSL listener: the broker's certificate verified, no client certificate asked for."""
+    return TlsKafka(f"127.0.0.1:{tls_broker.ports['SSL']}", tls_broker.ports["PLAINTEXT"], tls_broker.ca,
+                    tls_broker.other_ca)
 
 
 async def _produce(kafka: TlsKafka, topic: str, values: list[bytes]) -> None:
@@ -201,23 +237,10 @@ class MutualTlsKafka:
 
 
 @pytest.fixture(scope="module")
-def mtls_kafka(stack: Stack) -> Iterator[MutualTlsKafka]:
-    """A third Tansu broker behind stunnel demanding a client certificate from the test CA."""
-    workdir = stack.workdir / unique("mtls")
-    ca, other = make_ca(workdir, "mtls-ca"), make_ca(workdir, "stranger-ca")
-    server = issue_server_cert(workdir, ca)
-    client = issue_server_cert(workdir, ca, "kafka-dagster-client", usage="clientAuth")
-    stranger = issue_server_cert(workdir, other, "stranger-client", usage="clientAuth")
-    port = free_port()
-    broker = Broker(workdir, advertised_port=port, name="mtls-broker")
-    stunnel = Stunnel(workdir, server, broker.port, port=port, client_ca=ca.cert, name="mtls-stunnel")
-    try:
-        broker.start()
-        stunnel.start()
-        yield MutualTlsKafka(f"127.0.0.1:{port}", ca, client, stranger)
-    finally:
-        stunnel.stop()
-        broker.stop()
+def mtls_kafka(tls_broker: TlsBroker) -> MutualTlsKafka:
+    """The broker's MTLS listener: it demands a client certificate from the test CA."""
+    return MutualTlsKafka(f"127.0.0.1:{tls_broker.ports['MTLS']}", tls_broker.ca, tls_broker.client,
+                          tls_broker.stranger)
 
 
 async def test_client_certificate_through_mutual_tls(mtls_kafka: MutualTlsKafka) -> None:

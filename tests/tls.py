@@ -1,8 +1,8 @@
-"""Real TLS for the security tests: certificates made with openssl, stunnel and nginx in front.
+"""Real TLS for the security tests: certificates made with openssl, and nginx in front of Dagster.
 
-Each helper writes its config under a test directory and runs the real binary
-from Debian's packages (stunnel4, nginx; scripts/ensure-system-deps.sh) as a
-`ManagedProcess`, so stopping it ends its whole process group.
+Nginx writes its config under a test directory and runs the real binary from
+Debian's package (scripts/ensure-system-deps.sh) as a `ManagedProcess`, so
+stopping it ends its whole process group.
 """
 
 from __future__ import annotations
@@ -49,47 +49,6 @@ def issue_server_cert(directory: Path, ca: CertPair, name: str = "server", usage
     _openssl("x509", "-req", "-in", str(csr), "-CA", str(ca.cert), "-CAkey", str(ca.key), "-CAcreateserial",
              "-out", str(pair.cert), "-days", "2", "-extfile", str(ext))
     return pair
-
-
-STUNNEL_CONF = """\
-foreground = yes
-pid =
-debug = warning
-[kafka]
-accept = 127.0.0.1:{accept}
-connect = 127.0.0.1:{connect}
-cert = {cert}
-key = {key}
-"""
-
-# Mutual TLS: only clients with a certificate from this CA get through.
-STUNNEL_CLIENT_CERTS = """\
-CAfile = {ca}
-verifyChain = yes
-requireCert = yes
-"""
-
-
-class Stunnel:
-    """A TLS listener on a free port forwarding plaintext to `connect_port`."""
-
-    def __init__(self, workdir: Path, server: CertPair, connect_port: int, port: int | None = None,
-                 client_ca: Path | None = None, name: str = "stunnel") -> None:
-        self.port = port or free_port()
-        conf = workdir / f"{name}.conf"
-        text = STUNNEL_CONF.format(accept=self.port, connect=connect_port, cert=server.cert, key=server.key)
-        if client_ca is not None:
-            text += STUNNEL_CLIENT_CERTS.format(ca=client_ca)
-        conf.write_text(text)
-        binary = shutil.which("stunnel4") or shutil.which("stunnel") or "stunnel4"
-        self.process = ManagedProcess(name, [binary, str(conf)], workdir / f"{name}.log")
-
-    def start(self, timeout_s: float = 20.0) -> None:
-        self.process.start()
-        wait_until(lambda: self.process.check_alive() or port_open(self.port), timeout_s, "stunnel")
-
-    def stop(self) -> None:
-        self.process.stop()
 
 
 NGINX_CONF = """\
