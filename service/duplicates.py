@@ -32,6 +32,8 @@ from service.metrics import Metrics
 from service.outcomes import DUPLICATE
 from service.verdicts import CANCELLED, RunInfo, Verdict, judge
 
+ENDED = frozenset({"SUCCESS", "FAILURE"})
+
 logger = logging.getLogger(__name__)
 
 
@@ -68,8 +70,9 @@ class DuplicateRuns:
         self.window_s = window_s
         self.max_system_failures = max_system_failures
         self.suspects: dict[str, Suspect] = {}
-        # Runs asked to cancel whose answer has not confirmed it (lost in a timeout): counted once seen cancelled.
-        self._unconfirmed: set[str] = set()
+        # Runs asked to cancel whose answer has not confirmed it (lost in a timeout), by run id to batch id:
+        # counted once seen cancelled; their batch is swept past its window until then.
+        self._unconfirmed: dict[str, str] = {}
         self._counted_ids: set[str] = set()  # two judges of one worker may cancel the same run at once
 
     async def settle(self, job: str, batch_id: str) -> str | None:
@@ -95,33 +98,39 @@ class DuplicateRuns:
             except KafkaDagsterError as exc:
                 logger.warning("checking batch %s for duplicate runs failed: %s", batch_id, exc)
                 continue
-            if now > suspect.until:
+            if now > suspect.until and batch_id not in self._unconfirmed.values():
                 del self.suspects[batch_id]
 
     async def judge(self, job: str, batch_id: str) -> Verdict:
         """The batch's verdict now, its duplicates cancelled."""
         runs = await self.client.find_runs({TAG_BATCH_ID: batch_id}, job=job, limit=50)
-        for run in runs:
-            if run.run_id in self._unconfirmed and run.status in CANCELLED:
-                if run.start_time is None:
-                    self._counted(job, run.run_id)
-                else:  # it started before the request landed: it stood down in its run, or was stopped
-                    self._unconfirmed.discard(run.run_id)
+        self._confirm(job, batch_id, runs)
         verdict = judge(runs, await self.log.cancelled_as_duplicates(), self.max_system_failures)
         if verdict.survivor is not None:
             for run in verdict.duplicates:
-                await self._cancel(job, run, verdict.survivor)
+                await self._cancel(job, batch_id, run, verdict.survivor)
         return verdict
 
+    def _confirm(self, job: str, batch_id: str, runs: list[RunInfo]) -> None:
+        """Count the unconfirmed cancels of this batch that Dagster shows cancelled before they started."""
+        status = {run.run_id: run for run in runs}
+        for run_id in [run_id for run_id, batch in self._unconfirmed.items() if batch == batch_id]:
+            run = status.get(run_id)
+            if run is not None and run.status in CANCELLED and run.start_time is None:
+                self._counted(job, run_id)
+            elif run is None or run.status in CANCELLED or run.status in ENDED:
+                # gone, or it started before the request landed: it stood down in its run, was stopped, or ran
+                self._unconfirmed.pop(run_id, None)
+
     def _counted(self, job: str, run_id: str) -> None:
-        self._unconfirmed.discard(run_id)
+        self._unconfirmed.pop(run_id, None)
         if run_id not in self._counted_ids:
             self._counted_ids.add(run_id)
             self.metrics.duplicate_runs_cancelled.labels(job).inc()
 
-    async def _cancel(self, job: str, run: RunInfo, kept: RunInfo) -> None:
+    async def _cancel(self, job: str, batch_id: str, run: RunInfo, kept: RunInfo) -> None:
         await self.log.record(run.run_id, DUPLICATE)
-        self._unconfirmed.add(run.run_id)
+        self._unconfirmed[run.run_id] = batch_id
         if await self.client.terminate_queued(run.run_id):
             self._counted(job, run.run_id)
             logger.warning("canceled run %s: a duplicate of run %s for the same batch (a launch whose answer "

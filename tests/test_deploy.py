@@ -26,6 +26,7 @@ import pytest
 import yaml  # type: ignore[import-untyped]
 from prometheus_client import CollectorRegistry
 
+from service.kafka_security import ENV as SECURITY_ENV
 from service.metrics import Metrics
 from service.routes import load_routes
 from service.settings import load_settings
@@ -321,15 +322,30 @@ def settings_env_vars() -> dict[str, bool]:
     names: dict[str, bool] = {}
     for node in (n for function in functions for n in ast.walk(function)):
         if isinstance(node, ast.Call) and node.args:
-            first = node.args[0]
-            if isinstance(first, ast.Constant) and isinstance(first.value, str) and re.fullmatch(r"[A-Z][A-Z0-9_]+",
-                                                                                                  first.value):
+            name = _env_var_name(node.args[0])
+            if name:
                 is_get = isinstance(node.func, ast.Attribute) and node.func.attr == "get"
                 # env.get(NAME) falls back to None; read(NAME, parse, default) to its default.
-                names[first.value] = is_get or len(node.args) >= 3 or any(k.arg == "default" for k in node.keywords)
-        elif isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Constant):
-            names[str(node.slice.value)] = False
+                names[name] = is_get or len(node.args) >= 3 or any(k.arg == "default" for k in node.keywords)
+        elif isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Constant) and not _is_security_name(node):
+            names.setdefault(str(node.slice.value), False)
     return names
+
+
+def _is_security_name(node: ast.expr) -> bool:
+    """`ENV["field"]`: a Kafka security variable's name, looked up in service.kafka_security.ENV."""
+    return (isinstance(node, ast.Subscript) and isinstance(node.value, ast.Name) and node.value.id == "ENV"
+            and isinstance(node.slice, ast.Constant))
+
+
+def _env_var_name(node: ast.expr) -> str | None:
+    """The env var a call's first argument names: a literal NAME, or ENV["field"] from service.kafka_security."""
+    if _is_security_name(node):
+        return SECURITY_ENV[node.slice.value]  # type: ignore[attr-defined]
+    if isinstance(node, ast.Constant) and isinstance(node.value, str) and re.fullmatch(r"[A-Z][A-Z0-9_]+",
+                                                                                          node.value):
+        return node.value
+    return None
 
 
 def worker_container_env(services: dict[str, dict[str, Any]]) -> dict[str, str]:
