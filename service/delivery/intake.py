@@ -19,7 +19,7 @@ from service.errors import NoRouteMatched, RecordError
 from service.metrics import Metrics
 from service.records import Record
 from service.routes import RouteTable
-from service.routing import route_record
+from service.routing import Fanout
 from service.throttle import Throttle
 
 logger = logging.getLogger(__name__)
@@ -45,6 +45,15 @@ class Intake:
         self.metrics = metrics
         self.clock = clock
         self.wall_clock = wall_clock
+        self._fanouts: dict[tuple[int, ...], Fanout] = {}  # by a partition's routes (a fanout keeps them alive)
+
+    def fanout(self, owned: OwnedPartition) -> Fanout:
+        """The routes of `owned`'s topic, compiled once for the per-record decision."""
+        key = tuple(id(share.route) for share in owned.shares)
+        fanout = self._fanouts.get(key)
+        if fanout is None:
+            fanout = self._fanouts[key] = Fanout([share.route for share in owned.shares])
+        return fanout
 
     async def on_records(self, records: Sequence[Record]) -> None:
         """Handle consecutive records of one partition: each route of the topic skips, dead-letters or
@@ -96,10 +105,11 @@ class Intake:
         shares = {share.route.name: share for share in owned.shares}
         taken: dict[str, list[Record]] = {name: [] for name in shares}
         keys: dict[str, list[str | None]] = {name: [] for name in shares}  # partition keys, as taken
-        routes = [share.route for share in owned.shares]
+        decide = self.fanout(owned).decide
+        max_bytes, bounds = self.settings.max_message_bytes, self.settings.json_bounds
         below = {share.route.name: c for share, c in zip(owned.shares, covered, strict=True)}
         for record in records:
-            verdicts = route_record(routes, record, self.settings.max_message_bytes, self.settings.json_bounds)
+            verdicts = decide(record, max_bytes, bounds)
             if not verdicts:
                 await self._unmatched(owned, record)
                 continue
