@@ -74,6 +74,35 @@ class Fanout:
                                slot, Verdict(route)))
         self.steps = tuple(steps)
         self.routes = tuple(routes)
+        # Whole chunks at once (`sort`) unless a route decides on keys or headers, or reads a partition key.
+        self.by_chunk = all(step.meta is None and step.route.partition_key is None for step in steps)
+
+    def sort(self, records: Sequence[Record], max_message_bytes: int,
+             bounds: JsonBounds | None = None) -> list[list[int]] | None:
+        """For each route in order, the indexes of the `records` it batches: what `decide` says record by
+        record, a route at a time. None when the chunk needs `decide` (a value fails to decode or to
+        validate, or `by_chunk` is False): one bad record sends its chunk down the per-record path."""
+        if not self.by_chunk:
+            return None
+        try:
+            values = [parse_value(record, max_message_bytes, bounds) for record in records]
+        except RecordError:
+            return None
+        everything = range(len(values))
+        valid: list[set[int]] = [set() for _ in self.validators]
+        taken: list[list[int]] = []
+        for step in self.steps:
+            test = step.value
+            chosen = list(everything) if test is None else [i for i in everything if test(values[i])]
+            if step.schema is not None:
+                validator, known = self.validators[step.schema], valid[step.schema]
+                for i in chosen:
+                    if i not in known:
+                        if not validator.is_valid(values[i]):
+                            return None
+                        known.add(i)
+            taken.append(chosen)
+        return taken
 
     def decide(self, record: Record, max_message_bytes: int, bounds: JsonBounds | None = None) -> list[Verdict]:
         """The routes `record` matches, each with its verdict, in route order; empty when it matches none."""

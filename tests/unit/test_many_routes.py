@@ -339,21 +339,22 @@ async def test_three_routes_decode_each_record_once_and_check_a_shared_schema_on
         make_routed: Callable[[RouteTable], Harness], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Fan-out does no repeated work: one parse per record, one check per distinct schema, whatever the routes."""
     import service.routing
+    from service.schemas import CompiledSchema
 
     parsed: list[int] = []
     checked: list[object] = []
-    parse, check = service.routing.parse_value, service.routing.check_schema
+    parse, is_valid = service.routing.parse_value, CompiledSchema.is_valid
 
     def counting_parse(record: Any, *args: Any) -> Any:
         parsed.append(record.offset)
         return parse(record, *args)
 
-    def counting_check(validator: Any, value: Any) -> None:
+    def counting_is_valid(validator: Any, value: Any) -> bool:
         checked.append(value)
-        check(validator, value)
+        return bool(is_valid(validator, value))
 
     monkeypatch.setattr(service.routing, "parse_value", counting_parse)
-    monkeypatch.setattr(service.routing, "check_schema", counting_check)
+    monkeypatch.setattr(CompiledSchema, "is_valid", counting_is_valid)
     path = tmp_path / "three.toml"
     path.write_text(THREE_ROUTES_SAME_SCHEMA)
     h = make_routed(load_routes(path))
