@@ -63,6 +63,10 @@ def table(results: dict[str, Any]) -> str:
         f"{'  ... into closed batches, before the launch tail':<46}"
         f"{_fmt(results['service_routes_consumed_msgs_per_s']['median']):>12}",
     ]
+    for size, figures in results.get("sizes", {}).items():
+        lines.append(f"{'service at max_records ' + format(int(size), ',') + ', launched':<46}"
+                     f"{_fmt(figures['msgs_per_s']):>12}   ({figures['runs']} runs, launchRun "
+                     f"{figures['launch_s'] / max(1, figures['runs']) * 1000:.0f} ms each)")
     lines += sensor_lines(results)
     for count, rate in results.get("workers", {}).items():
         lines.append(f"{'service, ' + count + ' worker(s), live producer':<46}{_fmt(rate):>12}")

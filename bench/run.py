@@ -50,7 +50,7 @@ def _step(what: str, started: float) -> None:
 
 
 # `python -m bench --only PART`: one part of the run, on the same stack and data set (the rest is skipped).
-PARTS = ("sensor", "throughput")
+PARTS = ("sensor", "throughput", "sizes")
 
 
 def measure(ctx: Context, started: float, profile: bool = False, only: str | None = None) -> dict[str, Any]:
@@ -61,8 +61,9 @@ def measure(ctx: Context, started: float, profile: bool = False, only: str | Non
         _step("per-record costs of validation and route matching (no broker)", started)
         results["validation_us_per_record"] = validators.costs(mode.micro_records, passes=3)
         results["matching_ns_per_record"] = matching.costs(mode.micro_records, passes=3)
-        _step("amortisation: runs to SUCCESS for max_records " + ", ".join(map(str, mode.amortisation_sizes)),
-              started)
+    if only in (None, "sizes"):
+        _step(f"into SUCCESS runs, daemon running: {mode.amortisation_runs} batches of max_records "
+              + ", ".join(map(str, mode.amortisation_sizes)), started)
         results["amortisation"] = [asdict(point) for point in amortisation(ctx)]
     # From here on runs are launched (queued) but not executed: the daemon would compete for the CPU.
     ctx.dagster.daemon.stop()
@@ -75,9 +76,24 @@ def measure(ctx: Context, started: float, profile: bool = False, only: str | Non
         results |= measure_sensor(ctx, started)
     if only in (None, "throughput"):
         results |= measure_throughput(ctx, started, profile)
+    if only in (None, "sizes"):
+        results["sizes"] = measure_sizes(ctx, started)
     if only is None:
         results |= measure_rest(ctx, started)
     return results
+
+
+def measure_sizes(ctx: Context, started: float) -> dict[str, Any]:
+    """The service on the data set at the batch sizes users configure, into launched runs (one sample each):
+    records/s, and what the launches cost (their `launchRun` calls, summed over the partitions' lanes)."""
+    found: dict[str, Any] = {}
+    for size in ctx.mode.amortisation_sizes:
+        _step(f"service at max_records {size:,}: into launched runs", started)
+        service = run_service(ctx, max_records=size)
+        found[str(size)] = {"msgs_per_s": service.msgs_per_s, "consumed_msgs_per_s": service.consumed_msgs_per_s,
+                            "runs": service.runs, "launch_s": service.launch_s, "fence_s": service.fence_s,
+                            "elapsed_s": service.elapsed_s}
+    return found
 
 
 def measure_throughput(ctx: Context, started: float, profile: bool) -> dict[str, Any]:
