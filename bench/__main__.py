@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 
 from bench import report
 from bench.broker import BROKERS
 from bench.config import FULL, QUICK
-from bench.run import run, write_outputs
+from bench.run import PARTS, RESULTS, run, write_outputs
 
 
 def main() -> None:
@@ -21,13 +22,23 @@ def main() -> None:
                              "(bench/results/profile-service.svg)")
     parser.add_argument("--broker", choices=BROKERS, default="apache",
                         help="Apache Kafka 3.9.1 (the default, as deployed) or Tansu (the figures before 2026-12-07)")
+    parser.add_argument("--only", choices=PARTS,
+                        help="one part on the same stack and data set: the sensor contender beside the worker, or "
+                             "the throughput contenders (written to bench/results/only-PART.json, no table)")
     args = parser.parse_args()
     os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "1")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("aiokafka").setLevel(logging.ERROR)
     logging.getLogger("service").setLevel(logging.WARNING)
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    results = run(QUICK if args.quick else FULL, keep=args.keep, profile=args.profile, broker_kind=args.broker)
+    results = run(QUICK if args.quick else FULL, keep=args.keep, profile=args.profile, broker_kind=args.broker,
+                  only=args.only)
+    if args.only:
+        path = RESULTS / f"only-{args.only}.json"
+        report.write_json(results, path)
+        print(json.dumps(report.without_samples(results), indent=2))
+        print(f"\nraw numbers: {path} (took {results['elapsed_s']:.0f} s)")
+        return
     path = write_outputs(results)
     print()
     print(report.table(results))

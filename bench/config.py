@@ -27,9 +27,18 @@ class Mode:
     inline_records: int = 300  # a 2.5 s batch of one partition at 1,000 msg/s over 8 partitions
     steady_rate: int = 1000
     steady_max_wait_s: float = 2.5  # 8 partitions: ~3 launches/s, what one SQLite webserver here absorbs
-    amortisation_sizes: tuple[int, ...] = (100, 1_000, 10_000)
+    # The batch sizes users configure (a run every few hundred ms per partition at 500): each into launched
+    # runs on the data set, and into SUCCESS runs (`amortisation_runs` batches, the daemon running them).
+    amortisation_sizes: tuple[int, ...] = (500, 5_000)
     pause_down_s: float = 30.0  # how long a route stays paused (code location down) before the fix
     micro_records: int = 20_000  # values per pass of the per-record validation and matching costs
+    # The sensor contender (bench.sensor_location): which sensors, records a tick polls at most, ticks to time.
+    sensors: tuple[str, ...] = ("kafka_sensor_30s", "kafka_sensor_5s")
+    sensor_max_records: int = 25_000  # as the service's runs: one run per partition's slice of a tick
+    sensor_ticks: int = 3
+    kill_records: int = 40_000  # the kill -9 scenarios' data set
+    kill_max_records: int = 500  # the worker's batches there: a launch every few hundred ms per partition
+    kill_after_runs: int = 12
 
     @property
     def service_max_records(self) -> int:
@@ -38,9 +47,10 @@ class Mode:
 
 
 FULL = Mode("full", messages=200_000, repetitions=3, backlog=500_000, steady_s=20, launch_samples=50,
-            amortisation_runs=4, workers=(1, 2, 3), backpressure_hold_s=10)
+            amortisation_runs=8, workers=(1, 2, 3), backpressure_hold_s=10)
 # The quick run reads the full run's data set once, so its service contender launches runs of the same size
 # (25,000 records) and its ratios read like the full run's; it saves on repetitions and the other scenarios.
 QUICK = Mode("quick", messages=200_000, repetitions=1, backlog=100_000, steady_s=6, launch_samples=10,
-             amortisation_runs=1, workers=(1, 2), backpressure_hold_s=2, worker_start_s=5, backlog_step_pause_s=0.5,
-             micro_records=5_000, pause_down_s=10.0)
+             amortisation_runs=4, workers=(1, 2), backpressure_hold_s=2, worker_start_s=5, backlog_step_pause_s=0.5,
+             micro_records=5_000, pause_down_s=10.0, sensors=("kafka_sensor_5s",), sensor_ticks=2,
+             kill_records=20_000)

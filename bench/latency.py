@@ -9,15 +9,14 @@ from typing import Any
 import orjson
 
 from bench.context import Context
-from bench.data import make_values, produce_steady
-from bench.worker import RouteSpec, unique, wait_launched
+from bench.data import make_values
+from bench.worker import unique
 from service.contract import TAG_BATCH_ID, TAG_TOPIC
 from service.dagster import DagsterClient
-from service.kafka import ensure_topics, read_topic
 from service.records import Record
 from service.run_request import inline_records_json
 
-WARM_UP_S = 2.0
+WARM_UP_S = 2.0  # event -> launch leaves out batches born this soon: the partition's one-off reconcile
 
 
 def _config(batch_id: str, offset: int, inline: list[bytes], as_list: bool) -> dict[str, Any]:
@@ -60,25 +59,3 @@ def launch_latencies(ctx: Context, inline_records: int = 0, as_list: bool = Fals
     """
     inline = make_values(inline_records, ctx.mode.value_bytes)
     return asyncio.run(_launch_latencies(ctx.dagster.graphql_url, ctx.mode.launch_samples, inline, as_list))
-
-
-def event_to_launch(ctx: Context) -> list[float]:
-    """Per batch: its oldest record's timestamp to the worker's LaunchRunSuccess, at a steady rate.
-
-    Batches whose first record was produced in the first WARM_UP_S seconds (the partition's
-    one-off reconcile with Dagster) are left out: this is the steady state.
-    """
-    mode = ctx.mode
-    topic = unique("bench.steady")
-    count = int(mode.steady_rate * mode.steady_s)
-    values = make_values(count, mode.value_bytes)
-    asyncio.run(ensure_topics(ctx.bootstrap, {topic: mode.partitions}))  # workers subscribe to it
-    with ctx.workers(1, RouteSpec(topic, 1_000_000, mode.steady_max_wait_s)) as workers:
-        workers[0].wait_ready()
-        asyncio.run(produce_steady(ctx.bootstrap, topic, values, mode.steady_rate, mode.partitions))
-        _, launches = wait_launched(workers, count, timeout_s=60)
-    read = asyncio.run(read_topic(ctx.bootstrap, topic))
-    timestamps = {(p, o): m.timestamp / 1000 for p, o, m in read}  # type: ignore[attr-defined]
-    first = min(timestamps.values())
-    born = [(timestamps[(launch.partition, launch.offset_start)], launch.at) for launch in launches]
-    return [at - ts for ts, at in born if ts >= first + WARM_UP_S]

@@ -63,6 +63,11 @@ def table(results: dict[str, Any]) -> str:
         f"{'  ... into closed batches, before the launch tail':<46}"
         f"{_fmt(results['service_routes_consumed_msgs_per_s']['median']):>12}",
     ]
+    for size, figures in results.get("sizes", {}).items():
+        lines.append(f"{'service at max_records ' + format(int(size), ',') + ', launched':<46}"
+                     f"{_fmt(figures['msgs_per_s']):>12}   ({figures['runs']} runs, launchRun "
+                     f"{figures['launch_s'] / max(1, figures['runs']) * 1000:.0f} ms each)")
+    lines += sensor_lines(results)
     for count, rate in results.get("workers", {}).items():
         lines.append(f"{'service, ' + count + ' worker(s), live producer':<46}{_fmt(rate):>12}")
     lines += [
@@ -95,6 +100,38 @@ def table(results: dict[str, Any]) -> str:
         lines.append(f"{point['max_records']:>12,}{point['runs']:>6}{_fmt(point['records_per_s'], 1):>28}"
                      f"{point['run_duration_s']:>12.1f} s")
     return "\n".join(lines)
+
+
+def sensor_lines(results: dict[str, Any]) -> list[str]:
+    """The worker against the Dagster sensor that polls Kafka each tick: throughput, latency, a kill -9 each."""
+    r = results["ratios"]
+    created = results.get("event_to_run_created_s", {})
+    lines = ["", "the peer: a Dagster sensor polling Kafka each tick (bench/sensor_location.py), daemon running"]
+    for sensor, figures in results.get("sensor_throughput", {}).items():
+        rate = figures["msgs_per_s"] or float("nan")
+        lines.append(f"  {sensor}: {rate:,.0f} msgs/s into launched runs ({figures['interval_s']:.0f} s interval, "
+                     f"tick took {', '.join(f'{t:.1f}' for t in figures['tick_s'])} s)")
+        lines.append(f"    service / {sensor}  {r.get(f'service_over_{sensor}', float('nan')):.0f}x"
+                     "   (target >= 10x for the tuned 5 s sensor)")
+    for name, figures in created.items():
+        lines.append(f"  event -> run created, {name:<18} p50 {figures['p50']:7.2f} s   p99 {figures['p99']:7.2f} s"
+                     f"   ({figures['batches']} runs)")
+    for sensor in results.get("sensor_throughput", {}):
+        key = f"service_p99_over_{sensor}_p99"
+        if key in r:
+            lines.append(f"    service p99 / {sensor} p99  {r[key]:.2f}   (target <= 0.2 for the tuned sensor)")
+    for name, kill in results.get("kill", {}).items():
+        lines.append(f"  kill -9 the {kill['killed']} ({name}): {kill['lost']:,} of {kill['produced']:,} records in no "
+                     f"run, {kill['duplicated']:,} in two; {kill['runs']} runs")
+    return lines
+
+
+def without_samples(results: Any) -> Any:
+    """`results` without the long lists of raw values (what a console summary leaves out)."""
+    if isinstance(results, dict):
+        return {key: without_samples(value) for key, value in results.items()
+                if not (key in ("values", "samples") and isinstance(value, list) and len(value) > 8)}
+    return results
 
 
 def write_json(results: dict[str, Any], path: Path) -> None:

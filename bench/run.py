@@ -20,12 +20,22 @@ from bench.broker import broker_name, new_broker
 from bench.config import Mode
 from bench.context import Context
 from bench.data import make_values, produce_fast
-from bench.latency import event_to_launch, launch_latencies
+from bench.latency import WARM_UP_S, launch_latencies
 from bench.limit import run_limit
 from bench.naive import run_naive
 from bench.pause import pause_resume
+from bench.sensor import (
+    SensorControl,
+    event_to_launch_side_by_side,
+    hold_runs,
+    kill_sensor_daemon,
+    kill_worker,
+    sensor_dir,
+    sensor_throughput,
+)
+from bench.sensor_names import DIR_ENV
 from bench.service import run_scaling, run_service
-from bench.stats import median, percentile, ratio
+from bench.stats import median, percentile, ratios
 from bench.worker import ROOT, unique
 from service.dev.postgres import postgres_server
 from service.dev.stack import Dagster, StackError, running, temporary_database
@@ -39,15 +49,22 @@ def _step(what: str, started: float) -> None:
     logger.info("[%5.0fs] %s", time.monotonic() - started, what)
 
 
-def measure(ctx: Context, started: float, profile: bool = False) -> dict[str, Any]:
-    """Every figure, in an order that keeps runs from disturbing later measurements."""
+# `python -m bench --only PART`: one part of the run, on the same stack and data set (the rest is skipped).
+PARTS = ("sensor", "throughput", "sizes")
+
+
+def measure(ctx: Context, started: float, profile: bool = False, only: str | None = None) -> dict[str, Any]:
+    """Every figure (or those of the part `only`), in an order that keeps runs from disturbing later ones."""
     mode = ctx.mode
     results: dict[str, Any] = {}
-    _step("per-record costs of validation and route matching (no broker)", started)
-    results["validation_us_per_record"] = validators.costs(mode.micro_records, passes=3)
-    results["matching_ns_per_record"] = matching.costs(mode.micro_records, passes=3)
-    _step("amortisation: runs to SUCCESS for max_records " + ", ".join(map(str, mode.amortisation_sizes)), started)
-    results["amortisation"] = [asdict(point) for point in amortisation(ctx)]
+    if only is None:
+        _step("per-record costs of validation and route matching (no broker)", started)
+        results["validation_us_per_record"] = validators.costs(mode.micro_records, passes=3)
+        results["matching_ns_per_record"] = matching.costs(mode.micro_records, passes=3)
+    if only in (None, "sizes"):
+        _step(f"into SUCCESS runs, daemon running: {mode.amortisation_runs} batches of max_records "
+              + ", ".join(map(str, mode.amortisation_sizes)), started)
+        results["amortisation"] = [asdict(point) for point in amortisation(ctx)]
     # From here on runs are launched (queued) but not executed: the daemon would compete for the CPU.
     ctx.dagster.daemon.stop()
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -55,6 +72,34 @@ def measure(ctx: Context, started: float, profile: bool = False) -> dict[str, An
     produce_rate = asyncio.run(produce_fast(ctx.bootstrap, ctx.topic, make_values(mode.messages, mode.value_bytes),
                                             mode.partitions))
     results["producer_msgs_per_s"] = produce_rate
+    if only in (None, "sensor"):
+        results |= measure_sensor(ctx, started)
+    if only in (None, "throughput"):
+        results |= measure_throughput(ctx, started, profile)
+    if only in (None, "sizes"):
+        results["sizes"] = measure_sizes(ctx, started)
+    if only is None:
+        results |= measure_rest(ctx, started)
+    return results
+
+
+def measure_sizes(ctx: Context, started: float) -> dict[str, Any]:
+    """The service on the data set at the batch sizes users configure, into launched runs (one sample each):
+    records/s, and what the launches cost (their `launchRun` calls, summed over the partitions' lanes)."""
+    found: dict[str, Any] = {}
+    for size in ctx.mode.amortisation_sizes:
+        _step(f"service at max_records {size:,}: into launched runs", started)
+        service = run_service(ctx, max_records=size)
+        found[str(size)] = {"msgs_per_s": service.msgs_per_s, "consumed_msgs_per_s": service.consumed_msgs_per_s,
+                            "runs": service.runs, "launch_s": service.launch_s, "fence_s": service.fence_s,
+                            "elapsed_s": service.elapsed_s}
+    return found
+
+
+def measure_throughput(ctx: Context, started: float, profile: bool) -> dict[str, Any]:
+    """The limit, naive and service contenders on the data set, interleaved, `repetitions` times."""
+    mode = ctx.mode
+    results: dict[str, Any] = {}
     services = {"service": {}, "service_schema": {"schema": True}, "service_routes": {"routes": True}}
     samples: dict[str, list[float]] = {"limit": [], "naive": [], **{name: [] for name in services}}
     consumed: dict[str, list[float]] = {name: [] for name in services}
@@ -77,6 +122,13 @@ def measure(ctx: Context, started: float, profile: bool = False) -> dict[str, An
     for name, values in consumed.items():
         results[f"{name}_consumed_msgs_per_s"] = {"median": median(values), "samples": values}
     results["fencing"] = _fencing(costs)
+    return results
+
+
+def measure_rest(ctx: Context, started: float) -> dict[str, Any]:
+    """launchRun latency, workers in one group, a route pause, backpressure."""
+    mode = ctx.mode
+    results: dict[str, Any] = {}
     _step(f"launchRun latency: {mode.launch_samples} launches", started)
     latencies = launch_latencies(ctx)
     results["launch_latency_s"] = _percentiles(latencies) | {"samples": len(latencies), "values": latencies}
@@ -88,10 +140,6 @@ def measure(ctx: Context, started: float, profile: bool = False) -> dict[str, An
     as_list = launch_latencies(ctx, mode.inline_records, as_list=True)
     results["launch_latency_inline_list_s"] = _percentiles(as_list) | {
         "samples": len(as_list), "records": mode.inline_records, "values": as_list}
-    _step(f"event -> launch at {mode.steady_rate} msg/s for {mode.steady_s:.0f}s", started)
-    e2e = event_to_launch(ctx)
-    results["event_to_launch_s"] = _percentiles(e2e) | {
-        "rate": mode.steady_rate, "max_wait_s": mode.steady_max_wait_s, "batches": len(e2e), "values": e2e}
     results["workers"] = {}
     for count in mode.workers:
         _step(f"{count} worker(s) in one group, live producer", started)
@@ -105,6 +153,27 @@ def measure(ctx: Context, started: float, profile: bool = False) -> dict[str, An
     at_start = [mb for _, produced, mb in rss.points if produced == 0]
     results["backpressure"] = {"backlog": mode.backlog, "samples": rss.points,
                                "rss_mb_at_backlog_start": max(at_start, default=0.0)}
+    return results
+
+
+def measure_sensor(ctx: Context, started: float) -> dict[str, Any]:
+    """The sensor contender beside the worker, with the daemon running and holding every run in the queue."""
+    mode = ctx.mode
+    control = SensorControl(sensor_dir(ctx.workdir), ctx.bootstrap)
+    results: dict[str, Any] = {}
+    hold_runs(ctx.dagster)
+    try:
+        _step(f"sensors {', '.join(mode.sensors)} on the data set: {mode.sensor_ticks} ticks each", started)
+        results["sensor_throughput"] = sensor_throughput(ctx, control, mode.sensors)
+        _step(f"event -> launch at {mode.steady_rate} msg/s for {mode.steady_s:.0f}s: worker and sensors", started)
+        side = event_to_launch_side_by_side(ctx, control, mode.sensors, WARM_UP_S)
+        e2e = side.pop("service_launch_success")
+        results["event_to_launch_s"] = e2e | {"rate": mode.steady_rate, "max_wait_s": mode.steady_max_wait_s}
+        results["event_to_run_created_s"] = side
+        _step(f"kill -9: the sensor's daemon, then the worker ({mode.kill_records:,} records each)", started)
+        results["kill"] = {"sensor": kill_sensor_daemon(ctx, control), "service": kill_worker(ctx)}
+    finally:
+        ctx.dagster.daemon.stop()
     return results
 
 
@@ -131,7 +200,8 @@ def dagster_storage(stack: contextlib.ExitStack, workdir: Path, started: float) 
         return None, "sqlite"
 
 
-def run(mode: Mode, keep: bool = False, profile: bool = False, broker_kind: str = "apache") -> dict[str, Any]:
+def run(mode: Mode, keep: bool = False, profile: bool = False, broker_kind: str = "apache",
+        only: str | None = None) -> dict[str, Any]:
     started = time.monotonic()
     workdir = ROOT / ".bench-stack" / unique(mode.name)
     broker, broker_info = new_broker(broker_kind, workdir)
@@ -146,21 +216,16 @@ def run(mode: Mode, keep: bool = False, profile: bool = False, broker_kind: str 
         with contextlib.ExitStack() as stack:
             pg_url, storage = dagster_storage(stack, workdir, started)
             results["dagster_storage"] = storage
-            dagster = Dagster(workdir / "dagster", {"KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap_servers},
-                              pg_url=pg_url)
+            dagster = Dagster(workdir / "dagster", {"KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap_servers,
+                                                    DIR_ENV: str(sensor_dir(workdir)), "PYTHONPATH": str(ROOT)},
+                              pg_url=pg_url, extra_locations={"bench_sensor": "bench.sensor_location"})
             _step(f"starting {broker_name(results)} and Dagster ({storage} storage)", started)
             with running(broker, dagster):
-                results |= measure(Context(mode, broker, dagster, workdir), started, profile)
+                results |= measure(Context(mode, broker, dagster, workdir), started, profile, only)
     finally:
         if not keep:
             shutil.rmtree(workdir, ignore_errors=True)
-    t = results["throughput_msgs_per_s"]
-    results["ratios"] = {"service_over_limit": ratio(t["service"], t["limit"]),
-                         "service_over_naive": ratio(t["service"], t["naive"]),
-                         "service_schema_over_limit": ratio(t["service_schema"], t["limit"]),
-                         "service_schema_over_naive": ratio(t["service_schema"], t["naive"]),
-                         "service_routes_over_limit": ratio(t["service_routes"], t["limit"]),
-                         "service_routes_over_naive": ratio(t["service_routes"], t["naive"])}
+    results["ratios"] = ratios(results)
     results["elapsed_s"] = round(time.monotonic() - started, 1)
     return results
 

@@ -62,15 +62,17 @@ def shared_topic_routes(topic: str, max_records: int) -> list[RouteSpec]:
 
 
 def run_service(ctx: Context, profile: Path | None = None, schema: bool = False,
-                routes: bool = False) -> ServiceRun:
+                routes: bool = False, max_records: int | None = None) -> ServiceRun:
     """One worker on the pre-produced data set, large batches, until every message is in a launched run.
 
     :param schema: validate every value against `schemas/order.json`, as the sample route does.
     :param routes: three routes with `match` filters on the topic (`shared_topic_routes`) instead of one.
+    :param max_records: the route's batch size (default: one run per partition, `Mode.service_max_records`).
     """
     mode = ctx.mode
-    specs = (shared_topic_routes(ctx.topic, mode.service_max_records) if routes else
-             [RouteSpec(ctx.topic, mode.service_max_records, MAX_WAIT_S, ORDER_SCHEMA if schema else None)])
+    size = max_records or mode.service_max_records
+    specs = (shared_topic_routes(ctx.topic, size) if routes else
+             [RouteSpec(ctx.topic, size, MAX_WAIT_S, ORDER_SCHEMA if schema else None)])
     launched_records = mode.messages * (2 if routes else 1)  # each order is launched by both order routes
     with ctx.workers(1, *specs) as workers, \
             _py_spy(workers[0].pid, profile):

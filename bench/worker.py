@@ -36,9 +36,14 @@ class RouteSpec(NamedTuple):
     match: str | None = None  # a TOML inline table
 
 
+# The sensor contender's code location (bench.sensor_location) serves a `process_orders` too.
+LOCATION = "dagster_project"
+
+
 def routes_toml(routes: Iterable[RouteSpec], max_bytes: int = 16 * 1_048_576) -> str:
     return "".join(
-        f'[[routes]]\ntopic = "{r.topic}"\njob = "process_orders"\nmax_records = {r.max_records}\n'
+        f'[[routes]]\ntopic = "{r.topic}"\njob = "process_orders"\nlocation = "{LOCATION}"\n'
+        f"max_records = {r.max_records}\n"
         f"max_bytes = {max_bytes}\nmax_wait_s = {r.max_wait_s}\n"
         + (f"schema_file = {str(r.schema_file)!r}\n" if r.schema_file is not None else "")
         + (f'name = "{r.name}"\n' if r.name is not None else "")

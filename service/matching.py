@@ -532,6 +532,11 @@ class Match:
     def __hash__(self) -> int:
         return hash(self.to_json())
 
+    @property
+    def needs_meta(self) -> bool:
+        """True when a key or header condition decides too (`select_meta` is not always True)."""
+        return any(not condition.path.startswith("value") for condition in self._conditions)
+
     def select_meta(self, key: bytes | None, headers: Headers) -> bool:
         """The key and header conditions alone (True if there are none)."""
         return self._meta(key, headers)

@@ -301,3 +301,70 @@ async def test_a_launch_counts_in_the_window_from_its_slot_until_a_window_after_
 
 async def _never(job: str) -> Any:
     raise AssertionError("not asked")
+
+
+THREE_ROUTES_SAME_SCHEMA = """
+[[routes]]
+name = "created"
+topic = "orders"
+job = "process_orders"
+match = { "value.type" = "order.created" }
+schema = { type = "object", required = ["amount"] }
+max_records = 4
+max_bytes = 1000000
+max_wait_s = 5.0
+
+[[routes]]
+name = "large"
+topic = "orders"
+job = "process_large"
+match = { "value.amount" = { ">" = 100 } }
+schema = { type = "object", required = ["amount"] }
+max_records = 4
+max_bytes = 1000000
+max_wait_s = 5.0
+
+[[routes]]
+name = "all"
+topic = "orders"
+job = "process_all"
+max_records = 4
+max_bytes = 1000000
+max_wait_s = 5.0
+"""
+
+
+async def test_three_routes_decode_each_record_once_and_check_a_shared_schema_once(
+        make_routed: Callable[[RouteTable], Harness], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fan-out does no repeated work: one parse per record, one check per distinct schema, whatever the routes."""
+    import service.routing
+    from service.schemas import CompiledSchema
+
+    parsed: list[int] = []
+    checked: list[object] = []
+    parse, is_valid = service.routing.parse_value, CompiledSchema.is_valid
+
+    def counting_parse(record: Any, *args: Any) -> Any:
+        parsed.append(record.offset)
+        return parse(record, *args)
+
+    def counting_is_valid(validator: Any, value: Any) -> bool:
+        checked.append(value)
+        return bool(is_valid(validator, value))
+
+    monkeypatch.setattr(service.routing, "parse_value", counting_parse)
+    monkeypatch.setattr(CompiledSchema, "is_valid", counting_is_valid)
+    path = tmp_path / "three.toml"
+    path.write_text(THREE_ROUTES_SAME_SCHEMA)
+    h = make_routed(load_routes(path))
+    await feed_events(h, event("order.created", 500), event("order.created", 10), event("refund.issued", 200),
+                      event("refund.issued", 5))
+    assert await h.settle()
+    assert parsed == [0, 1, 2, 3]  # once each, for three routes
+    assert len(checked) == 3  # records 0, 1, 2 feed a route with the schema; record 3 feeds "all" alone
+    assert launched_by_route(h) == {"all": [(0, 3, 4)]}
+    h.clock.now += 5.0
+    await h.delivery.tick()
+    assert await h.settle()
+    assert launched_by_route(h) == {"all": [(0, 3, 4)], "created": [(0, 1, 2)], "large": [(0, 2, 2)]}
+    assert h.acked() == [0, 1, 2, 3]
