@@ -46,7 +46,9 @@ class RoutePauses:
         self.paused: dict[str, Pause] = {}
         self._resumed: dict[str, asyncio.Event] = {}
 
-    def pause(self, route: str, reason: str, message: str, hint: str) -> None:
+    def pause(self, route: str, reason: str, message: str, hint: str, stop_fetching: bool = True) -> None:
+        """Pause `route` (its partitions stop fetching, unless not `stop_fetching`: a refused fetch is itself
+        the retry that tells when the refusal ends)."""
         current = self.paused.get(route)
         if current is not None and current.reason == reason:
             current.message = message
@@ -59,7 +61,7 @@ class RoutePauses:
         fix = "" if hint in message else f"; fix: {hint}"
         logger.error("route %s paused (%s): %s%s. Its records stay in Kafka, uncommitted, and are retried "
                      "until this is fixed", route, reason, message, fix)
-        if current is None:
+        if current is None and stop_fetching:
             self.on_change(route, True)
 
     def resume(self, route: str, reason: str | None = None) -> None:
