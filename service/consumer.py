@@ -25,8 +25,9 @@ The broker refusing the worker (an ACL: `service.kafka_access`) never
 crashes or stalls it. aiokafka hands a refused group (join, heartbeat,
 offsets) to the application through the next `getmany` and waits until it
 is taken, but Faust calls `getmany` only for partitions it fetches, so a
-worker refused its group would wait without a word: the fetch loop takes
-such errors itself, each turn. A refused fetch is raised by `getmany` and
+worker refused its group would wait without a word (Faust starts its fetch
+loop, and the app's tasks, only once the group assigned partitions): a task
+of the consumer takes such errors itself, every second. A refused fetch is raised by `getmany` and
 a refused commit inside Faust's commit (which would crash the worker): both
 pause the routes they touch instead, and are tried again.
 """
@@ -45,6 +46,7 @@ from aiokafka.structs import TopicPartition as AIOKafkaTP
 from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers import aiokafka as aiokafka_driver
 from faust.types import TP
+from mode import Service
 
 from service.errors import BrokerUnavailable, KafkaNotAuthorized, KafkaRefused
 from service.kafka import kafka_error, not_authorized
@@ -307,32 +309,52 @@ class Consumer(aiokafka_driver.Consumer):
         if not self.flow_active:
             await self.wait(self.can_resume_flow)  # type: ignore[arg-type]  # as Faust's own call
         generation_id = self.app.consumer_generation_id
+        try:
+            records, _active_partitions = await self._wait_next_records(1.0)
+        except KafkaError as exc:
+            refused = not_authorized(self._consuming, exc)
+            if refused is None:
+                raise
+            self._access.refuse(scope_of(refused), refused)
+            await self.sleep(REFUSED_BACKOFF_S)
+            return None, generation_id
+        return records, generation_id
+
+    # -- refusals -----------------------------------------------------------
+
+    @property
+    def _access(self) -> Refusals:
+        return self.app.kafka_access or IGNORED  # type: ignore[attr-defined,no-any-return]  # service.app.App
+
+    @property
+    def _consuming(self) -> str:
+        return f"consuming as group {self.app.conf.id!r}"
+
+    @Service.task
+    async def _watch_refusals(self) -> None:
+        """Report what the broker refuses the consumer, every `REFUSED_BACKOFF_S`, from the start: Faust
+        starts its fetch loop and the app's tasks only once the group has assigned partitions."""
+        while not self.should_stop:
+            await self.sleep(REFUSED_BACKOFF_S)
+            await self.report_refusals()
+
+    async def report_refusals(self) -> None:
+        """Refused commits, and the error aiokafka's coordinator holds (taking it lets it try again), as
+        refusals; the refusals none came for lately, as accepted."""
         thread = cast(ConsumerThread, self._thread)
-        access: Refusals = self.app.kafka_access or IGNORED  # type: ignore[attr-defined]  # service.app.App
+        access = self._access
         while thread.refused_commits:
             commit = thread.refused_commits.popleft()
             access.refuse(scope_of(commit), commit)
-        what = f"consuming as group {self.app.conf.id!r}"
         taken = await thread.take_coordinator_error() if thread._consumer is not None else None
         if taken is not None:
-            refused = not_authorized(what, taken)
+            refused = not_authorized(self._consuming, taken)
             if refused is None:
                 self.log.warning("the group coordinator reported %r; aiokafka tries again", taken)
             else:
                 access.refuse(scope_of(refused), refused)
-            await self.sleep(REFUSED_BACKOFF_S)
-            return None, generation_id
-        try:
-            records, _active_partitions = await self._wait_next_records(1.0)
-        except KafkaError as exc:
-            refused = not_authorized(what, exc)
-            if refused is None:
-                raise
-            access.refuse(scope_of(refused), refused)
-            await self.sleep(REFUSED_BACKOFF_S)
-            return None, generation_id
+            return
         access.accept_quiet()
-        return records, generation_id
 
     async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover
         consumer_should_stop = self._stopped.is_set

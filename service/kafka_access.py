@@ -107,8 +107,14 @@ class KafkaAccess:
             return
         logger.info("Kafka accepts the worker again (%s): %s", scope, refused.error.resource)
         for route in self.routes_of(scope):
-            if not self._still_refused(route, refused.error.reason):
+            holding = self._holding(route)
+            if holding is None:
                 self.pauses.resume(route, reason=refused.error.reason)
+            elif self.pauses.is_paused(route) and self.pauses.paused[route].reason == refused.error.reason:
+                # Another refusal still holds the route: its pause shows now.
+                other_scope, other = holding
+                self.pauses.pause(route, other.error.reason, str(other.error), other.error.hint,
+                                  stop_fetching=not other_scope.startswith("topic"))
 
     def accept_quiet(self, scopes: tuple[str, ...] = (GROUP, TOPICS)) -> None:
         """Accept the group and topic scopes that no refusal came for in `QUIET_S`."""
@@ -118,8 +124,9 @@ class KafkaAccess:
             if quiet and (scope in scopes or scope.startswith("topic ")):
                 self.accept(scope)
 
-    def _still_refused(self, route: str, reason: str) -> bool:
-        return any(r.error.reason == reason and route in self.routes_of(scope) for scope, r in self.refused.items())
+    def _holding(self, route: str) -> tuple[str, Refused] | None:
+        """A refusal that still pauses `route`, if any."""
+        return next(((scope, r) for scope, r in self.refused.items() if route in self.routes_of(scope)), None)
 
     async def until_accepted(self, scope: str, attempt: Callable[[], Awaitable[T]], backoff: Backoff) -> T:
         """`attempt()` until the broker accepts it; each refusal pauses the scope's routes until then."""
