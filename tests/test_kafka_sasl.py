@@ -70,7 +70,7 @@ ACL_USERS = ("acl-group", "acl-topic", "acl-dlq", "acl-login")
 # A login over SASL_PLAINTEXT with SCRAM-SHA-256 is re-authenticated every few seconds (KIP-368; aiokafka
 # cannot, so the broker closes its connections and it logs in again): a revoked credential then refuses
 # the worker's own connections too, not only its new ones.
-REAUTH_MS = 8000
+REAUTH_MS = 5000
 
 
 @dataclass
@@ -408,19 +408,21 @@ class Refusals:
         assert "Traceback" not in worker.log_path.read_text(errors="replace")
 
     async def dlq_refused(self) -> None:
-        """The DLQ exists and may be described but not written: a poison record pauses its route
-        (`kafka_authorization`, not `dlq_write`) until Write is granted; then it is in the DLQ once."""
+        """No ACL on the DLQ: creating it is refused and every route pauses; with Create and Describe it is
+        created, but a poison record's dead letter is refused Write: its route pauses (`kafka_authorization`,
+        not `dlq_write`) until Write is granted; then the dead letter is in the DLQ once."""
         user, topic, dlq, group = "acl-dlq", unique("acl-dlq-t"), unique("acl-dlq-dlq"), unique("acl-g")
-        await ensure_topics(self.bootstrap, {topic: 1, dlq: 1})
+        await ensure_topics(self.bootstrap, {topic: 1})
         await self.admin.grant(user, "--consumer", "--topic", topic, "--group", group)
-        await self.admin.grant(user, "--operation", "Describe", "--topic", dlq)
         await self.admin.grant(user, "--operation", "All", "--topic", f"{dlq}.outcomes")
-        worker = await self.start(user, topic, dlq, group, wait=True)
+        worker = await self.start(user, topic, dlq, group)
+        await _until_paused(worker, topic, "kafka_authorization", "creating topics", "TOPIC_AUTHORIZATION_FAILED",
+                            f"--operation Create --topic {dlq}")
         await produce(self.bootstrap, topic, [*[order(i) for i in range(5)], b"{not json",
                                               *[order(i) for i in range(5, 10)]])
-        pause = await _until_paused(worker, topic, "kafka_authorization", "TOPIC_AUTHORIZATION_FAILED", dlq,
-                                    "--operation Write")
-        assert "offset 5" in pause["error"], pause
+        await self.admin.grant(user, "--operation", "Create", "--operation", "Describe", "--topic", dlq)
+        await _until_paused(worker, topic, "kafka_authorization", "TOPIC_AUTHORIZATION_FAILED",
+                            f"refused a dead letter of {topic}/0 offset 5", f"--operation Write --topic {dlq}")
         assert (await read_topic(self.bootstrap, dlq, timeout_s=10)) == []
         await self.admin.grant(user, "--operation", "Write", "--topic", dlq)
         await _until_resumed(worker, topic, "kafka_authorization")
