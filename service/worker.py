@@ -28,6 +28,7 @@ from service.metrics import Metrics
 from service.outcomes import OutcomeLog, outcomes_topic
 from service.records import TP, Record
 from service.registry import SchemaRegistry
+from service.retry import Backoff
 from service.routes import RouteTable, check_batch_bytes, check_registry, load_routes
 from service.settings import Settings
 from service.topic_check import CHECK_INTERVAL_S, HiddenTopics, watch_topics
@@ -39,6 +40,9 @@ TICK_S = 0.05
 LAG_INTERVAL_S = 5.0
 GC_THRESHOLDS = (50_000, 20, 10)
 DLQ_HEADER_ROOM_BYTES = 64 * 1024
+# A refused DLQ creation is asked again at least this often: a launch that gets through meanwhile clears its
+# routes' pauses, and the next refusal shows them again.
+DLQ_CREATE_RETRY_MAX_S = 10.0
 
 
 def build_worker(settings: Settings, metrics: Metrics | None = None) -> App:
@@ -219,7 +223,7 @@ def _add_access_checks(app: App, settings: Settings, delivery: Delivery, access:
     async def create_dlq_topic() -> None:
         await access.until_accepted(DLQ_TOPICS, lambda: delivery.retry_transient(
             lambda: ensure_topics(bootstrap, {settings.dlq_topic: 1}, security), "creating the DLQ topic"),
-            delivery.retrying.route_backoff())
+            Backoff(base_s=1.0, max_delay_s=DLQ_CREATE_RETRY_MAX_S))
 
     @app.task
     async def check_login() -> None:

@@ -44,8 +44,10 @@ from service.kafka_security import KafkaSecurity
 from tests.conftest import Stack
 from tests.support import (
     ROOT,
+    Accounting,
     DagsterApi,
     WorkerProcess,
+    account,
     eventually,
     finished_runs,
     metric,
@@ -353,6 +355,15 @@ class Refusals:
             KAFKA_DAGSTER_GROUP_ID=group, KAFKA_DAGSTER_TOPIC_REFRESH_S="2", KAFKA_DAGSTER_PROBE_INTERVAL_S="1",
             KAFKA_DAGSTER_ROUTE_RETRY_MAX_DELAY_S="2", **env)
 
+    async def every_record_launched(self, topic: str, dlq: str, expected: int) -> None:
+        """Each of the `expected` records in exactly one launched run (finished or not)."""
+        async def launched() -> Accounting | None:
+            result = await account(self.bootstrap, self.api, topic, dlq)
+            return result if result.offsets >= expected and result.in_runs == result.offsets else None
+
+        result = await eventually(launched, 120, f"the {expected} records of {topic} launched")
+        assert result.problems == [], result.problems[:10]
+
     async def every_record_once(self, topic: str, dlq: str, expected: int, dead_letters: int = 0) -> None:
         result = await eventually(lambda: settled(self.bootstrap, self.api, topic, dlq, expected), 120,
                                   f"the {expected} records of {topic} placed")
@@ -374,7 +385,7 @@ class Refusals:
         assert await self.api.runs(topic) == []
         await self.admin.grant(user, "--operation", "Read", "--group", group)
         await _until_resumed(worker, topic, "kafka_authorization")
-        await self.every_record_once(topic, dlq, 10)
+        await self.every_record_launched(topic, dlq, 10)
         # Revoked while it runs: heartbeats and commits are refused.
         await self.admin.revoke(user, "--operation", "Read", "--group", group)
         await _until_paused(worker, topic, "kafka_authorization", "GROUP_AUTHORIZATION_FAILED", f"--group {group}")
@@ -398,7 +409,7 @@ class Refusals:
         assert "--operation Read" in pause["fix"], pause
         await self.admin.grant(user, "--operation", "Read", "--topic", topic)
         await _until_resumed(worker, topic, "kafka_authorization")
-        await self.every_record_once(topic, dlq, 10)
+        await self.every_record_launched(topic, dlq, 10)
         await self.admin.revoke(user, "--operation", "Read", "--topic", topic)
         await _until_paused(worker, topic, "kafka_authorization", "TOPIC_AUTHORIZATION_FAILED", f"--topic {topic}")
         await produce(self.bootstrap, topic, [order(i) for i in range(10, 20)])
@@ -438,7 +449,7 @@ class Refusals:
         await self.admin.grant(user, "--operation", "All", "--resource-pattern-type", "prefixed", "--topic", dlq)
         worker = await self.start(user, topic, dlq, group, way="SASL_PLAINTEXT SCRAM-SHA-256", wait=True)
         await produce(self.bootstrap, topic, [order(i) for i in range(5)])
-        await self.every_record_once(topic, dlq, 5)
+        await self.every_record_launched(topic, dlq, 5)
         await self.admin.delete_credential(user, "SCRAM-SHA-256")
         pause = await _until_paused(worker, topic, "kafka_auth", "SASL authentication failed", "KAFKA_SASL_PASSWORD")
         assert f"as '{user}'" in pause["error"], pause
