@@ -27,9 +27,10 @@ offsets) to the application through the next `getmany` and waits until it
 is taken, but Faust calls `getmany` only for partitions it fetches, so a
 worker refused its group would wait without a word (Faust starts its fetch
 loop, and the app's tasks, only once the group assigned partitions): a task
-of the consumer takes such errors itself, every second. A refused fetch is raised by `getmany` and
-a refused commit inside Faust's commit (which would crash the worker): both
-pause the routes they touch instead, and are tried again.
+of the consumer takes such errors itself, every second. A refused fetch is
+raised by `getmany`, and a refused commit inside Faust's commit (which would
+crash the worker): both pause the routes they touch instead, and are tried
+again.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ from service.kafka_access import scope_of
 
 # How long a fencing commit may wait for the group coordinator before it counts as a transient failure.
 FENCE_TIMEOUT_S = 10.0
+
 
 class Refusals(Protocol):
     """Where the fetch loop reports the broker refusing the worker (`service.kafka_access.KafkaAccess`)."""
@@ -153,7 +155,6 @@ class ConsumerThread(aiokafka_driver.AIOKafkaConsumerThread):
         except KafkaError as exc:
             raise kafka_error(f"committing {tp.topic}/{tp.partition}", exc) from exc
         return True
-
 
     # -- refusals ------------------------------------------------------------
 
