@@ -99,7 +99,7 @@ def not_authorized(what: str, exc: KafkaError, needs: str | None = None) -> Kafk
         return None
     names = _resource_names(exc) if isinstance(exc, error_class) else []
     resource = f"{kind} {', '.join(names)}" if names else kind
-    operation = needs or "Read"
+    operation = needs
     on = f"{kind} {', '.join(names)}" if names else f"the {kind}"
     hint = (f"grant {operation} on {on} to the worker's principal (kafka-acls.sh --add --allow-principal "
             f"User:<the worker's user> --operation {operation} --{kind} {names[0] if names else '<name>'})")
@@ -111,14 +111,14 @@ def not_authorized(what: str, exc: KafkaError, needs: str | None = None) -> Kafk
 
 
 def _resource_names(exc: KafkaError) -> list[str]:
-    """The topic or group names aiokafka put in the error (a name, or a set of names)."""
-    names: list[str] = []
+    """The topic or group names aiokafka put in the error (a name, a TopicPartition, or a set of them)."""
+    names: set[str] = set()
     for arg in exc.args:
-        if isinstance(arg, str) and arg:
-            names.append(arg)
-        elif isinstance(arg, (set, frozenset, list, tuple)):
-            names.extend(sorted(str(name) for name in arg))
-    return names
+        for item in arg if isinstance(arg, (set, frozenset, list)) else [arg]:
+            name = getattr(item, "topic", item)  # a TopicPartition names its topic
+            if isinstance(name, str) and name:
+                names.add(name)
+    return sorted(names)
 
 
 async def existing_topics(bootstrap_servers: str, security: KafkaSecurity = PLAINTEXT) -> set[str]:

@@ -12,6 +12,7 @@ from aiokafka.errors import (
     RecordTooLargeError,
     TopicAuthorizationFailedError,
 )
+from aiokafka.structs import TopicPartition
 
 from service.errors import (
     KAFKA_AUTH,
@@ -37,6 +38,7 @@ from service.topic_check import TOPIC_MISSING, HiddenTopics, watch_topics
     (TopicAuthorizationFailedError("kafka-dagster.dlq"), "Write", "topic kafka-dagster.dlq",
      "--operation Write --topic kafka-dagster.dlq"),
     (GroupAuthorizationFailedError("workers"), None, "group workers", "--operation Read --group workers"),
+    (TopicAuthorizationFailedError(TopicPartition("orders", 3)), None, "topic orders", "--topic orders"),
     # aiokafka wraps a refused offset fetch in a plain KafkaError: recognised by name, naming no topic
     (KafkaError("TopicAuthorizationFailedError()"), None, "topic", "--operation Read --topic <name>"),
 ])
