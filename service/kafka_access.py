@@ -98,7 +98,8 @@ class KafkaAccess:
             logger.error("Kafka refused the worker (%s): %s; fix: %s", exc.reason, exc, exc.hint)
         self.refused[scope] = Refused(exc, self.clock(), quiet_ends and (previous is None or previous.quiet_ends))
         for route in self.routes_of(scope):
-            self.pauses.pause(route, exc.reason, str(exc), exc.hint, stop_fetching=not scope.startswith("topic"))
+            self.pauses.pause(route, exc.reason, str(exc), exc.hint, stop_fetching=not scope.startswith("topic"),
+                              held=True)
 
     def accept(self, scope: str) -> None:
         """`scope` works again: resume the routes its refusal paused (each only if still paused for it)."""
@@ -114,7 +115,7 @@ class KafkaAccess:
                 # Another refusal still holds the route: its pause shows now.
                 other_scope, other = holding
                 self.pauses.pause(route, other.error.reason, str(other.error), other.error.hint,
-                                  stop_fetching=not other_scope.startswith("topic"))
+                                  stop_fetching=not other_scope.startswith("topic"), held=True)
 
     def accept_quiet(self, scopes: tuple[str, ...] = (GROUP, TOPICS)) -> None:
         """Accept the group and topic scopes that no refusal came for in `QUIET_S`."""
