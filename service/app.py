@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable
 import faust
 from faust.types import TransportT
 
-from service.consumer import RecordSink, Transport
+from service.consumer import RecordSink, Refusals, Transport
 from service.errors import ConfigurationError
 from service.kafka_security import faust_credentials
 from service.settings import Settings
@@ -27,6 +27,8 @@ class App(faust.App):
     record_sink: RecordSink | None = None
     # One regex for every routed topic when a route names a topic_pattern (Faust subscribes by name only).
     subscription_pattern: str | None = None
+    # Where the consumer reports the broker refusing the worker (`service.kafka_access.KafkaAccess`).
+    kafka_access: Refusals | None = None
 
     def _new_transport(self) -> TransportT:
         """The aiokafka transport with the chunked fetch loop of `service.consumer`."""

@@ -20,27 +20,60 @@ The loop below is faust-streaming 0.15's `_drain_messages` and `getmany`
 (pinned `<0.16`) with per-chunk instead of per-message hand-off. Guarded by
 tests/unit/test_library_internals.py: a Faust or aiokafka release whose
 internals differ fails there.
+
+The broker refusing the worker (an ACL: `service.kafka_access`) never
+crashes or stalls it. aiokafka hands a refused group (join, heartbeat,
+offsets) to the application through the next `getmany` and waits until it
+is taken, but Faust calls `getmany` only for partitions it fetches, so a
+worker refused its group would wait without a word (Faust starts its fetch
+loop, and the app's tasks, only once the group assigned partitions): a task
+of the consumer takes such errors itself, every second. A refused fetch is
+raised by `getmany`, and a refused commit inside Faust's commit (which would
+crash the worker): both pause the routes they touch instead, and are tried
+again.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from time import monotonic
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
-from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+from aiokafka.errors import CommitFailedError, GroupAuthorizationFailedError, IllegalStateError, KafkaError
 from aiokafka.structs import OffsetAndMetadata
 from aiokafka.structs import TopicPartition as AIOKafkaTP
 from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers import aiokafka as aiokafka_driver
 from faust.types import TP
+from mode import Service
 
-from service.errors import BrokerUnavailable
-from service.kafka import kafka_error
+from service.errors import BrokerUnavailable, KafkaNotAuthorized, KafkaRefused
+from service.kafka import kafka_error, not_authorized
+from service.kafka_access import scope_of
 
 # How long a fencing commit may wait for the group coordinator before it counts as a transient failure.
 FENCE_TIMEOUT_S = 10.0
+
+
+class Refusals(Protocol):
+    """Where the fetch loop reports the broker refusing the worker (`service.kafka_access.KafkaAccess`)."""
+
+    def refuse(self, scope: str, exc: KafkaRefused, quiet_ends: bool = True) -> None: ...
+
+    def accept_quiet(self) -> None: ...
+
+
+class _Ignored:
+    def refuse(self, scope: str, exc: KafkaRefused, quiet_ends: bool = True) -> None:
+        return None
+
+    def accept_quiet(self) -> None:
+        return None
+
+
+IGNORED: Refusals = _Ignored()  # an app without a worker (the unit tests')
 
 # What the fetch loop hands over: one partition and its fetched aiokafka `ConsumerRecord`s, in offset order.
 RecordSink = Callable[[TP, Sequence[Any]], Awaitable[None]]
@@ -50,6 +83,9 @@ RecordSink = Callable[[TP, Sequence[Any]], Awaitable[None]]
 # that long even with records waiting, which measured here as ~0.4 s median delivery delay at
 # 1,000 msg/s. 100 ms costs an idle worker ten small fetches a second.
 FETCH_MAX_WAIT_MS = 100
+
+# How long the fetch loop waits after the broker refused the worker, before it asks again.
+REFUSED_BACKOFF_S = 1.0
 
 
 class ConsumerThread(aiokafka_driver.AIOKafkaConsumerThread):
@@ -118,6 +154,73 @@ class ConsumerThread(aiokafka_driver.AIOKafkaConsumerThread):
             return False
         except KafkaError as exc:
             raise kafka_error(f"committing {tp.topic}/{tp.partition}", exc) from exc
+        return True
+
+    # -- refusals ------------------------------------------------------------
+
+    @property
+    def refused_commits(self) -> deque[KafkaNotAuthorized]:
+        """Commits the broker's ACLs refused on this thread, for the fetch loop (on the app's loop) to report."""
+        refused: deque[KafkaNotAuthorized] | None = getattr(self, "_refused_commits", None)
+        if refused is None:
+            refused = deque(maxlen=100)
+            self._refused_commits = refused
+        return refused
+
+    async def take_coordinator_error(self) -> KafkaError | None:
+        """The error aiokafka's group coordinator holds for the application, if any: it waits, retrying
+        nothing, until someone takes it. A refused group also rejoins: aiokafka's heartbeat stays failed
+        until the member joins again. Raises what ended the coordinator, if it ended (as `getmany` would)."""
+        return cast(KafkaError | None, await self.call_thread(self._take_coordinator_error))
+
+    async def _take_coordinator_error(self) -> KafkaError | None:
+        coordinator = self._ensure_consumer()._coordinator
+        if coordinator._coordination_task.done():
+            coordinator.check_errors()
+        try:
+            coordinator.check_errors()
+        except KafkaError as exc:
+            if isinstance(exc, GroupAuthorizationFailedError) or "GroupAuthorizationFailedError" in str(exc):
+                coordinator.request_rejoin()
+            return exc
+        return None
+
+    async def refresh_metadata(self) -> None:
+        """Ask the broker for the subscribed topics' metadata now (a topic the ACLs hid is back)."""
+        await self.call_thread(self._refresh_metadata)
+
+    async def _refresh_metadata(self) -> None:
+        await self._ensure_consumer()._client.force_metadata_update()
+
+    async def _commit(self, offsets: Mapping[TP, int]) -> bool:
+        """faust-streaming 0.15's commit, except that a commit the broker's ACLs refuse is reported (the
+        routes pause) and tried again at the next commit, instead of crashing the worker."""
+        consumer = self._ensure_consumer()
+        now = monotonic()
+        commitable_offsets = {tp: offset for tp, offset in offsets.items() if tp in self.assignment()}
+        try:
+            aiokafka_offsets = {aiokafka_driver.ensure_aiokafka_TP(tp): OffsetAndMetadata(offset, "")
+                                for tp, offset in commitable_offsets.items()}
+            self.tp_last_committed_at.update({tp: now for tp in commitable_offsets})
+            await consumer.commit(aiokafka_offsets)
+        except CommitFailedError as exc:
+            if "already rebalanced" in str(exc):
+                return False
+            self.log.exception("Committing raised exception: %r", exc)
+            await self.crash(exc)
+            return False
+        except KafkaError as exc:
+            refused = not_authorized("committing offsets", exc)
+            if refused is None:
+                self.log.exception("Got exception: %r\nCurrent assignment: %r", exc, self.assignment())
+                await self.crash(exc)
+                return False
+            self.refused_commits.append(refused)
+            return False
+        except Exception as exc:
+            self.log.exception("Got exception: %r\nCurrent assignment: %r", exc, self.assignment())
+            await self.crash(exc)
+            return False
         return True
 
 
@@ -212,8 +315,52 @@ class Consumer(aiokafka_driver.Consumer):
         if not self.flow_active:
             await self.wait(self.can_resume_flow)  # type: ignore[arg-type]  # as Faust's own call
         generation_id = self.app.consumer_generation_id
-        records, _active_partitions = await self._wait_next_records(1.0)
+        try:
+            records, _active_partitions = await self._wait_next_records(1.0)
+        except KafkaError as exc:
+            refused = not_authorized(self._consuming, exc)
+            if refused is None:
+                raise
+            self._access.refuse(scope_of(refused), refused)
+            await self.sleep(REFUSED_BACKOFF_S)
+            return None, generation_id
         return records, generation_id
+
+    # -- refusals -----------------------------------------------------------
+
+    @property
+    def _access(self) -> Refusals:
+        return self.app.kafka_access or IGNORED  # type: ignore[attr-defined,no-any-return]  # service.app.App
+
+    @property
+    def _consuming(self) -> str:
+        return f"consuming as group {self.app.conf.id!r}"
+
+    @Service.task
+    async def _watch_refusals(self) -> None:
+        """Report what the broker refuses the consumer, every `REFUSED_BACKOFF_S`, from the start: Faust
+        starts its fetch loop and the app's tasks only once the group has assigned partitions."""
+        while not self.should_stop:
+            await self.sleep(REFUSED_BACKOFF_S)
+            await self.report_refusals()
+
+    async def report_refusals(self) -> None:
+        """Refused commits, and the error aiokafka's coordinator holds (taking it lets it try again), as
+        refusals; the refusals none came for lately, as accepted."""
+        thread = cast(ConsumerThread, self._thread)
+        access = self._access
+        while thread.refused_commits:
+            commit = thread.refused_commits.popleft()
+            access.refuse(scope_of(commit), commit)
+        taken = await thread.take_coordinator_error() if thread._consumer is not None else None
+        if taken is not None:
+            refused = not_authorized(self._consuming, taken)
+            if refused is None:
+                self.log.warning("the group coordinator reported %r; aiokafka tries again", taken)
+            else:
+                access.refuse(scope_of(refused), refused)
+            return
+        access.accept_quiet()
 
     async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover
         consumer_should_stop = self._stopped.is_set

@@ -38,7 +38,11 @@ library it comes from, in one place per library: httpx and GraphQL results in
     │   └── RequestRejected     HTTP 400/404 and other 4xx, GraphQL errors: a wrong URL or query
     ├── BatchTooLarge           HTTP 413: relaunch the batch with its offset range only
     ├── KafkaRejected           a Kafka error that waiting will not fix (e.g. a record too large
-    │                           for the broker): pauses the partition with a reason
+    │   │                       for the broker): pauses the partition with a reason
+    │   └── KafkaRefused        the broker refused the worker itself: a failure of the system, never
+    │       │                   of the data; the routes it touches pause and resume once it is fixed
+    │       ├── KafkaNotAuthenticated  SASL credentials refused (`kafka_auth`)
+    │       └── KafkaNotAuthorized     an ACL denies an operation (`kafka_authorization`), naming it
     ├── Fenced                  this worker no longer owns the partition in the current generation
     └── ConfigurationError      a bad setting or routes file: fail at start
 """
@@ -238,6 +242,34 @@ class BatchTooLarge(KafkaDagsterError):
 
 class KafkaRejected(KafkaDagsterError):
     """Kafka refused a request in a way that waiting alone will not fix."""
+
+
+KAFKA_AUTH = "kafka_auth"  # pause reason: the broker refused the worker's credentials
+KAFKA_AUTHORIZATION = "kafka_authorization"  # pause reason: an ACL denies the worker an operation
+
+
+class KafkaRefused(KafkaRejected):
+    """The broker refused the worker's own access: credentials or an ACL. `reason` is the pause reason,
+    `hint` the fix; `resource` names what was refused (e.g. "topic orders", "group kafka-dagster")."""
+
+    reason = KAFKA_AUTHORIZATION
+
+    def __init__(self, message: str, hint: str, resource: str) -> None:
+        super().__init__(message)
+        self.hint = hint
+        self.resource = resource
+
+
+class KafkaNotAuthenticated(KafkaRefused):
+    """The broker refused the worker's SASL credentials (revoked, changed, or never valid)."""
+
+    reason = KAFKA_AUTH
+
+
+class KafkaNotAuthorized(KafkaRefused):
+    """The broker's authorizer denies the worker's principal an operation on a topic, group or cluster."""
+
+    reason = KAFKA_AUTHORIZATION
 
 
 class Fenced(KafkaDagsterError):

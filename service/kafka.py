@@ -3,7 +3,10 @@
 Every aiokafka error is translated in one place, `map_kafka_errors`, by
 aiokafka's own `retriable` flag: failures that may pass (connection lost,
 timeouts, leader changes) become `BrokerUnavailable` (transient), the rest
-`KafkaRejected`; the rest of the code never sees aiokafka exceptions.
+`KafkaRejected`; the rest of the code never sees aiokafka exceptions. A
+refusal by the broker's authorizer (`TOPIC_AUTHORIZATION_FAILED`,
+`GROUP_AUTHORIZATION_FAILED`, ...) becomes `KafkaNotAuthorized`, naming the
+ACL to grant: a failure of the system, which pauses what it touches.
 A TLS or SASL failure cannot pass by waiting: `check_security` finds it at
 start and raises `ConfigurationError` with one line naming what to fix.
 Every client takes its TLS/SASL arguments from `service.kafka_security`.
@@ -16,14 +19,31 @@ import contextlib
 import logging
 import ssl
 from collections.abc import AsyncGenerator, Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.conn import create_conn
-from aiokafka.errors import KafkaError, KafkaTimeoutError, TopicAlreadyExistsError
+from aiokafka.errors import (
+    ClusterAuthorizationFailedError,
+    GroupAuthorizationFailedError,
+    KafkaError,
+    KafkaTimeoutError,
+    TopicAlreadyExistsError,
+    TopicAuthorizationFailedError,
+    TransactionalIdAuthorizationFailed,
+    for_code,
+)
+from aiokafka.protocol.metadata import MetadataRequest
 from aiokafka.structs import ConsumerRecord
 
-from service.errors import BrokerUnavailable, ConfigurationError, KafkaRejected
+from service.errors import (
+    BrokerUnavailable,
+    ConfigurationError,
+    KafkaNotAuthenticated,
+    KafkaNotAuthorized,
+    KafkaRejected,
+)
 from service.kafka_security import KafkaSecurity, aiokafka_kwargs
 from service.records import Record
 
@@ -37,18 +57,68 @@ TRANSIENT_UNFLAGGED = (KafkaTimeoutError,)
 
 
 @contextlib.contextmanager
-def map_kafka_errors(what: str) -> Iterator[None]:
-    """Translate aiokafka's errors raised inside the block: retriable -> `BrokerUnavailable`, else `KafkaRejected`."""
+def map_kafka_errors(what: str, needs: str | None = None) -> Iterator[None]:
+    """Translate aiokafka's errors raised inside the block: retriable -> `BrokerUnavailable`, an authorizer's
+    refusal -> `KafkaNotAuthorized` (`needs`: the operation the block needs, e.g. "Write"), else `KafkaRejected`."""
     try:
         yield
     except KafkaError as exc:
-        raise kafka_error(what, exc) from exc
+        raise kafka_error(what, exc, needs) from exc
 
 
-def kafka_error(what: str, exc: KafkaError) -> BrokerUnavailable | KafkaRejected:
+def kafka_error(what: str, exc: KafkaError, needs: str | None = None) -> BrokerUnavailable | KafkaRejected:
+    refused = not_authorized(what, exc, needs)
+    if refused is not None:
+        return refused
     if exc.retriable or isinstance(exc, TRANSIENT_UNFLAGGED):
         return BrokerUnavailable(f"{what}: {exc!r}")
     return KafkaRejected(f"{what}: {exc!r}")
+
+
+# The resource kind each authorization error names, and the operation to grant when the caller names none.
+AUTHORIZATION_ERRORS: dict[type[KafkaError], tuple[str, str]] = {
+    TopicAuthorizationFailedError: ("topic", "Read"),
+    GroupAuthorizationFailedError: ("group", "Read"),
+    ClusterAuthorizationFailedError: ("cluster", "Create"),
+    TransactionalIdAuthorizationFailed: ("transactional-id", "Write"),
+}
+
+
+def not_authorized(what: str, exc: KafkaError, needs: str | None = None) -> KafkaNotAuthorized | None:
+    """`exc` as the ACL the worker lacks, or None if it is no authorization error.
+
+    aiokafka raises some of them wrapped: a refused offset fetch as a plain
+    `KafkaError` whose message is the refusal's repr; those are recognised by name.
+    """
+    kind = error_class = None
+    for candidate, (resource_kind, default) in AUTHORIZATION_ERRORS.items():
+        if isinstance(exc, candidate) or candidate.__name__ in str(exc):
+            kind, error_class, needs = resource_kind, candidate, needs or default
+            break
+    if kind is None or error_class is None:
+        return None
+    names = _resource_names(exc) if isinstance(exc, error_class) else []
+    resource = f"{kind} {', '.join(names)}" if names else kind
+    operation = needs
+    on = f"{kind} {', '.join(names)}" if names else f"the {kind}"
+    hint = (f"grant {operation} on {on} to the worker's principal (kafka-acls.sh --add --allow-principal "
+            f"User:<the worker's user> --operation {operation} --{kind} {names[0] if names else '<name>'})")
+    if kind == "cluster":
+        hint = ("grant Create on the cluster to the worker's principal, or create the worker's topics "
+                "(the DLQ and <dlq>.outcomes) yourself and grant Describe and Write on them")
+    return KafkaNotAuthorized(f"{what}: {error_class.message} ({resource}): the broker's ACLs deny the worker",
+                              hint, resource)
+
+
+def _resource_names(exc: KafkaError) -> list[str]:
+    """The topic or group names aiokafka put in the error (a name, a TopicPartition, or a set of them)."""
+    names: set[str] = set()
+    for arg in exc.args:
+        for item in arg if isinstance(arg, (set, frozenset, list)) else [arg]:
+            name = getattr(item, "topic", item)  # a TopicPartition names its topic
+            if isinstance(name, str) and name:
+                names.add(name)
+    return sorted(names)
 
 
 async def existing_topics(bootstrap_servers: str, security: KafkaSecurity = PLAINTEXT) -> set[str]:
@@ -67,17 +137,48 @@ async def ensure_topics(bootstrap_servers: str, topics: Mapping[str, int],
     """Create each topic with its number of partitions (and `configs`) unless it exists."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, **aiokafka_kwargs(security))
     try:
-        with map_kafka_errors(f"creating topics on {bootstrap_servers}"):
+        with map_kafka_errors(f"creating topics on {bootstrap_servers}", needs="Create"):
             await admin.start()
-            existing = set(await admin.list_topics())
+            existing = set(await admin.list_topics())  # only the topics the worker may Describe
             missing = [NewTopic(name, partitions, 1, topic_configs=dict(configs or {}))
                        for name, partitions in topics.items() if name not in existing]
             if missing:
                 with contextlib.suppress(TopicAlreadyExistsError):
-                    await admin.create_topics(missing)
+                    response = await admin.create_topics(missing)
+                    _raise_topic_errors(response.topic_errors)
                 logger.info("created topics %s", ", ".join(t.name for t in missing))
     finally:
         await admin.close()
+
+
+async def unauthorized_topics(bootstrap_servers: str, topics: Iterable[str],
+                              security: KafkaSecurity = PLAINTEXT) -> set[str]:
+    """Which of `topics` the worker may not even Describe (the broker answers TOPIC_AUTHORIZATION_FAILED).
+
+    A cluster lists only the topics a principal may Describe, so to the
+    worker such a topic looks missing. Asked by name, the broker tells the
+    two apart; the request never auto-creates a topic.
+    """
+    names = sorted(set(topics))
+    if not names:
+        return set()
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, **aiokafka_kwargs(security))
+    try:
+        with map_kafka_errors(f"describing topics on {bootstrap_servers}"):
+            await admin.start()
+            response = await admin._send_request(MetadataRequest(names, allow_auto_topic_creation=False))
+    finally:
+        await admin.close()
+    return {t["topic"] for t in response.to_object()["topics"]
+            if t["error_code"] == TopicAuthorizationFailedError.errno}
+
+
+def _raise_topic_errors(topic_errors: Iterable[tuple[Any, ...]]) -> None:
+    """Raise the first error a CreateTopics answer carries per topic (aiokafka returns them unread)."""
+    for topic, error_code, *_ in topic_errors:
+        if error_code:
+            error = for_code(error_code)
+            raise error(topic) if error is TopicAuthorizationFailedError else error()
 
 
 async def topic_partitions(bootstrap_servers: str, topics: Iterable[str],
@@ -140,7 +241,7 @@ class Producer:
                    partition: int | None = None) -> None:
         """Send one record and wait for the broker's acknowledgement."""
         producer = await self.start()
-        with map_kafka_errors(f"producing to {topic}"):
+        with map_kafka_errors(f"producing to {topic}", needs="Write"):
             await producer.send_and_wait(topic, value=value, key=key, headers=headers or None,
                                          timestamp_ms=timestamp_ms, partition=partition)
 
@@ -148,7 +249,7 @@ class Producer:
                          partition: int | None = None, headers: list[tuple[str, bytes]] | None = None) -> None:
         """Send many (key, value) records, each with `headers`, waiting for all acknowledgements at the end."""
         producer = await self.start()
-        with map_kafka_errors(f"producing to {topic}"):
+        with map_kafka_errors(f"producing to {topic}", needs="Write"):
             futures = [await producer.send(topic, value=v, key=k, partition=partition, headers=headers or None)
                        for k, v in records]
             for future in futures:
@@ -160,13 +261,13 @@ class Producer:
         """Hand one record to the producer without waiting for its acknowledgement: await the
         returned future with `acknowledged` (many at once), so sending never waits for one ack per record."""
         producer = await self.start()
-        with map_kafka_errors(f"producing to {topic}"):
+        with map_kafka_errors(f"producing to {topic}", needs="Write"):
             return await producer.send(topic, value=value, key=key, headers=headers or None)
 
     @staticmethod
     async def acknowledged(acks: Sequence[asyncio.Future[object]]) -> None:
         """Wait until the broker has acknowledged every record of `acks` (from `enqueue`)."""
-        with map_kafka_errors("producing"):
+        with map_kafka_errors("producing", needs="Write"):
             for ack in acks:
                 await ack
 
@@ -319,6 +420,38 @@ async def check_security(bootstrap_servers: str, security: KafkaSecurity, timeou
     logger.warning("no Kafka bootstrap server of %s is reachable; TLS/SASL not checked yet", bootstrap_servers)
 
 
+class NoHandshakeAnswer(ConfigurationError):
+    """The broker accepted the connection but did not complete the handshake in time."""
+
+
+LOGIN_HINT = ("restore the worker's credentials on the broker (e.g. kafka-configs.sh --alter --entity-type users "
+              "--entity-name <user> --add-config 'SCRAM-SHA-512=[password=...]'), or set the new ones in "
+              "KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD and restart the worker")
+
+
+async def login_refused(bootstrap_servers: str, security: KafkaSecurity,
+                        timeout_s: float = 15.0) -> KafkaNotAuthenticated | None:
+    """One fresh TLS/SASL login with the first reachable bootstrap server, as at start: the broker's refusal,
+    or None when it accepts (or no server is reachable or answers: not a refusal).
+
+    Connections the worker holds stay logged in until the broker re-authenticates them
+    (`connections.max.reauth.ms`), so a credential revoked while it runs shows first here.
+    """
+    if security.protocol == "PLAINTEXT":
+        return None
+    for server in bootstrap_servers.split(","):
+        host, _, port = server.strip().rpartition(":")
+        if await tcp_reachable(host, int(port), timeout_s):
+            try:
+                await _handshake(host, int(port), security, timeout_s)
+            except NoHandshakeAnswer:
+                return None
+            except ConfigurationError as exc:
+                return KafkaNotAuthenticated(f"a new login to Kafka was refused: {exc}", LOGIN_HINT, "credentials")
+            return None
+    return None
+
+
 async def tcp_reachable(host: str, port: int, timeout_s: float) -> bool:
     """True when a TCP connection to host:port opens within `timeout_s`."""
     try:
@@ -341,8 +474,8 @@ async def _handshake(host: str, port: int, security: KafkaSecurity, timeout_s: f
     except ssl.SSLError as exc:
         raise _tls_failure(where, exc) from None
     except TimeoutError:
-        raise ConfigurationError(f"{where}: no answer to the handshake within {timeout_s:.0f}s; "
-                                 "check KAFKA_SECURITY_PROTOCOL") from None
+        raise NoHandshakeAnswer(f"{where}: no answer to the handshake within {timeout_s:.0f}s; "
+                                "check KAFKA_SECURITY_PROTOCOL") from None
     except (KafkaError, OSError, KeyError, ValueError) as exc:
         tls_error = _ssl_cause(exc)
         if tls_error is not None:  # TLS 1.3: the server's alert (e.g. on our client certificate) comes late

@@ -31,6 +31,7 @@ class Pause:
     message: str
     hint: str
     since: float = field(default_factory=time.monotonic)
+    held: bool = False  # only a resume naming its reason ends it (its owner knows when it ends)
 
     def describe(self) -> dict[str, object]:
         return {"reason": self.reason, "error": self.message, "fix": self.hint,
@@ -46,26 +47,31 @@ class RoutePauses:
         self.paused: dict[str, Pause] = {}
         self._resumed: dict[str, asyncio.Event] = {}
 
-    def pause(self, route: str, reason: str, message: str, hint: str) -> None:
+    def pause(self, route: str, reason: str, message: str, hint: str, stop_fetching: bool = True,
+              held: bool = False) -> None:
+        """Pause `route` (its partitions stop fetching, unless not `stop_fetching`: a refused fetch is itself
+        the retry that tells when the refusal ends). A `held` pause ends only by a resume naming its reason:
+        a launch that gets through does not prove the broker accepts the worker again."""
         current = self.paused.get(route)
         if current is not None and current.reason == reason:
             current.message = message
+            current.held = current.held or held
             return
         if current is not None:
             self._gauge(route, current.reason, 0)
-        self.paused[route] = Pause(reason, message, hint)
+        self.paused[route] = Pause(reason, message, hint, held=held)
         self._gauge(route, reason, 1)
         self._event(route).clear()
         fix = "" if hint in message else f"; fix: {hint}"
         logger.error("route %s paused (%s): %s%s. Its records stay in Kafka, uncommitted, and are retried "
                      "until this is fixed", route, reason, message, fix)
-        if current is None:
+        if current is None and stop_fetching:
             self.on_change(route, True)
 
     def resume(self, route: str, reason: str | None = None) -> None:
         """The route works again (only if it was paused for `reason`, when given)."""
         pause = self.paused.get(route)
-        if pause is None or (reason is not None and pause.reason != reason):
+        if pause is None or (pause.reason != reason if reason is not None else pause.held):
             return
         del self.paused[route]
         self._gauge(route, pause.reason, 0)

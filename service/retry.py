@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
-from service.errors import DagsterUnavailable, RateLimited, RouteError, TransientError
+from service.errors import DagsterUnavailable, KafkaRefused, RateLimited, RouteError, TransientError
 from service.metrics import Metrics
 
 logger = logging.getLogger(__name__)
@@ -55,7 +55,7 @@ class Refusal:
     pauses: bool = True
 
     @classmethod
-    def of(cls, exc: RouteError) -> Refusal:
+    def of(cls, exc: RouteError | KafkaRefused) -> Refusal:
         return cls(exc.reason, str(exc), exc.hint)
 
 
@@ -110,8 +110,9 @@ async def until_accepted(attempt: Callable[[], Awaitable[T]], *, pauses: Pauses,
 
 
 def route_refusal(exc: Exception) -> Refusal | None:
-    """A route fault pauses the route; anything else is raised."""
-    return Refusal.of(exc) if isinstance(exc, RouteError) else None
+    """A route fault, or the broker refusing the worker's access (an ACL, credentials), pauses the route;
+    anything else is raised."""
+    return Refusal.of(exc) if isinstance(exc, (RouteError, KafkaRefused)) else None
 
 
 class Retrying:

@@ -15,14 +15,23 @@ from service.check import watch_routes
 from service.dagster import DagsterClient
 from service.delivery import Delivery, DeliverySettings
 from service.health import ConsumerLag, Heartbeat, probe_forever, readiness
-from service.kafka import Producer, ensure_topics, existing_topics, read_range
+from service.kafka import (
+    Producer,
+    ensure_topics,
+    existing_topics,
+    login_refused,
+    read_range,
+    unauthorized_topics,
+)
+from service.kafka_access import CREDENTIALS, DLQ_TOPICS, KafkaAccess, topic_scope
 from service.metrics import Metrics
 from service.outcomes import OutcomeLog, outcomes_topic
 from service.records import TP, Record
 from service.registry import SchemaRegistry
+from service.retry import Backoff
 from service.routes import RouteTable, check_batch_bytes, check_registry, load_routes
 from service.settings import Settings
-from service.topic_check import watch_topics
+from service.topic_check import CHECK_INTERVAL_S, HiddenTopics, watch_topics
 from service.web import add_pages
 
 logger = logging.getLogger(__name__)
@@ -31,6 +40,9 @@ TICK_S = 0.05
 LAG_INTERVAL_S = 5.0
 GC_THRESHOLDS = (50_000, 20, 10)
 DLQ_HEADER_ROOM_BYTES = 64 * 1024
+# A refused DLQ creation is asked again at least this often: a launch that gets through meanwhile clears its
+# routes' pauses, and the next refusal shows them again.
+DLQ_CREATE_RETRY_MAX_S = 10.0
 
 
 def build_worker(settings: Settings, metrics: Metrics | None = None) -> App:
@@ -56,8 +68,10 @@ def build_worker(settings: Settings, metrics: Metrics | None = None) -> App:
         metrics, on_fatal=lambda exc: app.crash(exc),
         registry=SchemaRegistry(registry) if routes.framed else None,
     )
+    access = app.kafka_access = KafkaAccess(delivery.pauses, routes)
     _add_intake(app, routes, delivery)
     _add_lifecycle(app, settings, delivery, dlq_producer, client, outcomes)
+    _add_access_checks(app, settings, delivery, access)
 
     heartbeat = Heartbeat()
     lag = ConsumerLag(metrics)
@@ -182,6 +196,44 @@ def _add_intake(app: App, routes: RouteTable, delivery: Delivery) -> None:
             await delivery.tick()
 
 
+def _add_access_checks(app: App, settings: Settings, delivery: Delivery, access: KafkaAccess) -> None:
+    """The routed topics (missing, or hidden by the ACLs), the DLQ topic, and the worker's login, each watched:
+    a refusal by the broker pauses the routes it touches until it ends (`service.kafka_access`)."""
+    bootstrap, security = settings.bootstrap_servers, settings.kafka_security
+
+    async def topic_visible(topic: str) -> None:
+        access.accept(topic_scope(topic))
+        await app.consumer._thread.refresh_metadata()  # type: ignore[attr-defined]  # service.consumer
+
+    hidden = HiddenTopics(lambda topics: unauthorized_topics(bootstrap, topics, security),
+                          lambda topic, exc: access.refuse(topic_scope(topic), exc, quiet_ends=False), topic_visible)
+
+    @app.task
+    async def check_topics() -> None:
+        await watch_topics(delivery.routes.values(), lambda: existing_topics(bootstrap, security),
+                           delivery.pauses.pause, lambda route, reason: delivery.pauses.resume(route, reason=reason),
+                           bootstrap, interval_s=min(CHECK_INTERVAL_S, settings.topic_refresh_s), hidden=hidden)
+
+    @app.task
+    async def create_dlq_topic() -> None:
+        await access.until_accepted(DLQ_TOPICS, lambda: delivery.retry_transient(
+            lambda: ensure_topics(bootstrap, {settings.dlq_topic: 1}, security), "creating the DLQ topic"),
+            Backoff(base_s=1.0, max_delay_s=DLQ_CREATE_RETRY_MAX_S))
+
+    @app.task
+    async def check_login() -> None:
+        """A fresh login every probe interval: a credential revoked while the worker runs shows here first."""
+        if security.protocol == "PLAINTEXT":
+            return
+        while True:
+            refused = await login_refused(bootstrap, security)
+            if refused is None:
+                access.accept(CREDENTIALS)
+            else:
+                access.refuse(CREDENTIALS, refused)
+            await asyncio.sleep(settings.probe_interval_s)
+
+
 def _add_lifecycle(app: App, settings: Settings, delivery: Delivery, dlq_producer: Producer,
                    client: DagsterClient, outcomes: OutcomeLog) -> None:
     revoke_timeout_s = settings.session_timeout_s / 2
@@ -214,18 +266,6 @@ def _add_lifecycle(app: App, settings: Settings, delivery: Delivery, dlq_produce
         """`kafka-dagster check` at start: a route that fails it pauses, with the reason, until it passes."""
         await watch_routes(delivery.routes.values(), client, delivery.pauses, settings.route_retry_max_delay_s)
 
-    @app.task
-    async def check_topics() -> None:
-        await watch_topics(delivery.routes.values(),
-                           lambda: existing_topics(settings.bootstrap_servers, settings.kafka_security),
-                           delivery.pauses.pause, lambda route, reason: delivery.pauses.resume(route, reason=reason),
-                           settings.bootstrap_servers)
-
-    @app.task
-    async def create_dlq_topic() -> None:
-        await delivery.retry_transient(
-            lambda: ensure_topics(settings.bootstrap_servers, {settings.dlq_topic: 1}, settings.kafka_security),
-            "creating the DLQ topic")
 
     @app.on_before_shutdown.connect  # type: ignore[arg-type]
     async def on_shutdown(app: Any, **kwargs: Any) -> None:

@@ -11,6 +11,12 @@ Every part that talks to Kafka logs in with the same settings
 CLI (`produce`, `dlq inspect`, `dlq replay`; `status` reads the worker's
 page), and the code
 location's `KafkaResource` reading a range back.
+
+The broker authorizes with its own `StandardAuthorizer`: the logins above
+are super users; users of the refusal tests (`acl-*`) get only the ACLs a
+test grants, added and removed while their worker runs with Kafka's own
+the admin API (what `kafka-acls` sends) and `kafka-configs`
+(`kafka.admin.ConfigCommand` from the broker's jars).
 """
 
 from __future__ import annotations
@@ -22,19 +28,36 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
+import httpx
 import orjson
 import pytest
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.protocol.admin import CreateAclsRequest, DeleteAclsRequest
 
 from dagster_project.resources import KafkaMessage, KafkaResource
-from service.dev.apache_kafka import ApacheKafka
+from service.dev.apache_kafka import ApacheKafka, logging_flag
+from service.dev.kafka_jars import cache_dir
 from service.dev.stack import free_port
 from service.dlq import DeadLetter
 from service.kafka import ensure_topics, read_topic
 from service.kafka_security import KafkaSecurity
 from tests.conftest import Stack
-from tests.support import ROOT, DagsterApi, eventually, finished_runs, order, produce, route_toml, unique
+from tests.support import (
+    ROOT,
+    Accounting,
+    DagsterApi,
+    WorkerProcess,
+    account,
+    eventually,
+    finished_runs,
+    metric,
+    order,
+    produce,
+    route_toml,
+    unique,
+)
 from tests.tls import CertPair, issue_server_cert, make_ca
 
 pytestmark = pytest.mark.integration
@@ -43,6 +66,14 @@ USER = "kafka-dagster"
 PASSWORD = "pw-" + unique("secret")  # never in a log line, a metric or a dead letter
 MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 SASL_LISTENERS = ("SASL_PLAINTEXT", "SASL_SSL")
+# Users of the refusal tests: only the ACLs a test grants them. Each test has its own, so ACL changes of one
+# never touch another running beside it.
+ACL_PASSWORD = "pw-" + unique("acl")
+ACL_USERS = ("acl-group", "acl-topic", "acl-dlq", "acl-login")
+# A login over SASL_PLAINTEXT with SCRAM-SHA-256 is re-authenticated every few seconds (KIP-368; aiokafka
+# cannot, so the broker closes its connections and it logs in again): a revoked credential then refuses
+# the worker's own connections too, not only its new ones.
+REAUTH_MS = 5000
 
 
 @dataclass
@@ -96,6 +127,10 @@ def secure_properties(ports: dict[str, int], controller_port: int, keystore: Pat
         "ssl.truststore.type": "PEM",
         "ssl.truststore.location": str(ca),
         "listener.name.ssl.ssl.client.auth": "required",
+        "authorizer.class.name": "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+        # The test's own PLAINTEXT set-up and the controller (ANONYMOUS), the logins of the login tests.
+        "super.users": f"User:ANONYMOUS;User:{USER};User:CN=kafka-dagster-client",
+        "listener.name.sasl_plaintext.scram-sha-256.connections.max.reauth.ms": str(REAUTH_MS),
     }
     for listener in SASL_LISTENERS:
         prefix = f"listener.name.{listener.lower()}"
@@ -129,7 +164,9 @@ def secure_kafka(stack: Stack) -> Iterator[SecureKafka]:
     ports = dict(zip(("PLAINTEXT", *SASL_LISTENERS, "SSL"), listener_ports, strict=True))
     broker = ApacheKafka(workdir, port=ports["PLAINTEXT"], name="secure-kafka",
                          format_args=[arg for scram in MECHANISMS[1:]
-                                      for arg in ("--add-scram", f"{scram}=[name={USER},password={PASSWORD}]")])
+                                      for name, password in ((USER, PASSWORD),
+                                                             *((user, ACL_PASSWORD) for user in ACL_USERS))
+                                      for arg in ("--add-scram", f"{scram}=[name={name},password={password}]")])
     broker.controller_port = controller
     broker.extra_properties = secure_properties(ports, broker.controller_port, keystore, ca.cert)
     try:
@@ -233,3 +270,219 @@ async def test_a_wrong_password_fails_the_worker_at_start_with_one_line(
     line = _one_line_failure(await asyncio.to_thread(_cli, "worker", env=env, timeout_s=60))
     assert "SASL authentication failed" in line and "KAFKA_SASL_PASSWORD" in line, line
     assert f"as '{USER}'" in line, line
+
+
+# -- refusals: ACLs and credentials changed while the worker runs -------------------------------------------
+
+
+class KafkaAdmin:
+    """ACLs through the admin API (aiokafka's CreateAcls/DeleteAcls requests), SCRAM credentials with Kafka's
+    own `kafka-configs` from the broker's jars; over the PLAINTEXT listener, whose ANONYMOUS is a super user."""
+
+    RESOURCES: ClassVar[dict[str, int]] = {"topic": 2, "group": 3}  # Kafka's ResourceType
+    OPERATIONS: ClassVar[dict[str, int]] = {"All": 2, "Read": 3, "Write": 4, "Create": 5, "Describe": 8}
+    LITERAL, PREFIXED, ALLOW = 3, 4, 3  # PatternType, AclPermissionType
+
+    def __init__(self, broker: ApacheKafka) -> None:
+        self.broker = broker
+
+    async def _acls(self, request: type[CreateAclsRequest | DeleteAclsRequest], user: str, resource: str,
+                    name: str, operations: tuple[str, ...], prefixed: bool) -> None:
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.broker.bootstrap_servers)
+        await admin.start()
+        try:
+            for operation in operations:
+                response = await admin._send_request(request(
+                    self.RESOURCES[resource], name, self.PREFIXED if prefixed else self.LITERAL, f"User:{user}", "*",
+                    self.OPERATIONS[operation], self.ALLOW))
+                answers = getattr(response, "creation_responses", None) or response.filter_responses
+                assert all(answer[0] == 0 for answer in answers), (request.__name__, answers)
+        finally:
+            await admin.close()
+
+    async def grant(self, user: str, resource: str, name: str, *operations: str, prefixed: bool = False) -> None:
+        """kafka-acls --add --allow-principal User:USER --operation OP... --RESOURCE NAME"""
+        await self._acls(CreateAclsRequest, user, resource, name, operations, prefixed)
+
+    async def revoke(self, user: str, resource: str, name: str, *operations: str) -> None:
+        await self._acls(DeleteAclsRequest, user, resource, name, operations, False)
+
+    async def _configs(self, *args: str) -> None:
+        argv = ["java", "-Xmx128m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1", logging_flag(self.broker.version),
+                "-cp", f"{cache_dir(self.broker.version) / 'lib'}/*", "kafka.admin.ConfigCommand",
+                "--bootstrap-server", self.broker.bootstrap_servers, "--alter", *args]
+        done = await asyncio.to_thread(subprocess.run, argv, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, f"{' '.join(args)}: {done.stdout}{done.stderr}"
+
+    async def delete_credential(self, user: str, mechanism: str) -> None:
+        """kafka-configs --alter --entity-type users --entity-name USER --delete-config MECHANISM"""
+        await self._configs("--entity-type", "users", "--entity-name", user, "--delete-config", mechanism)
+
+    async def set_credential(self, user: str, mechanism: str, password: str) -> None:
+        await self._configs("--entity-type", "users", "--entity-name", user,
+                            "--add-config", f"{mechanism}=[iterations=4096,password={password}]")
+
+
+async def _paused(worker: WorkerProcess, route: str) -> dict[str, Any] | None:
+    async with httpx.AsyncClient() as client:
+        response = await client.get(f"{worker.base_url}/readyz", timeout=5)
+    pause: dict[str, Any] | None = response.json().get("routes_paused", {}).get(route)
+    assert pause is None or response.status_code == 503, response.text
+    return pause
+
+
+async def _until_paused(worker: WorkerProcess, route: str, reason: str, *naming: str,
+                        timeout_s: float = 60) -> dict[str, Any]:
+    """/readyz says the route is paused for `reason`, its error and fix naming each of `naming`; the gauge agrees."""
+    async def paused() -> dict[str, Any] | None:
+        try:
+            pause = await _paused(worker, route)
+        except httpx.HTTPError:
+            return None
+        text = "" if pause is None else pause["error"] + " " + pause["fix"]
+        return pause if pause and pause["reason"] == reason and all(n in text for n in naming) else None
+
+    pause = await eventually(paused, timeout_s, f"route {route} paused ({reason}) naming {naming}")
+    assert metric(await worker.metrics(), "kafka_dagster_route_paused", route=route, reason=reason) == 1
+    assert PASSWORD not in str(pause) and ACL_PASSWORD not in str(pause)
+    return pause
+
+
+async def _until_resumed(worker: WorkerProcess, route: str, reason: str, timeout_s: float = 90) -> None:
+    async def resumed() -> bool:
+        return await _paused(worker, route) is None
+
+    await eventually(resumed, timeout_s, f"route {route} resumed after {reason}")
+    assert metric(await worker.metrics(), "kafka_dagster_route_paused", route=route, reason=reason) == 0
+
+
+class Refusals:
+    """One worker per refusal, each its own user, topic, group and DLQ, side by side on the secure broker."""
+
+    def __init__(self, secure_kafka: SecureKafka, dagster_api: DagsterApi, start_worker: Any) -> None:
+        self.kafka = secure_kafka
+        self.api = dagster_api
+        self.start_worker = start_worker
+        self.admin = KafkaAdmin(secure_kafka.broker)
+        self.bootstrap = secure_kafka.broker.bootstrap_servers  # PLAINTEXT: the test's own super user
+
+    async def start(self, user: str, topic: str, dlq: str, group: str, way: str = "SASL_PLAINTEXT SCRAM-SHA-512",
+                    wait: bool = False) -> WorkerProcess:
+        env = {**self.kafka.env(way), "KAFKA_SASL_USERNAME": user, "KAFKA_SASL_PASSWORD": ACL_PASSWORD}
+        return await self.start_worker(  # type: ignore[no-any-return]
+            route_toml(topic, max_records=50, max_wait_s=1.0), wait=wait, KAFKA_DAGSTER_DLQ_TOPIC=dlq,
+            KAFKA_DAGSTER_GROUP_ID=group, KAFKA_DAGSTER_TOPIC_REFRESH_S="2", KAFKA_DAGSTER_PROBE_INTERVAL_S="1",
+            KAFKA_DAGSTER_ROUTE_RETRY_MAX_DELAY_S="2", **env)
+
+    async def every_record_once(self, topic: str, dlq: str, expected: int, dead_letters: int = 0) -> None:
+        """Each of the `expected` records in exactly one launched run (finished or not) or, `dead_letters` of
+        them, in the DLQ; nothing twice."""
+        async def placed() -> Accounting | None:
+            result = await account(self.bootstrap, self.api, topic, dlq)
+            done = result.offsets >= expected and not any("neither" in p for p in result.problems)
+            return result if done else None
+
+        result = await eventually(placed, 120, f"the {expected} records of {topic} placed")
+        assert result.problems == [], result.problems[:10]
+        assert result.duplicate_dead_letters == 0
+        assert sum(result.dead_lettered.values()) == dead_letters, result
+
+    async def group_refused(self) -> None:
+        """No Read on the group: nothing joins, the route says so; granted, revoked while running, granted."""
+        user, topic, dlq, group = "acl-group", unique("acl-group-t"), unique("acl-group-dlq"), unique("acl-g")
+        await ensure_topics(self.bootstrap, {topic: 1})
+        await self.admin.grant(user, "topic", topic, "Read")
+        await self.admin.grant(user, "topic", dlq, "All", prefixed=True)
+        worker = await self.start(user, topic, dlq, group)
+        await produce(self.bootstrap, topic, [order(i) for i in range(10)])
+        pause = await _until_paused(worker, topic, "kafka_authorization", "GROUP_AUTHORIZATION_FAILED",
+                                    f"--group {group}")
+        assert "--operation Read" in pause["fix"], pause
+        assert await self.api.runs(topic) == []
+        await self.admin.grant(user, "group", group, "Read")
+        await _until_resumed(worker, topic, "kafka_authorization")
+        await self.every_record_once(topic, dlq, 10)
+        # Revoked while it runs: heartbeats and commits are refused.
+        await self.admin.revoke(user, "group", group, "Read")
+        await _until_paused(worker, topic, "kafka_authorization", "GROUP_AUTHORIZATION_FAILED", f"--group {group}")
+        await produce(self.bootstrap, topic, [order(i) for i in range(10, 20)])
+        await self.admin.grant(user, "group", group, "Read")
+        await _until_resumed(worker, topic, "kafka_authorization")
+        await self.every_record_once(topic, dlq, 20)
+        assert "Traceback" not in worker.log_path.read_text(errors="replace")
+
+    async def topic_refused(self) -> None:
+        """No Read on the routed topic: its route pauses naming the topic; granted, revoked while fetching,
+        granted again: every record in one run."""
+        user, topic, dlq, group = "acl-topic", unique("acl-topic-t"), unique("acl-topic-dlq"), unique("acl-g")
+        await ensure_topics(self.bootstrap, {topic: 1})
+        await self.admin.grant(user, "group", group, "Read")
+        await self.admin.grant(user, "topic", dlq, "All", prefixed=True)
+        worker = await self.start(user, topic, dlq, group)
+        await produce(self.bootstrap, topic, [order(i) for i in range(10)])
+        pause = await _until_paused(worker, topic, "kafka_authorization", "TOPIC_AUTHORIZATION_FAILED",
+                                    f"--topic {topic}")
+        assert "--operation Read" in pause["fix"], pause
+        await self.admin.grant(user, "topic", topic, "Read")
+        await _until_resumed(worker, topic, "kafka_authorization")
+        await self.every_record_once(topic, dlq, 10)
+        await self.admin.revoke(user, "topic", topic, "Read")
+        await _until_paused(worker, topic, "kafka_authorization", "TOPIC_AUTHORIZATION_FAILED", f"--topic {topic}")
+        await produce(self.bootstrap, topic, [order(i) for i in range(10, 20)])
+        await self.admin.grant(user, "topic", topic, "Read")
+        await _until_resumed(worker, topic, "kafka_authorization")
+        await self.every_record_once(topic, dlq, 20)
+        assert "Traceback" not in worker.log_path.read_text(errors="replace")
+
+    async def dlq_refused(self) -> None:
+        """No ACL on the DLQ: creating it is refused and every route pauses; with Create and Describe it is
+        created, but a poison record's dead letter is refused Write: its route pauses (`kafka_authorization`,
+        not `dlq_write`) until Write is granted; then the dead letter is in the DLQ once."""
+        user, topic, dlq, group = "acl-dlq", unique("acl-dlq-t"), unique("acl-dlq-dlq"), unique("acl-g")
+        await ensure_topics(self.bootstrap, {topic: 1})
+        await self.admin.grant(user, "topic", topic, "Read")
+        await self.admin.grant(user, "group", group, "Read")
+        await self.admin.grant(user, "topic", f"{dlq}.outcomes", "All")
+        worker = await self.start(user, topic, dlq, group)
+        await _until_paused(worker, topic, "kafka_authorization", "creating topics", "TOPIC_AUTHORIZATION_FAILED",
+                            f"--operation Create --topic {dlq}")
+        await produce(self.bootstrap, topic, [*[order(i) for i in range(5)], b"{not json",
+                                              *[order(i) for i in range(5, 10)]])
+        await self.admin.grant(user, "topic", dlq, "Create", "Describe")
+        await _until_paused(worker, topic, "kafka_authorization", "TOPIC_AUTHORIZATION_FAILED",
+                            f"refused a dead letter of {topic}/0 offset 5", f"--operation Write --topic {dlq}")
+        assert (await read_topic(self.bootstrap, dlq, timeout_s=10)) == []
+        await self.admin.grant(user, "topic", dlq, "Write")
+        await _until_resumed(worker, topic, "kafka_authorization")
+        await self.every_record_once(topic, dlq, 11, dead_letters=1)
+        assert len(await read_topic(self.bootstrap, dlq, timeout_s=10)) == 1  # raw: exactly once
+
+    async def credential_revoked(self) -> None:
+        """The worker's SCRAM credential deleted while it runs: every route pauses (`kafka_auth`) naming the
+        password setting; restored, it resumes and every record is in one run."""
+        user, topic, dlq, group = "acl-login", unique("acl-login-t"), unique("acl-login-dlq"), unique("acl-g")
+        await ensure_topics(self.bootstrap, {topic: 1})
+        await self.admin.grant(user, "topic", topic, "Read")
+        await self.admin.grant(user, "group", group, "Read")
+        await self.admin.grant(user, "topic", dlq, "All", prefixed=True)
+        worker = await self.start(user, topic, dlq, group, way="SASL_PLAINTEXT SCRAM-SHA-256", wait=True)
+        await produce(self.bootstrap, topic, [order(i) for i in range(5)])
+        await self.every_record_once(topic, dlq, 5)
+        await self.admin.delete_credential(user, "SCRAM-SHA-256")
+        pause = await _until_paused(worker, topic, "kafka_auth", "SASL authentication failed", "KAFKA_SASL_PASSWORD")
+        assert f"as '{user}'" in pause["error"], pause
+        await produce(self.bootstrap, topic, [order(i) for i in range(5, 10)])
+        await asyncio.sleep(REAUTH_MS / 1000)  # its own connections are refused too by now
+        await self.admin.set_credential(user, "SCRAM-SHA-256", ACL_PASSWORD)
+        await _until_resumed(worker, topic, "kafka_auth")
+        await self.every_record_once(topic, dlq, 10)
+        assert ACL_PASSWORD not in worker.log_path.read_text(errors="replace")
+
+
+@pytest.mark.timeout(420)
+async def test_refusals_by_the_brokers_acls_and_credentials_pause_and_resume(
+        secure_kafka: SecureKafka, dagster_api: DagsterApi, start_worker: Any) -> None:
+    """Each refusal side by side, each with its own user: the group, the topic, the DLQ, the credential."""
+    refusals = Refusals(secure_kafka, dagster_api, start_worker)
+    await asyncio.gather(refusals.group_refused(), refusals.topic_refused(), refusals.dlq_refused(),
+                         refusals.credential_revoked())

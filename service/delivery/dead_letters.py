@@ -1,5 +1,6 @@
 """Dead letters: records written to the DLQ with the contract's headers, retried through what Kafka refuses
-(a refusal pauses the route, reason `dlq_write`, until the DLQ takes the record)."""
+(a refusal pauses the route, reason `dlq_write`, or `kafka_authorization` when an ACL denies the write,
+until the DLQ takes the record)."""
 
 from __future__ import annotations
 
@@ -10,11 +11,11 @@ from functools import partial
 from service.delivery.config import DeliverySettings
 from service.delivery.links import DeadLetterSink
 from service.dlq import Failure, dlq_headers
-from service.errors import KafkaRejected
+from service.errors import KafkaRefused, KafkaRejected
 from service.metrics import Metrics
 from service.pauses import RoutePauses
 from service.records import Record
-from service.retry import Refusal, Resumes, Retrying, until_accepted
+from service.retry import OWN_PAUSE, Refusal, Retrying, until_accepted
 
 logger = logging.getLogger(__name__)
 
@@ -47,13 +48,16 @@ class DeadLetterWriter:
         def refusal(exc: Exception) -> Refusal | None:
             if not isinstance(exc, KafkaRejected):
                 return None
-            return Refusal(DLQ_WRITE, f"the DLQ topic {self.settings.dlq_topic} refused a dead letter of "
-                           f"{record.topic}/{record.partition} offset {record.offset}: {exc}",
+            refused = (f"the DLQ topic {self.settings.dlq_topic} refused a dead letter of "
+                       f"{record.topic}/{record.partition} offset {record.offset}: {exc}")
+            if isinstance(exc, KafkaRefused):  # an ACL: not the record's fault, and no size limit to raise
+                return Refusal(exc.reason, refused, exc.hint)
+            return Refusal(DLQ_WRITE, refused,
                            "raise the DLQ topic's max.message.bytes (or the broker's message.max.bytes)")
 
         await until_accepted(partial(self.retrying.transient, partial(self._send_dead_letter, record, failure),
                                      "dead-letter"),
-                             pauses=self.pauses, route=failure.route or record.topic, resumes=Resumes(DLQ_WRITE),
+                             pauses=self.pauses, route=failure.route or record.topic, resumes=OWN_PAUSE,
                              refusal=refusal, backoff=self.retrying.route_backoff())
 
     async def _send_dead_letter(self, record: Record, failure: Failure) -> None:

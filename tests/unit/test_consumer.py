@@ -19,7 +19,7 @@ from faust.types import TP
 from service import consumer as consumer_module
 from service.app import App
 from service.consumer import Consumer
-from service.errors import BrokerUnavailable
+from service.errors import BrokerUnavailable, KafkaNotAuthorized, KafkaRefused
 
 P0, P1 = TP("orders", 0), TP("orders", 1)
 
@@ -296,3 +296,55 @@ async def test_a_coordinator_that_keeps_moving_is_a_transient_failure_not_a_hang
     with pytest.raises(BrokerUnavailable, match="did not answer"):
         await thread._commit_owned(P0, 10)
     assert len(coordinator.requests) == 3
+
+
+# -- refusals by the broker's ACLs: aiokafka's own commit code, answered by a scripted broker ---------------------
+
+
+async def test_a_fence_refused_by_an_acl_is_a_refusal_naming_the_group(app: App) -> None:
+    thread, _ = fencing(app, Errors.GroupAuthorizationFailedError.errno)
+    with pytest.raises(KafkaNotAuthorized, match="GROUP_AUTHORIZATION_FAILED") as refused:
+        await thread._commit_owned(P0, 10)
+    assert refused.value.resource == "group group" and "--operation Read --group group" in refused.value.hint
+
+
+class AssignedConsumer(CommittingConsumer):
+    def assignment(self) -> set[Any]:
+        return {P0}
+
+
+class Reported:
+    def __init__(self) -> None:
+        self.refused: list[tuple[str, KafkaRefused]] = []
+
+    def refuse(self, scope: str, exc: KafkaRefused, quiet_ends: bool = True) -> None:
+        self.refused.append((scope, exc))
+
+    def accept_quiet(self) -> None:
+        return None
+
+
+async def test_a_commit_refused_by_an_acl_pauses_instead_of_crashing_the_worker(
+        app: App, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Faust's own commit crashes the worker on any error but "already rebalanced"."""
+    c = consumer(app)
+    thread = c._thread
+    thread._consumer = AssignedConsumer(AnsweringCoordinator(Errors.TopicAuthorizationFailedError.errno))
+    crashed: list[BaseException] = []
+
+    async def crash(exc: BaseException) -> None:
+        crashed.append(exc)
+
+    monkeypatch.setattr(thread, "crash", crash)
+    assert await thread._commit({P0: 10}) is False
+    assert crashed == []
+    app.kafka_access = reported = Reported()
+
+    async def nothing_held() -> None:
+        return None
+
+    monkeypatch.setattr(thread, "take_coordinator_error", nothing_held)
+    await c.report_refusals()
+    [(scope, refused)] = reported.refused
+    assert scope == "topic orders" and "TOPIC_AUTHORIZATION_FAILED" in str(refused)
+    assert "--operation Read --topic orders" in refused.hint

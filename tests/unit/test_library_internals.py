@@ -64,6 +64,8 @@ FAUST_SOURCES: list[tuple[type, str, str, str]] = [
      "overridden by service/consumer.py ConsumerThread (subscribes by pattern when a route has topic_pattern)"),
     (DriverThread, "verify_event_path", "b983e7735f647cb34650530fb0f1bc709e8cb67d54c483b939b14b49b8d931e0",
      "Faust's livelock check: reads monitor.stream_inbound_time, which service/consumer.py _deliver writes"),
+    (DriverThread, "_commit", "932852ce7a23f658804273d0296de6affaa7d21c19311c279712c2fae91a3b03",
+     "copied as service/consumer.py ConsumerThread._commit (a commit refused by an ACL pauses, not crashes)"),
     (DriverThread, "seek_to_committed", "775ab0adc4b052abee204d5347a556412b1f77ed4de971adde69a55a1cb6f908",
      "overridden by service/consumer.py ConsumerThread (seeks offset 0 and never-committed partitions too)"),
     (FaustConsumer, "perform_seek", "0e8c130ff4b0afd82c0be9c5fd831316e10febc62c94032833911096e156d7c6",
@@ -168,3 +170,20 @@ def test_aiokafka_keeps_the_group_generation_on_its_coordinator() -> None:
         upgrade_message("AIOKafkaConsumer.start", "it no longer keeps its GroupCoordinator as self._coordinator")
     assert "self.generation = " in init, \
         upgrade_message("GroupCoordinator.__init__", "it no longer keeps the group generation as self.generation")
+
+
+def test_aiokafka_holds_coordinator_errors_for_the_application() -> None:
+    """`ConsumerThread._take_coordinator_error` takes what aiokafka's coordinator holds (`check_errors`), which
+    lets it try again, and requests a rejoin after a refused group; `service.kafka.unauthorized_topics` sends
+    its own metadata request through the admin client."""
+    check = inspect.getsource(GroupCoordinator.check_errors)
+    push = inspect.getsource(GroupCoordinator._push_error_to_user)
+    assert "self._pending_exception = None" in check and "self._error_consumed_fut.set_result(None)" in check, \
+        upgrade_message("GroupCoordinator.check_errors", "it no longer hands over and clears the held error")
+    assert "self._pending_exception = exc" in push, \
+        upgrade_message("GroupCoordinator._push_error_to_user", "it no longer holds the error for the application")
+    assert callable(getattr(GroupCoordinator, "request_rejoin", None))
+    assert "self._coordination_task = " in inspect.getsource(GroupCoordinator.__init__)
+    assert callable(getattr(aiokafka.AIOKafkaClient, "force_metadata_update", None))
+    assert callable(getattr(aiokafka.admin.AIOKafkaAdminClient, "_send_request", None)), \
+        upgrade_message("AIOKafkaAdminClient._send_request", "it is gone")
