@@ -39,6 +39,7 @@ from service.kafka_security import KafkaSecurity
 from service.logs import logging_config
 from service.outcomes import COMPACTED
 from service.settings import load_kafka_security, load_settings
+from service.transactions import use_transactions
 from service.worker import build_worker, tune_gc
 
 T = TypeVar("T")
@@ -130,7 +131,9 @@ def worker() -> None:
     try:
         settings = load_settings()
         _run(check_security(settings.bootstrap_servers, settings.kafka_security))
-        app = build_worker(settings)
+        transactional = _run(use_transactions(settings.transactions, settings.bootstrap_servers,
+                                              settings.transactional_id_prefix, settings.kafka_security))
+        app = build_worker(settings, transactional=transactional)
     except ConfigurationError as exc:
         raise click.ClickException(str(exc)) from None
     logging.getLogger("httpx").setLevel(logging.WARNING)

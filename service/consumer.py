@@ -25,7 +25,8 @@ internals differ fails there.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from time import monotonic
 from typing import Any, cast
 
@@ -44,6 +45,8 @@ FENCE_TIMEOUT_S = 10.0
 
 # What the fetch loop hands over: one partition and its fetched aiokafka `ConsumerRecord`s, in offset order.
 RecordSink = Callable[[TP, Sequence[Any]], Awaitable[None]]
+# Called with the assigned partitions before their committed offsets are read.
+BeforeSeek = Callable[[set[TP]], Awaitable[None]]
 
 
 # How long the broker may hold a fetch waiting for data. Faust fixes 1,500 ms; Tansu holds a fetch
@@ -71,11 +74,18 @@ class ConsumerThread(aiokafka_driver.AIOKafkaConsumerThread):
     async def seek_to_committed(self) -> Mapping[TP, int]:  # None where nothing is committed, as aiokafka's
         """Seek every assigned partition to its committed offset, or to its beginning if none is committed.
 
+        First the app's `before_seek` takes over the partitions' transactional
+        ids (`service.transactions`): a zombie's open transaction ends before
+        the committed offsets are read.
+
         aiokafka's `seek_to_committed` seeks only where the committed offset
         is above 0, leaving the others where the fetcher got to. Faust seeks
         so to read again what it fetched and dropped in a rebalance; left past
         them, a worker given such a partition back never read them (records lost).
         """
+        before_seek: BeforeSeek | None = getattr(self.app, "before_seek", None)
+        if before_seek is not None:
+            await before_seek({TP(tp.topic, tp.partition) for tp in self._ensure_consumer().assignment()})
         return cast(Mapping[TP, int], await self.call_thread(self._seek_to_committed))
 
     async def _seek_to_committed(self) -> dict[Any, int | None]:
@@ -130,13 +140,29 @@ class Consumer(aiokafka_driver.Consumer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._done: dict[TP, int] = {}
+        self._commit_locks: dict[TP, asyncio.Lock] = {}
 
     # -- commits ------------------------------------------------------------
 
     async def prove_ownership(self, tp: TP, offset: int) -> bool:
         """True when the group coordinator accepts a commit of `offset` for `tp` from this member now."""
         thread = cast(ConsumerThread, self._thread)
-        return await thread.prove_ownership(tp, offset)
+        async with self.committing(tp):
+            return await thread.prove_ownership(tp, offset)
+
+    @contextlib.asynccontextmanager
+    async def committing(self, tp: TP) -> AsyncIterator[None]:
+        """Held while a commit of `tp` goes out (a fence, Faust's periodic commit, a dead-letter transaction):
+        one at a time per partition, so they reach the coordinator in the order they were decided and a
+        later, lower one never overwrites a transaction's."""
+        async with self._commit_locks.setdefault(TP(tp.topic, tp.partition), asyncio.Lock()):
+            yield
+
+    async def _commit(self, offsets: Mapping[TP, int]) -> bool:
+        async with contextlib.AsyncExitStack() as stack:
+            for tp in _in_order(offsets):
+                await stack.enter_async_context(self.committing(tp))
+            return bool(await super()._commit(offsets))
 
     def mark_done(self, tp: TP, next_offset: int) -> None:
         """Every offset of `tp` below `next_offset` is in a launched run or the DLQ: commit up to it."""
@@ -236,6 +262,10 @@ class Consumer(aiokafka_driver.Consumer):
             raise
         finally:
             self.diag.unset_flag(CONSUMER_FETCHING)
+
+
+def _in_order(tps: Iterable[TP]) -> list[TP]:
+    return sorted(tps, key=lambda tp: (tp.topic, tp.partition))
 
 
 class Transport(aiokafka_driver.Transport):

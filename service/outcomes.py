@@ -24,7 +24,7 @@ import logging
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from service.kafka import PLAINTEXT, Producer, ensure_topics, map_kafka_errors
+from service.kafka import PLAINTEXT, READ_COMMITTED, Producer, ensure_topics, map_kafka_errors
 from service.kafka_security import KafkaSecurity, aiokafka_kwargs
 
 logger = logging.getLogger(__name__)
@@ -96,7 +96,8 @@ class OutcomeLog:
         if self._consumer is None:
             await ensure_topics(self.bootstrap_servers, {self.topic: 1}, self.security, configs=COMPACTED)
             consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap_servers, enable_auto_commit=False,
-                                        auto_offset_reset="earliest", **aiokafka_kwargs(self.security))
+                                        auto_offset_reset="earliest", isolation_level=READ_COMMITTED,
+                                        **aiokafka_kwargs(self.security))
             try:
                 with map_kafka_errors(f"reading {self.topic}"):
                     await consumer.start()

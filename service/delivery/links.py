@@ -4,6 +4,7 @@ the dead-letter producer, the outcomes topic and the reader of offset ranges."""
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from typing import Protocol
 
 from service.records import TP, Record
@@ -24,6 +25,10 @@ class ConsumerLink(Protocol):
 
     def resume(self, tps: set[TP]) -> None:
         """Fetch these partitions again."""
+
+    def committing(self, tp: TP) -> AbstractAsyncContextManager[None]:
+        """Held while `tp`'s offset is committed another way (a transaction): no other commit of `tp` goes
+        out meanwhile, so commits reach the coordinator in the order they were decided."""
 
 
 class DeadLetterSink(Protocol):
