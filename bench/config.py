@@ -30,6 +30,7 @@ class Mode:
     amortisation_sizes: tuple[int, ...] = (100, 1_000, 10_000)
     pause_down_s: float = 30.0  # how long a route stays paused (code location down) before the fix
     micro_records: int = 20_000  # values per pass of the per-record validation and matching costs
+    txn_flushes: int = 30  # flushes per size, transactional and plain (`bench.transactions`)
 
     @property
     def service_max_records(self) -> int:
@@ -43,4 +44,4 @@ FULL = Mode("full", messages=200_000, repetitions=3, backlog=500_000, steady_s=2
 # (25,000 records) and its ratios read like the full run's; it saves on repetitions and the other scenarios.
 QUICK = Mode("quick", messages=200_000, repetitions=1, backlog=100_000, steady_s=6, launch_samples=10,
              amortisation_runs=1, workers=(1, 2), backpressure_hold_s=2, worker_start_s=5, backlog_step_pause_s=0.5,
-             micro_records=5_000, pause_down_s=10.0)
+             micro_records=5_000, pause_down_s=10.0, txn_flushes=10)

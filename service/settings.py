@@ -77,6 +77,7 @@ class Settings:
     kafka_security: KafkaSecurity = field(default_factory=KafkaSecurity)
     schema_registry: RegistrySettings = field(default_factory=RegistrySettings)
     transactions: str = "auto"  # auto | on | off: dead letters and their commit in one transaction
+    dead_letter_flush_s: float = 0.5  # with transactions: how often due dead letters are written
     transactional_id_prefix_setting: str | None = None
 
     @property
@@ -127,6 +128,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         kafka_security=load_kafka_security(env),
         schema_registry=load_registry_settings(env),
         transactions=read("KAFKA_DAGSTER_TRANSACTIONS", _transactions_mode, "auto"),
+        dead_letter_flush_s=read("KAFKA_DAGSTER_DEAD_LETTER_FLUSH_S", _positive_float, "0.5"),
         transactional_id_prefix_setting=env.get("KAFKA_DAGSTER_TRANSACTIONAL_ID_PREFIX") or None,
     )
 

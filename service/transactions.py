@@ -96,14 +96,16 @@ class Transactions:
         """Initialise the transactional id of each partition not held yet: this fences any earlier holder
         (a zombie) and ends its open transaction. Call before reading the partitions' committed offsets."""
         new = [tp for tp in set(tps) if tp not in self._producers]
-        if new:
-            await asyncio.gather(*(self._acquire(tp) for tp in new))
-            logger.info("initialised %d transactional ids (%s...)", len(new), transactional_id(self.prefix, new[0]))
+        started = sum(await asyncio.gather(*(self._acquire(tp) for tp in new)))
+        if started:
+            logger.info("initialised %d transactional ids (%s, ...)", started, transactional_id(self.prefix, new[0]))
 
-    async def _acquire(self, tp: TP) -> None:
+    async def _acquire(self, tp: TP) -> bool:
         async with self._lock(tp):
-            if tp not in self._producers:
-                self._producers[tp] = await self._start(transactional_id(self.prefix, tp))
+            if tp in self._producers:
+                return False  # a seek running beside this one took it over
+            self._producers[tp] = await self._start(transactional_id(self.prefix, tp))
+            return True
 
     async def release(self, tps: Iterable[TP]) -> None:
         """Stop the producers of partitions no longer owned here."""

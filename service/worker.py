@@ -33,7 +33,6 @@ TICK_S = 0.05
 LAG_INTERVAL_S = 5.0
 GC_THRESHOLDS = (50_000, 20, 10)
 DLQ_HEADER_ROOM_BYTES = 64 * 1024
-DEAD_LETTER_FLUSH_S = 0.5  # how often due dead letters are written with their commit (transactions)
 
 
 def build_worker(settings: Settings, metrics: Metrics | None = None, transactional: bool = False) -> App:
@@ -221,7 +220,7 @@ def _add_lifecycle(app: App, settings: Settings, delivery: Delivery, dlq_produce
     app.before_seek = before_seek  # read by service.consumer
 
     if delivery.transactions is not None:
-        @app.timer(DEAD_LETTER_FLUSH_S, name="kafka_dagster.dead_letters")
+        @app.timer(settings.dead_letter_flush_s, name="kafka_dagster.dead_letters")
         async def flush_dead_letters() -> None:
             """Write each partition's due dead letters with the commit that covers them."""
             await delivery.flush_dead_letters()

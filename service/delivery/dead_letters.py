@@ -133,8 +133,7 @@ class DeadLetterCommits:
                 await self.transactions.write(owned.tp, outgoing, handled)
         except Fenced as exc:
             self.metrics.dlq_transactions.labels("fenced").inc()
-            owned.letters.clear()
-            self.on_fenced(owned, exc)
+            self.on_fenced(owned, exc)  # drops the letters too: the partition's next owner writes them
             return False
         except (TransientError, KafkaRejected) as exc:
             self.metrics.dlq_transactions.labels("failed").inc()

@@ -152,7 +152,7 @@ class Harness:
 
     def __init__(self, registry: CollectorRegistry, routes: RouteTable | None = None,
                  delivery: dict[str, Any] | None = None, outcomes: FakeOutcomes | None = None,
-                 schema_registry: Any = None, **route: Any) -> None:
+                 schema_registry: Any = None, transactions: Any = None, **route: Any) -> None:
         self.log: list[tuple[str, Any]] = []
         self.client = FakeDagster(self.log)
         self.sink = FakeSink(self.log)
@@ -172,8 +172,9 @@ class Harness:
             settings, self.routes, self.client, self, self.sink, self.outcomes,  # type: ignore[arg-type]
             self._read_range, Metrics(registry), on_fatal=self._fatal, clock=self.clock,
             wall_clock=lambda: RECORD_TIME_S,  # the records' timestamp: no arrival credit
-            registry=schema_registry,
+            registry=schema_registry, transactions=transactions,
         )
+        self.committing_now: set[TP] = set()
         self.fed: dict[int, list[int]] = {}
         self.done: dict[int, int] = {}
 
@@ -183,6 +184,15 @@ class Harness:
 
     def pause(self, tps: set[TP]) -> None:
         self.paused.append((set(tps), True))
+
+    @contextlib.asynccontextmanager
+    async def committing(self, tp: TP) -> AsyncIterator[None]:
+        assert tp not in self.committing_now, "two commits of one partition at once"
+        self.committing_now.add(tp)
+        try:
+            yield
+        finally:
+            self.committing_now.discard(tp)
 
     def resume(self, tps: set[TP]) -> None:
         self.paused.append((set(tps), False))
