@@ -6,10 +6,11 @@ The broker's side (InitProducerId fencing, read committed) is proven against Apa
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from service.delivery.lanes import DeadLetters
 from service.delivery.ownership import Letter, OwnedPartition
@@ -19,7 +20,7 @@ from service.records import TP
 from service.settings import load_settings
 from service.transactions import Outgoing, transactional_id, use_transactions
 from tests.unit.factories import make_record
-from tests.unit.test_delivery import Harness, make_harness  # noqa: F401  (the fixture)
+from tests.unit.test_delivery import Harness
 
 TP0 = TP("orders", 0)
 POISON = b"not json"
@@ -48,10 +49,23 @@ class FakeTransactions:
 
 
 @pytest.fixture
-def transactional(make_harness: Callable[..., Harness]) -> Callable[..., tuple[Harness, FakeTransactions]]:
+async def harness(registry: CollectorRegistry) -> AsyncIterator[Callable[..., Harness]]:
+    made: list[Harness] = []
+
+    def make(**options: Any) -> Harness:
+        made.append(Harness(registry, **options))
+        return made[-1]
+
+    yield make
+    for h in made:
+        await h.close()
+
+
+@pytest.fixture
+def transactional(harness: Callable[..., Harness]) -> Callable[..., tuple[Harness, FakeTransactions]]:
     def make(**route: Any) -> tuple[Harness, FakeTransactions]:
         transactions = FakeTransactions()
-        return make_harness(transactions=transactions, **route), transactions
+        return harness(transactions=transactions, **route), transactions
 
     return make
 
@@ -164,8 +178,8 @@ async def test_partitions_are_taken_over_before_their_offsets_are_read(
     assert sorted(txn.acquired) == [TP0, TP("orders", 1)]
 
 
-async def test_without_transactions_dead_letters_are_written_at_once(make_harness: Callable[..., Harness]) -> None:
-    h = make_harness(max_records=10)
+async def test_without_transactions_dead_letters_are_written_at_once(harness: Callable[..., Harness]) -> None:
+    h = harness(max_records=10)
     await h.deliver(h.record(0, value=POISON))
     assert await h.settle()
     assert h.sink.offsets("decode") == [0] and h.done[0] == 1
