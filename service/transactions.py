@@ -227,9 +227,12 @@ async def use_transactions(mode: str, bootstrap_servers: str, prefix: str,
     if mode == "on" and not served:
         raise ConfigurationError("invalid setting KAFKA_DAGSTER_TRANSACTIONS: 'on', but the Kafka cluster does "
                                  "not serve transactions (set it to 'auto' or 'off')")
-    logger.info("dead letters are written %s", "in one transaction with the offset commit that covers them "
-                "(exactly once)" if served else "without transactions (at least once)")
     return served
+
+
+def how_dead_letters_are_written(transactional: bool) -> str:
+    return "dead letters are written " + ("in one transaction with the offset commit that covers them (exactly "
+                                          "once)" if transactional else "without transactions (at least once)")
 
 
 async def broker_has_transactions(bootstrap_servers: str, prefix: str, security: KafkaSecurity = PLAINTEXT) -> bool:

@@ -24,7 +24,7 @@ from service.registry import SchemaRegistry
 from service.routes import RouteTable, check_batch_bytes, check_registry, load_routes
 from service.settings import Settings
 from service.topic_check import watch_topics
-from service.transactions import Transactions
+from service.transactions import Transactions, how_dead_letters_are_written
 from service.web import add_pages
 
 logger = logging.getLogger(__name__)
@@ -224,6 +224,10 @@ def _add_lifecycle(app: App, settings: Settings, delivery: Delivery, dlq_produce
         async def flush_dead_letters() -> None:
             """Write each partition's due dead letters with the commit that covers them."""
             await delivery.flush_dead_letters()
+
+    @app.task
+    async def say_how_dead_letters_are_written() -> None:
+        logger.info(how_dead_letters_are_written(delivery.transactions is not None))
 
     @app.task
     async def watch_runs() -> None:
