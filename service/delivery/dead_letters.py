@@ -122,15 +122,19 @@ class DeadLetterCommits:
 
     async def flush_partition(self, owned: OwnedPartition) -> bool:
         """Write `owned`'s due letters with the commit of its handled offset; False if they still wait."""
-        due, handled = owned.letters_due()
-        if not due or handled is None or not owned.may_launch:
-            return not due
-        outgoing = [Outgoing(self.settings.dlq_topic, letter.record.key, letter.record.value, letter.headers,
-                             letter.record.timestamp_ms) for letter in due]
-        started = time.monotonic()
+        if not owned.letters_due()[0]:
+            return True
         try:
-            async with self.consumer.committing(owned.tp):
+            async with self.consumer.committing(owned.tp):  # what is due is read inside: a flush beside this one
+                due, handled = owned.letters_due()           # may have written some meanwhile
+                if not due or handled is None or not owned.may_launch:
+                    return not due
+                outgoing = [Outgoing(self.settings.dlq_topic, letter.record.key, letter.record.value,
+                                     letter.headers, letter.record.timestamp_ms) for letter in due]
+                started = time.monotonic()
                 await self.transactions.write(owned.tp, outgoing, handled)
+                written = {id(letter) for letter in due}
+                owned.letters[:] = [letter for letter in owned.letters if id(letter) not in written]
         except Fenced as exc:
             self.metrics.dlq_transactions.labels("fenced").inc()
             self.on_fenced(owned, exc)  # drops the letters too: the partition's next owner writes them
@@ -144,8 +148,6 @@ class DeadLetterCommits:
             return False
         self.metrics.dlq_transactions.labels("committed").inc()
         self.metrics.dlq_transaction_duration.observe(time.monotonic() - started)
-        written = {id(letter) for letter in due}
-        owned.letters[:] = [letter for letter in owned.letters if id(letter) not in written]
         for letter in due:
             dead_lettered(self.metrics, letter.record, letter.failure)
         self._resume(due)

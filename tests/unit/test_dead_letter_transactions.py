@@ -6,6 +6,7 @@ The broker's side (InitProducerId fencing, read committed) is proven against Apa
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import Any
 
@@ -42,6 +43,7 @@ class FakeTransactions:
         self.released.extend(tps)
 
     async def write(self, tp: TP, records: Sequence[Outgoing], offset: int | None = None) -> None:
+        await asyncio.sleep(0)  # a round trip: another flush may run meanwhile
         if self.failures:
             raise self.failures.pop(0)
         offsets = [int(dict(r.headers)["dlq.offset"]) for r in records]
@@ -93,6 +95,18 @@ async def test_a_dead_letter_waits_and_is_written_with_the_commit_that_covers_it
     assert h.sample("kafka_dagster_dlq_transactions_total", result="committed") == 1
     await h.delivery.flush_dead_letters()
     assert len(txn.written) == 1  # written once
+
+
+async def test_two_flushes_at_once_write_a_letter_once(
+        transactional: Callable[..., tuple[Harness, FakeTransactions]]) -> None:
+    """The timer's flush and a hand-over's may meet: what is due is read once the partition's commit is ours."""
+    h, txn = transactional(max_records=10)
+    await h.deliver(h.record(0, value=POISON))
+    assert await h.settle()
+    [owned] = list(h.delivery.partitions)
+    assert h.delivery.dead_letter_commits is not None
+    await asyncio.gather(h.delivery.flush_dead_letters(), h.delivery.dead_letter_commits.flush_partition(owned))
+    assert txn.written == [(TP0, [0], 1)]
 
 
 async def test_the_fencing_commit_before_a_launch_never_passes_a_waiting_dead_letter(
