@@ -13,8 +13,10 @@ cancels is written (`DUPLICATE`) before it is cancelled, so every worker can
 tell it from a run an operator cancelled. Dagster's GraphQL cannot tag a
 finished run, so the record lives in Kafka.
 
-A worker killed between the copy and the record copies the run again after
-restart; `dlq inspect`/`replay` drop such duplicates.
+Without transactions, a worker killed between the copy and the record copies
+the run again after restart; `dlq inspect`/`replay` drop such duplicates.
+With transactions, the partition's owner writes the copy and the record in one
+transaction (`service.delivery.failed_runs`).
 """
 
 from __future__ import annotations
@@ -76,6 +78,10 @@ class OutcomeLog:
         """Remember that the records of `run_id` (which ended `status`) are in the DLQ."""
         await self._start()
         await self.producer.send(self.topic, run_id.encode(), status.encode())
+        self.remember(run_id, status)
+
+    def remember(self, run_id: str, status: str) -> None:
+        """What was done with `run_id`, written to the topic by someone else (a transaction of this worker's)."""
         self.handled_runs[run_id] = status
 
     async def catch_up(self) -> None:

@@ -337,10 +337,14 @@ async def killed_again_and_again_dead_letters_once(stack: Stack, dagster_api: Da
         await asyncio.sleep(rng.uniform(0, 1.5))  # a random point: letters waiting, a transaction open, or none
         worker.kill()
         worker = await start_worker(routes, **env)
-    result = await every_record_in_one_run(stack.bootstrap, dagster_api, flow, dlq, timeout_s=300)
+    sent = await flow.stop()
+    result = await eventually(lambda: settled(stack.bootstrap, dagster_api, topic, dlq, sent), 300,
+                              "every offset in one run or in the DLQ, every failed run copied")
+    assert result.problems == [], result.problems[:10]  # the invariant, over every offset
     letters = await raw_dead_letters(stack.bootstrap, dlq, topic)
     poison = await poison_offsets(stack.bootstrap, topic)
     assert len(poison) >= 50 and result.run_copies > 0, (len(poison), result)
+    assert result.in_runs + len(poison) == result.offsets, result
     written = {(p, o) for p, o, _ in letters}
     assert written == poison, (sorted(poison - written)[:10], sorted(written - poison)[:10])
     assert {count for count in letters.values()} == {1}, [k for k, n in letters.items() if n > 1][:10]

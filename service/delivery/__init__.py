@@ -127,7 +127,7 @@ class Delivery:
                              self.framed)
         self.failed_runs = FailedRuns(settings, routes, self.partitions, self.launcher, dead_letter_writer,
                                       self.duplicates, self.watcher, outcomes, read_range, self.retrying, metrics,
-                                      clock, self.framed)
+                                      clock, self.framed, transactions)
         self.transactions = transactions
         self.dead_letter_commits = None if transactions is None else DeadLetterCommits(
             settings, self.partitions, transactions, consumer, self.pauses, metrics, self.launcher.drop_fenced)

@@ -39,6 +39,10 @@ class DeadLetterSink(Protocol):
 class HandledOutcomes(Protocol):
     """Which runs that did not succeed are settled already, by any worker (`service.outcomes.OutcomeLog`)."""
 
+    topic: str  # where they are recorded (a transaction may write a record there itself: then `remember` it)
+
+    def remember(self, run_id: str, status: str) -> None: ...
+
     async def outcome(self, run_id: str) -> str | None: ...
 
     async def record(self, run_id: str, status: str) -> None: ...

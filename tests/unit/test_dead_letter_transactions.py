@@ -21,7 +21,7 @@ from service.records import TP
 from service.settings import load_settings
 from service.transactions import Outgoing, transactional_id, use_transactions
 from tests.unit.factories import make_record
-from tests.unit.test_delivery import Harness
+from tests.unit.test_delivery import Harness, _failed_run
 
 TP0 = TP("orders", 0)
 POISON = b"not json"
@@ -32,12 +32,18 @@ class FakeTransactions:
 
     def __init__(self) -> None:
         self.written: list[tuple[TP, list[int], int | None]] = []
+        self.records: list[Outgoing] = []
         self.failures: list[Exception] = []
         self.acquired: list[TP] = []
+        self.held: set[TP] = set()
         self.released: list[TP] = []
 
     async def acquire(self, tps: Iterable[TP]) -> None:
         self.acquired.extend(tps)
+        self.held.update(tps)
+
+    def __contains__(self, tp: TP) -> bool:
+        return tp in self.held
 
     async def release(self, tps: Iterable[TP]) -> None:
         self.released.extend(tps)
@@ -46,8 +52,9 @@ class FakeTransactions:
         await asyncio.sleep(0)  # a round trip: another flush may run meanwhile
         if self.failures:
             raise self.failures.pop(0)
-        offsets = [int(dict(r.headers)["dlq.offset"]) for r in records]
+        offsets = [int(dict(r.headers)["dlq.offset"]) if r.headers else -1 for r in records]  # -1: not a letter
         self.written.append((tp, offsets, offset))
+        self.records.extend(records)
 
 
 @pytest.fixture
@@ -198,6 +205,23 @@ async def test_without_transactions_dead_letters_are_written_at_once(harness: Ca
     assert await h.settle()
     assert h.sink.offsets("decode") == [0] and h.done[0] == 1
     await h.delivery.before_seek([TP0])  # nothing to take over
+
+
+async def test_a_failed_runs_copy_and_its_outcome_record_are_one_transaction_of_the_partition(
+        transactional: Callable[..., tuple[Harness, FakeTransactions]]) -> None:
+    h, txn = transactional(max_records=1)
+    await h.delivery.before_seek([TP0])
+    h.client.runs.append(_failed_run("died-with-its-worker", 0, 2))
+    h.read_back[(0, 2)] = [h.record(offset) for offset in range(3)]
+    await h.feed(0, 1, 2, 3)
+    assert await h.settle()
+    await h.delivery.watcher.poll()
+    assert txn.written == [(TP0, [0, 1, 2, -1], None)]  # no offsets: the run's were committed with its launch
+    outcome = txn.records[-1]
+    assert (outcome.topic, outcome.key, outcome.value) == (f"{h.outcomes.topic}", b"died-with-its-worker",
+                                                            b"FAILURE")
+    assert h.outcomes.recorded == {"died-with-its-worker": "FAILURE"} and h.sink.sent == []
+    assert h.sample("kafka_dagster_dlq_messages_total", topic="orders", stage="run") == 3
 
 
 def test_waiting_letters_hold_back_the_plain_commit_not_the_handled_offset() -> None:

@@ -126,8 +126,13 @@ class FakeSink:
 class FakeOutcomes:
     """The outcomes topic: run id -> what was done with it (compacted: the last write wins)."""
 
+    topic = f"{DLQ}.outcomes"
+
     def __init__(self) -> None:
         self.recorded: dict[str, str] = {}
+
+    def remember(self, run_id: str, status: str) -> None:
+        self.recorded[run_id] = status
 
     async def outcome(self, run_id: str) -> str | None:
         return self.recorded.get(run_id)
