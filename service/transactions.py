@@ -242,6 +242,9 @@ async def broker_has_transactions(bootstrap_servers: str, prefix: str, security:
     `ConfigurationError` when the transactional id is not authorised; transient failures raise.
     """
     txn_id = f"{prefix}:probe"
+    sender = logging.getLogger("aiokafka.producer.sender")  # it logs the refusal as an error: expected here
+    level = sender.level
+    sender.setLevel(logging.CRITICAL)
     try:
         producer = await start_transactional(bootstrap_servers, txn_id, security)
     except KafkaRejected as exc:
@@ -251,5 +254,7 @@ async def broker_has_transactions(bootstrap_servers: str, prefix: str, security:
         logger.warning("the Kafka cluster does not serve transactions (%s): dead letters are written without "
                        "them (at least once)", exc)
         return False
+    finally:
+        sender.setLevel(level)
     await producer.stop()
     return True
