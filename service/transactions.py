@@ -124,9 +124,9 @@ class Transactions:
     async def write(self, tp: TP, records: Sequence[Outgoing], offset: int | None = None) -> None:
         """Write `records` and, with `offset`, commit the group's offset of `tp` to it, in one transaction.
 
-        Raises `Fenced` when a newer holder of the partition's transactional id exists (the producer is then
-        stopped), `BrokerUnavailable` or `KafkaRejected` otherwise (the transaction aborted: nothing of it is
-        visible, so it can be written again).
+        Raises `Fenced` when a newer holder of the partition's transactional id exists, `BrokerUnavailable` or
+        `KafkaRejected` otherwise (the transaction aborted: nothing of it is visible, so it can be written
+        again, once `acquire` started another producer: a failed one is stopped, never reused).
         """
         async with self._lock(tp):
             producer = self._producers.get(tp)
@@ -143,8 +143,9 @@ class Transactions:
                 raise KafkaRejected(f"writing dead letters of {tp.topic}/{tp.partition}: transactional id "
                                     f"not authorised; {authorization_hint(self.prefix)}") from exc
             except KafkaError as exc:
-                if producer._txn_manager.is_fatal_error():
-                    await self._forget(tp, producer)  # started again at the next write
+                # Never reused: a record the broker refused leaves its sequence numbers behind the broker's
+                # (the next send fails OutOfOrderSequenceNumber). `acquire` starts another, once ownership is proven.
+                await self._forget(tp, producer)
                 raise kafka_error(f"writing dead letters of {tp.topic}/{tp.partition} in a transaction", exc) \
                     from exc
 
@@ -156,6 +157,10 @@ class Transactions:
             for r in records:
                 futures.append(await producer.send(r.topic, value=r.value, key=r.key, headers=r.headers or None,
                                                    timestamp_ms=r.timestamp_ms))
+            # Every record acknowledged before the commit: aiokafka commits a transaction whose records the
+            # broker refused (e.g. over max.message.bytes: the record's future fails, the transaction does not).
+            for future in futures:
+                await future
             if offset is not None:
                 await producer.send_offsets_to_transaction({TopicPartition(tp.topic, tp.partition): offset},
                                                            self.group_id)
@@ -167,8 +172,6 @@ class Transactions:
                 with contextlib.suppress(Exception):
                     await producer.abort_transaction()
             raise
-        for future in futures:
-            future.result()  # delivered: commit_transaction flushed them
 
     async def _forget(self, tp: TP, producer: AIOKafkaProducer) -> None:
         if self._producers.get(tp) is producer:

@@ -124,6 +124,8 @@ class DeadLetterCommits:
         """Write `owned`'s due letters with the commit of its handled offset; False if they still wait."""
         if not owned.letters_due()[0]:
             return True
+        if owned.tp not in self.transactions and not await self._take_over_again(owned):
+            return False
         try:
             async with self.consumer.committing(owned.tp):  # what is due is read inside: a flush beside this one
                 due, handled = owned.letters_due()           # may have written some meanwhile
@@ -153,6 +155,24 @@ class DeadLetterCommits:
         self._resume(due)
         self.partitions.advance(owned)
         return True
+
+    async def _take_over_again(self, owned: OwnedPartition) -> bool:
+        """The partition's producer failed and was stopped: start another, once the group coordinator has
+        confirmed that this worker still owns the partition (initialising the id fences whoever holds it)."""
+        offset = owned.done_below()
+        try:
+            owns = offset is None or await self.consumer.fence(owned.tp, offset)
+            if owns:
+                await self.transactions.acquire([owned.tp])
+        except (TransientError, KafkaRejected) as exc:
+            logger.warning("taking over the transactional id of %s/%d again failed (retried): %s", owned.tp.topic,
+                           owned.tp.partition, exc)
+            return False
+        if not owns:
+            self.metrics.dlq_transactions.labels("fenced").inc()
+            self.on_fenced(owned, Fenced(f"the group coordinator refused this worker's commit for "
+                                         f"{owned.tp.topic}/{owned.tp.partition}: the group has rebalanced without it"))
+        return owns
 
     def _pause(self, due: list[Letter], exc: KafkaRejected) -> None:
         for route in {letter.failure.route or letter.record.topic for letter in due}:

@@ -51,7 +51,10 @@ class FakeTransactions:
     async def write(self, tp: TP, records: Sequence[Outgoing], offset: int | None = None) -> None:
         await asyncio.sleep(0)  # a round trip: another flush may run meanwhile
         if self.failures:
-            raise self.failures.pop(0)
+            failure = self.failures.pop(0)
+            if not isinstance(failure, Fenced):
+                self.held.discard(tp)  # a failed producer is stopped, never reused
+            raise failure
         offsets = [int(dict(r.headers)["dlq.offset"]) if r.headers else -1 for r in records]  # -1: not a letter
         self.written.append((tp, offsets, offset))
         self.records.extend(records)
@@ -148,6 +151,7 @@ async def test_a_fenced_transaction_writes_nothing_and_drops_the_partitions_work
 async def test_a_failed_transaction_leaves_the_letters_waiting_for_the_next_flush(
         transactional: Callable[..., tuple[Harness, FakeTransactions]]) -> None:
     h, txn = transactional(max_records=10)
+    await h.delivery.before_seek([TP0])
     await h.deliver(h.record(0, value=POISON))
     assert await h.settle()
     txn.failures = [BrokerUnavailable("the transaction coordinator moved")]
@@ -156,6 +160,22 @@ async def test_a_failed_transaction_leaves_the_letters_waiting_for_the_next_flus
     await h.delivery.flush_dead_letters()
     assert txn.written == [(TP0, [0], 1)] and h.done[0] == 1
     assert h.sample("kafka_dagster_dlq_transactions_total", result="failed") == 1
+    # Another producer, once the coordinator confirmed the partition is still this worker's:
+    assert txn.acquired == [TP0, TP0] and h.fenced_at == [(TP0, 0)]
+
+
+async def test_a_failed_producer_is_not_replaced_once_the_partition_moved(
+        transactional: Callable[..., tuple[Harness, FakeTransactions]]) -> None:
+    h, txn = transactional(max_records=10)
+    await h.delivery.before_seek([TP0])
+    await h.deliver(h.record(0, value=POISON))
+    assert await h.settle()
+    txn.failures = [BrokerUnavailable("the transaction coordinator moved")]
+    await h.delivery.flush_dead_letters()
+    h.owned = False  # the group rebalanced without this worker meanwhile
+    await h.delivery.flush_dead_letters()
+    assert txn.written == [] and txn.acquired == [TP0]  # initialising the id again would fence the new owner
+    assert h.delivery.snapshot()["partitions"][0]["fenced"]
 
 
 async def test_a_refused_transaction_pauses_the_route_until_one_is_written(
