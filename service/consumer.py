@@ -141,28 +141,52 @@ class Consumer(aiokafka_driver.Consumer):
         super().__init__(*args, **kwargs)
         self._done: dict[TP, int] = {}
         self._commit_locks: dict[TP, asyncio.Lock] = {}
+        self._highest_committed: dict[TP, int] = {}  # by any way, while assigned
 
     # -- commits ------------------------------------------------------------
+    #
+    # A partition's offset is committed three ways: Faust's periodic commit, the fencing commit before a
+    # launch, and a dead-letter transaction. Each goes out holding the partition's lock (`committing`), and
+    # none goes lower than the highest offset committed so far: an offset decided before the lock was taken
+    # (Faust decides its own before calling `_commit`) may be older than a transaction committed meanwhile,
+    # and would overwrite it.
 
     async def prove_ownership(self, tp: TP, offset: int) -> bool:
-        """True when the group coordinator accepts a commit of `offset` for `tp` from this member now."""
+        """True when the group coordinator accepts a commit of `offset` (or of a higher one committed already)
+        for `tp` from this member now."""
         thread = cast(ConsumerThread, self._thread)
         async with self.committing(tp):
-            return await thread.prove_ownership(tp, offset)
+            offset = max(offset, self._highest_committed.get(_key(tp), offset))
+            owns = await thread.prove_ownership(tp, offset)
+            if owns:
+                self.committed(tp, offset)
+            return owns
 
     @contextlib.asynccontextmanager
     async def committing(self, tp: TP) -> AsyncIterator[None]:
         """Held while a commit of `tp` goes out (a fence, Faust's periodic commit, a dead-letter transaction):
-        one at a time per partition, so they reach the coordinator in the order they were decided and a
-        later, lower one never overwrites a transaction's."""
-        async with self._commit_locks.setdefault(TP(tp.topic, tp.partition), asyncio.Lock()):
+        one at a time per partition."""
+        async with self._commit_locks.setdefault(_key(tp), asyncio.Lock()):
             yield
+
+    def committed(self, tp: TP, offset: int) -> None:
+        """`offset` of `tp` is committed (by a transaction, holding `committing(tp)`): no commit goes lower."""
+        key = _key(tp)
+        self._highest_committed[key] = max(offset, self._highest_committed.get(key, offset))
 
     async def _commit(self, offsets: Mapping[TP, int]) -> bool:
         async with contextlib.AsyncExitStack() as stack:
             for tp in _in_order(offsets):
                 await stack.enter_async_context(self.committing(tp))
-            return bool(await super()._commit(offsets))
+            higher = {tp: offset for tp, offset in offsets.items()
+                      if offset > self._highest_committed.get(_key(tp), -1)}
+            if not higher:
+                return False
+            done = bool(await super()._commit(higher))
+            if done:
+                for tp, offset in higher.items():
+                    self.committed(tp, offset)
+            return done
 
     def mark_done(self, tp: TP, next_offset: int) -> None:
         """Every offset of `tp` below `next_offset` is in a launched run or the DLQ: commit up to it."""
@@ -178,6 +202,7 @@ class Consumer(aiokafka_driver.Consumer):
     async def on_partitions_revoked(self, revoked: set[TP]) -> None:
         for tp in revoked:
             self._done.pop(tp, None)
+            self._highest_committed.pop(_key(tp), None)
         await super().on_partitions_revoked(revoked)
 
     # -- fetching -----------------------------------------------------------
@@ -262,6 +287,10 @@ class Consumer(aiokafka_driver.Consumer):
             raise
         finally:
             self.diag.unset_flag(CONSUMER_FETCHING)
+
+
+def _key(tp: Any) -> TP:
+    return TP(tp.topic, tp.partition)
 
 
 def _in_order(tps: Iterable[TP]) -> list[TP]:

@@ -102,6 +102,9 @@ class FaustConsumer:
     def committing(self, tp: TP) -> AbstractAsyncContextManager[None]:
         return self.app.consumer.committing(tp)  # type: ignore[attr-defined,no-any-return]
 
+    def committed(self, tp: TP, offset: int) -> None:
+        self.app.consumer.committed(tp, offset)  # type: ignore[attr-defined]
+
     def _held(self, tps: set[TP]) -> set[Any]:
         return {tp for tp in self.app.consumer.assignment() if TP.of(tp) in tps}
 

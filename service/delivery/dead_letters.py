@@ -135,6 +135,7 @@ class DeadLetterCommits:
                                      letter.headers, letter.record.timestamp_ms) for letter in due]
                 started = time.monotonic()
                 await self.transactions.write(owned.tp, outgoing, handled)
+                self.consumer.committed(owned.tp, handled)
                 written = {id(letter) for letter in due}
                 owned.letters[:] = [letter for letter in owned.letters if id(letter) not in written]
         except Fenced as exc:

@@ -28,7 +28,11 @@ class ConsumerLink(Protocol):
 
     def committing(self, tp: TP) -> AbstractAsyncContextManager[None]:
         """Held while `tp`'s offset is committed another way (a transaction): no other commit of `tp` goes
-        out meanwhile, so commits reach the coordinator in the order they were decided."""
+        out meanwhile."""
+
+    def committed(self, tp: TP, offset: int) -> None:
+        """Holding `committing(tp)`: `offset` was committed another way; no later commit of `tp` may go lower
+        (one decided earlier would overwrite it)."""
 
 
 class DeadLetterSink(Protocol):

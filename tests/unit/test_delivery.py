@@ -190,6 +190,9 @@ class Harness:
     def pause(self, tps: set[TP]) -> None:
         self.paused.append((set(tps), True))
 
+    def committed(self, tp: TP, offset: int) -> None:
+        self.log.append(("committed", (tp.partition, offset)))
+
     @contextlib.asynccontextmanager
     async def committing(self, tp: TP) -> AsyncIterator[None]:
         """One commit of a partition at a time, as the consumer's (`service.consumer.Consumer.committing`)."""
