@@ -9,6 +9,7 @@ from pathlib import Path
 
 from bench.config import Mode
 from bench.worker import RouteSpec, Worker, routes_toml, unique, worker_env
+from service.dev.apache_kafka import ApacheKafka
 from service.dev.stack import Dagster, KafkaBroker
 
 
@@ -23,6 +24,11 @@ class Context:
     @property
     def bootstrap(self) -> str:
         return self.broker.bootstrap_servers
+
+    @property
+    def broker_serves_transactions(self) -> bool:
+        """Tansu does not (its InitProducerId fails): the transactions' cost is measured on Apache Kafka only."""
+        return isinstance(self.broker, ApacheKafka)
 
     def routes(self, routes: Sequence[RouteSpec]) -> Path:
         path = self.workdir / f"{unique('routes')}.toml"

@@ -11,6 +11,7 @@ from typing import Any
 
 import psutil
 
+from bench import transactions
 from bench.broker import broker_name
 
 
@@ -82,6 +83,7 @@ def table(results: dict[str, Any]) -> str:
         f"   p99 {results['launch_latency_inline_list_s']['p99'] * 1000:7.1f} ms",
         f"fencing (ownership proof per launch) {results['fencing']['per_launch_ms']:.2f} ms; launchRun "
         f"{results['fencing']['launch_call_ms']:.0f} ms; {results['fencing']['share_of_elapsed']:.2%} of service time",
+        *(transactions.lines(results["transactions"]) if "transactions" in results else []),
         f"route paused {results['route_pause']['paused_s']:.0f} s (code location down): next launch "
         f"{results['route_pause']['resume_s']:.2f} s after it answered again",
         f"event -> LaunchRunSuccess p50 {e2e['p50']:7.3f} s    p99 {e2e['p99']:7.3f} s "

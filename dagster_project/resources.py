@@ -120,6 +120,7 @@ class KafkaResource(dg.ConfigurableResource):
         return AIOKafkaConsumer(
             **self.client_kwargs(),
             enable_auto_commit=False,
+            isolation_level=kafka.READ_COMMITTED,
             request_timeout_ms=int(self.request_timeout_s * 1000),
             fetch_max_wait_ms=100,
         )

@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable
 import faust
 from faust.types import TransportT
 
-from service.consumer import RecordSink, Refusals, Transport
+from service.consumer import BeforeSeek, RecordSink, Refusals, Transport
 from service.errors import ConfigurationError
 from service.kafka_security import faust_credentials
 from service.settings import Settings
@@ -25,6 +25,7 @@ class App(faust.App):
 
     before_stop: Callable[[], Awaitable[None]] | None = None
     record_sink: RecordSink | None = None
+    before_seek: BeforeSeek | None = None  # before an assignment's committed offsets are read
     # One regex for every routed topic when a route names a topic_pattern (Faust subscribes by name only).
     subscription_pattern: str | None = None
     # Where the consumer reports the broker refusing the worker (`service.kafka_access.KafkaAccess`).

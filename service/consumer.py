@@ -36,8 +36,9 @@ again.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from time import monotonic
 from typing import Any, Protocol, cast
 
@@ -77,6 +78,8 @@ IGNORED: Refusals = _Ignored()  # an app without a worker (the unit tests')
 
 # What the fetch loop hands over: one partition and its fetched aiokafka `ConsumerRecord`s, in offset order.
 RecordSink = Callable[[TP, Sequence[Any]], Awaitable[None]]
+# Called with the assigned partitions before their committed offsets are read.
+BeforeSeek = Callable[[set[TP]], Awaitable[None]]
 
 
 # How long the broker may hold a fetch waiting for data. Faust fixes 1,500 ms; Tansu holds a fetch
@@ -107,11 +110,18 @@ class ConsumerThread(aiokafka_driver.AIOKafkaConsumerThread):
     async def seek_to_committed(self) -> Mapping[TP, int]:  # None where nothing is committed, as aiokafka's
         """Seek every assigned partition to its committed offset, or to its beginning if none is committed.
 
+        First the app's `before_seek` takes over the partitions' transactional
+        ids (`service.transactions`): a zombie's open transaction ends before
+        the committed offsets are read.
+
         aiokafka's `seek_to_committed` seeks only where the committed offset
         is above 0, leaving the others where the fetcher got to. Faust seeks
         so to read again what it fetched and dropped in a rebalance; left past
         them, a worker given such a partition back never read them (records lost).
         """
+        before_seek: BeforeSeek | None = getattr(self.app, "before_seek", None)
+        if before_seek is not None:
+            await before_seek({TP(tp.topic, tp.partition) for tp in self._ensure_consumer().assignment()})
         return cast(Mapping[TP, int], await self.call_thread(self._seek_to_committed))
 
     async def _seek_to_committed(self) -> dict[Any, int | None]:
@@ -233,13 +243,53 @@ class Consumer(aiokafka_driver.Consumer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._done: dict[TP, int] = {}
+        self._commit_locks: dict[TP, asyncio.Lock] = {}
+        self._highest_committed: dict[TP, int] = {}  # by any way, while assigned
 
     # -- commits ------------------------------------------------------------
+    #
+    # A partition's offset is committed three ways: Faust's periodic commit, the fencing commit before a
+    # launch, and a dead-letter transaction. Each goes out holding the partition's lock (`committing`), and
+    # none goes lower than the highest offset committed so far: an offset decided before the lock was taken
+    # (Faust decides its own before calling `_commit`) may be older than a transaction committed meanwhile,
+    # and would overwrite it.
 
     async def prove_ownership(self, tp: TP, offset: int) -> bool:
-        """True when the group coordinator accepts a commit of `offset` for `tp` from this member now."""
+        """True when the group coordinator accepts a commit of `offset` (or of a higher one committed already)
+        for `tp` from this member now."""
         thread = cast(ConsumerThread, self._thread)
-        return await thread.prove_ownership(tp, offset)
+        async with self.committing(tp):
+            offset = max(offset, self._highest_committed.get(_key(tp), offset))
+            owns = await thread.prove_ownership(tp, offset)
+            if owns:
+                self.committed(tp, offset)
+            return owns
+
+    @contextlib.asynccontextmanager
+    async def committing(self, tp: TP) -> AsyncIterator[None]:
+        """Held while a commit of `tp` goes out (a fence, Faust's periodic commit, a dead-letter transaction):
+        one at a time per partition."""
+        async with self._commit_locks.setdefault(_key(tp), asyncio.Lock()):
+            yield
+
+    def committed(self, tp: TP, offset: int) -> None:
+        """`offset` of `tp` is committed (by a transaction, holding `committing(tp)`): no commit goes lower."""
+        key = _key(tp)
+        self._highest_committed[key] = max(offset, self._highest_committed.get(key, offset))
+
+    async def _commit(self, offsets: Mapping[TP, int]) -> bool:
+        async with contextlib.AsyncExitStack() as stack:
+            for tp in _in_order(offsets):
+                await stack.enter_async_context(self.committing(tp))
+            higher = {tp: offset for tp, offset in offsets.items()
+                      if offset > self._highest_committed.get(_key(tp), -1)}
+            if not higher:
+                return False
+            done = bool(await super()._commit(higher))
+            if done:
+                for tp, offset in higher.items():
+                    self.committed(tp, offset)
+            return done
 
     def committed_offset(self, tp: TP) -> int | None:
         """The offset Faust last committed for `tp` (None: nothing yet); Faust keeps it in a private dict."""
@@ -260,6 +310,7 @@ class Consumer(aiokafka_driver.Consumer):
     async def on_partitions_revoked(self, revoked: set[TP]) -> None:
         for tp in revoked:
             self._done.pop(tp, None)
+            self._highest_committed.pop(_key(tp), None)
         await super().on_partitions_revoked(revoked)
 
     # -- fetching -----------------------------------------------------------
@@ -388,6 +439,14 @@ class Consumer(aiokafka_driver.Consumer):
             raise
         finally:
             self.diag.unset_flag(CONSUMER_FETCHING)
+
+
+def _key(tp: Any) -> TP:
+    return TP(tp.topic, tp.partition)
+
+
+def _in_order(tps: Iterable[TP]) -> list[TP]:
+    return sorted(tps, key=lambda tp: (tp.topic, tp.partition))
 
 
 class Transport(aiokafka_driver.Transport):

@@ -10,6 +10,7 @@ ACL to grant: a failure of the system, which pauses what it touches.
 A TLS or SASL failure cannot pass by waiting: `check_security` finds it at
 start and raises `ConfigurationError` with one line naming what to fix.
 Every client takes its TLS/SASL arguments from `service.kafka_security`.
+Every reader here reads committed records only (`READ_COMMITTED`).
 """
 
 from __future__ import annotations
@@ -48,6 +49,9 @@ from service.kafka_security import KafkaSecurity, aiokafka_kwargs
 from service.records import Record
 
 PLAINTEXT = KafkaSecurity()
+# Every reader reads committed records only: the DLQ and its companion topics are written in transactions
+# (`service.transactions`); an aborted dead letter is never seen, and an open transaction's records not yet.
+READ_COMMITTED = "read_committed"
 
 logger = logging.getLogger(__name__)
 
@@ -281,7 +285,8 @@ async def read_range(bootstrap_servers: str, topic: str, partition: int, start: 
     transaction markers) do not hold it up either.
     """
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, enable_auto_commit=False,
-                                auto_offset_reset="earliest", **aiokafka_kwargs(security))
+                                auto_offset_reset="earliest", isolation_level=READ_COMMITTED,
+                                **aiokafka_kwargs(security))
     records: list[Record] = []
     try:
         await consumer.start()
@@ -318,14 +323,14 @@ async def read_topic(bootstrap_servers: str, topic: str, timeout_s: float = 30.0
     if not tps:
         return []
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, enable_auto_commit=False,
-                                auto_offset_reset="earliest", **aiokafka_kwargs(security))
+                                auto_offset_reset="earliest", isolation_level=READ_COMMITTED,
+                                **aiokafka_kwargs(security))
     found: list[tuple[int, int, object]] = []
     try:
         await consumer.start()
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         ends = await consumer.end_offsets(tps)
-        next_offset = {tp: 0 for tp in tps}
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         while True:
@@ -335,8 +340,8 @@ async def read_topic(bootstrap_servers: str, topic: str, timeout_s: float = 30.0
             for tp, messages in fetched.items():
                 for message in messages:
                     found.append((tp.partition, message.offset, message))
-                    next_offset[tp] = message.offset + 1
-            if not any(fetched.values()) and all(next_offset[tp] >= ends[tp] for tp in tps):
+            # The position, not the last record's offset + 1: transaction markers take offsets too.
+            if not any(fetched.values()) and all([await consumer.position(tp) >= ends[tp] for tp in tps]):
                 return found
     except KafkaError as exc:
         raise kafka_error(f"reading {topic}", exc) from exc
@@ -360,7 +365,8 @@ async def stream_topic(bootstrap_servers: str, topic: str, from_offset: int | No
     if not tps:
         return
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, enable_auto_commit=False,
-                                auto_offset_reset="earliest", **aiokafka_kwargs(security))
+                                auto_offset_reset="earliest", isolation_level=READ_COMMITTED,
+                                **aiokafka_kwargs(security))
     try:
         with map_kafka_errors(f"reading {topic}"):
             await consumer.start()

@@ -109,6 +109,15 @@ class Metrics:
             "kafka_dagster_fenced_batches",
             "Batches dropped unlaunched because the partition had moved to another worker.",
             ["topic"], registry=r)
+        self.dlq_transactions = Counter(
+            "kafka_dagster_dlq_transactions",
+            "Transactions writing a partition's dead letters with the offset commit that covers them, by "
+            "result: committed, failed (retried), fenced (another worker holds the partition now).",
+            ["result"], registry=r)
+        self.dlq_transaction_duration = Histogram(
+            "kafka_dagster_dlq_transaction_duration_seconds",
+            "Duration of a committed dead-letter transaction (begin, the letters, the offsets, commit).",
+            registry=r)
         self.build_info = Gauge(
             "kafka_dagster_build_info", "The running kafka-dagster version (always 1).", ["version"],
             registry=r)

@@ -13,8 +13,10 @@ cancels is written (`DUPLICATE`) before it is cancelled, so every worker can
 tell it from a run an operator cancelled. Dagster's GraphQL cannot tag a
 finished run, so the record lives in Kafka.
 
-A worker killed between the copy and the record copies the run again after
-restart; `dlq inspect`/`replay` drop such duplicates.
+Without transactions, a worker killed between the copy and the record copies
+the run again after restart; `dlq inspect`/`replay` drop such duplicates.
+With transactions, the partition's owner writes the copy and the record in one
+transaction (`service.delivery.failed_runs`).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import logging
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from service.kafka import PLAINTEXT, Producer, ensure_topics, map_kafka_errors
+from service.kafka import PLAINTEXT, READ_COMMITTED, Producer, ensure_topics, map_kafka_errors
 from service.kafka_security import KafkaSecurity, aiokafka_kwargs
 
 logger = logging.getLogger(__name__)
@@ -76,6 +78,10 @@ class OutcomeLog:
         """Remember that the records of `run_id` (which ended `status`) are in the DLQ."""
         await self._start()
         await self.producer.send(self.topic, run_id.encode(), status.encode())
+        self.remember(run_id, status)
+
+    def remember(self, run_id: str, status: str) -> None:
+        """What was done with `run_id`, written to the topic by someone else (a transaction of this worker's)."""
         self.handled_runs[run_id] = status
 
     async def catch_up(self) -> None:
@@ -96,7 +102,8 @@ class OutcomeLog:
         if self._consumer is None:
             await ensure_topics(self.bootstrap_servers, {self.topic: 1}, self.security, configs=COMPACTED)
             consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap_servers, enable_auto_commit=False,
-                                        auto_offset_reset="earliest", **aiokafka_kwargs(self.security))
+                                        auto_offset_reset="earliest", isolation_level=READ_COMMITTED,
+                                        **aiokafka_kwargs(self.security))
             try:
                 with map_kafka_errors(f"reading {self.topic}"):
                     await consumer.start()

@@ -76,6 +76,14 @@ class Settings:
     data_dir: Path = field(default_factory=lambda: Path(default_data_dir()))
     kafka_security: KafkaSecurity = field(default_factory=KafkaSecurity)
     schema_registry: RegistrySettings = field(default_factory=RegistrySettings)
+    transactions: str = "auto"  # auto | on | off: dead letters and their commit in one transaction
+    dead_letter_flush_s: float = 0.5  # with transactions: how often due dead letters are written
+    transactional_id_prefix_setting: str | None = None
+
+    @property
+    def transactional_id_prefix(self) -> str:
+        """The prefix of the partitions' transactional ids (`service.transactions`): the group by default."""
+        return self.transactional_id_prefix_setting or self.group_id
 
     @property
     def broker_urls(self) -> list[str]:
@@ -119,6 +127,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         data_dir=read("KAFKA_DAGSTER_DATA_DIR", _directory, default_data_dir()),
         kafka_security=load_kafka_security(env),
         schema_registry=load_registry_settings(env),
+        transactions=read("KAFKA_DAGSTER_TRANSACTIONS", _transactions_mode, "auto"),
+        dead_letter_flush_s=read("KAFKA_DAGSTER_DEAD_LETTER_FLUSH_S", _positive_float, "0.5"),
+        transactional_id_prefix_setting=env.get("KAFKA_DAGSTER_TRANSACTIONAL_ID_PREFIX") or None,
     )
 
 
@@ -336,6 +347,12 @@ def _log_level(raw: str) -> str:
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR")
     return level
+
+
+def _transactions_mode(raw: str) -> str:
+    if raw not in ("auto", "on", "off"):
+        raise ValueError("must be 'auto', 'on' or 'off'")
+    return raw
 
 
 def _log_format(raw: str) -> str:

@@ -6,6 +6,7 @@ import asyncio
 import gc
 import logging
 from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 from urllib.parse import urlparse
 
@@ -32,6 +33,7 @@ from service.retry import Backoff
 from service.routes import RouteTable, check_batch_bytes, check_registry, load_routes
 from service.settings import Settings
 from service.topic_check import CHECK_INTERVAL_S, HiddenTopics, watch_topics
+from service.transactions import Transactions, how_dead_letters_are_written
 from service.web import add_pages
 
 logger = logging.getLogger(__name__)
@@ -45,8 +47,12 @@ DLQ_HEADER_ROOM_BYTES = 64 * 1024
 DLQ_CREATE_RETRY_MAX_S = 10.0
 
 
-def build_worker(settings: Settings, metrics: Metrics | None = None) -> App:
-    """The Faust app with everything wired: routes, delivery, DLQ, metrics, pages."""
+def build_worker(settings: Settings, metrics: Metrics | None = None, transactional: bool = False) -> App:
+    """The Faust app with everything wired: routes, delivery, DLQ, metrics, pages.
+
+    `transactional`: the cluster serves transactions (`service.transactions.broker_has_transactions`), so
+    each partition's dead letters are written with the offset commit that covers them, in one transaction.
+    """
     routes = load_routes(settings.routes_path)
     check_batch_bytes(routes, settings.max_batch_bytes)
     registry = settings.schema_registry.with_url(routes.registry_url)
@@ -61,12 +67,15 @@ def build_worker(settings: Settings, metrics: Metrics | None = None) -> App:
     dlq_producer = Producer(settings.bootstrap_servers, security=security,
                             max_request_size=settings.max_message_bytes + DLQ_HEADER_ROOM_BYTES)
     outcomes = OutcomeLog(settings.bootstrap_servers, outcomes_topic(settings.dlq_topic), dlq_producer, security)
+    transactions = Transactions(settings.bootstrap_servers, settings.group_id, settings.transactional_id_prefix,
+                                security, settings.max_message_bytes + DLQ_HEADER_ROOM_BYTES) \
+        if transactional else None
     delivery = Delivery(
         DeliverySettings.from_settings(settings), routes, client, FaustConsumer(app), dlq_producer, outcomes,
         lambda topic, partition, start, end: read_range(
             settings.bootstrap_servers, topic, partition, start, end, security=security),
         metrics, on_fatal=lambda exc: app.crash(exc),
-        registry=SchemaRegistry(registry) if routes.framed else None,
+        registry=SchemaRegistry(registry) if routes.framed else None, transactions=transactions,
     )
     access = app.kafka_access = KafkaAccess(delivery.pauses, routes)
     _add_intake(app, routes, delivery)
@@ -104,6 +113,12 @@ class FaustConsumer:
 
     def resume(self, tps: set[TP]) -> None:
         self.app.consumer.resume_partitions(self._held(tps))
+
+    def committing(self, tp: TP) -> AbstractAsyncContextManager[None]:
+        return self.app.consumer.committing(tp)  # type: ignore[attr-defined,no-any-return]
+
+    def committed(self, tp: TP, offset: int) -> None:
+        self.app.consumer.committed(tp, offset)  # type: ignore[attr-defined]
 
     def _held(self, tps: set[TP]) -> set[Any]:
         return {tp for tp in self.app.consumer.assignment() if TP.of(tp) in tps}
@@ -249,6 +264,21 @@ def _add_lifecycle(app: App, settings: Settings, delivery: Delivery, dlq_produce
 
     app.before_stop = before_stop
 
+    async def before_seek(tps: set[Any]) -> None:
+        await delivery.before_seek(TP.of(tp) for tp in tps)
+
+    app.before_seek = before_seek  # read by service.consumer
+
+    if delivery.transactions is not None:
+        @app.timer(settings.dead_letter_flush_s, name="kafka_dagster.dead_letters")
+        async def flush_dead_letters() -> None:
+            """Write each partition's due dead letters with the commit that covers them."""
+            await delivery.flush_dead_letters()
+
+    @app.task
+    async def say_how_dead_letters_are_written() -> None:
+        logger.info(how_dead_letters_are_written(delivery.transactions is not None))
+
     @app.task
     async def watch_runs() -> None:
         await delivery.watcher.run_forever()
@@ -270,6 +300,8 @@ def _add_lifecycle(app: App, settings: Settings, delivery: Delivery, dlq_produce
     @app.on_before_shutdown.connect  # type: ignore[arg-type]
     async def on_shutdown(app: Any, **kwargs: Any) -> None:
         closing = [outcomes.stop(), dlq_producer.stop(), client.aclose()]
+        if delivery.transactions is not None:
+            closing.append(delivery.transactions.stop())
         if delivery.framed is not None:
             closing.append(delivery.framed.registry.aclose())
         await asyncio.gather(*closing, return_exceptions=True)

@@ -8,6 +8,10 @@
   container) wakes up holding open batches of partitions that moved to
   another worker: it must launch none of them (fencing).
 - An idle worker with healthy dependencies shows them up.
+- Dead letters exactly once (Apache Kafka's transactions): a worker killed
+  again and again while poison records and failing runs flow leaves each
+  poison record in the DLQ once, read raw; a frozen worker woken after its
+  partitions moved writes none (its transactional producer is fenced).
 
 Every scenario runs on its own topic, consumer group and workers (and
 nginx), so the module fixture starts them all at once and each test awaits
@@ -19,7 +23,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import signal
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -27,7 +33,7 @@ import httpx
 import orjson
 import pytest
 
-from service.kafka import ensure_topics
+from service.kafka import ensure_topics, read_topic
 from tests.conftest import Stack, Workers
 from tests.support import (
     DagsterApi,
@@ -286,6 +292,107 @@ async def _has_launched(worker: WorkerProcess) -> bool:
     return "launched run" in worker.log_path.read_text(errors="replace")
 
 
+POISON = b'{"order_id": "broken", '  # InvalidJson: stage decode
+
+
+def poisoned_flow(i: int) -> bytes:
+    """Orders with a burst of 10 poison records every 100 (one split per burst and partition, so few more runs)
+    and an order that fails its run every 300."""
+    if i % 100 >= 90:
+        return POISON
+    return order(i, fail_run=True) if i % 300 == 7 else order(i)
+
+
+async def raw_dead_letters(bootstrap: str, dlq: str, topic: str) -> Counter[tuple[int, int, str]]:
+    """How many dead letters the DLQ holds (read committed, not de-duplicated) per (partition, offset, stage)
+    of `topic`, stage run aside."""
+    letters = await dead_letters(bootstrap, dlq)
+    return Counter((letter.origin[1], letter.origin[2], letter.stage) for letter in letters
+                   if letter.origin[0] == topic and letter.stage != "run")
+
+
+async def poison_offsets(bootstrap: str, topic: str) -> set[tuple[int, int]]:
+    return {(partition, offset) for partition, offset, message in await read_topic(bootstrap, topic)
+            if message.value == POISON}  # type: ignore[attr-defined]
+
+
+async def killed_again_and_again_dead_letters_once(stack: Stack, dagster_api: DagsterApi, start_worker: Any,
+                                                    kills: int = 5) -> None:
+    """kill -9 five times while poison records and failing runs flow: each poison record is in the DLQ once."""
+    topic, dlq = unique("kill-poison"), unique("dlq")
+    await ensure_topics(stack.bootstrap, {topic: 2})
+    routes = route_toml(topic, max_records=1000, max_wait_s=8.0)
+    env = {"KAFKA_DAGSTER_DLQ_TOPIC": dlq, "KAFKA_DAGSTER_SESSION_TIMEOUT_S": "6"}
+    worker = await start_worker(routes, **env)
+    flow = Flow(stack.bootstrap, topic, per_second=20, partitions=2, event=poisoned_flow)
+    flow.start()
+    rng = random.Random(20261207)
+    for kill in range(kills):
+        written = sum((await raw_dead_letters(stack.bootstrap, dlq, topic)).values())
+
+        async def more_dead_letters(than: int = written) -> bool:
+            return sum((await raw_dead_letters(stack.bootstrap, dlq, topic)).values()) > than
+
+        await eventually(more_dead_letters, 120, f"dead letters written before kill {kill}")
+        await asyncio.sleep(rng.uniform(0, 1.5))  # a random point: letters waiting, a transaction open, or none
+        worker.kill()
+        worker = await start_worker(routes, **env)
+    sent = await flow.stop()
+    result = await eventually(lambda: settled(stack.bootstrap, dagster_api, topic, dlq, sent), 300,
+                              "every offset in one run or in the DLQ, every failed run copied")
+    assert result.problems == [], result.problems[:10]  # the invariant, over every offset
+    letters = await raw_dead_letters(stack.bootstrap, dlq, topic)
+    poison = await poison_offsets(stack.bootstrap, topic)
+    assert len(poison) >= 50 and result.run_copies > 0, (len(poison), result)
+    assert result.in_runs + len(poison) == result.offsets, result
+    written = {(p, o) for p, o, _ in letters}
+    assert written == poison, (sorted(poison - written)[:10], sorted(written - poison)[:10])
+    assert {count for count in letters.values()} == {1}, [k for k, n in letters.items() if n > 1][:10]
+    log = worker.log_path.read_text(errors="replace")
+    assert "in one transaction with the offset commit" in log, log[:3000]
+
+
+async def frozen_worker_writes_no_dead_letter(stack: Stack, dagster_api: DagsterApi, start_worker: Any) -> None:
+    """SIGSTOP a worker holding dead letters not yet written; its partition moves; woken, it writes none."""
+    topic, dlq = unique("frozen-poison"), unique("dlq")
+    await ensure_topics(stack.bootstrap, {topic: 2})
+    routes = route_toml(topic, max_records=100, max_wait_s=1.0)
+    env = {"KAFKA_DAGSTER_DLQ_TOPIC": dlq, "KAFKA_DAGSTER_SESSION_TIMEOUT_S": "6"}
+    # The frozen one writes its dead letters once a minute: it holds them when it stops.
+    frozen = await start_worker(routes, KAFKA_DAGSTER_DEAD_LETTER_FLUSH_S="60", **env)
+    other = await start_worker(routes, **env)
+    await produce(stack.bootstrap, topic, [POISON] * 40, partitions=2)
+
+    async def holding() -> bool:
+        async with httpx.AsyncClient() as client:
+            status = (await client.get(f"{frozen.base_url}/status", timeout=5)).json()
+        return any(p["dead_letters_waiting"] > 0 for p in status["partitions"])
+
+    await eventually(holding, 60, "the worker to hold dead letters not yet written")
+    before = metric(await frozen.metrics(), "kafka_dagster_dlq_messages_total", topic=topic, stage="decode")
+    assert frozen.proc is not None
+    os.killpg(frozen.proc.pid, signal.SIGSTOP)
+    try:
+        async def all_written() -> bool:
+            return len(await raw_dead_letters(stack.bootstrap, dlq, topic)) == 40
+
+        await eventually(all_written, 90, "the other worker to write every dead letter")
+    finally:
+        os.killpg(frozen.proc.pid, signal.SIGCONT)
+
+    async def fenced() -> float:
+        return metric(await frozen.metrics(), "kafka_dagster_dlq_transactions_total", result="fenced")
+
+    await eventually(fenced, 60, "the woken worker's transaction to be fenced")
+    log = frozen.log_path.read_text(errors="replace")
+    assert "(ProducerFenced)" in log and "unwritten dead letters" in log, log[-3000:]
+    await asyncio.sleep(3)  # it rejoins the group meanwhile: still nothing more
+    assert metric(await frozen.metrics(), "kafka_dagster_dlq_messages_total", topic=topic, stage="decode") == before
+    letters = await raw_dead_letters(stack.bootstrap, dlq, topic)
+    assert len(letters) == 40 and set(letters.values()) == {1}, letters
+    assert frozen.proc.poll() is None and other.proc is not None and other.proc.poll() is None
+
+
 Scenario = Callable[[Stack, DagsterApi, Any], Awaitable[None]]
 SCENARIOS: dict[str, Scenario] = {
     "refused_token": refused_token_then_accepted,
@@ -295,6 +402,8 @@ SCENARIOS: dict[str, Scenario] = {
     "idle_worker": idle_worker_shows_its_dependencies_up,
     "orphan_failure": orphan_failure_copied_once,
     "rolling_restarts": rolling_restarts,
+    "killed_with_poison": killed_again_and_again_dead_letters_once,
+    "frozen_with_dead_letters": frozen_worker_writes_no_dead_letter,
 }
 
 
@@ -347,3 +456,14 @@ async def test_a_run_that_fails_while_no_worker_runs_is_copied_to_the_dlq_once_b
 async def test_rolling_restarts_of_two_workers_lose_and_duplicate_nothing(
         faults: dict[str, asyncio.Task[None]]) -> None:
     await faults["rolling_restarts"]
+
+
+@pytest.mark.timeout(600)
+async def test_a_worker_killed_again_and_again_writes_each_dead_letter_once(
+        faults: dict[str, asyncio.Task[None]]) -> None:
+    await faults["killed_with_poison"]
+
+
+async def test_a_frozen_worker_woken_after_its_partitions_moved_writes_no_dead_letter(
+        faults: dict[str, asyncio.Task[None]]) -> None:
+    await faults["frozen_with_dead_letters"]

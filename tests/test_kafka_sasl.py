@@ -279,7 +279,7 @@ class KafkaAdmin:
     """ACLs through the admin API (aiokafka's CreateAcls/DeleteAcls requests), SCRAM credentials with Kafka's
     own `kafka-configs` from the broker's jars; over the PLAINTEXT listener, whose ANONYMOUS is a super user."""
 
-    RESOURCES: ClassVar[dict[str, int]] = {"topic": 2, "group": 3}  # Kafka's ResourceType
+    RESOURCES: ClassVar[dict[str, int]] = {"topic": 2, "group": 3, "transactional_id": 5}  # Kafka's ResourceType
     OPERATIONS: ClassVar[dict[str, int]] = {"All": 2, "Read": 3, "Write": 4, "Create": 5, "Describe": 8}
     LITERAL, PREFIXED, ALLOW = 3, 4, 3  # PatternType, AclPermissionType
 
@@ -369,6 +369,8 @@ class Refusals:
     async def start(self, user: str, topic: str, dlq: str, group: str, way: str = "SASL_PLAINTEXT SCRAM-SHA-512",
                     wait: bool = False) -> WorkerProcess:
         env = {**self.kafka.env(way), "KAFKA_SASL_USERNAME": user, "KAFKA_SASL_PASSWORD": ACL_PASSWORD}
+        # the worker's dead-letter transactions (docs/security.md#transactional-ids)
+        await self.admin.grant(user, "transactional_id", f"{group}:", "Write", "Describe", prefixed=True)
         return await self.start_worker(  # type: ignore[no-any-return]
             route_toml(topic, max_records=50, max_wait_s=1.0), wait=wait, KAFKA_DAGSTER_DLQ_TOPIC=dlq,
             KAFKA_DAGSTER_GROUP_ID=group, KAFKA_DAGSTER_TOPIC_REFRESH_S="2", KAFKA_DAGSTER_PROBE_INTERVAL_S="1",

@@ -15,6 +15,7 @@ from service.errors import ConfigurationError
 from service.kafka import check_security
 from service.logs import logging_config
 from service.settings import load_settings
+from service.transactions import use_transactions
 from service.worker import build_worker, tune_gc
 
 DEFAULT_STATUS_URL = "http://127.0.0.1:6066"
@@ -26,7 +27,9 @@ def worker() -> None:
     try:
         settings = load_settings()
         run(check_security(settings.bootstrap_servers, settings.kafka_security))
-        app = build_worker(settings)
+        transactional = run(use_transactions(settings.transactions, settings.bootstrap_servers,
+                                             settings.transactional_id_prefix, settings.kafka_security))
+        app = build_worker(settings, transactional=transactional)
     except ConfigurationError as exc:
         raise click.ClickException(str(exc)) from None
     logging.getLogger("httpx").setLevel(logging.WARNING)

@@ -26,8 +26,10 @@ call to the part that owns it, a record's way top-down:
   failures; before every launch the worker proves with the group coordinator
   that it still owns the partition, and a worker that lost it drops the
   partition's batches and launches nothing.
-- `dead_letters`, `failed_runs`: the DLQ writes, and the batches of runs that
-  did not succeed, settled by the one rule of `service.verdicts`.
+- `dead_letters`, `failed_runs`: the DLQ writes (with transactions, a
+  partition's dead letters and the commit that covers them in one
+  transaction: `DeadLetterCommits`), and the batches of runs that did not
+  succeed, settled by the one rule of `service.verdicts`.
 - `handover`: what is open at a rebalance or shutdown; `snapshot`: /status.
 
 The way back up to the consumer is one protocol, `links.ConsumerLink` (fence,
@@ -38,12 +40,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from functools import partial
 from typing import Any
 
 from service.contract import TAG_CONSUMER_GROUP  # noqa: F401  (re-exported)
 from service.dagster import DagsterClient
 from service.delivery.config import MAX_SYSTEM_FAILURES, DeliverySettings
-from service.delivery.dead_letters import DeadLetterWriter
+from service.delivery.dead_letters import DeadLetterCommits, DeadLetterWriter
 from service.delivery.failed_runs import FailedRuns
 from service.delivery.framed import FramedValues
 from service.delivery.handover import HandOver
@@ -63,6 +66,7 @@ from service.retry import Retrying
 from service.routes import RouteTable
 from service.run_request import inline_records_json, run_config, run_tags
 from service.throttle import Throttle
+from service.transactions import Transactions
 from service.watcher import LaunchedRun, RunWatcher
 
 __all__ = ["MAX_SYSTEM_FAILURES", "ConsumerLink", "Delivery", "DeliverySettings", "inline_records_json",
@@ -85,13 +89,15 @@ class Delivery:
     :param clock: monotonic time, for batch deadlines and waits
     :param wall_clock: epoch time, to credit a batch's clock with its first record's way to the worker
     :param registry: the schema registry, when a route reads a framed format (`service.wire`)
+    :param transactions: the partitions' transactional producers, where the cluster serves transactions: each
+        partition's dead letters are then written with the offset commit that covers them, in one transaction
     """
 
     def __init__(self, settings: DeliverySettings, routes: RouteTable, client: DagsterClient,
                  consumer: ConsumerLink, dead_letters: DeadLetterSink, outcomes: HandledOutcomes,
                  read_range: ReadRange, metrics: Metrics, on_fatal: Callable[[BaseException], Awaitable[None]],
                  clock: Callable[[], float] = time.monotonic, wall_clock: Callable[[], float] = time.time,
-                 registry: SchemaRegistry | None = None) -> None:
+                 registry: SchemaRegistry | None = None, transactions: Transactions | None = None) -> None:
         self.settings = settings
         self.routes = routes
         self.consumer = consumer
@@ -110,7 +116,8 @@ class Delivery:
                                   settings.run_poll_interval_s, sweep=self.duplicates.sweep)
         route_retry = RouteRetry(self.pauses, client, self.retrying, settings.location_probe_s, clock)
         self.framed = FramedValues(registry, route_retry, self.retrying) if registry is not None else None
-        dead_letter_writer = DeadLetterWriter(settings, dead_letters, self.pauses, self.retrying, metrics)
+        dead_letter_writer = DeadLetterWriter(settings, dead_letters, self.pauses, self.retrying, metrics,
+                                              transactional=transactions is not None)
         self.launcher = Launcher(settings, client, consumer, route_retry, self.retrying, self.throttles,
                                  self.duplicates, dead_letter_writer, self.watcher, metrics, clock, wall_clock)
         self.partitions.work = self.launcher.handle
@@ -120,8 +127,13 @@ class Delivery:
                              self.framed)
         self.failed_runs = FailedRuns(settings, routes, self.partitions, self.launcher, dead_letter_writer,
                                       self.duplicates, self.watcher, outcomes, read_range, self.retrying, metrics,
-                                      clock, self.framed)
-        self.hand_over = HandOver(self.partitions, self.intake)
+                                      clock, self.framed, transactions)
+        self.transactions = transactions
+        self.dead_letter_commits = None if transactions is None else DeadLetterCommits(
+            settings, self.partitions, transactions, consumer, self.pauses, metrics, self.launcher.drop_fenced)
+        commits = self.dead_letter_commits
+        self.hand_over = HandOver(self.partitions, self.intake, None if commits is None else commits.flush_partition,
+                                  None if transactions is None else transactions.release)
 
     # -- the consumer's calls, in a record's order --------------------------
 
@@ -143,6 +155,18 @@ class Delivery:
 
     async def on_run_failed(self, run: LaunchedRun, status: str) -> None:
         await self.failed_runs.on_run_failed(run, status)
+
+    async def before_seek(self, tps: Iterable[TP]) -> None:
+        """Partitions are assigned and their committed offsets about to be read: with transactions, take over
+        their transactional ids first (fencing any earlier holder, ending its open transaction)."""
+        if self.transactions is not None:
+            await self.retrying.transient(partial(self.transactions.acquire, list(tps)),
+                                          "initialising the partitions' transactional ids")
+
+    async def flush_dead_letters(self) -> None:
+        """With transactions: write every partition's due dead letters with the commit that covers them."""
+        if self.dead_letter_commits is not None:
+            await self.dead_letter_commits.flush()
 
     async def on_revoked(self, tps: Iterable[TP], timeout_s: float) -> None:
         await self.hand_over.on_revoked(tps, timeout_s)

@@ -1,21 +1,32 @@
 """Dead letters: records written to the DLQ with the contract's headers, retried through what Kafka refuses
 (a refusal pauses the route, reason `dlq_write`, or `kafka_authorization` when an ACL denies the write,
-until the DLQ takes the record)."""
+until the DLQ takes the record).
+
+Without transactions each dead letter is written at once, before its offset
+may be committed: a worker killed between the two writes it again after a
+restart (at least once). With transactions (`service.transactions`) a
+partition's dead letters wait in the partition (`OwnedPartition.letters`)
+and `DeadLetterCommits` writes them together with the offset commit that
+covers them, in one transaction per partition: exactly once.
+"""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+import time
+from collections.abc import Awaitable, Callable, Iterable
 from functools import partial
 
 from service.delivery.config import DeliverySettings
-from service.delivery.links import DeadLetterSink
+from service.delivery.links import ConsumerLink, DeadLetterSink
+from service.delivery.ownership import Letter, OwnedPartition, Partitions
 from service.dlq import Failure, dlq_headers
-from service.errors import KafkaRefused, KafkaRejected
+from service.errors import Fenced, KafkaRefused, KafkaRejected, TransientError
 from service.metrics import Metrics
 from service.pauses import RoutePauses
 from service.records import Record
 from service.retry import OWN_PAUSE, Refusal, Retrying, until_accepted
+from service.transactions import Outgoing, Transactions
 
 logger = logging.getLogger(__name__)
 
@@ -23,24 +34,27 @@ DLQ_WRITE = "dlq_write"  # a route's pause reason: the DLQ topic refused a dead 
 
 
 class DeadLetterWriter:
-    """Writes dead letters, one at a time, each until the DLQ topic takes it."""
+    """Writes dead letters, one at a time, each until the DLQ topic takes it; with transactions, a partition's
+    own dead letters wait in it for `DeadLetterCommits`."""
 
     def __init__(self, settings: DeliverySettings, sink: DeadLetterSink, pauses: RoutePauses, retrying: Retrying,
-                 metrics: Metrics) -> None:
+                 metrics: Metrics, transactional: bool = False) -> None:
         self.settings = settings
         self.sink = sink
         self.pauses = pauses
         self.retrying = retrying
         self.metrics = metrics
+        self.transactional = transactional
 
-    async def write(self, records: Iterable[Record], failure: Failure) -> None:
-        """Write records to the DLQ, retrying what Kafka refuses."""
+    async def write(self, records: Iterable[Record], failure: Failure, owned: OwnedPartition | None = None) -> None:
+        """Write records to the DLQ, retrying what Kafka refuses; with transactions, records of `owned`
+        (consumed for it, not yet committed) wait in it to be written with the commit that covers them."""
+        if self.transactional and owned is not None:
+            owned.letters.extend(Letter(record, failure, dlq_headers(record, failure)) for record in records)
+            return
         for record in records:
             await self._send_until_accepted(record, failure)
-            self.metrics.dlq_messages.labels(record.topic, failure.stage).inc()
-            logger.warning("dead-lettered %s/%d offset %d at stage %s: %s: %s", record.topic,
-                           record.partition, record.offset, failure.stage, failure.error_class,
-                           failure.error_message)
+            dead_lettered(self.metrics, record, failure)
 
     async def _send_until_accepted(self, record: Record, failure: Failure) -> None:
         """Send one dead letter; a broker that refuses it (e.g. for its size) pauses its route, reason dlq_write."""
@@ -63,3 +77,125 @@ class DeadLetterWriter:
     async def _send_dead_letter(self, record: Record, failure: Failure) -> None:
         headers = dlq_headers(record, failure)
         await self.sink.send(self.settings.dlq_topic, record.key, record.value, headers, record.timestamp_ms)
+
+
+def dead_lettered(metrics: Metrics, record: Record, failure: Failure) -> None:
+    metrics.dlq_messages.labels(record.topic, failure.stage).inc()
+    logger.warning("dead-lettered %s/%d offset %d at stage %s: %s: %s", record.topic, record.partition,
+                   record.offset, failure.stage, failure.error_class, failure.error_message)
+
+
+class DeadLetterCommits:
+    """Writes each partition's waiting dead letters with the offset commit that covers them, in one transaction.
+
+    A partition's letters are due once every offset below them is handled
+    (`OwnedPartition.letters_due`); the transaction commits the handled
+    offset, and no other commit of the partition goes out meanwhile
+    (`ConsumerLink.committing`). A transaction refused because another worker
+    holds the partition's transactional id now (a zombie woken) drops the
+    partition's work as the fence does: nothing of it is written. Any other
+    failure leaves the letters waiting (nothing of the transaction is
+    visible), to be written at the next flush; a refusal that waiting will
+    not fix pauses their routes (reason `dlq_write`) until a write succeeds.
+
+    :param settings: the DLQ topic
+    :param partitions: the owned partitions, whose letters wait
+    :param transactions: the partitions' transactional producers
+    :param consumer: the consumer, whose other commits of a partition wait while a transaction commits it
+    :param pauses: the route pauses (reason `dlq_write`)
+    :param metrics: the worker's metrics
+    :param on_fenced: drops an owned partition that another worker holds now
+    """
+
+    def __init__(self, settings: DeliverySettings, partitions: Partitions, transactions: Transactions,
+                 consumer: ConsumerLink, pauses: RoutePauses, metrics: Metrics,
+                 on_fenced: Callable[[OwnedPartition, Fenced], None]) -> None:
+        self.settings = settings
+        self.partitions = partitions
+        self.transactions = transactions
+        self.consumer = consumer
+        self.pauses = pauses
+        self.metrics = metrics
+        self.on_fenced = on_fenced
+        self._paused: dict[str, str] = {}  # route -> the reason it was paused for
+
+    async def flush(self) -> None:
+        """Write every owned partition's due letters (each partition in its own transaction)."""
+        for owned in self.partitions:
+            await self.flush_partition(owned)
+
+    async def flush_partition(self, owned: OwnedPartition) -> bool:
+        """Write `owned`'s due letters with the commit of its handled offset; False if they still wait."""
+        if not owned.letters_due()[0]:
+            return True
+        if owned.tp not in self.transactions and not await self._take_over_again(owned):
+            return False
+        try:
+            async with self.consumer.committing(owned.tp):  # what is due is read inside: a flush beside this one
+                due, handled = owned.letters_due()           # may have written some meanwhile
+                if not due or handled is None or not owned.may_launch:
+                    return not due
+                outgoing = [Outgoing(self.settings.dlq_topic, letter.record.key, letter.record.value,
+                                     letter.headers, letter.record.timestamp_ms) for letter in due]
+                started = time.monotonic()
+                await self.transactions.write(owned.tp, outgoing, handled)
+                self.consumer.committed(owned.tp, handled)
+                written = {id(letter) for letter in due}
+                owned.letters[:] = [letter for letter in owned.letters if id(letter) not in written]
+        except Fenced as exc:
+            self.metrics.dlq_transactions.labels("fenced").inc()
+            self.on_fenced(owned, exc)  # drops the letters too: the partition's next owner writes them
+            return False
+        except (TransientError, KafkaRejected) as exc:
+            self.metrics.dlq_transactions.labels("failed").inc()
+            logger.warning("writing %d dead letters of %s/%d failed (they wait for the next attempt): %s",
+                           len(due), owned.tp.topic, owned.tp.partition, exc)
+            if isinstance(exc, KafkaRejected):
+                self._pause(due, exc)
+            return False
+        self.metrics.dlq_transactions.labels("committed").inc()
+        self.metrics.dlq_transaction_duration.observe(time.monotonic() - started)
+        for letter in due:
+            dead_lettered(self.metrics, letter.record, letter.failure)
+        self._resume(due)
+        self.partitions.advance(owned)
+        return True
+
+    async def _take_over_again(self, owned: OwnedPartition) -> bool:
+        """The partition's producer failed and was stopped: start another, once the group coordinator has
+        confirmed that this worker still owns the partition (initialising the id fences whoever holds it)."""
+        offset = owned.done_below()
+        try:
+            owns = offset is None or await self.consumer.fence(owned.tp, offset)
+            if owns:
+                await self.transactions.acquire([owned.tp])
+        except (TransientError, KafkaRejected) as exc:
+            logger.warning("taking over the transactional id of %s/%d again failed (retried): %s", owned.tp.topic,
+                           owned.tp.partition, exc)
+            return False
+        if not owns:
+            self.metrics.dlq_transactions.labels("fenced").inc()
+            self.on_fenced(owned, Fenced(f"the group coordinator refused this worker's commit for "
+                                         f"{owned.tp.topic}/{owned.tp.partition}: the group has rebalanced without it"))
+        return owns
+
+    def _pause(self, due: list[Letter], exc: KafkaRejected) -> None:
+        if isinstance(exc, KafkaRefused):  # an ACL: not the letters' fault, and no size limit to raise
+            reason, fix = exc.reason, exc.hint
+        else:
+            reason, fix = DLQ_WRITE, ("raise the DLQ topic's max.message.bytes (or the broker's message.max.bytes), "
+                                      "or grant the transactional id its ACL")
+        first = due[0].record
+        more = f" and {len(due) - 1} more" if len(due) > 1 else ""
+        refused = (f"the DLQ topic {self.settings.dlq_topic} refused a dead letter of {first.topic}/"
+                   f"{first.partition} offset {first.offset}{more}: {exc}")
+        for route in {letter.failure.route or letter.record.topic for letter in due}:
+            self._paused[route] = reason
+            self.pauses.pause(route, reason, refused, fix)
+
+    def _resume(self, due: list[Letter]) -> None:
+        for route in {letter.failure.route or letter.record.topic for letter in due} & set(self._paused):
+            self.pauses.resume(route, reason=self._paused.pop(route))
+
+
+Flush = Callable[[OwnedPartition], Awaitable[bool]]

@@ -12,14 +12,14 @@ from functools import partial
 from service.batching import Batch
 from service.contract import STAGE_LAUNCH, STAGE_RUN
 from service.delivery.config import DeliverySettings
-from service.delivery.dead_letters import DeadLetterWriter
+from service.delivery.dead_letters import DeadLetterWriter, dead_lettered
 from service.delivery.framed import FramedValues
 from service.delivery.launcher import Launcher
 from service.delivery.links import HandledOutcomes, ReadRange
 from service.delivery.ownership import Partitions
-from service.dlq import Failure
+from service.dlq import Failure, dlq_headers
 from service.duplicates import DuplicateRuns
-from service.errors import Fenced, RecordError, RouteError
+from service.errors import Fenced, KafkaRejected, RecordError, RouteError
 from service.metrics import Metrics
 from service.outcomes import DUPLICATE
 from service.records import TP, Record
@@ -27,6 +27,7 @@ from service.retry import Retrying
 from service.routes import RouteTable
 from service.routing import selects
 from service.run_request import launched_run, run_tags
+from service.transactions import Outgoing, Transactions
 from service.verdicts import RunInfo, Verdict
 from service.watcher import LaunchedRun, RunWatcher
 
@@ -44,8 +45,10 @@ class FailedRuns:
     def __init__(self, settings: DeliverySettings, routes: RouteTable, partitions: Partitions, launcher: Launcher,
                  dead_letters: DeadLetterWriter, duplicates: DuplicateRuns, watcher: RunWatcher,
                  outcomes: HandledOutcomes, read_range: ReadRange, retrying: Retrying, metrics: Metrics,
-                 clock: Callable[[], float], framed: FramedValues | None = None) -> None:
+                 clock: Callable[[], float], framed: FramedValues | None = None,
+                 transactions: Transactions | None = None) -> None:
         self.settings = settings
+        self.transactions = transactions
         self.routes = routes
         self.framed = framed  # decodes a framed route's records read back, so they select as they did
         self.partitions = partitions
@@ -98,13 +101,44 @@ class FailedRuns:
             await self.retrying.transient(partial(self.outcomes.record, run_id, done), "recording a handled outcome")
 
     async def _dead_letter_run(self, run: LaunchedRun, run_id: str, status: str, message: str) -> None:
-        """Copy the records of `run`'s batch to the DLQ, stage `run`, naming `run_id`; then record it handled."""
+        """Copy the records of `run`'s batch to the DLQ, stage `run`, naming `run_id`; then record it handled.
+
+        With transactions, where this worker owns the run's partition, the copy and the record are one
+        transaction of the partition's transactional id: both or neither, and nothing from a fenced worker.
+        """
         records = await self._records_of(run)
         route = self.routes.get(run.route)
         failure = Failure(STAGE_RUN, f"Run{status.title()}", message, run_id=run_id,
                           route=route.name if route is not None else None)
+        if await self._copy_in_transaction(run, run_id, status, records, failure):
+            return
         await self.dead_letters.write(records, failure)
         await self.retrying.transient(partial(self.outcomes.record, run_id, status), "recording a handled outcome")
+
+    async def _copy_in_transaction(self, run: LaunchedRun, run_id: str, status: str, records: list[Record],
+                                   failure: Failure) -> bool:
+        """The copy and its outcome record in one transaction; False where that cannot be (written plainly)."""
+        tp = TP(run.topic, run.partition)
+        owned = self.partitions.get(tp)
+        if self.transactions is None or owned is None or not owned.may_launch or tp not in self.transactions:
+            return False
+        outgoing = [Outgoing(self.settings.dlq_topic, r.key, r.value, dlq_headers(r, failure), r.timestamp_ms)
+                    for r in records]
+        outgoing.append(Outgoing(self.outcomes.topic, run_id.encode(), status.encode(), []))
+        try:
+            await self.retrying.transient(partial(self.transactions.write, tp, outgoing),
+                                          f"copying run {run_id}'s records to the DLQ")
+        except Fenced as exc:
+            logger.warning("not copying run %s's records: %s; the partition's owner settles it", run_id, exc)
+            return True
+        except KafkaRejected as exc:
+            logger.warning("copying run %s's records in a transaction was refused (%s); writing them one by one",
+                           run_id, exc)
+            return False
+        for record in records:
+            dead_lettered(self.metrics, record, failure)
+        self.outcomes.remember(run_id, status)
+        return True
 
     async def _records_of(self, run: LaunchedRun) -> list[Record]:
         """The records of a run's offset range that its route takes (the range also holds other routes')."""

@@ -70,7 +70,7 @@ class Launcher:
         if not owned.may_launch:
             return  # dropped: launch nothing for a partition another worker owns now
         if isinstance(item, DeadLetters):
-            await self.dead_letters.write(item.records, item.failure)
+            await self.dead_letters.write(item.records, item.failure, owned)
         elif share is not None:
             await self._launch(owned, share, item)
 
@@ -86,14 +86,14 @@ class Launcher:
                          batch.batch_id, batch.topic, batch.partition, batch.offset_start, batch.offset_end, exc,
                          len(batch.records), extra=batch_extra(batch))
             failure = Failure.from_exception(exc.stage, exc, route=route.name)
-            await self.dead_letters.write(batch.records, failure)
+            await self.dead_letters.write(batch.records, failure, owned)
             return
         except RouteError as exc:  # only where the route dead-letters refused launches
             logger.error("launch of batch %s (%s/%d offsets %d-%d) rejected: %s; dead-lettering it "
                          "(on_launch_rejected = \"dead_letter\")", batch.batch_id, batch.topic, batch.partition,
                          batch.offset_start, batch.offset_end, exc, extra=batch_extra(batch))
             failure = Failure.from_exception(STAGE_LAUNCH, exc, route=route.name)
-            await self.dead_letters.write(batch.records, failure)
+            await self.dead_letters.write(batch.records, failure, owned)
             return
         share.covered = max(share.covered if share.covered is not None else -1, batch.offset_end)
         self._observe_launched(batch, run_id)
@@ -250,13 +250,20 @@ class Launcher:
             raise Fenced(f"the group coordinator refused this worker's commit for "
                          f"{owned.tp.topic}/{owned.tp.partition}: the group has rebalanced without it")
 
-    def _drop_fenced(self, owned: OwnedPartition, batch: Batch, exc: Fenced) -> None:
-        """Another worker owns the partition: launch and commit nothing more for it here."""
+    def _drop_fenced(self, owned: OwnedPartition, batch: Batch | None, exc: Fenced) -> None:
+        """Another worker owns the partition: launch, dead-letter and commit nothing more for it here."""
         owned.fence()
+        letters = len(owned.letters)
+        owned.letters.clear()
         open_batches = [b for share in owned.shares for b in share.batcher.drain({owned.tp})]
         queued = [item for lane in owned.lanes for item in lane.drain() if isinstance(item, Batch)]
-        dropped = [batch, *queued, *open_batches]
+        dropped = [*([batch] if batch is not None else []), *queued, *open_batches]
         self.metrics.fenced.labels(owned.tp.topic).inc(len(dropped))
-        logger.warning("%s; dropped %d unlaunched batches (offsets %d-%d) for its new owner to reconcile and "
-                       "launch", exc, len(dropped), min(b.offset_start for b in dropped),
-                       max(b.offset_end for b in dropped))
+        span = f" (offsets {min(b.offset_start for b in dropped)}-{max(b.offset_end for b in dropped)})" \
+            if dropped else ""
+        logger.warning("%s; dropped %d unlaunched batches%s and %d unwritten dead letters for its new owner to "
+                       "reconcile and handle", exc, len(dropped), span, letters)
+
+    def drop_fenced(self, owned: OwnedPartition, exc: Fenced) -> None:
+        """A dead-letter transaction was fenced: drop the partition's work as a refused launch fence does."""
+        self._drop_fenced(owned, None, exc)

@@ -4,6 +4,7 @@ the dead-letter producer, the outcomes topic and the reader of offset ranges."""
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from typing import Protocol
 
 from service.records import TP, Record
@@ -25,6 +26,14 @@ class ConsumerLink(Protocol):
     def resume(self, tps: set[TP]) -> None:
         """Fetch these partitions again."""
 
+    def committing(self, tp: TP) -> AbstractAsyncContextManager[None]:
+        """Held while `tp`'s offset is committed another way (a transaction): no other commit of `tp` goes
+        out meanwhile."""
+
+    def committed(self, tp: TP, offset: int) -> None:
+        """Holding `committing(tp)`: `offset` was committed another way; no later commit of `tp` may go lower
+        (one decided earlier would overwrite it)."""
+
 
 class DeadLetterSink(Protocol):
     async def send(self, topic: str, key: bytes | None, value: bytes | None,
@@ -33,6 +42,10 @@ class DeadLetterSink(Protocol):
 
 class HandledOutcomes(Protocol):
     """Which runs that did not succeed are settled already, by any worker (`service.outcomes.OutcomeLog`)."""
+
+    topic: str  # where they are recorded (a transaction may write a record there itself: then `remember` it)
+
+    def remember(self, run_id: str, status: str) -> None: ...
 
     async def outcome(self, run_id: str) -> str | None: ...
 

@@ -7,12 +7,13 @@ import asyncio
 import enum
 import itertools
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 
 from service.batching import Batch, Batcher
 from service.delivery.lanes import DeadLetters, Lane
 from service.delivery.links import ConsumerLink
+from service.dlq import Failure
 from service.records import TP, Record
 from service.routes import Route, RouteTable
 
@@ -27,6 +28,15 @@ class Reconciled:
     at: float  # wall-clock time
     runs_found: int
     covered: int
+
+
+@dataclass(frozen=True, eq=False)
+class Letter:
+    """A dead letter waiting to be written with the offset commit that covers it (transactions on)."""
+
+    record: Record
+    failure: Failure
+    headers: list[tuple[str, bytes]]  # made when it failed: dlq.failed_at says when
 
 
 @dataclass(eq=False)
@@ -64,8 +74,10 @@ class OwnedPartition:
 
     Every route of the topic has its `RouteShare`; records no route matches
     and that the topic dead-letters go through `unmatched`. The partition is
-    done below the lowest offset any of them still holds, or below
-    `dispatched` when none holds anything.
+    handled below the lowest offset any of them still holds, or below
+    `dispatched` when none holds anything; with transactions, its dead
+    letters wait in `letters` until a transaction writes them with the
+    offset commit that covers them, and a plain commit may not pass them.
     """
 
     tp: TP
@@ -76,6 +88,7 @@ class OwnedPartition:
     next_offset: int | None = None
     dispatched: int | None = None  # every record below it has been handed to the routes it matches
     state: PartitionState = PartitionState.ASSIGNED
+    letters: list[Letter] = field(default_factory=list)
 
     @property
     def may_launch(self) -> bool:
@@ -110,7 +123,22 @@ class OwnedPartition:
         return [share.lane for share in self.shares] + ([self.unmatched] if self.unmatched else [])
 
     def done_below(self) -> int | None:
-        """Every offset below this is launched, dead-lettered or skipped by every route of the topic."""
+        """Every offset below this is launched, dead-lettered (written) or skipped by every route of the topic:
+        what a plain commit may commit."""
+        handled = self.handled_below()
+        if handled is None or not self.letters:
+            return handled
+        return min(handled, min(letter.record.offset for letter in self.letters))
+
+    def letters_due(self) -> tuple[list[Letter], int | None]:
+        """The waiting dead letters that a commit of `handled_below()` covers, and that offset."""
+        handled = self.handled_below()
+        if handled is None:
+            return [], None
+        return [letter for letter in self.letters if letter.record.offset < handled], handled
+
+    def handled_below(self) -> int | None:
+        """Every offset below this is launched, dead-lettered (written or waiting) or skipped by every route."""
         if self.dispatched is None:
             return None
         lowest = self.dispatched
@@ -121,8 +149,6 @@ class OwnedPartition:
         if self.unmatched is not None and self.unmatched.first_pending is not None:
             lowest = min(lowest, self.unmatched.first_pending)
         return lowest
-
-
 
 
 class Partitions:

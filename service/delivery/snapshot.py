@@ -38,6 +38,7 @@ def _partition_status(owned: OwnedPartition, now: float, inflight: collections.C
         "handing_over": owned.state is PartitionState.HANDING_OVER,
         "fenced": owned.state is PartitionState.FENCED,
         "unmatched_queued": owned.unmatched.queue.qsize() if owned.unmatched is not None else None,
+        "dead_letters_waiting": len(owned.letters),
         "routes": [_share_status(share, tp, now, inflight[(share.route.name, tp.topic, tp.partition)])
                    for share in owned.shares],
     }

@@ -348,3 +348,31 @@ async def test_a_commit_refused_by_an_acl_pauses_instead_of_crashing_the_worker(
     [(scope, refused)] = reported.refused
     assert scope == "topic orders" and "TOPIC_AUTHORIZATION_FAILED" in str(refused)
     assert "--operation Read --topic orders" in refused.hint
+
+
+async def test_a_commit_decided_before_a_transaction_committed_higher_never_overwrites_it(
+        app: App, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Faust decides its offsets before `_commit` takes the partition's lock; a dead-letter transaction may commit
+    a higher one meanwhile (seen: its dead letters were written again after a kill -9)."""
+    c = consumer(app)
+    sent: list[dict[Any, int]] = []
+    fenced: list[int] = []
+
+    async def commit(offsets: dict[Any, int]) -> bool:
+        sent.append(dict(offsets))
+        return True
+
+    async def prove(tp: Any, offset: int) -> bool:
+        fenced.append(offset)
+        return True
+
+    monkeypatch.setattr(c._thread, "commit", commit)
+    monkeypatch.setattr(c._thread, "prove_ownership", prove)
+    async with c.committing(P0):
+        c.committed(P0, 300)  # the transaction
+    assert await c._commit({P0: 234, P1: 5}) is True
+    assert sent == [{P1: 5}]
+    assert await c._commit({P0: 234}) is False
+    assert await c.prove_ownership(P0, 240) and fenced == [300]  # the proof commits what is committed already
+    await c.on_partitions_revoked({P0})
+    assert await c._commit({P0: 234}) is True  # a new assignment starts afresh

@@ -127,8 +127,13 @@ class FakeSink:
 class FakeOutcomes:
     """The outcomes topic: run id -> what was done with it (compacted: the last write wins)."""
 
+    topic = f"{DLQ}.outcomes"
+
     def __init__(self) -> None:
         self.recorded: dict[str, str] = {}
+
+    def remember(self, run_id: str, status: str) -> None:
+        self.recorded[run_id] = status
 
     async def outcome(self, run_id: str) -> str | None:
         return self.recorded.get(run_id)
@@ -153,7 +158,7 @@ class Harness:
 
     def __init__(self, registry: CollectorRegistry, routes: RouteTable | None = None,
                  delivery: dict[str, Any] | None = None, outcomes: FakeOutcomes | None = None,
-                 schema_registry: Any = None, **route: Any) -> None:
+                 schema_registry: Any = None, transactions: Any = None, **route: Any) -> None:
         self.log: list[tuple[str, Any]] = []
         self.client = FakeDagster(self.log)
         self.sink = FakeSink(self.log)
@@ -173,8 +178,9 @@ class Harness:
             settings, self.routes, self.client, self, self.sink, self.outcomes,  # type: ignore[arg-type]
             self._read_range, Metrics(registry), on_fatal=self._fatal, clock=self.clock,
             wall_clock=lambda: RECORD_TIME_S,  # the records' timestamp: no arrival credit
-            registry=schema_registry,
+            registry=schema_registry, transactions=transactions,
         )
+        self.commit_locks: dict[TP, asyncio.Lock] = {}
         self.fed: dict[int, list[int]] = {}
         self.done: dict[int, int] = {}
 
@@ -184,6 +190,15 @@ class Harness:
 
     def pause(self, tps: set[TP]) -> None:
         self.paused.append((set(tps), True))
+
+    def committed(self, tp: TP, offset: int) -> None:
+        self.log.append(("committed", (tp.partition, offset)))
+
+    @contextlib.asynccontextmanager
+    async def committing(self, tp: TP) -> AsyncIterator[None]:
+        """One commit of a partition at a time, as the consumer's (`service.consumer.Consumer.committing`)."""
+        async with self.commit_locks.setdefault(tp, asyncio.Lock()):
+            yield
 
     def resume(self, tps: set[TP]) -> None:
         self.paused.append((set(tps), False))
