@@ -45,7 +45,8 @@ FORMATS = (JSON, AVRO, PROTOBUF, JSON_SCHEMA)
 REGISTRY_TYPES = {AVRO: "AVRO", PROTOBUF: "PROTOBUF", JSON_SCHEMA: "JSON"}
 __all__ = ["AVRO", "FORMATS", "JSON", "JSON_SCHEMA", "KEY_SCHEMA_ID_HEADER", "PROTOBUF", "VALUE_SCHEMA_ID_HEADER",
            "AvroSchema", "Decoded", "Frame", "JsonSchemaSchema", "ProtobufSchema", "SchemaRef", "WriterSchema",
-           "decode_framed", "read_frame", "schema_id_header", "writer_schema"]
+           "decode_framed", "read_frame", "schema_id_header", "serialized_file", "serialized_protobuf",
+           "writer_schema"]
 
 @dataclass(frozen=True, slots=True)
 class Decoded:
@@ -186,23 +187,35 @@ class JsonSchemaSchema:
 
 def writer_schema(schema_type: str, text: str, dependencies: Mapping[str, bytes] | None = None) -> WriterSchema:
     """The registry's schema (`schemaType` and `schema`) parsed; a Protobuf `text` is the serialized file
-    descriptor, base64 (the registry's `format=serialized`)."""
+    descriptor (`serialized_protobuf`), its imports' descriptors in `dependencies` by file name."""
     if schema_type == "AVRO":
         return AvroSchema(text)
     if schema_type == "PROTOBUF":
-        return ProtobufSchema(_serialized_file(text), dependencies)
+        return ProtobufSchema(serialized_file(text), dependencies)
     if schema_type == "JSON":
         return JsonSchemaSchema(text)
     raise UnknownSchema(f"the registry's schema type {schema_type!r} is not AVRO, PROTOBUF or JSON")
 
 
-def _serialized_file(text: str) -> bytes:
-    """The file descriptor's bytes: base64 as Confluent's registry sends them, or (Apicurio 3.3's ccompat)
-    the bytes themselves as a string of code points below 256."""
+def serialized_protobuf(text: str) -> bytes | None:
+    """The file descriptor's bytes if `text` is one base64-serialized, else None (`.proto` source text).
+
+    Confluent's registry stores `.proto` text and serializes it on request (`format=serialized`); Apicurio
+    3.3 keeps what the producer registered, which is this form for confluent-kafka's serializers."""
     try:
-        return base64.b64decode(text, validate=True)
-    except ValueError:
-        pass
+        data = base64.b64decode(text, validate=True)
+        descriptor_pb2.FileDescriptorProto.FromString(data)
+    except (ValueError, ProtobufDecodeError):
+        return None
+    return data
+
+
+def serialized_file(text: str) -> bytes:
+    """A Protobuf schema's file descriptor bytes: base64 as Confluent's registry sends them, or (Apicurio 3.3's ccompat
+    `format=serialized`) the bytes themselves as a string of code points below 256."""
+    data = serialized_protobuf(text)
+    if data is not None:
+        return data
     try:
         return text.encode("latin-1")
     except UnicodeEncodeError:

@@ -53,7 +53,7 @@ class FramedValues:
         """The record's value decoded, or the RecordError why not; registry faults are raised."""
         try:
             frame = read_frame(record.value, schema_id_header(record.headers), protobuf=fmt == PROTOBUF)
-            resolved = await self.registry.resolve(frame.ref, fmt)
+            resolved = await self.registry.resolve(frame.ref)
             decoded = decode_framed(resolved.schema, frame, fmt)
         except RecordError as exc:
             return exc
