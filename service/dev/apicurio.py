@@ -85,7 +85,8 @@ class ApicurioRegistry:
         began = time.monotonic()
         dist = registry_dist(self.version)
         self.workdir.mkdir(parents=True, exist_ok=True)
-        storage = [f"-Dapicurio.datasource.url=jdbc:h2:file:{self.workdir / 'h2' / 'registry'}"] if self.persistent else []
+        h2_file = self.workdir / "h2" / "registry"
+        storage = [f"-Dapicurio.datasource.url=jdbc:h2:file:{h2_file}"] if self.persistent else []
         argv = [java21(), *JVM_FLAGS, *storage, f"-Dquarkus.http.port={self.port}", "-Dquarkus.http.host=127.0.0.1",
                 "-jar", str(dist / "quarkus-run.jar")]
         self.process = ManagedProcess("apicurio", argv, self.log_path)
