@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -91,7 +91,7 @@ class SchemaRegistry:
 
     async def _fetch(self, ref: SchemaRef) -> Resolved:
         path = f"/schemas/ids/{ref.id}" if ref.id is not None else f"/schemas/guids/{ref.guid}"
-        body = _schema_body(await self._get(path, ref), path)
+        body = _schema_body(await self._request(path, ref), path)
         schema_type = body.get("schemaType") or "AVRO"
         if schema_type == "PROTOBUF":
             file, dependencies = await self._protobuf(path, ref, body, {})
@@ -113,7 +113,7 @@ class SchemaRegistry:
         `format=serialized`, which Confluent's registry answers in base64."""
         file = serialized_protobuf(body["schema"])
         if file is None:
-            again = _schema_body(await self._get(path, ref, {"format": "serialized"}), path)
+            again = _schema_body(await self._request(path, ref, {"format": "serialized"}), path)
             if "\ufffd" in again["schema"]:
                 raise RegistryRefused(
                     f"the schema registry's serialized form of Protobuf schema {ref} lost bytes (U+FFFD in it)",
@@ -129,7 +129,7 @@ class SchemaRegistry:
             if name in dependencies:
                 continue
             ref_path = f"/subjects/{quote(subject, safe='')}/versions/{version}"
-            ref_body = _schema_body(await self._get(ref_path, ref), ref_path)
+            ref_body = _schema_body(await self._request(ref_path, ref), ref_path)
             dependencies[name] = b""  # seen: a cycle of imports ends here
             dependencies[name], _ = await self._protobuf(ref_path, ref, ref_body, dependencies)
         return file, dependencies
@@ -137,7 +137,7 @@ class SchemaRegistry:
     async def _subject(self, ref: SchemaRef) -> str | None:
         """The first subject the registry lists for the id (metadata only: None when it will not say)."""
         try:
-            versions = await self._get(f"/schemas/ids/{ref.id}/versions", ref)
+            versions = await self._request(f"/schemas/ids/{ref.id}/versions", ref)
         except (UnknownSchema, RegistryRefused):
             return None
         if isinstance(versions, list) and versions and isinstance(versions[0], dict):
@@ -145,9 +145,34 @@ class SchemaRegistry:
             return subject if isinstance(subject, str) else None
         return None
 
-    async def _get(self, path: str, ref: SchemaRef, params: dict[str, str] | None = None) -> Any:
+    async def register(self, subject: str, schema_type: str, text: str,
+                       references: Sequence[Mapping[str, Any]] = ()) -> int:
+        """Register `text` under `subject` (or find it there) and return its id, as a producer's serializer
+        does (`kafka-dagster produce`)."""
+        path = f"/subjects/{quote(subject, safe='')}/versions"
+        body = {"schema": text, "schemaType": schema_type, "references": list(references)}
+        answer = await self._request(path, SchemaRef(), json=body)
+        if not isinstance(answer, dict) or not isinstance(answer.get("id"), int):
+            raise RegistryRefused(f"schema registry answered {path} without an id", 400)
+        return int(answer["id"])
+
+    async def version_of(self, subject: str, schema_type: str, text: str,
+                         references: Sequence[Mapping[str, Any]] = ()) -> int:
+        """The version of `subject` that holds `text` (what a reference to it names)."""
+        path = f"/subjects/{quote(subject, safe='')}"
+        body = {"schema": text, "schemaType": schema_type, "references": list(references)}
+        answer = await self._request(path, SchemaRef(), json=body)
+        if not isinstance(answer, dict) or not isinstance(answer.get("version"), int):
+            raise RegistryRefused(f"schema registry answered {path} without a version", 400)
+        return int(answer["version"])
+
+    async def _request(self, path: str, ref: SchemaRef, params: dict[str, str] | None = None,
+                   json: Any = None) -> Any:
         try:
-            response = await self._client.get(path, params=params)
+            if json is None:
+                response = await self._client.get(path, params=params)
+            else:
+                response = await self._client.post(path, json=json)
         except httpx.TimeoutException as exc:
             raise RegistryUnavailable(f"schema registry timed out: {exc.__class__.__name__}") from None
         except httpx.TransportError as exc:
@@ -164,7 +189,8 @@ class SchemaRegistry:
         if status == 404 and isinstance(body, dict) and body.get("error_code") == SCHEMA_NOT_FOUND:
             raise UnknownSchema(f"schema {ref} is not in the schema registry ({body.get('message', 'not found')})")
         if status >= 400:
-            raise RegistryRefused(f"schema registry answered HTTP {status} to {path}", status)
+            detail = f": {body['message']}" if isinstance(body, dict) and body.get("message") else ""
+            raise RegistryRefused(f"schema registry answered HTTP {status} to {path}{detail}", status)
         return body
 
     async def aclose(self) -> None:

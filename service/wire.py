@@ -12,6 +12,8 @@ JSON Schema. Pure: no I/O; the schemas come from `service.registry`.
 from __future__ import annotations
 
 import base64
+import contextlib
+import importlib
 import io
 import struct
 from collections.abc import Mapping
@@ -22,6 +24,7 @@ from typing import Any, Protocol
 import fastavro
 import orjson
 from google.protobuf import descriptor_pb2, descriptor_pool, json_format, message_factory
+from google.protobuf.descriptor import FileDescriptor
 from google.protobuf.message import DecodeError as ProtobufDecodeError
 from google.protobuf.message import Message
 
@@ -156,10 +159,19 @@ def _add_dependency(pool: descriptor_pool.DescriptorPool, name: str, dependencie
         proto = descriptor_pb2.FileDescriptorProto.FromString(dependencies[name])
     else:  # a well-known type (google/protobuf/timestamp.proto, ...), as protobuf ships it
         proto = descriptor_pb2.FileDescriptorProto()
-        descriptor_pool.Default().FindFileByName(name).CopyToProto(proto)
+        _well_known_file(name).CopyToProto(proto)
     for inner in proto.dependency:
         _add_dependency(pool, inner, dependencies)
     pool.Add(proto)
+
+
+def _well_known_file(name: str) -> FileDescriptor:
+    """protobuf's own file `name` (google/protobuf/X.proto): in the default pool once its module X_pb2 is
+    imported, which nothing else in the worker does."""
+    if name.startswith("google/protobuf/") and name.endswith(".proto"):
+        with contextlib.suppress(ImportError):
+            importlib.import_module("google.protobuf." + name.removeprefix("google/protobuf/")[:-6] + "_pb2")
+    return descriptor_pool.Default().FindFileByName(name)
 
 
 class JsonSchemaSchema:

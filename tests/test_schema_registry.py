@@ -14,7 +14,8 @@ import io
 import os
 import shutil
 import struct
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +27,25 @@ from confluent_kafka import Producer
 from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroSerializer
 from confluent_kafka.schema_registry.json_schema import JSONSerializer
+from confluent_kafka.schema_registry.protobuf import ProtobufSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
 from service.dev.apicurio import ApicurioRegistry
 from service.kafka import ensure_topics
-from tests.conftest import Stack
-from tests.support import ROOT, DagsterApi, dead_letters, eventually, executed_runs, route_toml, unique
+from tests.conftest import Stack, Workers
+from tests.fixtures.shop_proto import order_class
+from tests.support import (
+    ROOT,
+    Accounting,
+    DagsterApi,
+    WorkerProcess,
+    account,
+    dead_letters,
+    eventually,
+    executed_runs,
+    route_toml,
+    unique,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -51,7 +65,7 @@ UNKNOWN_ID = 987_654
 def registry() -> Iterator[ApicurioRegistry]:
     """A fresh Apicurio Registry (in-memory storage) for this module, stopped whatever happens."""
     workdir = ROOT / ".test-stack" / unique("apicurio")
-    server = ApicurioRegistry(workdir)
+    server = ApicurioRegistry(workdir, persistent=True)  # the outage scenario restarts it
     try:
         server.start()
         yield server
@@ -176,3 +190,117 @@ async def test_json_schema_records_are_checked_against_their_writer_schema(
     assert (letter.origin, letter.stage, letter.dlq["dlq.error.class"]) == ((topic, 0, 2), "decode",
                                                                              "UndecodableValue")
     assert "breaks its JSON Schema" in letter.dlq["dlq.error.message"]
+
+
+# -- One worker for the scenarios below: Protobuf, schema evolution with corrupt payloads, a registry outage --
+
+@dataclass
+class Framed:
+    """The module's shared worker and the topics of its routes (one DLQ for all of them)."""
+
+    worker: WorkerProcess
+    dlq: str
+    proto: str
+    evolve: str
+    outage: str
+
+
+def framed_route(name: str, topic: str, fmt: str, match: str = "") -> str:
+    return (f'[[routes]]\nname = "{name}"\ntopic = "{topic}"\njob = "process_orders"\nvalue_format = "{fmt}"\n'
+            f"max_records = 500\nmax_bytes = 1048576\nmax_wait_s = 1.0\n{match}\n")
+
+
+@pytest.fixture(scope="module")
+async def framed(stack: Stack, registry: ApicurioRegistry,
+                 tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Framed]:
+    u = unique("framed")
+    topics = Framed(None, unique("dlq"), f"{u}.proto", f"{u}.evolve", f"{u}.outage")  # type: ignore[arg-type]
+    await ensure_topics(stack.bootstrap, {topics.proto: 1, topics.evolve: 1, topics.outage: 1})
+    routes = (framed_route("proto", topics.proto, "protobuf", 'match = { "value.type" = "order.created" }')
+              + framed_route("evolve", topics.evolve, "avro") + framed_route("outage", topics.outage, "avro"))
+    workers = Workers(stack, tmp_path_factory.mktemp("framed"))
+    try:
+        topics.worker = await workers.start(routes, KAFKA_DAGSTER_DLQ_TOPIC=topics.dlq,
+                                            KAFKA_DAGSTER_SCHEMA_REGISTRY_URL=registry.url,
+                                            KAFKA_DAGSTER_RETRY_MAX_DELAY_S="2")
+        yield topics
+    finally:
+        workers.stop()
+
+
+async def settled(api: DagsterApi, bootstrap: str, topic: str, dlq: str, expected: int) -> Accounting | None:
+    """The topic's accounting once its `expected` records are placed and every run has finished."""
+    accounting = await account(bootstrap, api, topic, dlq)
+    runs = executed_runs(await api.runs(topic))
+    if accounting.offsets < expected or accounting.problems or any(
+            r["status"] not in ("SUCCESS", "FAILURE", "CANCELED") for r in runs):
+        return None
+    return accounting
+
+
+async def runs_finished(api: DagsterApi, topic: str, records: int) -> bool:
+    """The topic's runs hold `records` records and have all finished."""
+    runs = executed_runs(await api.runs(topic))
+    return (sum(int(r["tags"]["kafka/record_count"]) for r in runs) >= records
+            and all(r["status"] in ("SUCCESS", "FAILURE", "CANCELED") for r in runs))
+
+
+async def received_values(api: DagsterApi, topic: str) -> dict[int, dict[str, Any]]:
+    """Each record the topic's runs received inline, by offset."""
+    received: dict[int, dict[str, Any]] = {}
+    for run in executed_runs(await api.runs(topic)):
+        assert run["status"] == "SUCCESS", (run["runId"], run["status"])
+        for record in await inline_records(api, run["runId"]):
+            assert record["offset"] not in received
+            received[record["offset"]] = record
+    return received
+
+
+async def letters_of(bootstrap: str, dlq: str, topic: str) -> dict[int, Any]:
+    """The topic's dead letters, by offset."""
+    return {letter.origin[2]: letter for letter in await dead_letters(bootstrap, dlq) if letter.origin[0] == topic}
+
+
+async def test_protobuf_records_of_confluent_kafkas_serializer_reach_runs_decoded(
+        stack: Stack, dagster_api: DagsterApi, registry: ApicurioRegistry, framed: Framed) -> None:
+    """ProtobufSerializer registers shop/order.proto (and shop/money.proto as its reference) and writes
+    magic byte 0, the id, and message indexes [1] (Order is the file's second message); the route matches on
+    a decoded field. Then bytes that do not decode as an Order are dead-lettered at decode alone."""
+    order_cls = order_class()
+
+    def order_message(i: int) -> Any:
+        message = order_cls(type="order.created" if i % 3 else "order.updated", order_id=f"o-{i}",
+                            customer=f"c-{i % 5}", amount=2.5 + i, quantity=2**40 + i)
+        message.placed_at.seconds = 1_700_000_000 + i
+        message.lines.add(sku=f"sku-{i}", count=i + 1)
+        message.total.cents = 250 + 100 * i
+        message.total.currency = "EUR"
+        return message
+
+    def serialize_proto() -> list[bytes]:
+        with SchemaRegistryClient({"url": registry.url}) as client:
+            serializer = ProtobufSerializer(order_cls, client, {"use.deprecated.format": False})
+            return [serializer(order_message(i), SerializationContext(framed.proto, MessageField.VALUE))
+                    for i in range(9)]
+
+    values = await asyncio.to_thread(serialize_proto)
+    assert values[0][0] == 0 and values[0][5:7] == b"\x02\x02"  # magic 0, id, indexes [1] (zigzag: count 1, 1)
+    undecodable = values[1][:7] + b"\x0a\xff\xff"  # field 1 (type) claims more bytes than follow
+    records = [*values[:4], undecodable, *values[4:]]
+    await asyncio.to_thread(send, stack.bootstrap, framed.proto, records)
+
+    sent = [i for i in range(9) if i % 3]  # order.created only: the others match no route and are skipped
+    await eventually(lambda: runs_finished(dagster_api, framed.proto, len(sent)), 120, "runs of every order.created")
+    received = await received_values(dagster_api, framed.proto)
+    offsets = [i if i < 4 else i + 1 for i in sent]
+    assert sorted(received) == offsets
+    first = orjson.loads(received[offsets[0]]["value"])
+    assert first == {"type": "order.created", "order_id": "o-1", "customer": "c-1", "amount": 3.5,
+                     "placed_at": "2023-11-14T22:13:21Z", "quantity": str(2**40 + 1),
+                     "lines": [{"sku": "sku-1", "count": 2}], "total": {"cents": "350", "currency": "EUR"}}
+    assert {r["value_subject"] for r in received.values()} == {f"{framed.proto}-value"}
+    letters = await eventually(lambda: letters_of(stack.bootstrap, framed.dlq, framed.proto), 60, "a dead letter")
+    assert list(letters) == [4]
+    letter = letters[4]
+    assert (letter.stage, letter.dlq["dlq.error.class"]) == ("decode", "UndecodableValue")
+    assert "does not decode as shop.Order" in letter.dlq["dlq.error.message"]
