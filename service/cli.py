@@ -24,7 +24,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 import orjson
@@ -42,6 +42,10 @@ from service.outcomes import COMPACTED
 from service.settings import load_kafka_security, load_settings
 from service.wire import FORMATS, JSON
 from service.worker import build_worker, tune_gc
+
+if TYPE_CHECKING:
+    from service.route_preview import Sample
+    from service.routes import RouteTable
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -240,6 +244,7 @@ def routes_test(routes_file: str, topic: str | None, envelope: bool) -> None:
     from pathlib import Path
 
     from service.decoding import JsonBounds
+    from service.delivery.framed import framed_route
     from service.route_preview import SampleError, samples, verdicts
     from service.routes import load_routes
     from service.settings import Settings
@@ -254,13 +259,36 @@ def routes_test(routes_file: str, topic: str | None, envelope: bool) -> None:
         topic = table.topics[0]
     defaults = Settings()
     bounds = JsonBounds(defaults.max_json_depth, defaults.max_json_keys)
+    binary = topic is not None and framed_route(table.for_topic(topic)) is not None
     try:
-        for sample in samples(sys.stdin.buffer, topic, envelope):
+        found = list(samples(sys.stdin.buffer, topic, envelope, binary))
+        if table.framed:
+            _run(_decode_samples(table, found))
+        for sample in found:
             click.echo(f"line {sample.record.offset + 1} ({sample.topic}):")
             for line in verdicts(table, sample, defaults.max_message_bytes, bounds):
                 click.echo(f"  {line}")
     except SampleError as exc:
         raise click.ClickException(str(exc)) from None
+
+
+async def _decode_samples(table: RouteTable, found: list[Sample]) -> None:
+    """Decode the framed samples with the schema registry's writer schemas, as the worker does."""
+    from service.registry import SchemaRegistry
+    from service.route_preview import decode_framed_samples
+    from service.routes import check_registry
+    from service.settings import load_registry_settings
+
+    settings = load_registry_settings().with_url(table.registry_url)
+    check_registry(table, settings.url)
+    registry = SchemaRegistry(settings)
+    try:
+        for sample in found:
+            await decode_framed_samples(registry, table, sample)
+    except (TransientError, RouteError) as exc:
+        raise click.ClickException(f"schema registry {settings.url}: {exc}") from None
+    finally:
+        await registry.aclose()
 
 
 @main.group()

@@ -51,13 +51,19 @@ class FramedValues:
 
     async def decode_one(self, fmt: str, record: Record) -> object:
         """The record's value decoded, or the RecordError why not; registry faults are raised."""
-        try:
-            frame = read_frame(record.value, schema_id_header(record.headers), protobuf=fmt == PROTOBUF)
-            resolved = await self.registry.resolve(frame.ref)
-            decoded = decode_framed(resolved.schema, frame, fmt)
-        except RecordError as exc:
-            return exc
-        return dataclasses.replace(decoded, schema_id=str(frame.ref), subject=resolved.subject)
+        return await decode_record(self.registry, fmt, record)
+
+
+async def decode_record(registry: SchemaRegistry, fmt: str, record: Record) -> object:
+    """`record`'s value decoded in format `fmt` with its writer schema (`Decoded`, with the schema's id and
+    subject), or the RecordError why not; registry faults are raised. `routes test` decodes samples with it."""
+    try:
+        frame = read_frame(record.value, schema_id_header(record.headers), protobuf=fmt == PROTOBUF)
+        resolved = await registry.resolve(frame.ref)
+        decoded = decode_framed(resolved.schema, frame, fmt)
+    except RecordError as exc:
+        return exc
+    return dataclasses.replace(decoded, schema_id=str(frame.ref), subject=resolved.subject)
 
 
 def framed_route(routes: Sequence[Route]) -> Route | None:
