@@ -64,7 +64,8 @@ def test_envelopes_carry_topic_key_and_headers(tmp_path: Path) -> None:
 
 def test_a_bad_envelope_or_a_missing_topic_is_one_line(tmp_path: Path) -> None:
     code, out = routes_test("--envelope", str(ROOT / "routes.toml"), stdin='{"value": 1}\n')
-    assert code == 1 and out.strip() == 'Error: line 1: expected an object with "topic" and "value" (or "raw" or "base64")'
+    assert code == 1
+    assert out.strip() == 'Error: line 1: expected an object with "topic" and "value" (or "raw" or "base64")'
     routes = tmp_path / "routes.toml"
     routes.write_text("".join(f'[[routes]]\ntopic = "{t}"\njob = "j"\nmax_records = 1\nmax_bytes = 10\n'
                               f'max_wait_s = 1.0\n' for t in ("a", "b")))
