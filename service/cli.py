@@ -33,7 +33,7 @@ from faust.worker import Worker
 
 from service import __version__
 from service.contract import DEFAULT_BOOTSTRAP_SERVERS, DEFAULT_DLQ_TOPIC, DEFAULT_ROUTES_FILE, STAGES
-from service.dlq import DeadLetter, Selection, describe, identity, replay_headers, replayed_topic
+from service.dlq import DeadLetter, Selection, describe, identity, replay_headers, replayed_topic, schema_ref
 from service.errors import BrokerUnavailable, ConfigurationError, KafkaDagsterError, RouteError, TransientError
 from service.kafka import Producer, check_security, ensure_topics, stream_topic
 from service.kafka_security import KafkaSecurity
@@ -680,6 +680,7 @@ async def _replay(bootstrap_servers: str, marker_topic: str, letters: list[DeadL
 
 
 def _as_json(letter: DeadLetter) -> bytes:
-    return orjson.dumps({"dlq_offset": letter.dlq_offset, **letter.dlq,
+    schema = schema_ref(letter)
+    return orjson.dumps({"dlq_offset": letter.dlq_offset, **letter.dlq, **({"schema": schema} if schema else {}),
                          "key": (letter.key or b"").decode("utf-8", "backslashreplace"),
                          "value": (letter.value or b"").decode("utf-8", "backslashreplace")})
