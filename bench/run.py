@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import matching, report, validators
+from bench import framed, matching, report, validators
 from bench.amortisation import amortisation
 from bench.backpressure import backpressure
 from bench.broker import broker_name, new_broker
@@ -46,6 +46,7 @@ def measure(ctx: Context, started: float, profile: bool = False) -> dict[str, An
     _step("per-record costs of validation and route matching (no broker)", started)
     results["validation_us_per_record"] = validators.costs(mode.micro_records, passes=3)
     results["matching_ns_per_record"] = matching.costs(mode.micro_records, passes=3)
+    results["framed_us_per_record"] = framed.costs(mode.micro_records, passes=3)
     _step("amortisation: runs to SUCCESS for max_records " + ", ".join(map(str, mode.amortisation_sizes)), started)
     results["amortisation"] = [asdict(point) for point in amortisation(ctx)]
     # From here on runs are launched (queued) but not executed: the daemon would compete for the CPU.

@@ -54,6 +54,8 @@ def read_frame(data: bytes | None, header: bytes | None = None, protobuf: bool =
     if header is not None:
         ref, indexes, _ = _read_id(io.BytesIO(header), protobuf, "the schema id header")
         return Frame(ref, data, indexes)
+    if not protobuf and len(data) >= 5 and data[0] == MAGIC_ID:  # the common case, without a stream
+        return Frame(SchemaRef(id=int.from_bytes(data[1:5], "big")), data[5:])
     buf = io.BytesIO(data)
     ref, indexes, offset = _read_id(buf, protobuf, "the value")
     return Frame(ref, data[offset:], indexes)

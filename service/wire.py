@@ -81,6 +81,8 @@ class AvroSchema:
             self.parsed = fastavro.parse_schema(orjson.loads(text), named_schemas=named_schemas)
         except (orjson.JSONDecodeError, fastavro.schema.SchemaParseException, ValueError, TypeError) as exc:
             raise UnknownSchema(f"the registry's Avro schema does not parse: {exc}") from None
+        # fastavro gives JSON's own types for these: the structure needs no round trip through JSON text
+        self.json_native = _json_native(self.parsed)
 
     def decode(self, frame: Frame) -> Decoded:
         buf = io.BytesIO(frame.payload)
@@ -93,7 +95,30 @@ class AvroSchema:
             raise UndecodableValue(f"value has {len(frame.payload) - buf.tell()} bytes left over after the "
                                    f"record of Avro schema {frame.ref}")
         text = orjson.dumps(value, default=_json_default)
-        return Decoded(orjson.loads(text), text)
+        # A NaN or infinite double stays one in the structure; its JSON text (what the run gets) says null.
+        return Decoded(value if self.json_native else orjson.loads(text), text)
+
+
+AVRO_JSON_TYPES = frozenset({"null", "boolean", "int", "long", "float", "double", "string", "enum"})
+AVRO_PRIMITIVES = AVRO_JSON_TYPES | {"bytes", "fixed"}
+
+
+def _json_native(schema: Any) -> bool:
+    """True when every value of `schema` decodes to JSON's own types: no bytes, fixed or logical types."""
+    if isinstance(schema, str):
+        return schema in AVRO_JSON_TYPES or schema not in AVRO_PRIMITIVES  # else a named type, checked where defined
+    if isinstance(schema, list):
+        return all(_json_native(branch) for branch in schema)
+    if not isinstance(schema, dict) or "logicalType" in schema:
+        return False
+    kind = schema.get("type")
+    if kind == "record" or kind == "error":
+        return all(_json_native(field["type"]) for field in schema.get("fields", ()))
+    if kind == "array":
+        return _json_native(schema["items"])
+    if kind == "map":
+        return _json_native(schema["values"])
+    return _json_native(kind) if kind != "fixed" else False
 
 
 def _json_default(value: Any) -> Any:

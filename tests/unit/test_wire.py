@@ -293,3 +293,25 @@ print(schema.message_type((0,)).DESCRIPTOR.fields_by_name["t"].message_type.full
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=False,
                           cwd=Path(__file__).resolve().parents[2])
     assert done.stdout.strip() == "google.protobuf.Timestamp", done.stderr
+
+
+@pytest.mark.parametrize(("schema", "native"), [
+    (orjson.loads(ORDER_AVRO), False),  # a decimal and a timestamp
+    ({"type": "record", "name": "P", "fields": [{"name": "p", "type": "double"}, {"name": "q", "type": "string"},
+                                                {"name": "r", "type": ["null", "P"]}]}, True),
+    ({"type": "record", "name": "B", "fields": [{"name": "b", "type": "bytes"}]}, False),
+    ({"type": "record", "name": "T", "fields": [{"name": "t", "type": {"type": "long",
+                                                                         "logicalType": "timestamp-millis"}}]}, False),
+    ({"type": "record", "name": "U", "fields": [{"name": "u", "type": ["null", {"type": "array", "items": {
+        "type": "map", "values": {"type": "enum", "name": "E", "symbols": ["A"]}}}]}]}, True),
+    ({"type": "record", "name": "F", "fields": [{"name": "f", "type": {"type": "fixed", "name": "X", "size": 2}}]},
+     False),
+])
+def test_avro_schemas_that_decode_to_json_types_skip_the_round_trip(schema: dict[str, Any], native: bool) -> None:
+    assert AvroSchema(orjson.dumps(schema).decode()).json_native is native
+
+
+def test_the_frame_fast_path_reads_what_the_stream_reads() -> None:
+    data = b"\x00" + struct.pack(">I", 70_000) + b"body"
+    assert read_frame(data) == Frame(SchemaRef(70_000), b"body")
+    assert read_frame(b"\x00\x00\x00\x00\x01") == Frame(SchemaRef(1), b"")
