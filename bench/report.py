@@ -95,6 +95,7 @@ def table(results: dict[str, Any]) -> str:
         "per record, no broker (best of 3 passes over the same orders):",
         *(f"  {name:<60}{us:8.2f} µs" for name, us in results["validation_us_per_record"].items()),
         *(f"  match {name[:54]:<54}{ns / 1000:8.2f} µs" for name, ns in results["matching_ns_per_record"].items()),
+        *(f"  decode {name[:53]:<53}{us:8.2f} µs" for name, us in results.get("framed_us_per_record", {}).items()),
         "",
         f"{'max_records':>12}{'runs':>6}{'records/s in SUCCESS runs':>28}{'run duration':>14}",
     ]

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import matching, report, transactions, validators
+from bench import framed, matching, report, transactions, validators
 from bench.amortisation import amortisation
 from bench.backpressure import backpressure
 from bench.broker import broker_name, new_broker
@@ -61,6 +61,7 @@ def measure(ctx: Context, started: float, profile: bool = False, only: str | Non
         _step("per-record costs of validation and route matching (no broker)", started)
         results["validation_us_per_record"] = validators.costs(mode.micro_records, passes=3)
         results["matching_ns_per_record"] = matching.costs(mode.micro_records, passes=3)
+        results["framed_us_per_record"] = framed.costs(mode.micro_records, passes=3)
         if ctx.broker_serves_transactions:
             _step(f"dead letters in transactions vs plain writes ({mode.txn_flushes} flushes per size)", started)
             results["transactions"] = asyncio.run(transactions.measure(ctx.bootstrap, mode.txn_flushes))

@@ -49,7 +49,7 @@ async def _decode_all(messages: Sequence[KafkaMessage], fmt: str,
         for message in messages:
             try:
                 frame = read_frame(message.value, schema_id_header(message.headers), protobuf=fmt == PROTOBUF)
-                resolved = await client.resolve(frame.ref, fmt)
+                resolved = await client.resolve(frame.ref)
                 value = decode_framed(resolved.schema, frame, fmt)
             except RecordError:
                 continue

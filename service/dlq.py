@@ -203,11 +203,16 @@ def describe(letter: DeadLetter) -> str:
 
 
 def _schema(letter: DeadLetter) -> str:
-    """` schema=ID` for a framed value that failed to decode with its writer schema (Confluent wire format)."""
+    ref = schema_ref(letter)
+    return f" schema={ref}" if ref is not None else ""
+
+
+def schema_ref(letter: DeadLetter) -> str | None:
+    """The writer schema (id, or `guid ...`) a framed value named that failed to decode with it."""
     if letter.stage != STAGE_DECODE or letter.dlq.get(HEADER_ERROR_CLASS) not in FRAMED_DECODE_ERRORS:
-        return ""
+        return None
     try:
         frame = read_frame(letter.value, schema_id_header(letter.headers))
     except BadFraming:
-        return ""
-    return f" schema={frame.ref}"
+        return None
+    return str(frame.ref)

@@ -54,9 +54,32 @@ def read_frame(data: bytes | None, header: bytes | None = None, protobuf: bool =
     if header is not None:
         ref, indexes, _ = _read_id(io.BytesIO(header), protobuf, "the schema id header")
         return Frame(ref, data, indexes)
+    if not protobuf and len(data) >= 5 and data[0] == MAGIC_ID:  # the common case, without a stream
+        return Frame(SchemaRef(id=int.from_bytes(data[1:5], "big")), data[5:])
     buf = io.BytesIO(data)
     ref, indexes, offset = _read_id(buf, protobuf, "the value")
     return Frame(ref, data[offset:], indexes)
+
+
+def frame_prefix(schema_id: int, indexes: Sequence[int] | None = None) -> bytes:
+    """What a producer puts in front of an encoded value: magic byte 0, the 4-byte id, and for Protobuf
+    (`indexes` given) the message-index array ([0] as the single byte 0, as the Confluent clients write it)."""
+    prefix = bytes([MAGIC_ID]) + struct.pack(">I", schema_id)
+    if indexes is None:
+        return prefix
+    if list(indexes) == [0]:
+        return prefix + b"\x00"
+    return prefix + b"".join(_zigzag(i) for i in (len(indexes), *indexes))
+
+
+def _zigzag(value: int) -> bytes:
+    value = (value << 1) ^ (value >> 63)
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
 
 
 def schema_id_header(headers: Sequence[tuple[str, bytes]], name: str = VALUE_SCHEMA_ID_HEADER) -> bytes | None:

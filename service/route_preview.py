@@ -3,20 +3,27 @@
 Each sample is one line: the record's value (with `--topic`), or with
 `--envelope` a JSON object `{"topic", "key", "headers": {name: value}, "value"}`
 where `value` may be any JSON (it is sent as its JSON text; give `"raw": "..."`
-instead to send text that is not JSON) and `key` and header values are strings.
+instead to send text that is not JSON, or `"base64": "..."` for bytes) and
+`key` and header values are strings. A topic whose routes read a framed format
+(Confluent wire format) takes its values as base64: each line, or the
+envelope's `"base64"`; they are decoded with their writer schemas from the
+schema registry (`decode_framed_samples`), as the worker decodes them.
 The verdicts come from `service.routing`, the same code the
 worker runs.
 """
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import orjson
 
 from service.decoding import JsonBounds
+from service.delivery.framed import decode_record, framed_route
 from service.records import Record
+from service.registry import SchemaRegistry
 from service.routes import RouteTable
 from service.routing import explain
 
@@ -31,8 +38,9 @@ class SampleError(ValueError):
     """A sample line that is not what `--envelope` expects."""
 
 
-def samples(lines: Iterable[bytes], topic: str | None, envelope: bool) -> Iterator[Sample]:
-    """The sample records of `lines` (blank lines skipped), numbered by their offset (the line number - 1)."""
+def samples(lines: Iterable[bytes], topic: str | None, envelope: bool, binary: bool = False) -> Iterator[Sample]:
+    """The sample records of `lines` (blank lines skipped), numbered by their offset (the line number - 1);
+    with `binary`, each line (not an envelope) is its value in base64."""
     for number, line in enumerate(lines):
         line = line.rstrip(b"\r\n")
         if not line.strip():
@@ -41,7 +49,22 @@ def samples(lines: Iterable[bytes], topic: str | None, envelope: bool) -> Iterat
             yield _from_envelope(line, number)
         else:
             assert topic is not None
-            yield Sample(topic, Record(topic, 0, number, None, None, line))
+            value = _base64(line.strip().decode("ascii", "replace"), number) if binary else line
+            yield Sample(topic, Record(topic, 0, number, None, None, value))
+
+
+def _base64(text: str, number: int) -> bytes:
+    try:
+        return base64.b64decode(text, validate=True)
+    except ValueError:
+        raise SampleError(f"line {number + 1}: the topic's values are framed: give each in base64") from None
+
+
+async def decode_framed_samples(registry: SchemaRegistry, routes: RouteTable, sample: Sample) -> None:
+    """Decode the sample's value with its writer schema if its topic's routes read a framed format."""
+    route = framed_route(routes.for_topic(sample.topic))
+    if route is not None:
+        sample.record.decoded = await decode_record(registry, route.value_format, sample.record)
 
 
 def _from_envelope(line: bytes, number: int) -> Sample:
@@ -50,13 +73,17 @@ def _from_envelope(line: bytes, number: int) -> Sample:
     except orjson.JSONDecodeError as exc:
         raise SampleError(f"line {number + 1}: not JSON: {exc}") from None
     if not isinstance(document, dict) or not isinstance(document.get("topic"), str) or not (
-            "value" in document or isinstance(document.get("raw"), str)):
-        raise SampleError(f"line {number + 1}: expected an object with \"topic\" and \"value\" (or \"raw\")")
+            "value" in document or isinstance(document.get("raw"), str) or isinstance(document.get("base64"), str)):
+        raise SampleError(f"line {number + 1}: expected an object with \"topic\" and \"value\" (or \"raw\" "
+                          "or \"base64\")")
     key = document.get("key")
     headers = document.get("headers") or {}
     if not isinstance(headers, dict) or not all(isinstance(v, str) for v in headers.values()):
         raise SampleError(f"line {number + 1}: headers must be an object of strings")
-    raw = document["raw"].encode() if "raw" in document else orjson.dumps(document["value"])
+    if isinstance(document.get("base64"), str):
+        raw = _base64(document["base64"], number)
+    else:
+        raw = document["raw"].encode() if "raw" in document else orjson.dumps(document["value"])
     topic = document["topic"]
     record = Record(topic, 0, number, None, key.encode() if isinstance(key, str) else None, raw,
                     [(name, text.encode()) for name, text in headers.items()])

@@ -12,6 +12,8 @@ JSON Schema. Pure: no I/O; the schemas come from `service.registry`.
 from __future__ import annotations
 
 import base64
+import contextlib
+import importlib
 import io
 import struct
 from collections.abc import Mapping
@@ -22,6 +24,7 @@ from typing import Any, Protocol
 import fastavro
 import orjson
 from google.protobuf import descriptor_pb2, descriptor_pool, json_format, message_factory
+from google.protobuf.descriptor import FileDescriptor
 from google.protobuf.message import DecodeError as ProtobufDecodeError
 from google.protobuf.message import Message
 
@@ -45,7 +48,8 @@ FORMATS = (JSON, AVRO, PROTOBUF, JSON_SCHEMA)
 REGISTRY_TYPES = {AVRO: "AVRO", PROTOBUF: "PROTOBUF", JSON_SCHEMA: "JSON"}
 __all__ = ["AVRO", "FORMATS", "JSON", "JSON_SCHEMA", "KEY_SCHEMA_ID_HEADER", "PROTOBUF", "VALUE_SCHEMA_ID_HEADER",
            "AvroSchema", "Decoded", "Frame", "JsonSchemaSchema", "ProtobufSchema", "SchemaRef", "WriterSchema",
-           "decode_framed", "read_frame", "schema_id_header", "writer_schema"]
+           "decode_framed", "read_frame", "schema_id_header", "serialized_file", "serialized_protobuf",
+           "writer_schema"]
 
 @dataclass(frozen=True, slots=True)
 class Decoded:
@@ -77,6 +81,8 @@ class AvroSchema:
             self.parsed = fastavro.parse_schema(orjson.loads(text), named_schemas=named_schemas)
         except (orjson.JSONDecodeError, fastavro.schema.SchemaParseException, ValueError, TypeError) as exc:
             raise UnknownSchema(f"the registry's Avro schema does not parse: {exc}") from None
+        # fastavro gives JSON's own types for these: the structure needs no round trip through JSON text
+        self.json_native = _json_native(self.parsed)
 
     def decode(self, frame: Frame) -> Decoded:
         buf = io.BytesIO(frame.payload)
@@ -89,7 +95,30 @@ class AvroSchema:
             raise UndecodableValue(f"value has {len(frame.payload) - buf.tell()} bytes left over after the "
                                    f"record of Avro schema {frame.ref}")
         text = orjson.dumps(value, default=_json_default)
-        return Decoded(orjson.loads(text), text)
+        # A NaN or infinite double stays one in the structure; its JSON text (what the run gets) says null.
+        return Decoded(value if self.json_native else orjson.loads(text), text)
+
+
+AVRO_JSON_TYPES = frozenset({"null", "boolean", "int", "long", "float", "double", "string", "enum"})
+AVRO_PRIMITIVES = AVRO_JSON_TYPES | {"bytes", "fixed"}
+
+
+def _json_native(schema: Any) -> bool:
+    """True when every value of `schema` decodes to JSON's own types: no bytes, fixed or logical types."""
+    if isinstance(schema, str):
+        return schema in AVRO_JSON_TYPES or schema not in AVRO_PRIMITIVES  # else a named type, checked where defined
+    if isinstance(schema, list):
+        return all(_json_native(branch) for branch in schema)
+    if not isinstance(schema, dict) or "logicalType" in schema:
+        return False
+    kind = schema.get("type")
+    if kind == "record" or kind == "error":
+        return all(_json_native(field["type"]) for field in schema.get("fields", ()))
+    if kind == "array":
+        return _json_native(schema["items"])
+    if kind == "map":
+        return _json_native(schema["values"])
+    return _json_native(kind) if kind != "fixed" else False
 
 
 def _json_default(value: Any) -> Any:
@@ -155,10 +184,19 @@ def _add_dependency(pool: descriptor_pool.DescriptorPool, name: str, dependencie
         proto = descriptor_pb2.FileDescriptorProto.FromString(dependencies[name])
     else:  # a well-known type (google/protobuf/timestamp.proto, ...), as protobuf ships it
         proto = descriptor_pb2.FileDescriptorProto()
-        descriptor_pool.Default().FindFileByName(name).CopyToProto(proto)
+        _well_known_file(name).CopyToProto(proto)
     for inner in proto.dependency:
         _add_dependency(pool, inner, dependencies)
     pool.Add(proto)
+
+
+def _well_known_file(name: str) -> FileDescriptor:
+    """protobuf's own file `name` (google/protobuf/X.proto): in the default pool once its module X_pb2 is
+    imported, which nothing else in the worker does."""
+    if name.startswith("google/protobuf/") and name.endswith(".proto"):
+        with contextlib.suppress(ImportError):
+            importlib.import_module("google.protobuf." + name.removeprefix("google/protobuf/")[:-6] + "_pb2")
+    return descriptor_pool.Default().FindFileByName(name)
 
 
 class JsonSchemaSchema:
@@ -186,23 +224,35 @@ class JsonSchemaSchema:
 
 def writer_schema(schema_type: str, text: str, dependencies: Mapping[str, bytes] | None = None) -> WriterSchema:
     """The registry's schema (`schemaType` and `schema`) parsed; a Protobuf `text` is the serialized file
-    descriptor, base64 (the registry's `format=serialized`)."""
+    descriptor (`serialized_protobuf`), its imports' descriptors in `dependencies` by file name."""
     if schema_type == "AVRO":
         return AvroSchema(text)
     if schema_type == "PROTOBUF":
-        return ProtobufSchema(_serialized_file(text), dependencies)
+        return ProtobufSchema(serialized_file(text), dependencies)
     if schema_type == "JSON":
         return JsonSchemaSchema(text)
     raise UnknownSchema(f"the registry's schema type {schema_type!r} is not AVRO, PROTOBUF or JSON")
 
 
-def _serialized_file(text: str) -> bytes:
-    """The file descriptor's bytes: base64 as Confluent's registry sends them, or (Apicurio 3.3's ccompat)
-    the bytes themselves as a string of code points below 256."""
+def serialized_protobuf(text: str) -> bytes | None:
+    """The file descriptor's bytes if `text` is one base64-serialized, else None (`.proto` source text).
+
+    Confluent's registry stores `.proto` text and serializes it on request (`format=serialized`); Apicurio
+    3.3 keeps what the producer registered, which is this form for confluent-kafka's serializers."""
     try:
-        return base64.b64decode(text, validate=True)
-    except ValueError:
-        pass
+        data = base64.b64decode(text, validate=True)
+        descriptor_pb2.FileDescriptorProto.FromString(data)
+    except (ValueError, ProtobufDecodeError):
+        return None
+    return data
+
+
+def serialized_file(text: str) -> bytes:
+    """A Protobuf schema's file descriptor bytes: base64 as Confluent's registry sends them, or (Apicurio 3.3's ccompat
+    `format=serialized`) the bytes themselves as a string of code points below 256."""
+    data = serialized_protobuf(text)
+    if data is not None:
+        return data
     try:
         return text.encode("latin-1")
     except UnicodeEncodeError:

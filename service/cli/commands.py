@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import TYPE_CHECKING
 
 import click
 import orjson
@@ -11,12 +12,16 @@ from faust.worker import Worker
 
 from service.cli.running import run
 from service.contract import DEFAULT_ROUTES_FILE
-from service.errors import ConfigurationError
+from service.errors import ConfigurationError, RouteError, TransientError
 from service.kafka import check_security
 from service.logs import logging_config
 from service.settings import load_settings
 from service.transactions import use_transactions
 from service.worker import build_worker, tune_gc
+
+if TYPE_CHECKING:
+    from service.route_preview import Sample
+    from service.routes import RouteTable
 
 DEFAULT_STATUS_URL = "http://127.0.0.1:6066"
 
@@ -86,6 +91,7 @@ def routes_test(routes_file: str, topic: str | None, envelope: bool) -> None:
     from pathlib import Path
 
     from service.decoding import JsonBounds
+    from service.delivery.framed import framed_route
     from service.route_preview import SampleError, samples, verdicts
     from service.routes import load_routes
     from service.settings import Settings
@@ -100,13 +106,36 @@ def routes_test(routes_file: str, topic: str | None, envelope: bool) -> None:
         topic = table.topics[0]
     defaults = Settings()
     bounds = JsonBounds(defaults.max_json_depth, defaults.max_json_keys)
+    binary = topic is not None and framed_route(table.for_topic(topic)) is not None
     try:
-        for sample in samples(sys.stdin.buffer, topic, envelope):
+        found = list(samples(sys.stdin.buffer, topic, envelope, binary))
+        if table.framed:
+            run(_decode_samples(table, found))
+        for sample in found:
             click.echo(f"line {sample.record.offset + 1} ({sample.topic}):")
             for line in verdicts(table, sample, defaults.max_message_bytes, bounds):
                 click.echo(f"  {line}")
     except SampleError as exc:
         raise click.ClickException(str(exc)) from None
+
+
+async def _decode_samples(table: RouteTable, found: list[Sample]) -> None:
+    """Decode the framed samples with the schema registry's writer schemas, as the worker does."""
+    from service.registry import SchemaRegistry
+    from service.route_preview import decode_framed_samples
+    from service.routes import check_registry
+    from service.settings import load_registry_settings
+
+    settings = load_registry_settings().with_url(table.registry_url)
+    check_registry(table, settings.url)
+    registry = SchemaRegistry(settings)
+    try:
+        for sample in found:
+            await decode_framed_samples(registry, table, sample)
+    except (TransientError, RouteError) as exc:
+        raise click.ClickException(f"schema registry {settings.url}: {exc}") from None
+    finally:
+        await registry.aclose()
 
 
 @click.command()

@@ -10,7 +10,6 @@ the route pauses (`schema_registry_auth`) through the one pause-and-retry loop.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 from functools import partial
 
@@ -20,7 +19,7 @@ from service.records import Record
 from service.registry import SchemaRegistry
 from service.retry import OWN_PAUSE, Retrying
 from service.routes import Route
-from service.wire import JSON, PROTOBUF, decode_framed, read_frame, schema_id_header
+from service.wire import JSON, PROTOBUF, Decoded, decode_framed, read_frame, schema_id_header
 
 
 class FramedValues:
@@ -51,13 +50,19 @@ class FramedValues:
 
     async def decode_one(self, fmt: str, record: Record) -> object:
         """The record's value decoded, or the RecordError why not; registry faults are raised."""
-        try:
-            frame = read_frame(record.value, schema_id_header(record.headers), protobuf=fmt == PROTOBUF)
-            resolved = await self.registry.resolve(frame.ref, fmt)
-            decoded = decode_framed(resolved.schema, frame, fmt)
-        except RecordError as exc:
-            return exc
-        return dataclasses.replace(decoded, schema_id=str(frame.ref), subject=resolved.subject)
+        return await decode_record(self.registry, fmt, record)
+
+
+async def decode_record(registry: SchemaRegistry, fmt: str, record: Record) -> object:
+    """`record`'s value decoded in format `fmt` with its writer schema (`Decoded`, with the schema's id and
+    subject), or the RecordError why not; registry faults are raised. `routes test` decodes samples with it."""
+    try:
+        frame = read_frame(record.value, schema_id_header(record.headers), protobuf=fmt == PROTOBUF)
+        resolved = await registry.resolve(frame.ref)
+        decoded = decode_framed(resolved.schema, frame, fmt)
+    except RecordError as exc:
+        return exc
+    return Decoded(decoded.value, decoded.json, str(frame.ref), resolved.subject)
 
 
 def framed_route(routes: Sequence[Route]) -> Route | None:

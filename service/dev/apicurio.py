@@ -24,7 +24,8 @@ logger = logging.getLogger(__name__)
 
 APICURIO_VERSION = "3.3.3"
 CCOMPAT_PATH = "/apis/ccompat/v7"
-JVM_FLAGS = ("-Xmx384m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1", "-Djava.awt.headless=true")
+JVM_FLAGS = ("-Xmx384m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1", "-Djava.awt.headless=true",
+             "-Dquarkus.management.enabled=false")  # its management port is a fixed 9000: two would collide
 
 
 def build_file(version: str = APICURIO_VERSION) -> Path:
@@ -61,12 +62,16 @@ class ApicurioRegistry:
 
     :param workdir: where its log file goes.
     :param port: the HTTP port; a free one by default.
+    :param persistent: keep its schemas in an H2 file under `workdir` (they, and their ids, survive a
+        restart) instead of in memory.
     """
 
-    def __init__(self, workdir: Path, port: int | None = None, version: str = APICURIO_VERSION) -> None:
+    def __init__(self, workdir: Path, port: int | None = None, version: str = APICURIO_VERSION,
+                 persistent: bool = False) -> None:
         self.workdir = workdir
         self.port = port or free_port()
         self.version = version
+        self.persistent = persistent
         self.log_path = workdir / "apicurio.log"
         self.process: ManagedProcess | None = None
 
@@ -80,7 +85,9 @@ class ApicurioRegistry:
         began = time.monotonic()
         dist = registry_dist(self.version)
         self.workdir.mkdir(parents=True, exist_ok=True)
-        argv = [java21(), *JVM_FLAGS, f"-Dquarkus.http.port={self.port}", "-Dquarkus.http.host=127.0.0.1",
+        h2_file = self.workdir / "h2" / "registry"
+        storage = [f"-Dapicurio.datasource.url=jdbc:h2:file:{h2_file}"] if self.persistent else []
+        argv = [java21(), *JVM_FLAGS, *storage, f"-Dquarkus.http.port={self.port}", "-Dquarkus.http.host=127.0.0.1",
                 "-jar", str(dist / "quarkus-run.jar")]
         self.process = ManagedProcess("apicurio", argv, self.log_path)
         self.process.start()
@@ -89,6 +96,7 @@ class ApicurioRegistry:
                     time.monotonic() - began)
 
     def stop(self) -> None:
+        """Stop it (SIGTERM, then SIGKILL); `start` starts it again, on the same port."""
         if self.process is not None:
             self.process.stop(timeout_s=20.0)
 

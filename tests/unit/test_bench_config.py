@@ -60,3 +60,12 @@ def test_the_bench_runs_apache_kafka_unless_told_tansu_and_names_the_broker(tmp_
     assert broker_name({"broker": apache_info}) == "Apache Kafka 3.9.1"
     assert broker_name({"broker": tansu_info}).startswith("Tansu 0.6.0")
     assert broker_name({}) == "Tansu 0.6.0"  # results written before the broker was recorded
+
+
+def test_the_framed_decode_cost_is_measured_beside_the_json_parse() -> None:
+    from bench.framed import costs
+
+    figures = costs(50, passes=1)
+    assert set(figures) == {"json route: parse the value", "avro route: frame, cached schema, decode",
+                            "avro minus json"}
+    assert figures["avro route: frame, cached schema, decode"] > 0

@@ -181,3 +181,7 @@ def test_inspect_names_the_writer_schema_of_a_framed_value_that_did_not_decode()
         " schema=guid 00010203-0405-0607-0809-0a0b0c0d0e0f")
     assert "schema=" not in describe(letter(b"{", "BadFraming"))
     assert "schema=" not in describe(letter(b"\x00\x00\x00\x00\x01", "InvalidJson"))
+    from service.dlq import schema_ref
+
+    assert schema_ref(letter(b"\x00" + struct.pack(">I", 7) + b"\x02", "UndecodableValue")) == "7"
+    assert schema_ref(letter(b"{", "BadFraming")) is None

@@ -64,9 +64,61 @@ def test_envelopes_carry_topic_key_and_headers(tmp_path: Path) -> None:
 
 def test_a_bad_envelope_or_a_missing_topic_is_one_line(tmp_path: Path) -> None:
     code, out = routes_test("--envelope", str(ROOT / "routes.toml"), stdin='{"value": 1}\n')
-    assert code == 1 and out.strip() == 'Error: line 1: expected an object with "topic" and "value" (or "raw")'
+    assert code == 1
+    assert out.strip() == 'Error: line 1: expected an object with "topic" and "value" (or "raw" or "base64")'
     routes = tmp_path / "routes.toml"
     routes.write_text("".join(f'[[routes]]\ntopic = "{t}"\njob = "j"\nmax_records = 1\nmax_bytes = 10\n'
                               f'max_wait_s = 1.0\n' for t in ("a", "b")))
     code, out = routes_test(str(routes), stdin="{}\n")
     assert code == 2 and "give --topic or --envelope" in out
+
+
+async def test_framed_samples_are_decoded_with_their_writer_schema(tmp_path: Path) -> None:
+    """A topic read as Avro takes base64 lines; each is decoded with the registry's schema before routing."""
+    import base64
+    import io
+
+    import fastavro
+    import httpx
+    import orjson
+
+    from service.decoding import JsonBounds
+    from service.frames import frame_prefix
+    from service.registry import SchemaRegistry
+    from service.route_preview import decode_framed_samples, samples, verdicts
+    from service.routes import load_routes
+    from service.settings import RegistrySettings
+
+    schema = (ROOT / "schemas" / "payment.avsc").read_text()
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/schemas/ids/3"):
+            return httpx.Response(200, json={"schema": schema})
+        if request.url.path.endswith("/versions"):
+            return httpx.Response(200, json=[{"subject": "payments.v1-value", "version": 1}])
+        return httpx.Response(404, json={"error_code": 40403, "message": "Schema not found"})
+
+    def framed(schema_id: int, status: str) -> str:
+        buf = io.BytesIO()
+        fastavro.schemaless_writer(buf, fastavro.parse_schema(orjson.loads(schema)), {
+            "payment_id": "p", "order_id": "o", "customer": "c", "status": status, "amount": 1.0,
+            "settled_at": None})
+        return base64.b64encode(frame_prefix(schema_id) + buf.getvalue()).decode()
+
+    routes_file = tmp_path / "routes.toml"
+    routes_file.write_text('[schema_registry]\nurl = "http://registry.test"\n[[routes]]\ntopic = "payments.v1"\n'
+                           'job = "j"\nvalue_format = "avro"\nmatch = { "value.status" = "settled" }\n'
+                           "max_records = 1\nmax_bytes = 10000\nmax_wait_s = 1.0\n")
+    table = load_routes(routes_file)
+    lines = [framed(3, "settled"), framed(3, "pending"), framed(4, "settled")]
+    found = list(samples([line.encode() for line in lines], "payments.v1", envelope=False, binary=True))
+    registry = SchemaRegistry(RegistrySettings("http://registry.test"), transport=httpx.MockTransport(answer))
+    for sample in found:
+        await decode_framed_samples(registry, table, sample)
+    await registry.aclose()
+    said = [verdicts(table, sample, 1_000_000, JsonBounds())[0] for sample in found]
+    assert said[0] == "payments.v1: batch"
+    assert said[1].startswith("payments.v1: no match: value.status")
+    assert said[2].startswith("payments.v1: dead-letter at stage decode: schema 4 is not in the schema registry")
+    code, out = routes_test(str(routes_file), stdin="{not base64}\n")
+    assert code == 1 and "give each in base64" in out

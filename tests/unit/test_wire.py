@@ -7,7 +7,10 @@ import base64
 import datetime
 import decimal
 import struct
+import subprocess
+import sys
 import uuid
+from pathlib import Path
 from typing import Any
 
 import fastavro
@@ -272,3 +275,43 @@ def test_protobuf_in_apicurio_s_serialized_form() -> None:
     """Apicurio 3.3's ccompat API answers format=serialized with the descriptor's bytes as a string."""
     _, _, file = _classes()
     assert writer_schema("PROTOBUF", file.decode("latin-1")).format == PROTOBUF
+
+
+def test_protobuf_s_own_imports_load_in_a_fresh_process() -> None:
+    """The worker imports no google.protobuf.*_pb2 module itself: a schema importing timestamp.proto must
+    load without one (the default pool holds a well-known file only once its module is imported)."""
+    script = """
+import base64
+from google.protobuf import descriptor_pb2
+from service.wire import writer_schema
+f = descriptor_pb2.FileDescriptorProto(name="x.proto", syntax="proto3",
+                                       dependency=["google/protobuf/timestamp.proto"])
+f.message_type.add(name="X").field.add(name="t", number=1, type=11, type_name=".google.protobuf.Timestamp", label=1)
+schema = writer_schema("PROTOBUF", base64.b64encode(f.SerializeToString()).decode())
+print(schema.message_type((0,)).DESCRIPTOR.fields_by_name["t"].message_type.full_name)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=False,
+                          cwd=Path(__file__).resolve().parents[2])
+    assert done.stdout.strip() == "google.protobuf.Timestamp", done.stderr
+
+
+@pytest.mark.parametrize(("schema", "native"), [
+    (orjson.loads(ORDER_AVRO), False),  # a decimal and a timestamp
+    ({"type": "record", "name": "P", "fields": [{"name": "p", "type": "double"}, {"name": "q", "type": "string"},
+                                                {"name": "r", "type": ["null", "P"]}]}, True),
+    ({"type": "record", "name": "B", "fields": [{"name": "b", "type": "bytes"}]}, False),
+    ({"type": "record", "name": "T", "fields": [{"name": "t", "type": {"type": "long",
+                                                                         "logicalType": "timestamp-millis"}}]}, False),
+    ({"type": "record", "name": "U", "fields": [{"name": "u", "type": ["null", {"type": "array", "items": {
+        "type": "map", "values": {"type": "enum", "name": "E", "symbols": ["A"]}}}]}]}, True),
+    ({"type": "record", "name": "F", "fields": [{"name": "f", "type": {"type": "fixed", "name": "X", "size": 2}}]},
+     False),
+])
+def test_avro_schemas_that_decode_to_json_types_skip_the_round_trip(schema: dict[str, Any], native: bool) -> None:
+    assert AvroSchema(orjson.dumps(schema).decode()).json_native is native
+
+
+def test_the_frame_fast_path_reads_what_the_stream_reads() -> None:
+    data = b"\x00" + struct.pack(">I", 70_000) + b"body"
+    assert read_frame(data) == Frame(SchemaRef(70_000), b"body")
+    assert read_frame(b"\x00\x00\x00\x00\x01") == Frame(SchemaRef(1), b"")
