@@ -128,11 +128,12 @@ async def targets(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Asy
         )
         yield Targets(worker, dlq, inline, ranged, daily, unknown, tenants)
     finally:
-        worker.stop()
+        workers = [worker]
         if not tenants.done():
             tenants.cancel()
         elif not tenants.cancelled() and tenants.exception() is None:
-            tenants.result().second.stop()
+            workers.append(tenants.result().second)
+        await asyncio.gather(*(asyncio.to_thread(w.stop) for w in workers))  # each hands over its open batches
 
 
 async def dynamic_partitions_across_a_restart(stack: Stack, workdir: Path, topic: str) -> Restarted:

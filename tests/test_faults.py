@@ -272,9 +272,10 @@ async def rolling_restarts(stack: Stack, dagster_api: DagsterApi, start_worker: 
     """SIGTERM each of two workers and start it again, `rounds` times, with records flowing."""
     topic, dlq = unique("rolling"), unique("dlq")
     await ensure_topics(stack.bootstrap, {topic: 4})
-    # Batches open for 4 s: every rebalance finds open batches, and some partitions come back to the worker
+    # Batches open for 8 s: every rebalance finds open batches, and some partitions come back to the worker
     # that handed them over, whose records fetched during the rebalance must be read again (they were lost).
-    routes = route_toml(topic, max_records=200, max_wait_s=4.0)
+    # Half a run a second: each run costs Dagster a process, beside the module's other scenarios.
+    routes = route_toml(topic, max_records=400, max_wait_s=8.0)
     workers = [await start_worker(routes, KAFKA_DAGSTER_DLQ_TOPIC=dlq) for _ in range(2)]
     flow = Flow(stack.bootstrap, topic, per_second=40, partitions=4)
     flow.start()
