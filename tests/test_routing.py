@@ -135,8 +135,8 @@ async def routed(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Asyn
         sent = {new_topic: await produce(stack.bootstrap, new_topic, [shop_event(i) for i in range(50)], 2)}
         await eventually(lambda: _assigned(worker, new_topic), 120, "the new topic assigned to the worker")
         sent |= {
-            shop: await produce(stack.bootstrap, shop, [shop_event(i) for i in range(600)], PARTITIONS),
-            strict: await produce(stack.bootstrap, strict, [shop_event(i) for i in range(300)], PARTITIONS),
+            shop: await produce(stack.bootstrap, shop, [shop_event(i) for i in range(300)], PARTITIONS),
+            strict: await produce(stack.bootstrap, strict, [shop_event(i) for i in range(150)], PARTITIONS),
         }
         sent[rate] = await burst_past_the_rate_limit(stack.bootstrap, DagsterApi(stack.dagster.graphql_url), rate)
         yield Routed(worker, dlq, shop, strict, rate, pattern_prefix, sent, killed)
@@ -157,7 +157,7 @@ async def kill_9_mid_stream(stack: Stack, workdir: Path, topic: str) -> KilledMi
     first = start_worker_process(stack, workdir, routes, group, dlq)
     try:
         await first.wait_ready()
-        await produce(stack.bootstrap, topic, [shop_event(i) for i in range(400)], PARTITIONS)
+        await produce(stack.bootstrap, topic, [shop_event(i) for i in range(200)], PARTITIONS)
 
         async def launched() -> bool:
             return "launched run" in first.log_path.read_text(errors="replace")
@@ -165,7 +165,7 @@ async def kill_9_mid_stream(stack: Stack, workdir: Path, topic: str) -> KilledMi
         await eventually(launched, 120, "the first launch before the kill", interval_s=0.05)
     finally:
         first.kill()
-    await produce(stack.bootstrap, topic, [shop_event(i) for i in range(400, 600)], PARTITIONS)
+    await produce(stack.bootstrap, topic, [shop_event(i) for i in range(200, 300)], PARTITIONS)
     second = start_worker_process(stack, workdir, routes, group, dlq)
     return KilledMidStream(topic, dlq, first, second)
 
@@ -253,7 +253,7 @@ async def test_each_route_of_a_shared_topic_runs_exactly_the_records_it_matches(
                                 "every route's records in runs")
     assert problems == {"created": [], "refunds": [], "large": []}
     expected, unmatched = await expected_by_route(stack.bootstrap, routed.shop, "")
-    assert len(unmatched) == 60 and all(expected.values())
+    assert len(unmatched) == 30 and all(expected.values())
     samples = await routed.worker.metrics()
     assert metric(samples, "kafka_dagster_messages_unmatched_total", topic=routed.shop) == len(unmatched)
     assert [d for d in await dead_letters(stack.bootstrap, routed.dlq) if d.origin[0] == routed.shop] == []
@@ -282,10 +282,10 @@ async def test_records_no_route_matches_are_dead_lettered_at_stage_route_where_t
 
     letters = await eventually(unmatched_letters, 60, "the unmatched records in the DLQ")
     assert {(p, o) for _, p, o in (d.origin for d in letters)} == unmatched
-    assert len(letters) == len(unmatched) == 30
+    assert len(letters) == len(unmatched) == 15
     assert {d.stage for d in letters} == {"route"}
     samples = await routed.worker.metrics()
-    assert metric(samples, "kafka_dagster_dlq_messages_total", topic=routed.strict, stage="route") == 30
+    assert metric(samples, "kafka_dagster_dlq_messages_total", topic=routed.strict, stage="route") == 15
 
 
 async def test_a_topic_created_later_that_matches_a_topic_pattern_becomes_runs(
