@@ -69,7 +69,7 @@ SASL_LISTENERS = ("SASL_PLAINTEXT", "SASL_SSL")
 # Users of the refusal tests: only the ACLs a test grants them. Each test has its own, so ACL changes of one
 # never touch another running beside it.
 ACL_PASSWORD = "pw-" + unique("acl")
-ACL_USERS = ("acl-group", "acl-topic", "acl-dlq", "acl-login")
+ACL_USERS = ("acl-group", "acl-topic", "acl-dlq", "acl-login", "acl-txn")
 # A login over SASL_PLAINTEXT with SCRAM-SHA-256 is re-authenticated every few seconds (KIP-368; aiokafka
 # cannot, so the broker closes its connections and it logs in again): a revoked credential then refuses
 # the worker's own connections too, not only its new ones.
@@ -270,6 +270,21 @@ async def test_a_wrong_password_fails_the_worker_at_start_with_one_line(
     line = _one_line_failure(await asyncio.to_thread(_cli, "worker", env=env, timeout_s=60))
     assert "SASL authentication failed" in line and "KAFKA_SASL_PASSWORD" in line, line
     assert f"as '{USER}'" in line, line
+
+
+async def test_a_missing_transactional_id_acl_fails_the_worker_at_start_with_one_line(
+        secure_kafka: SecureKafka, tmp_path: Path) -> None:
+    """The cluster serves transactions (so the worker writes dead letters in them, by default) but the worker's
+    user may not use its transactional ids: one line naming the grant, or the setting that turns them off."""
+    routes = tmp_path / "routes.toml"
+    routes.write_text(route_toml(unique("never")))
+    group = unique("acl-txn-g")
+    env = {**secure_kafka.env("SASL_PLAINTEXT SCRAM-SHA-512"), "KAFKA_SASL_USERNAME": "acl-txn",
+           "KAFKA_SASL_PASSWORD": ACL_PASSWORD, "KAFKA_DAGSTER_ROUTES": str(routes), "KAFKA_DAGSTER_GROUP_ID": group}
+    line = _one_line_failure(await asyncio.to_thread(_cli, "worker", env=env, timeout_s=60))
+    assert f"Kafka refused the transactional id '{group}:probe'" in line, line
+    assert "Write and Describe on TransactionalId" in line and "KAFKA_DAGSTER_TRANSACTIONS=off" in line, line
+    assert ACL_PASSWORD not in line
 
 
 # -- refusals: ACLs and credentials changed while the worker runs -------------------------------------------
