@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass
 from typing import Protocol
 
-from service.contract import TAG_BATCH_ID
+from service.contract import TAG_BATCH_ID, TAG_DUPLICATE_OF
 from service.dagster import DagsterClient
 from service.errors import KafkaDagsterError
 from service.metrics import Metrics
@@ -71,7 +71,7 @@ class DuplicateRuns:
         self.max_system_failures = max_system_failures
         self.suspects: dict[str, Suspect] = {}
         # Runs asked to cancel whose answer has not confirmed it (lost in a timeout), by run id to batch id:
-        # counted once seen cancelled; their batch is swept past its window until then.
+        # counted once Dagster shows them cancelled; their batch is swept past its window until then.
         self._unconfirmed: dict[str, str] = {}
         self._counted_ids: set[str] = set()  # two judges of one worker may cancel the same run at once
 
@@ -112,25 +112,30 @@ class DuplicateRuns:
         return verdict
 
     def _confirm(self, job: str, batch_id: str, runs: list[RunInfo]) -> None:
-        """Count the unconfirmed cancels of this batch that Dagster shows cancelled before they started."""
+        """Count the unconfirmed cancels of this batch that Dagster shows cancelled (a run cancelled from the
+        queue has a start time in Dagster's run record too: only a run that stood down in its own run, tagged
+        `kafka/duplicate_of`, did start)."""
         status = {run.run_id: run for run in runs}
         for run_id in [run_id for run_id, batch in self._unconfirmed.items() if batch == batch_id]:
             run = status.get(run_id)
-            if run is not None and run.status in CANCELLED and run.start_time is None:
+            if run is not None and run.status in CANCELLED and TAG_DUPLICATE_OF not in run.tags:
                 self._counted(job, run_id)
             elif run is None or run.status in CANCELLED or run.status in ENDED:
-                # gone, or it started before the request landed: it stood down in its run, was stopped, or ran
+                # gone, or it started before the request landed: it stood down in its run, or ran
+                logger.info("duplicate run %s of batch %s was not cancelled before it started (%s)", run_id,
+                            batch_id, "gone" if run is None else run.status)
                 self._unconfirmed.pop(run_id, None)
 
     def _counted(self, job: str, run_id: str) -> None:
         self._unconfirmed.pop(run_id, None)
         if run_id not in self._counted_ids:
+            logger.info("duplicate run %s cancelled before it started", run_id)
             self._counted_ids.add(run_id)
             self.metrics.duplicate_runs_cancelled.labels(job).inc()
 
     async def _cancel(self, job: str, batch_id: str, run: RunInfo, kept: RunInfo) -> None:
         await self.log.record(run.run_id, DUPLICATE)
-        self._unconfirmed[run.run_id] = batch_id
+        self._unconfirmed[run.run_id] = batch_id  # counted once the answer, or Dagster's run list, confirms it
         if await self.client.terminate_queued(run.run_id):
             self._counted(job, run.run_id)
             logger.warning("canceled run %s: a duplicate of run %s for the same batch (a launch whose answer "

@@ -6,15 +6,16 @@ through its new group coordinator only. The scenarios are the suite's own (`test
 `test_delivery`, `test_faults`), given a `Stack` whose broker is the 4.x one: their workers and every read
 of the accounting go to it. The runs go to the session's Dagster, with their records inline (no batch of
 these scenarios reaches a route's `inline_max_bytes`), so the code location never reads the 4.x broker.
-They run side by side (each with its own topic, group and workers, as `test_faults` runs its scenarios), and
-shorter than in their own modules (one kill -9, one round of restarts): 3.9.1 runs the long versions.
+Each scenario launches a run a second or more, so they run one after the other, as in their own modules,
+and shorter than there (one kill -9, one round of restarts): the suite is bound by CPU, and 3.9.1 runs the
+long versions.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 import pytest
 
@@ -41,39 +42,24 @@ async def kafka4(stack: Stack) -> AsyncIterator[Stack]:
         await asyncio.to_thread(broker.stop)
 
 
-SCENARIOS: dict[str, Callable[[Stack, DagsterApi, Any], Awaitable[None]]] = {
-    "end_to_end": orders_become_runs_of_a_ready_worker,
-    "killed": lambda stack, api, start: killed_three_times(stack, api, start, kills=1),
-    "rolling_restarts": lambda stack, api, start: rolling_restarts(stack, api, start, rounds=1),
-}
+@pytest.fixture
+async def start_worker4(kafka4: Stack, tmp_path: Path) -> AsyncIterator[Callable[..., object]]:
+    """`start_worker`, with the workers on the 4.x broker."""
+    workers = Workers(kafka4, tmp_path)
+    yield workers.start
+    workers.stop()
 
 
-@pytest.fixture(scope="module")
-async def on_kafka4(kafka4: Stack, dagster_api: DagsterApi,
-                    tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[dict[str, asyncio.Task[None]]]:
-    """Every scenario on the 4.x broker, started at once, each with workers (and a consumer group) of its own."""
-    pools = {name: Workers(kafka4, tmp_path_factory.mktemp(f"kafka4-{name}")) for name in SCENARIOS}
-    tasks = {name: asyncio.create_task(scenario(kafka4, dagster_api, pools[name].start), name=name)
-             for name, scenario in SCENARIOS.items()}
-    try:
-        yield tasks
-    finally:
-        for task in tasks.values():
-            task.cancel()
-        await asyncio.gather(*tasks.values(), return_exceptions=True)
-        for pool in pools.values():
-            pool.stop()
-
-
-async def test_messages_become_successful_runs_on_kafka_4(on_kafka4: dict[str, asyncio.Task[None]]) -> None:
-    await on_kafka4["end_to_end"]
+async def test_messages_become_successful_runs_on_kafka_4(kafka4: Stack, dagster_api: DagsterApi,
+                                                          start_worker4: Callable[..., object]) -> None:
+    await orders_become_runs_of_a_ready_worker(kafka4, dagster_api, start_worker4)
 
 
 async def test_killing_the_worker_loses_and_duplicates_nothing_on_kafka_4(
-        on_kafka4: dict[str, asyncio.Task[None]]) -> None:
-    await on_kafka4["killed"]
+        kafka4: Stack, dagster_api: DagsterApi, start_worker4: Callable[..., object]) -> None:
+    await killed_three_times(kafka4, dagster_api, start_worker4, kills=1)
 
 
 async def test_rolling_restarts_of_two_workers_lose_and_duplicate_nothing_on_kafka_4(
-        on_kafka4: dict[str, asyncio.Task[None]]) -> None:
-    await on_kafka4["rolling_restarts"]
+        kafka4: Stack, dagster_api: DagsterApi, start_worker4: Callable[..., object]) -> None:
+    await rolling_restarts(kafka4, dagster_api, start_worker4, rounds=1)

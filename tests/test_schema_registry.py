@@ -63,6 +63,9 @@ ORDER_SCHEMA = {
     ],
 }
 UNKNOWN_ID = 987_654
+# confluent-kafka's client waits forever without one; with it, a request the registry never answers (seen once
+# in a whole-suite run) is retried by the client, as a transport error
+REGISTRY_TIMEOUT_S = 15
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +89,7 @@ def order(i: int) -> dict[str, Any]:
 
 def serialize(registry_url: str, topic: str, values: list[dict[str, Any]]) -> list[bytes]:
     """Each value as confluent-kafka's AvroSerializer writes it (registering the schema under topic-value)."""
-    with SchemaRegistryClient({"url": registry_url}) as client:
+    with SchemaRegistryClient({"url": registry_url, "timeout": REGISTRY_TIMEOUT_S}) as client:
         serializer = AvroSerializer(client, orjson.dumps(ORDER_SCHEMA).decode())
         return [serializer(value, SerializationContext(topic, MessageField.VALUE)) for value in values]
 
@@ -165,7 +168,7 @@ async def test_json_schema_records_are_checked_against_their_writer_schema(
                                           "amount": {"type": "number"}}}).decode()
 
     def serialize_json() -> list[bytes]:
-        with SchemaRegistryClient({"url": registry.url}) as client:
+        with SchemaRegistryClient({"url": registry.url, "timeout": REGISTRY_TIMEOUT_S}) as client:
             serializer = JSONSerializer(schema, client)
             return [serializer(order(i), SerializationContext(topic, MessageField.VALUE)) for i in range(4)]
 
@@ -287,7 +290,7 @@ async def test_protobuf_records_of_confluent_kafkas_serializer_reach_runs_decode
         return message
 
     def serialize_proto() -> list[bytes]:
-        with SchemaRegistryClient({"url": registry.url}) as client:
+        with SchemaRegistryClient({"url": registry.url, "timeout": REGISTRY_TIMEOUT_S}) as client:
             serializer = ProtobufSerializer(order_cls, client, {"use.deprecated.format": False})
             return [serializer(order_message(i), SerializationContext(framed.proto, MessageField.VALUE))
                     for i in range(9)]
@@ -320,7 +323,7 @@ ORDER_V2 = {**ORDER_SCHEMA, "fields": [*ORDER_SCHEMA["fields"],
 
 
 def avro_serialize(registry_url: str, topic: str, schema: dict[str, Any], values: list[dict[str, Any]]) -> list[bytes]:
-    with SchemaRegistryClient({"url": registry_url}) as client:
+    with SchemaRegistryClient({"url": registry_url, "timeout": REGISTRY_TIMEOUT_S}) as client:
         serializer = AvroSerializer(client, orjson.dumps(schema).decode())
         return [serializer(value, SerializationContext(topic, MessageField.VALUE)) for value in values]
 

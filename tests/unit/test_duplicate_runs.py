@@ -18,7 +18,9 @@ class Runs:
         self.cancels: list[str] = []  # what the next terminate requests do: "ok", "lost", "late"
 
     async def find_runs(self, tags: dict[str, str], job: str | None = None, limit: int = 100) -> list[RunInfo]:
-        return [RunInfo(run_id, status, "job", dict(tags), creation_time=ord(run_id))
+        # As Dagster's run records show them: a run cancelled from the queue has a start time too.
+        return [RunInfo(run_id, status, "job", dict(tags), creation_time=ord(run_id),
+                        start_time=100.0 if status == "CANCELED" else None)
                 for run_id, status in self.status.items()]
 
     async def terminate_queued(self, run_id: str) -> bool:
