@@ -137,8 +137,8 @@ class KafkaResource(dg.ConfigurableResource):
         if not tps:
             return result
         consumer = self._consumer()
-        await consumer.start()
         try:
+            await consumer.start()
             ends = await consumer.end_offsets(tps)
         finally:
             await consumer.stop()
@@ -150,8 +150,8 @@ class KafkaResource(dg.ConfigurableResource):
         await self._ensure_topic(topic)
         producer = AIOKafkaProducer(**self.client_kwargs(), acks="all",
                                     request_timeout_ms=int(self.request_timeout_s * 1000))
-        await producer.start()
         try:
+            await producer.start()
             sent = [
                 await producer.send(topic, key=m.key, value=m.value, headers=list(m.headers) or None,
                                     timestamp_ms=m.timestamp_ms)
@@ -163,8 +163,8 @@ class KafkaResource(dg.ConfigurableResource):
 
     async def _ensure_topic(self, topic: str) -> None:
         admin = AIOKafkaAdminClient(**self.client_kwargs())
-        await admin.start()
         try:
+            await admin.start()
             if topic not in set(await admin.list_topics()):
                 try:
                     await admin.create_topics([NewTopic(topic, 1, 1)])

@@ -217,23 +217,29 @@ class Producer:
         self.security = security
         self.max_request_size = max_request_size
         self._producer: AIOKafkaProducer | None = None
+        self._starting = asyncio.Lock()
 
     async def start(self) -> AIOKafkaProducer:
-        """The started aiokafka producer (created on first use, inside the event loop)."""
-        if self._producer is None:
-            producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap_servers, acks="all",
-                                        linger_ms=self.linger_ms,
-                                        max_batch_size=max(1_048_576, self.max_request_size),
-                                        max_request_size=self.max_request_size,
-                                        **aiokafka_kwargs(self.security))
-            try:
-                with map_kafka_errors("connecting the producer"):
-                    await producer.start()
-            except BrokerUnavailable:
-                await producer.stop()
-                raise
-            self._producer = producer
+        """The started aiokafka producer (created on first use, inside the event loop, once however many
+        senders ask at the same time)."""
+        async with self._starting:
+            if self._producer is None:
+                self._producer = await self._started_producer()
         return self._producer
+
+    async def _started_producer(self) -> AIOKafkaProducer:
+        producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap_servers, acks="all",
+                                    linger_ms=self.linger_ms,
+                                    max_batch_size=max(1_048_576, self.max_request_size),
+                                    max_request_size=self.max_request_size,
+                                    **aiokafka_kwargs(self.security))
+        try:
+            with map_kafka_errors("connecting the producer"):
+                await producer.start()
+        except BaseException:
+            await producer.stop()
+            raise
+        return producer
 
     async def stop(self) -> None:
         if self._producer is not None:

@@ -3,11 +3,15 @@ whole run."""
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
+import sys
+import traceback
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -20,6 +24,34 @@ os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "1")
 # A second code location beside the demo: a user's own project that imports only the toolkit (docs/byo.md).
 BYO_LOCATION = "byo_project"
 BYO_MODULE = "tests.fixtures.byo_project.location"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    _say_where_unclosed_kafka_clients_were_made()
+
+
+OUR_CODE = tuple(str(ROOT / part) for part in ("service", "tests", "dagster_project", "bench"))
+
+
+def _say_where_unclosed_kafka_clients_were_made() -> None:
+    """An aiokafka client left open fails whichever test runs when it is collected, far from its cause: its
+    warning is preceded on stderr by the stack that made it."""
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+    for cls in (AIOKafkaProducer, AIOKafkaConsumer):
+        @functools.wraps(cls.__init__)
+        def __init__(self: Any, *args: Any, _init: Callable[..., None] = cls.__init__, **kwargs: Any) -> None:
+            ours = [f for f in traceback.extract_stack()[:-1] if f.filename.startswith(OUR_CODE)]
+            self._made_at = "".join(traceback.format_list(ours))
+            _init(self, *args, **kwargs)
+
+        @functools.wraps(cls.__del__)
+        def __del__(self: Any, _del: Callable[[Any], None] = cls.__del__) -> None:
+            if getattr(self, "_closed", True) is False:
+                sys.stderr.write(f"Unclosed {type(self).__name__}, made at:\n{getattr(self, '_made_at', '?')}")
+            _del(self)
+
+        cls.__init__, cls.__del__ = __init__, __del__  # type: ignore[method-assign]
 
 
 @dataclass
