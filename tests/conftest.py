@@ -7,6 +7,7 @@ import functools
 import os
 import shutil
 import sys
+import time
 import traceback
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
@@ -52,6 +53,26 @@ def _say_where_unclosed_kafka_clients_were_made() -> None:
             _del(self)
 
         cls.__init__, cls.__del__ = __init__, __del__  # type: ignore[method-assign]
+
+
+MODULE_SECONDS: dict[str, float] = {}
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    started = time.monotonic()
+    try:
+        return (yield)
+    finally:
+        module = item.nodeid.split("::")[0]
+        MODULE_SECONDS[module] = MODULE_SECONDS.get(module, 0.0) + time.monotonic() - started
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Where the suite's time goes, by module (setup and teardown of shared fixtures included)."""
+    terminalreporter.section("seconds per module")
+    for module, seconds in sorted(MODULE_SECONDS.items(), key=lambda kv: -kv[1])[:25]:
+        terminalreporter.write_line(f"{seconds:8.1f}s {module}")
 
 
 @dataclass
