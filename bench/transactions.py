@@ -6,7 +6,7 @@ and the offset commit that covers them:
 - plain: what the worker does without transactions: each dead letter sent and
   acknowledged one at a time (`service.kafka.Producer.send`), then one offset
   commit of the group (OffsetCommit);
-- transactional: `service.transactions.Transactions.write`: begin, the `k`
+- transactional: `service.kafka.transactions.Transactions.write`: begin, the `k`
   letters, `send_offsets_to_transaction`, commit.
 
 It reports milliseconds per flush and per dead letter for each `k`, the ratio
@@ -28,8 +28,8 @@ from aiokafka.structs import OffsetAndMetadata
 from bench.stats import median, ratio
 from bench.worker import unique
 from service.kafka import Producer, ensure_topics
+from service.kafka.transactions import Outgoing, Transactions
 from service.records import TP
-from service.transactions import Outgoing, Transactions
 
 LETTER = Outgoing("", b"key", b'{"order_id": "broken", ' + b"x" * 250, [("dlq.stage", b"decode")] * 9)
 SIZES = (1, 10, 100)

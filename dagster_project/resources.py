@@ -6,7 +6,7 @@ translated here, at the aiokafka edge: ops only ever see `KafkaUnavailable`
 (transient: worth a `RetryRequested`).
 
 TLS and SASL settings are read and mapped to aiokafka by the worker's own code
-(`service.settings.load_kafka_security`, `service.kafka_security`), and a batch given as an offset range is read
+(`service.settings.load_kafka_security`, `service.kafka.security`), and a batch given as an offset range is read
 back by the worker's own range reader (`service.kafka.read_range`, which
 skips records retention deleted). Besides these, the code location imports
 only pure modules of the worker: the contract's names (`service.contract`),
@@ -34,7 +34,7 @@ from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 from service import kafka
 from service.contract import DEFAULT_DLQ_TOPIC
 from service.errors import BrokerUnavailable, KafkaRejected
-from service.kafka_security import KafkaSecurity, aiokafka_kwargs, as_env
+from service.kafka.security import KafkaSecurity, aiokafka_kwargs, as_env
 from service.records import Record
 from service.settings import load_kafka_security
 

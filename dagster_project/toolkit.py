@@ -39,7 +39,7 @@ from service.contract import (
     TAG_DAGSTER_PARTITION,
     TAG_DUPLICATE_OF,
 )
-from service.kafka_security import ENV as SECURITY_ENV
+from service.kafka.security import ENV as SECURITY_ENV
 from service.matching import MatchError
 from service.verdicts import RunInfo, stands_down
 

@@ -9,7 +9,7 @@ from faust.types import TransportT
 
 from service.consumer import BeforeSeek, RecordSink, Refusals, Transport
 from service.errors import ConfigurationError
-from service.kafka_security import faust_credentials
+from service.kafka.security import faust_credentials
 from service.settings import Settings
 
 
@@ -28,7 +28,7 @@ class App(faust.App):
     before_seek: BeforeSeek | None = None  # before an assignment's committed offsets are read
     # One regex for every routed topic when a route names a topic_pattern (Faust subscribes by name only).
     subscription_pattern: str | None = None
-    # Where the consumer reports the broker refusing the worker (`service.kafka_access.KafkaAccess`).
+    # Where the consumer reports the broker refusing the worker (`service.kafka.access.KafkaAccess`).
     kafka_access: Refusals | None = None
 
     def _new_transport(self) -> TransportT:

@@ -21,7 +21,7 @@ The loop below is faust-streaming 0.15's `_drain_messages` and `getmany`
 tests/unit/test_library_internals.py: a Faust or aiokafka release whose
 internals differ fails there.
 
-The broker refusing the worker (an ACL: `service.kafka_access`) never
+The broker refusing the worker (an ACL: `service.kafka.access`) never
 crashes or stalls it. aiokafka hands a refused group (join, heartbeat,
 offsets) to the application through the next `getmany` and waits until it
 is taken, but Faust calls `getmany` only for partitions it fetches, so a
@@ -52,14 +52,14 @@ from mode import Service
 
 from service.errors import BrokerUnavailable, KafkaNotAuthorized, KafkaRefused
 from service.kafka import kafka_error, not_authorized
-from service.kafka_access import scope_of
+from service.kafka.access import scope_of
 
 # How long a fencing commit may wait for the group coordinator before it counts as a transient failure.
 FENCE_TIMEOUT_S = 10.0
 
 
 class Refusals(Protocol):
-    """Where the fetch loop reports the broker refusing the worker (`service.kafka_access.KafkaAccess`)."""
+    """Where the fetch loop reports the broker refusing the worker (`service.kafka.access.KafkaAccess`)."""
 
     def refuse(self, scope: str, exc: KafkaRefused, quiet_ends: bool = True) -> None: ...
 
@@ -111,7 +111,7 @@ class ConsumerThread(aiokafka_driver.AIOKafkaConsumerThread):
         """Seek every assigned partition to its committed offset, or to its beginning if none is committed.
 
         First the app's `before_seek` takes over the partitions' transactional
-        ids (`service.transactions`): a zombie's open transaction ends before
+        ids (`service.kafka.transactions`): a zombie's open transaction ends before
         the committed offsets are read.
 
         aiokafka's `seek_to_committed` seeks only where the committed offset

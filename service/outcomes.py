@@ -27,7 +27,7 @@ import logging
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from service.kafka import PLAINTEXT, READ_COMMITTED, Producer, ensure_topics, map_kafka_errors
-from service.kafka_security import KafkaSecurity, aiokafka_kwargs
+from service.kafka.security import KafkaSecurity, aiokafka_kwargs
 
 logger = logging.getLogger(__name__)
 

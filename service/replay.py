@@ -18,7 +18,7 @@ from aiokafka.structs import ConsumerRecord
 
 from service.dlq import DeadLetter, Selection, identity, replay_headers, utc_iso
 from service.kafka import Producer, ensure_topics, stream_topic
-from service.kafka_security import KafkaSecurity
+from service.kafka.security import KafkaSecurity
 from service.outcomes import COMPACTED
 from service.pacing import paced
 

@@ -17,7 +17,7 @@ from urllib.parse import urlparse
 
 from service.contract import DEFAULT_BOOTSTRAP_SERVERS, DEFAULT_DLQ_TOPIC, DEFAULT_ROUTES_FILE
 from service.errors import ConfigurationError
-from service.kafka_security import ENV, MECHANISMS, PROTOCOLS, KafkaSecurity, ssl_context
+from service.kafka.security import ENV, MECHANISMS, PROTOCOLS, KafkaSecurity, ssl_context
 
 T = TypeVar("T")
 
@@ -82,7 +82,7 @@ class Settings:
 
     @property
     def transactional_id_prefix(self) -> str:
-        """The prefix of the partitions' transactional ids (`service.transactions`): the group by default."""
+        """The prefix of the partitions' transactional ids (`service.kafka.transactions`): the group by default."""
         return self.transactional_id_prefix_setting or self.group_id
 
     @property

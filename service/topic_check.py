@@ -36,7 +36,7 @@ CHECK_INTERVAL_S = 10.0
 @dataclass
 class HiddenTopics:
     """Where a topic hidden by the ACLs goes: `refuse(topic, error)` while the broker refuses to describe it,
-    `accept(topic)` once the worker sees it (`service.kafka_access`); `unauthorized(topics)` asks the broker
+    `accept(topic)` once the worker sees it (`service.kafka.access`); `unauthorized(topics)` asks the broker
     which of `topics` it refuses to describe."""
 
     unauthorized: Callable[[set[str]], Awaitable[set[str]]]

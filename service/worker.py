@@ -24,7 +24,8 @@ from service.kafka import (
     read_range,
     unauthorized_topics,
 )
-from service.kafka_access import CREDENTIALS, DLQ_TOPICS, KafkaAccess, topic_scope
+from service.kafka.access import CREDENTIALS, DLQ_TOPICS, KafkaAccess, topic_scope
+from service.kafka.transactions import Transactions, how_dead_letters_are_written
 from service.metrics import Metrics
 from service.outcomes import OutcomeLog, outcomes_topic
 from service.records import TP, Record
@@ -33,7 +34,6 @@ from service.retry import Backoff
 from service.routes import RouteTable, check_batch_bytes, check_registry, load_routes
 from service.settings import Settings
 from service.topic_check import CHECK_INTERVAL_S, HiddenTopics, watch_topics
-from service.transactions import Transactions, how_dead_letters_are_written
 from service.web import add_pages
 
 logger = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ DLQ_CREATE_RETRY_MAX_S = 10.0
 def build_worker(settings: Settings, metrics: Metrics | None = None, transactional: bool = False) -> App:
     """The Faust app with everything wired: routes, delivery, DLQ, metrics, pages.
 
-    `transactional`: the cluster serves transactions (`service.transactions.broker_has_transactions`), so
+    `transactional`: the cluster serves transactions (`service.kafka.transactions.broker_has_transactions`), so
     each partition's dead letters are written with the offset commit that covers them, in one transaction.
     """
     routes = load_routes(settings.routes_path)
@@ -213,7 +213,7 @@ def _add_intake(app: App, routes: RouteTable, delivery: Delivery) -> None:
 
 def _add_access_checks(app: App, settings: Settings, delivery: Delivery, access: KafkaAccess) -> None:
     """The routed topics (missing, or hidden by the ACLs), the DLQ topic, and the worker's login, each watched:
-    a refusal by the broker pauses the routes it touches until it ends (`service.kafka_access`)."""
+    a refusal by the broker pauses the routes it touches until it ends (`service.kafka.access`)."""
     bootstrap, security = settings.bootstrap_servers, settings.kafka_security
 
     async def topic_visible(topic: str) -> None:

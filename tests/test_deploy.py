@@ -26,7 +26,7 @@ import pytest
 import yaml  # type: ignore[import-untyped]
 from prometheus_client import CollectorRegistry
 
-from service.kafka_security import ENV as SECURITY_ENV
+from service.kafka.security import ENV as SECURITY_ENV
 from service.metrics import Metrics
 from service.routes import load_routes
 from service.settings import load_settings
@@ -333,13 +333,13 @@ def settings_env_vars() -> dict[str, bool]:
 
 
 def _is_security_name(node: ast.expr) -> bool:
-    """`ENV["field"]`: a Kafka security variable's name, looked up in service.kafka_security.ENV."""
+    """`ENV["field"]`: a Kafka security variable's name, looked up in service.kafka.security.ENV."""
     return (isinstance(node, ast.Subscript) and isinstance(node.value, ast.Name) and node.value.id == "ENV"
             and isinstance(node.slice, ast.Constant))
 
 
 def _env_var_name(node: ast.expr) -> str | None:
-    """The env var a call's first argument names: a literal NAME, or ENV["field"] from service.kafka_security."""
+    """The env var a call's first argument names: a literal NAME, or ENV["field"] from service.kafka.security."""
     if _is_security_name(node):
         return SECURITY_ENV[node.slice.value]  # type: ignore[attr-defined]
     if isinstance(node, ast.Constant) and isinstance(node.value, str) and re.fullmatch(r"[A-Z][A-Z0-9_]+",

@@ -7,7 +7,7 @@ SSL with `ssl.client.auth=required`. Its SCRAM users are created when its log
 directory is formatted (`kafka-storage format --add-scram`), its PLAIN users
 in the listener's JAAS config, and its certificates come from the test's CA.
 Every part that talks to Kafka logs in with the same settings
-(`service.kafka_security`): the worker (consume, launch, dead-letter), the
+(`service.kafka.security`): the worker (consume, launch, dead-letter), the
 CLI (`produce`, `dlq inspect`, `dlq replay`; `status` reads the worker's
 page), and the code
 location's `KafkaResource` reading a range back.
@@ -42,7 +42,7 @@ from service.dev.kafka_jars import cache_dir
 from service.dev.stack import free_port
 from service.dlq import DeadLetter
 from service.kafka import ensure_topics, read_topic
-from service.kafka_security import KafkaSecurity
+from service.kafka.security import KafkaSecurity
 from tests.conftest import Stack
 from tests.support import (
     ROOT,

@@ -7,7 +7,7 @@ broker's certificate verified by the client) and MTLS (SSL with
 advertises each listener's own address, so metadata sends every client back
 through the listener it came in by: nothing reaches the broker in the clear.
 The worker, the CLI and the code location's Kafka resource use the same
-settings and the same mapping (`service.kafka_security`). SASL logins:
+settings and the same mapping (`service.kafka.security`). SASL logins:
 tests/test_kafka_sasl.py.
 """
 
@@ -28,7 +28,7 @@ from dagster_project.resources import KafkaMessage, KafkaResource
 from service.dev.apache_kafka import ApacheKafka
 from service.dlq import DeadLetter
 from service.kafka import Producer, ensure_topics, read_topic
-from service.kafka_security import KafkaSecurity
+from service.kafka.security import KafkaSecurity
 from tests.conftest import Stack
 from tests.support import ROOT, DagsterApi, eventually, finished_runs, route_toml, unique
 from tests.test_kafka_sasl import distinct_free_ports

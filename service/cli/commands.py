@@ -14,9 +14,9 @@ from service.cli.running import run
 from service.contract import DEFAULT_ROUTES_FILE
 from service.errors import ConfigurationError, RouteError, TransientError
 from service.kafka import check_security
+from service.kafka.transactions import use_transactions
 from service.logs import logging_config
 from service.settings import load_settings
-from service.transactions import use_transactions
 from service.worker import build_worker, tune_gc
 
 if TYPE_CHECKING:

@@ -13,7 +13,7 @@ from service.cli.options import SinceParam, dlq_options
 from service.cli.running import kafka_security, run
 from service.dlq import DeadLetter, Selection, describe, replayed_topic, schema_ref
 from service.kafka import check_security
-from service.kafka_security import KafkaSecurity
+from service.kafka.security import KafkaSecurity
 from service.replay import ReplayPlan, dead_letters, plan_replay
 from service.replay import replay as send_back
 

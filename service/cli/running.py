@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 import click
 
 from service.errors import BrokerUnavailable, ConfigurationError, KafkaDagsterError
-from service.kafka_security import KafkaSecurity
+from service.kafka.security import KafkaSecurity
 from service.settings import load_kafka_security
 
 T = TypeVar("T")

@@ -18,7 +18,7 @@ from service.cli.running import kafka_security, run
 from service.contract import DEFAULT_BOOTSTRAP_SERVERS
 from service.errors import RouteError, TransientError
 from service.kafka import Producer, check_security, ensure_topics
-from service.kafka_security import KafkaSecurity
+from service.kafka.security import KafkaSecurity
 from service.pacing import paced
 from service.wire import FORMATS, JSON
 

@@ -58,6 +58,7 @@ from service.delivery.reconcile import Reconciler
 from service.delivery.route_retry import RouteRetry
 from service.delivery.snapshot import snapshot
 from service.duplicates import DuplicateRuns
+from service.kafka.transactions import Transactions
 from service.metrics import Metrics
 from service.pauses import RoutePauses
 from service.records import TP, Record
@@ -66,7 +67,6 @@ from service.retry import Retrying
 from service.routes import RouteTable
 from service.run_request import inline_records_json, run_config, run_tags
 from service.throttle import Throttle
-from service.transactions import Transactions
 from service.watcher import LaunchedRun, RunWatcher
 
 __all__ = ["MAX_SYSTEM_FAILURES", "ConsumerLink", "Delivery", "DeliverySettings", "inline_records_json",

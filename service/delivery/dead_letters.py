@@ -4,7 +4,7 @@ until the DLQ takes the record).
 
 Without transactions each dead letter is written at once, before its offset
 may be committed: a worker killed between the two writes it again after a
-restart (at least once). With transactions (`service.transactions`) a
+restart (at least once). With transactions (`service.kafka.transactions`) a
 partition's dead letters wait in the partition (`OwnedPartition.letters`)
 and `DeadLetterCommits` writes them together with the offset commit that
 covers them, in one transaction per partition: exactly once.
@@ -22,11 +22,11 @@ from service.delivery.links import ConsumerLink, DeadLetterSink
 from service.delivery.ownership import Letter, OwnedPartition, Partitions
 from service.dlq import Failure, dlq_headers
 from service.errors import Fenced, KafkaRefused, KafkaRejected, TransientError
+from service.kafka.transactions import Outgoing, Transactions
 from service.metrics import Metrics
 from service.pauses import RoutePauses
 from service.records import Record
 from service.retry import OWN_PAUSE, Refusal, Retrying, until_accepted
-from service.transactions import Outgoing, Transactions
 
 logger = logging.getLogger(__name__)
 

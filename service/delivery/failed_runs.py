@@ -20,6 +20,7 @@ from service.delivery.ownership import Partitions
 from service.dlq import Failure, dlq_headers
 from service.duplicates import DuplicateRuns
 from service.errors import Fenced, KafkaRejected, RecordError, RouteError
+from service.kafka.transactions import Outgoing, Transactions
 from service.metrics import Metrics
 from service.outcomes import DUPLICATE
 from service.records import TP, Record
@@ -27,7 +28,6 @@ from service.retry import Retrying
 from service.routes import RouteTable
 from service.routing import selects
 from service.run_request import launched_run, run_tags
-from service.transactions import Outgoing, Transactions
 from service.verdicts import RunInfo, Verdict
 from service.watcher import LaunchedRun, RunWatcher
 

@@ -11,7 +11,7 @@ from tests.support import ROOT
 
 # The modules of `service` that `dagster_project` imports (docs/dagster_project.md says why).
 SHARED = {"service", "service.batching", "service.records", "service.contract", "service.dlq", "service.errors",
-          "service.frames", "service.kafka", "service.kafka_security", "service.matching", "service.settings",
+          "service.frames", "service.kafka", "service.kafka.security", "service.matching", "service.settings",
           "service.verdicts"}
 
 

@@ -2,7 +2,7 @@
 commit that covers them; a fenced transaction writes nothing (`service.delivery.dead_letters.DeadLetterCommits`).
 
 The broker's side (InitProducerId fencing, read committed) is proven against Apache Kafka in
-`tests/test_faults.py`; here a fake stands for `service.transactions.Transactions`."""
+`tests/test_faults.py`; here a fake stands for `service.kafka.transactions.Transactions`."""
 
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ from service.delivery.lanes import DeadLetters
 from service.delivery.ownership import Letter, OwnedPartition
 from service.dlq import Failure, dlq_headers
 from service.errors import BrokerUnavailable, ConfigurationError, Fenced, KafkaRejected
+from service.kafka.transactions import Outgoing, transactional_id, use_transactions
 from service.records import TP
 from service.settings import load_settings
-from service.transactions import Outgoing, transactional_id, use_transactions
 from tests.unit.factories import make_record
 from tests.unit.test_delivery import Harness, _failed_run
 
@@ -28,7 +28,7 @@ POISON = b"not json"
 
 
 class FakeTransactions:
-    """Stands for `service.transactions.Transactions`: keeps each committed transaction; `failures` first."""
+    """Stands for `service.kafka.transactions.Transactions`: keeps each committed transaction; `failures` first."""
 
     def __init__(self) -> None:
         self.written: list[tuple[TP, list[int], int | None]] = []
@@ -276,7 +276,7 @@ async def test_off_asks_nothing_and_on_requires_a_cluster_that_serves_them(monke
     async def serves(*args: Any) -> bool:
         return False
 
-    monkeypatch.setattr("service.transactions.broker_has_transactions", serves)
+    monkeypatch.setattr("service.kafka.transactions.broker_has_transactions", serves)
     assert await use_transactions("off", "nowhere:1", "p") is False
     assert await use_transactions("auto", "nowhere:1", "p") is False
     with pytest.raises(ConfigurationError, match="KAFKA_DAGSTER_TRANSACTIONS"):

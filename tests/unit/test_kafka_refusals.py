@@ -1,5 +1,5 @@
 """The broker refusing the worker: each aiokafka error as the pause reason and the ACL to grant, and which routes
-each refusal pauses until it ends (`service.kafka`, `service.kafka_access`, `service.topic_check`)."""
+each refusal pauses until it ends (`service.kafka`, `service.kafka.access`, `service.topic_check`)."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from service.errors import (
     KafkaRejected,
 )
 from service.kafka import kafka_error, not_authorized
-from service.kafka_access import CREDENTIALS, DLQ_TOPICS, GROUP, QUIET_S, TOPICS, KafkaAccess, scope_of, topic_scope
+from service.kafka.access import CREDENTIALS, DLQ_TOPICS, GROUP, QUIET_S, TOPICS, KafkaAccess, scope_of, topic_scope
 from service.metrics import Metrics
 from service.pauses import RoutePauses
 from service.retry import Backoff, route_refusal

@@ -9,7 +9,7 @@ refusal by the broker's authorizer (`TOPIC_AUTHORIZATION_FAILED`,
 ACL to grant: a failure of the system, which pauses what it touches.
 A TLS or SASL failure cannot pass by waiting: `check_security` finds it at
 start and raises `ConfigurationError` with one line naming what to fix.
-Every client takes its TLS/SASL arguments from `service.kafka_security`.
+Every client takes its TLS/SASL arguments from `service.kafka.security`.
 Every reader here reads committed records only (`READ_COMMITTED`).
 """
 
@@ -45,12 +45,12 @@ from service.errors import (
     KafkaNotAuthorized,
     KafkaRejected,
 )
-from service.kafka_security import KafkaSecurity, aiokafka_kwargs
+from service.kafka.security import KafkaSecurity, aiokafka_kwargs
 from service.records import Record
 
 PLAINTEXT = KafkaSecurity()
 # Every reader reads committed records only: the DLQ and its companion topics are written in transactions
-# (`service.transactions`); an aborted dead letter is never seen, and an open transaction's records not yet.
+# (`service.kafka.transactions`); an aborted dead letter is never seen, and an open transaction's records not yet.
 READ_COMMITTED = "read_committed"
 
 logger = logging.getLogger(__name__)

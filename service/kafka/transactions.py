@@ -39,7 +39,7 @@ from aiokafka.errors import (
 
 from service.errors import BrokerUnavailable, ConfigurationError, Fenced, KafkaNotAuthorized, KafkaRejected
 from service.kafka import PLAINTEXT, kafka_error
-from service.kafka_security import KafkaSecurity, aiokafka_kwargs
+from service.kafka.security import KafkaSecurity, aiokafka_kwargs
 from service.records import TP
 
 logger = logging.getLogger(__name__)
