@@ -3,7 +3,7 @@
 Every failure that reaches the delivery logic is translated at the edge of the
 library it comes from, in one place per library: httpx and GraphQL results in
 `service.dagster`, aiokafka errors (by their own `retriable` flag) in
-`kafka.map_kafka_errors`. The rest of the code decides on these classes only:
+`service.kafka.errors`. The rest of the code decides on these classes only:
 
     KafkaDagsterError
     ├── TransientError          retry with backoff and jitter; consumption pauses; never dead-lettered

@@ -59,6 +59,9 @@ class KafkaSecurity:
         return self.protocol
 
 
+PLAINTEXT = KafkaSecurity()
+
+
 def as_env(security: KafkaSecurity) -> dict[str, str]:
     """`security` as the environment variables that say it ("" for what is not set)."""
     return {name: getattr(security, field) or "" for field, name in ENV.items()}

@@ -18,7 +18,7 @@ group unless `KAFKA_DAGSTER_TRANSACTIONAL_ID_PREFIX` says otherwise; the ACL it
 needs is Write and Describe on TransactionalId with that prefix (prefixed).
 
 Errors: `ProducerFenced` becomes `Fenced`; the rest are mapped as everywhere
-(`service.kafka.map_kafka_errors`).
+(`service.kafka.errors`).
 """
 
 from __future__ import annotations
@@ -38,8 +38,8 @@ from aiokafka.errors import (
 )
 
 from service.errors import BrokerUnavailable, ConfigurationError, Fenced, KafkaNotAuthorized, KafkaRejected
-from service.kafka import PLAINTEXT, kafka_error
-from service.kafka.security import KafkaSecurity, aiokafka_kwargs
+from service.kafka.errors import kafka_error
+from service.kafka.security import PLAINTEXT, KafkaSecurity, aiokafka_kwargs
 from service.records import TP
 
 logger = logging.getLogger(__name__)

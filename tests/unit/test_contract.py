@@ -11,8 +11,9 @@ from tests.support import ROOT
 
 # The modules of `service` that `dagster_project` imports (docs/dagster_project.md says why).
 SHARED = {"service", "service.batching", "service.records", "service.contract", "service.dlq", "service.errors",
-          "service.frames", "service.kafka", "service.kafka.security", "service.matching", "service.settings",
-          "service.verdicts"}
+          "service.frames", "service.kafka", "service.kafka.admin", "service.kafka.errors", "service.kafka.probe",
+          "service.kafka.producer", "service.kafka.reading", "service.kafka.security", "service.matching",
+          "service.settings", "service.verdicts"}
 
 
 def imported_after(statement: str) -> set[str]:

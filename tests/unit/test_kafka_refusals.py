@@ -1,5 +1,5 @@
 """The broker refusing the worker: each aiokafka error as the pause reason and the ACL to grant, and which routes
-each refusal pauses until it ends (`service.kafka`, `service.kafka.access`, `service.topic_check`)."""
+each refusal pauses until it ends (`service.kafka.errors`, `service.kafka.access`, `service.topic_check`)."""
 
 from __future__ import annotations
 
