@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import faust
 from faust.types import TransportT
 
 from service.consumer import BeforeSeek, RecordSink, Refusals, Transport
 from service.errors import ConfigurationError
-from service.kafka.security import faust_credentials
+from service.kafka.security import KafkaSecurity, ssl_context
 from service.settings import Settings
 
 
@@ -39,6 +40,18 @@ class App(faust.App):
         if self.before_stop is not None:
             await self.before_stop()
         await super().on_stop()
+
+
+def faust_credentials(security: KafkaSecurity) -> Any:
+    """`broker_credentials` for `faust.App` from the TLS/SASL settings (`service.kafka.security`): None for
+    PLAINTEXT."""
+    context = ssl_context(security)
+    if security.uses_sasl:
+        return faust.SASLCredentials(username=security.sasl_username, password=security.sasl_password,
+                                     ssl_context=context, mechanism=security.sasl_mechanism)
+    if context is not None:
+        return faust.SSLCredentials(context)
+    return None
 
 
 def create_app(settings: Settings, subscription_pattern: str | None = None) -> App:

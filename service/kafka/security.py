@@ -8,6 +8,8 @@ Kafka resource) gets its security arguments from here, so they cannot drift:
                   ──aiokafka_kwargs()──> security_protocol, ssl_context, sasl_* for aiokafka
                   ──faust_credentials()> faust.SSLCredentials / faust.SASLCredentials
 
+`faust_credentials` is `service.app`'s, from the same `ssl_context`: nothing
+in `service.kafka` imports Faust, so the code location imports this package.
 The SASL password is kept out of every `repr`; nothing here logs it.
 """
 
@@ -90,16 +92,3 @@ def aiokafka_kwargs(security: KafkaSecurity) -> dict[str, Any]:
             sasl_plain_password=security.sasl_password,
         )
     return kwargs
-
-
-def faust_credentials(security: KafkaSecurity) -> Any:
-    """`broker_credentials` for `faust.App`: None for PLAINTEXT."""
-    import faust
-
-    context = ssl_context(security)
-    if security.uses_sasl:
-        return faust.SASLCredentials(username=security.sasl_username, password=security.sasl_password,
-                                     ssl_context=context, mechanism=security.sasl_mechanism)
-    if context is not None:
-        return faust.SSLCredentials(context)
-    return None

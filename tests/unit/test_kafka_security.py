@@ -16,9 +16,9 @@ from aiokafka.admin import AIOKafkaAdminClient
 from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
 
 from dagster_project.resources import KafkaResource
-from service.app import create_app
+from service.app import create_app, faust_credentials
 from service.errors import ConfigurationError
-from service.kafka.security import KafkaSecurity, aiokafka_kwargs, faust_credentials
+from service.kafka.security import KafkaSecurity, aiokafka_kwargs
 from service.settings import load_kafka_security, load_settings
 from tests.tls import CertPair, issue_server_cert, make_ca
 
