@@ -14,7 +14,7 @@ from service import __version__
 from service.app import App, create_app
 from service.check import watch_routes
 from service.dagster import DagsterClient
-from service.delivery import Delivery, DeliverySettings
+from service.delivery import Delivery, DeliverySettings, Links
 from service.health import ConsumerLag, Heartbeat, probe_forever, readiness
 from service.kafka import (
     Producer,
@@ -70,13 +70,14 @@ def build_worker(settings: Settings, metrics: Metrics | None = None, transaction
     transactions = Transactions(settings.bootstrap_servers, settings.group_id, settings.transactional_id_prefix,
                                 security, settings.max_message_bytes + DLQ_HEADER_ROOM_BYTES) \
         if transactional else None
-    delivery = Delivery(
-        DeliverySettings.from_settings(settings), routes, client, FaustConsumer(app), dlq_producer, outcomes,
+    links = Links(
+        FaustConsumer(app), dlq_producer, outcomes,
         lambda topic, partition, start, end: read_range(
             settings.bootstrap_servers, topic, partition, start, end, security=security),
-        metrics, on_fatal=lambda exc: app.crash(exc),
+        on_fatal=lambda exc: app.crash(exc),
         registry=SchemaRegistry(registry) if routes.framed else None, transactions=transactions,
     )
+    delivery = Delivery(DeliverySettings.from_settings(settings), routes, client, links, metrics)
     access = app.kafka_access = KafkaAccess(delivery.pauses, routes)
     _add_intake(app, routes, delivery)
     _add_lifecycle(app, settings, delivery, dlq_producer, client, outcomes)

@@ -33,7 +33,9 @@ call to the part that owns it, a record's way top-down:
 - `handover`: what is open at a rebalance or shutdown; `snapshot`: /status.
 
 The way back up to the consumer is one protocol, `links.ConsumerLink` (fence,
-mark done, pause, resume).
+mark done, pause, resume), handed over with the rest of what the delivery
+reaches the world through as one `links.Links`. What every part uses alike
+(settings, metrics, retries, route pauses, clocks) is one `config.Tools`.
 """
 
 from __future__ import annotations
@@ -45,31 +47,29 @@ from typing import Any
 
 from service.contract import TAG_CONSUMER_GROUP  # noqa: F401  (re-exported)
 from service.dagster import DagsterClient
-from service.delivery.config import MAX_SYSTEM_FAILURES, DeliverySettings
+from service.delivery.config import MAX_SYSTEM_FAILURES, DeliverySettings, Tools
 from service.delivery.dead_letters import DeadLetterCommits, DeadLetterWriter
-from service.delivery.failed_runs import FailedRuns
+from service.delivery.failed_runs import FailedRuns, RunRecords
 from service.delivery.framed import FramedValues
 from service.delivery.handover import HandOver
 from service.delivery.intake import Intake, batchers_of
 from service.delivery.launcher import Launcher
-from service.delivery.links import ConsumerLink, DeadLetterSink, HandledOutcomes, ReadRange
+from service.delivery.links import ConsumerLink, Links
 from service.delivery.ownership import Partitions
 from service.delivery.reconcile import Reconciler
 from service.delivery.route_retry import RouteRetry
 from service.delivery.snapshot import snapshot
 from service.duplicates import DuplicateRuns
-from service.kafka.transactions import Transactions
 from service.metrics import Metrics
 from service.pauses import RoutePauses
 from service.records import TP, Record
-from service.registry import SchemaRegistry
 from service.retry import Retrying
 from service.routes import RouteTable
 from service.run_request import inline_records_json, run_config, run_tags
 from service.throttle import Throttle
 from service.watcher import LaunchedRun, RunWatcher
 
-__all__ = ["MAX_SYSTEM_FAILURES", "ConsumerLink", "Delivery", "DeliverySettings", "inline_records_json",
+__all__ = ["MAX_SYSTEM_FAILURES", "ConsumerLink", "Delivery", "DeliverySettings", "Links", "inline_records_json",
            "run_config", "run_tags"]
 
 
@@ -80,57 +80,50 @@ class Delivery:
     :param settings: how it batches, launches, waits and retries
     :param routes: the routes (`service.routes.RouteTable`: by name, and which read each topic)
     :param client: the Dagster GraphQL client
-    :param consumer: the way back up to the consumer: fence, mark done, pause and resume fetching
-    :param dead_letters: where dead letters are written (the DLQ producer)
-    :param outcomes: which failed runs are settled already, by any worker (each is settled once)
-    :param read_range: reads a partition's offset range back, to copy a failed run's records to the DLQ
+    :param links: what it reaches the world through: the consumer, the DLQ producer, the outcomes topic, the
+        reader of offset ranges, the worker's stop, and the schema registry and transactional producers where
+        there are (`links.Links`)
     :param metrics: the worker's metrics
-    :param on_fatal: a bug in a lane: stop the worker
     :param clock: monotonic time, for batch deadlines and waits
     :param wall_clock: epoch time, to credit a batch's clock with its first record's way to the worker
-    :param registry: the schema registry, when a route reads a framed format (`service.wire`)
-    :param transactions: the partitions' transactional producers, where the cluster serves transactions: each
-        partition's dead letters are then written with the offset commit that covers them, in one transaction
     """
 
-    def __init__(self, settings: DeliverySettings, routes: RouteTable, client: DagsterClient,
-                 consumer: ConsumerLink, dead_letters: DeadLetterSink, outcomes: HandledOutcomes,
-                 read_range: ReadRange, metrics: Metrics, on_fatal: Callable[[BaseException], Awaitable[None]],
-                 clock: Callable[[], float] = time.monotonic, wall_clock: Callable[[], float] = time.time,
-                 registry: SchemaRegistry | None = None, transactions: Transactions | None = None) -> None:
+    def __init__(self, settings: DeliverySettings, routes: RouteTable, client: DagsterClient, links: Links,
+                 metrics: Metrics, clock: Callable[[], float] = time.monotonic,
+                 wall_clock: Callable[[], float] = time.time) -> None:
         self.settings = settings
         self.routes = routes
-        self.consumer = consumer
+        self.consumer = consumer = links.consumer
         self.clock = clock
         self.retrying = Retrying(metrics, settings.retry_max_delay_s, settings.route_retry_max_delay_s,
                                  settings.route_retry_base_s)
         self.pauses = RoutePauses(metrics, self._on_route_pause)
+        tools = Tools(settings, metrics, self.retrying, self.pauses, clock, wall_clock)
         self.partitions = Partitions(routes, batchers_of(routes), consumer, settings.queued_batches_per_partition,
-                                     on_fatal)
+                                     links.on_fatal)
         self.throttles = {name: Throttle(name, r.job, metrics, max_runs_per_minute=r.max_runs_per_minute,
                                          max_queued_runs=r.max_queued_runs,
                                          queued_runs=lambda job: client.count_runs(job, ["QUEUED"]), clock=clock)
                           for name, r in routes.items() if r.throttled}
-        self.duplicates = DuplicateRuns(client, metrics, outcomes, settings.duplicate_window_s, MAX_SYSTEM_FAILURES)
+        self.duplicates = DuplicateRuns(client, metrics, links.outcomes, settings.duplicate_window_s,
+                                        MAX_SYSTEM_FAILURES)
         self.watcher = RunWatcher(client, metrics, self.on_run_failed, settings.max_inflight_runs,
                                   settings.run_poll_interval_s, sweep=self.duplicates.sweep)
-        route_retry = RouteRetry(self.pauses, client, self.retrying, settings.location_probe_s, clock)
-        self.framed = FramedValues(registry, route_retry, self.retrying) if registry is not None else None
-        dead_letter_writer = DeadLetterWriter(settings, dead_letters, self.pauses, self.retrying, metrics,
-                                              transactional=transactions is not None)
-        self.launcher = Launcher(settings, client, consumer, route_retry, self.retrying, self.throttles,
-                                 self.duplicates, dead_letter_writer, self.watcher, metrics, clock, wall_clock)
+        route_retry = RouteRetry(tools, client)
+        self.framed = None if links.registry is None else FramedValues(links.registry, route_retry, self.retrying)
+        self.transactions = transactions = links.transactions
+        dead_letter_writer = DeadLetterWriter(tools, links.dead_letters, transactions)
+        self.launcher = Launcher(tools, client, consumer, route_retry, self.throttles, self.duplicates,
+                                 dead_letter_writer, self.watcher)
         self.partitions.work = self.launcher.handle
-        self.reconciler = Reconciler(settings, self.partitions, client, route_retry, self.retrying, self.watcher,
-                                     outcomes, self.pauses, consumer, wall_clock)
-        self.intake = Intake(settings, self.partitions, self.reconciler, self.throttles, metrics, clock, wall_clock,
-                             self.framed)
-        self.failed_runs = FailedRuns(settings, routes, self.partitions, self.launcher, dead_letter_writer,
-                                      self.duplicates, self.watcher, outcomes, read_range, self.retrying, metrics,
-                                      clock, self.framed, transactions)
-        self.transactions = transactions
+        self.reconciler = Reconciler(tools, self.partitions, client, route_retry, self.watcher, links.outcomes,
+                                     consumer)
+        self.intake = Intake(tools, self.partitions, self.reconciler, self.throttles, self.framed)
+        self.failed_runs = FailedRuns(tools, self.partitions, self.launcher, dead_letter_writer, self.duplicates,
+                                      self.watcher, links.outcomes,
+                                      RunRecords(tools, routes, links.read_range, self.framed))
         self.dead_letter_commits = None if transactions is None else DeadLetterCommits(
-            settings, self.partitions, transactions, consumer, self.pauses, metrics, self.launcher.drop_fenced)
+            tools, self.partitions, transactions, consumer, self.launcher.drop_fenced)
         commits = self.dead_letter_commits
         self.hand_over = HandOver(self.partitions, self.intake, None if commits is None else commits.flush_partition,
                                   None if transactions is None else transactions.release)

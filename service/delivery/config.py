@@ -1,11 +1,15 @@
-"""The delivery's configuration: one frozen object, read once from the worker's settings."""
+"""The delivery's configuration, read once from the worker's settings (`DeliverySettings`), and the tools
+every part of it uses alike (`Tools`): two frozen objects."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from service.decoding import JsonBounds
-from service.retry import ROUTE_RETRY_BASE_S
+from service.metrics import Metrics
+from service.pauses import RoutePauses
+from service.retry import ROUTE_RETRY_BASE_S, Retrying
 from service.settings import Settings
 
 # A batch whose runs all failed before processing it is launched again at most this many times, after
@@ -64,3 +68,24 @@ class DeliverySettings:
             duplicate_window_s=2 * settings.dagster_timeout_s + 60,
             relaunch_max_delay_s=min(cls.relaunch_max_delay_s, settings.route_retry_max_delay_s),
         )
+
+
+@dataclass(frozen=True)
+class Tools:
+    """What every part of the delivery uses alike, made once by `Delivery`: a part takes them as one, and its
+    constructor names besides only what it needs of its own.
+
+    :param settings: how it batches, launches, waits and retries
+    :param metrics: the worker's metrics
+    :param retrying: the transient retries, and the backoff of a paused route (`service.retry`)
+    :param pauses: which routes are paused, and why (`service.pauses`)
+    :param clock: monotonic time, for batch deadlines and waits
+    :param wall_clock: epoch time, for a record's way to the worker and when a reconcile ran
+    """
+
+    settings: DeliverySettings
+    metrics: Metrics
+    retrying: Retrying
+    pauses: RoutePauses
+    clock: Callable[[], float]
+    wall_clock: Callable[[], float]

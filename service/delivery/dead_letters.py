@@ -17,16 +17,15 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from functools import partial
 
-from service.delivery.config import DeliverySettings
+from service.delivery.config import Tools
 from service.delivery.links import ConsumerLink, DeadLetterSink
 from service.delivery.ownership import Letter, OwnedPartition, Partitions
 from service.dlq import Failure, dlq_headers
 from service.errors import Fenced, KafkaRefused, KafkaRejected, TransientError
 from service.kafka.transactions import Outgoing, Transactions
 from service.metrics import Metrics
-from service.pauses import RoutePauses
 from service.records import Record
-from service.retry import OWN_PAUSE, Refusal, Retrying, until_accepted
+from service.retry import OWN_PAUSE, Refusal, until_accepted
 
 logger = logging.getLogger(__name__)
 
@@ -35,26 +34,44 @@ DLQ_WRITE = "dlq_write"  # a route's pause reason: the DLQ topic refused a dead 
 
 class DeadLetterWriter:
     """Writes dead letters, one at a time, each until the DLQ topic takes it; with transactions, a partition's
-    own dead letters wait in it for `DeadLetterCommits`."""
+    own dead letters wait in it for `DeadLetterCommits`.
 
-    def __init__(self, settings: DeliverySettings, sink: DeadLetterSink, pauses: RoutePauses, retrying: Retrying,
-                 metrics: Metrics, transactional: bool = False) -> None:
-        self.settings = settings
+    :param tools: the DLQ topic, the route pauses (reason `dlq_write`), the retries and the metrics
+    :param sink: the DLQ producer
+    :param transactions: the partitions' transactional producers, where the cluster serves transactions
+    """
+
+    def __init__(self, tools: Tools, sink: DeadLetterSink, transactions: Transactions | None = None) -> None:
+        self.settings = tools.settings
+        self.pauses = tools.pauses
+        self.retrying = tools.retrying
+        self.metrics = tools.metrics
         self.sink = sink
-        self.pauses = pauses
-        self.retrying = retrying
-        self.metrics = metrics
-        self.transactional = transactional
+        self.transactions = transactions
 
     async def write(self, records: Iterable[Record], failure: Failure, owned: OwnedPartition | None = None) -> None:
         """Write records to the DLQ, retrying what Kafka refuses; with transactions, records of `owned`
         (consumed for it, not yet committed) wait in it to be written with the commit that covers them."""
-        if self.transactional and owned is not None:
+        if self.transactions is not None and owned is not None:
             owned.letters.extend(Letter(record, failure, dlq_headers(record, failure)) for record in records)
             return
         for record in records:
             await self._send_until_accepted(record, failure)
             dead_lettered(self.metrics, record, failure)
+
+    async def write_in_transaction(self, owned: OwnedPartition | None, records: list[Record], failure: Failure,
+                                   also: Outgoing, what: str) -> bool:
+        """Write records to the DLQ and `also` in one transaction of `owned`'s transactional id: both or neither,
+        and nothing from a fenced worker (`Fenced`). False, nothing written, where that cannot be: no
+        transactions, or the partition is not owned here. A refusal is raised (`KafkaRejected`)."""
+        if self.transactions is None or owned is None or not owned.may_launch or owned.tp not in self.transactions:
+            return False
+        outgoing = [dlq_record(self.settings.dlq_topic, r, dlq_headers(r, failure)) for r in records]
+        outgoing.append(also)
+        await self.retrying.transient(partial(self.transactions.write, owned.tp, outgoing), what)
+        for record in records:
+            dead_lettered(self.metrics, record, failure)
+        return True
 
     async def _send_until_accepted(self, record: Record, failure: Failure) -> None:
         """Send one dead letter; a broker that refuses it (e.g. for its size) pauses its route, reason dlq_write."""
@@ -79,6 +96,11 @@ class DeadLetterWriter:
         await self.sink.send(self.settings.dlq_topic, record.key, record.value, headers, record.timestamp_ms)
 
 
+def dlq_record(dlq_topic: str, record: Record, headers: list[tuple[str, bytes]]) -> Outgoing:
+    """The dead letter of `record`: its key, value and timestamp, with the DLQ headers."""
+    return Outgoing(dlq_topic, record.key, record.value, headers, record.timestamp_ms)
+
+
 def dead_lettered(metrics: Metrics, record: Record, failure: Failure) -> None:
     metrics.dlq_messages.labels(record.topic, failure.stage).inc()
     logger.warning("dead-lettered %s/%d offset %d at stage %s: %s: %s", record.topic, record.partition,
@@ -98,24 +120,21 @@ class DeadLetterCommits:
     visible), to be written at the next flush; a refusal that waiting will
     not fix pauses their routes (reason `dlq_write`) until a write succeeds.
 
-    :param settings: the DLQ topic
+    :param tools: the DLQ topic, the route pauses (reason `dlq_write`) and the metrics
     :param partitions: the owned partitions, whose letters wait
     :param transactions: the partitions' transactional producers
     :param consumer: the consumer, whose other commits of a partition wait while a transaction commits it
-    :param pauses: the route pauses (reason `dlq_write`)
-    :param metrics: the worker's metrics
     :param on_fenced: drops an owned partition that another worker holds now
     """
 
-    def __init__(self, settings: DeliverySettings, partitions: Partitions, transactions: Transactions,
-                 consumer: ConsumerLink, pauses: RoutePauses, metrics: Metrics,
+    def __init__(self, tools: Tools, partitions: Partitions, transactions: Transactions, consumer: ConsumerLink,
                  on_fenced: Callable[[OwnedPartition, Fenced], None]) -> None:
-        self.settings = settings
+        self.settings = tools.settings
+        self.pauses = tools.pauses
+        self.metrics = tools.metrics
         self.partitions = partitions
         self.transactions = transactions
         self.consumer = consumer
-        self.pauses = pauses
-        self.metrics = metrics
         self.on_fenced = on_fenced
         self._paused: dict[str, str] = {}  # route -> the reason it was paused for
 
@@ -135,8 +154,7 @@ class DeadLetterCommits:
                 due, handled = owned.letters_due()           # may have written some meanwhile
                 if not due or handled is None or not owned.may_launch:
                     return not due
-                outgoing = [Outgoing(self.settings.dlq_topic, letter.record.key, letter.record.value,
-                                     letter.headers, letter.record.timestamp_ms) for letter in due]
+                outgoing = [dlq_record(self.settings.dlq_topic, letter.record, letter.headers) for letter in due]
                 started = time.monotonic()
                 await self.transactions.write(owned.tp, outgoing, handled)
                 self.consumer.committed(owned.tp, handled)

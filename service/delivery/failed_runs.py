@@ -6,25 +6,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
 from functools import partial
 
 from service.batching import Batch
 from service.contract import STAGE_LAUNCH, STAGE_RUN
-from service.delivery.config import DeliverySettings
-from service.delivery.dead_letters import DeadLetterWriter, dead_lettered
+from service.delivery.config import Tools
+from service.delivery.dead_letters import DeadLetterWriter
 from service.delivery.framed import FramedValues
 from service.delivery.launcher import Launcher
 from service.delivery.links import HandledOutcomes, ReadRange
 from service.delivery.ownership import Partitions
-from service.dlq import Failure, dlq_headers
+from service.dlq import Failure
 from service.duplicates import DuplicateRuns
 from service.errors import Fenced, KafkaRejected, RecordError, RouteError
-from service.kafka.transactions import Outgoing, Transactions
-from service.metrics import Metrics
+from service.kafka.transactions import Outgoing
 from service.outcomes import DUPLICATE
 from service.records import TP, Record
-from service.retry import Retrying
 from service.routes import RouteTable
 from service.routing import selects
 from service.run_request import launched_run, run_tags
@@ -39,28 +36,66 @@ RELAUNCHED = "RELAUNCHED"  # its batch was launched again
 DEAD_LETTERED = "DEAD_LETTERED"  # launching its batch again was refused: the records are in the DLQ
 
 
-class FailedRuns:
-    """Settles the batch of each watched run that did not succeed (`on_run_failed`)."""
+class RunRecords:
+    """The records of a run's offset range that its route takes, read back from Kafka (the range also holds
+    other routes').
 
-    def __init__(self, settings: DeliverySettings, routes: RouteTable, partitions: Partitions, launcher: Launcher,
-                 dead_letters: DeadLetterWriter, duplicates: DuplicateRuns, watcher: RunWatcher,
-                 outcomes: HandledOutcomes, read_range: ReadRange, retrying: Retrying, metrics: Metrics,
-                 clock: Callable[[], float], framed: FramedValues | None = None,
-                 transactions: Transactions | None = None) -> None:
-        self.settings = settings
-        self.transactions = transactions
+    :param tools: the retries, and the bounds a record is selected with
+    :param routes: the routes, by name
+    :param read_range: reads a partition's offset range back
+    :param framed: decodes a framed route's records again, so they select as they did; None when no route
+        reads a framed format
+    """
+
+    def __init__(self, tools: Tools, routes: RouteTable, read_range: ReadRange,
+                 framed: FramedValues | None = None) -> None:
+        self.settings = tools.settings
+        self.retrying = tools.retrying
         self.routes = routes
-        self.framed = framed  # decodes a framed route's records read back, so they select as they did
+        self.read_range = read_range
+        self.framed = framed
+
+    async def read(self, run: LaunchedRun) -> list[Record]:
+        records = await self.retrying.transient(
+            partial(self.read_range, run.topic, run.partition, run.offset_start, run.offset_end),
+            "reading a run's records back")
+        route = self.routes.get(run.route)
+        if route is None:
+            return list(records)
+        if self.framed is not None:
+            await self.framed.decode(route, records)
+        return [r for r in records if selects(route, r, self.settings.max_message_bytes, self.settings.json_bounds)]
+
+
+class FailedRuns:
+    """Settles the batch of each watched run that did not succeed (`on_run_failed`).
+
+    :param tools: the settings, the retries, the metrics and the clock
+    :param partitions: the owned partitions (and the routes): a batch is copied in a transaction, or launched
+        again, only where its partition is owned here
+    :param launcher: launches a batch again
+    :param dead_letters: copies a run's records to the DLQ
+    :param duplicates: the one rule that settles a batch (`service.verdicts`), and the sweep of its duplicates
+    :param watcher: follows the run that keeps a batch, and a batch's run launched again
+    :param outcomes: which failed runs are settled already, by any worker; where each settled one is recorded
+    :param run_records: reads a run's records back
+    """
+
+    def __init__(self, tools: Tools, partitions: Partitions, launcher: Launcher, dead_letters: DeadLetterWriter,
+                 duplicates: DuplicateRuns, watcher: RunWatcher, outcomes: HandledOutcomes,
+                 run_records: RunRecords) -> None:
+        self.settings = tools.settings
+        self.retrying = tools.retrying
+        self.metrics = tools.metrics
+        self.clock = tools.clock
         self.partitions = partitions
+        self.routes = partitions.routes
         self.launcher = launcher
         self.dead_letters = dead_letters
         self.duplicates = duplicates
         self.watcher = watcher
         self.outcomes = outcomes
-        self.read_range = read_range
-        self.retrying = retrying
-        self.metrics = metrics
-        self.clock = clock
+        self.run_records = run_records
         self._relaunching: dict[str, asyncio.Task[None]] = {}  # batch id -> its relaunch
 
     def relaunches(self) -> list[asyncio.Task[None]]:
@@ -106,7 +141,7 @@ class FailedRuns:
         With transactions, where this worker owns the run's partition, the copy and the record are one
         transaction of the partition's transactional id: both or neither, and nothing from a fenced worker.
         """
-        records = await self._records_of(run)
+        records = await self.run_records.read(run)
         route = self.routes.get(run.route)
         failure = Failure(STAGE_RUN, f"Run{status.title()}", message, run_id=run_id,
                           route=route.name if route is not None else None)
@@ -118,16 +153,12 @@ class FailedRuns:
     async def _copy_in_transaction(self, run: LaunchedRun, run_id: str, status: str, records: list[Record],
                                    failure: Failure) -> bool:
         """The copy and its outcome record in one transaction; False where that cannot be (written plainly)."""
-        tp = TP(run.topic, run.partition)
-        owned = self.partitions.get(tp)
-        if self.transactions is None or owned is None or not owned.may_launch or tp not in self.transactions:
-            return False
-        outgoing = [Outgoing(self.settings.dlq_topic, r.key, r.value, dlq_headers(r, failure), r.timestamp_ms)
-                    for r in records]
-        outgoing.append(Outgoing(self.outcomes.topic, run_id.encode(), status.encode(), []))
+        owned = self.partitions.get(TP(run.topic, run.partition))
+        outcome = Outgoing(self.outcomes.topic, run_id.encode(), status.encode(), [])
         try:
-            await self.retrying.transient(partial(self.transactions.write, tp, outgoing),
-                                          f"copying run {run_id}'s records to the DLQ")
+            if not await self.dead_letters.write_in_transaction(owned, records, failure, outcome,
+                                                                f"copying run {run_id}'s records to the DLQ"):
+                return False
         except Fenced as exc:
             logger.warning("not copying run %s's records: %s; the partition's owner settles it", run_id, exc)
             return True
@@ -135,22 +166,8 @@ class FailedRuns:
             logger.warning("copying run %s's records in a transaction was refused (%s); writing them one by one",
                            run_id, exc)
             return False
-        for record in records:
-            dead_lettered(self.metrics, record, failure)
         self.outcomes.remember(run_id, status)
         return True
-
-    async def _records_of(self, run: LaunchedRun) -> list[Record]:
-        """The records of a run's offset range that its route takes (the range also holds other routes')."""
-        records = await self.retrying.transient(
-            partial(self.read_range, run.topic, run.partition, run.offset_start, run.offset_end),
-            "reading a run's records back")
-        route = self.routes.get(run.route)
-        if route is None:
-            return list(records)
-        if self.framed is not None:
-            await self.framed.decode(route, records)
-        return [r for r in records if selects(route, r, self.settings.max_message_bytes, self.settings.json_bounds)]
 
     # -- relaunch: a batch left with no live run ------------------------------
 
@@ -182,7 +199,7 @@ class FailedRuns:
             logger.warning("not launching batch %s again: %s/%d is not owned here (its owner reconciles and "
                            "settles it)", run.batch_id, run.topic, run.partition)
             return
-        records = await self._records_of(run)
+        records = await self.run_records.read(run)
         if not records:
             logger.error("not launching batch %s again: its offsets %d-%d hold none of route %r's records",
                          run.batch_id, run.offset_start, run.offset_end, route.name)

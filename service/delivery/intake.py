@@ -4,19 +4,18 @@ record that fails goes to the DLQ alone, and the batch it interrupts is closed b
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from service.batching import Batch, Batcher, BatchPolicy
 from service.contract import STAGE_ROUTE
 from service.decoding import decode_value
-from service.delivery.config import DeliverySettings
+from service.delivery.config import Tools
 from service.delivery.framed import FramedValues, framed_route
 from service.delivery.lanes import DeadLetters
 from service.delivery.ownership import OwnedPartition, Partitions, RouteShare
 from service.delivery.reconcile import Reconciler
 from service.dlq import Failure
 from service.errors import NoRouteMatched, RecordError
-from service.metrics import Metrics
 from service.records import Record
 from service.routes import RouteTable
 from service.routing import Fanout
@@ -31,20 +30,26 @@ def batchers_of(routes: RouteTable) -> dict[str, Batcher]:
 
 
 class Intake:
-    """Records in: routed, checked and batched per route; closed batches and dead letters into the lanes."""
+    """Records in: routed, checked and batched per route; closed batches and dead letters into the lanes.
 
-    def __init__(self, settings: DeliverySettings, partitions: Partitions, reconciler: Reconciler,
-                 throttles: dict[str, Throttle], metrics: Metrics, clock: Callable[[], float],
-                 wall_clock: Callable[[], float], framed: FramedValues | None = None) -> None:
-        self.settings = settings
-        self.framed = framed  # None when no route reads a framed format
+    :param tools: the record bounds, the metrics and the clocks
+    :param partitions: the owned partitions, with their routes' batchers and lanes
+    :param reconciler: tells what runs already cover, before a partition's first record is handled
+    :param throttles: the run-rate limits of the routes that have them (a held route's batches grow)
+    :param framed: decodes a framed route's values first; None when no route reads a framed format
+    """
+
+    def __init__(self, tools: Tools, partitions: Partitions, reconciler: Reconciler,
+                 throttles: dict[str, Throttle], framed: FramedValues | None = None) -> None:
+        self.settings = tools.settings
+        self.metrics = tools.metrics
+        self.clock = tools.clock
+        self.wall_clock = tools.wall_clock
+        self.framed = framed
         self.partitions = partitions
         self.batchers = partitions.batchers
         self.reconciler = reconciler
         self.throttles = throttles
-        self.metrics = metrics
-        self.clock = clock
-        self.wall_clock = wall_clock
         self._fanouts: dict[tuple[int, ...], Fanout] = {}  # by a partition's routes (a fanout keeps them alive)
 
     def fanout(self, owned: OwnedPartition) -> Fanout:

@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 from functools import partial
 from typing import Any
 
 from service.batching import Batch
 from service.contract import STAGE_LAUNCH
 from service.dagster import DagsterClient, Target, location_failure
-from service.delivery.config import MAX_DAGSTER_ERROR_ATTEMPTS, DeliverySettings
+from service.delivery.config import MAX_DAGSTER_ERROR_ATTEMPTS, Tools
 from service.delivery.dead_letters import DeadLetterWriter
 from service.delivery.lanes import DeadLetters
 from service.delivery.links import ConsumerLink
@@ -34,9 +33,8 @@ from service.errors import (
     TransientError,
 )
 from service.logs import batch_extra
-from service.metrics import Metrics
 from service.partition_sets import PartitionSets
-from service.retry import Refusal, Retrying, route_refusal
+from service.retry import Refusal, route_refusal
 from service.routes import Route
 from service.run_request import launched_run, run_config, run_tags
 from service.throttle import Throttle
@@ -46,24 +44,33 @@ logger = logging.getLogger(__name__)
 
 
 class Launcher:
-    """Works a lane's items: launches a route's batch, or writes its dead letters (`handle`)."""
+    """Works a lane's items: launches a route's batch, or writes its dead letters (`handle`).
 
-    def __init__(self, settings: DeliverySettings, client: DagsterClient, consumer: ConsumerLink,
-                 route_retry: RouteRetry, retrying: Retrying, throttles: dict[str, Throttle],
-                 duplicates: DuplicateRuns, dead_letters: DeadLetterWriter, watcher: RunWatcher, metrics: Metrics,
-                 clock: Callable[[], float], wall_clock: Callable[[], float]) -> None:
-        self.settings = settings
+    :param tools: the settings, the retries, the metrics and the clocks
+    :param client: the Dagster GraphQL client
+    :param consumer: proves with the group coordinator that this worker owns a partition (`fence`)
+    :param route_retry: pauses a route Dagster refuses, and retries
+    :param throttles: the run-rate limits of the routes that have them, by route name
+    :param duplicates: settles a batch whose launch answer was lost (no second run knowingly)
+    :param dead_letters: writes the dead letters of a lane, and the records of a batch refused for them
+    :param watcher: follows each launched run to its end
+    """
+
+    def __init__(self, tools: Tools, client: DagsterClient, consumer: ConsumerLink, route_retry: RouteRetry,
+                 throttles: dict[str, Throttle], duplicates: DuplicateRuns, dead_letters: DeadLetterWriter,
+                 watcher: RunWatcher) -> None:
+        self.settings = tools.settings
+        self.retrying = tools.retrying
+        self.metrics = tools.metrics
+        self.clock = tools.clock
+        self.wall_clock = tools.wall_clock
         self.client = client
         self.consumer = consumer
         self.route_retry = route_retry
-        self.retrying = retrying
         self.throttles = throttles
         self.duplicates = duplicates
         self.dead_letters = dead_letters
         self.watcher = watcher
-        self.metrics = metrics
-        self.clock = clock
-        self.wall_clock = wall_clock
         self.partition_sets = PartitionSets(client)
 
     async def handle(self, owned: OwnedPartition, share: RouteShare | None, item: Batch | DeadLetters) -> None:

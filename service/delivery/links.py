@@ -1,13 +1,17 @@
 """What the delivery is given to reach the world around it: the consumer above it (the one way back up),
-the dead-letter producer, the outcomes topic and the reader of offset ranges."""
+the dead-letter producer, the outcomes topic and the reader of offset ranges; `Links` hands them over as
+one, with the schema registry and the transactional producers where there are."""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
 from typing import Protocol
 
+from service.kafka.transactions import Transactions
 from service.records import TP, Record
+from service.registry import SchemaRegistry
 
 
 class ConsumerLink(Protocol):
@@ -56,3 +60,26 @@ class HandledOutcomes(Protocol):
 
 # (topic, partition, first offset, last offset) -> the records of that range, read back from Kafka.
 ReadRange = Callable[[str, int, int, int], Awaitable[list[Record]]]
+
+
+@dataclass(frozen=True)
+class Links:
+    """What `service.worker` wires the delivery to.
+
+    :param consumer: the way back up to the consumer: fence, mark done, pause and resume fetching
+    :param dead_letters: where dead letters are written (the DLQ producer)
+    :param outcomes: which failed runs are settled already, by any worker (each is settled once)
+    :param read_range: reads a partition's offset range back, to copy a failed run's records to the DLQ
+    :param on_fatal: a bug in a lane: stop the worker
+    :param registry: the schema registry, when a route reads a framed format (`service.wire`)
+    :param transactions: the partitions' transactional producers, where the cluster serves transactions: each
+        partition's dead letters are then written with the offset commit that covers them, in one transaction
+    """
+
+    consumer: ConsumerLink
+    dead_letters: DeadLetterSink
+    outcomes: HandledOutcomes
+    read_range: ReadRange
+    on_fatal: Callable[[BaseException], Awaitable[None]]
+    registry: SchemaRegistry | None = None
+    transactions: Transactions | None = None

@@ -5,19 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from functools import partial
 
 from service.contract import TAG_BATCH_ID, TAG_CONSUMER_GROUP, TAG_OFFSET_END, TAG_PARTITION, TAG_ROUTE, TAG_TOPIC
 from service.dagster import DagsterClient
-from service.delivery.config import DeliverySettings
+from service.delivery.config import Tools
 from service.delivery.links import ConsumerLink, HandledOutcomes
 from service.delivery.ownership import OwnedPartition, Partitions, Reconciled, RouteShare
 from service.delivery.route_retry import RouteRetry
 from service.outcomes import DUPLICATE
-from service.pauses import RoutePauses
 from service.records import TP
-from service.retry import Retrying
 from service.run_request import launched_run
 from service.verdicts import RunInfo, survivor
 from service.watcher import FAILED, TERMINAL, RunWatcher
@@ -26,21 +24,29 @@ logger = logging.getLogger(__name__)
 
 
 class Reconciler:
-    """Asks Dagster, once per route of an owned partition, what its runs cover (`covered`)."""
+    """Asks Dagster, once per route of an owned partition, what its runs cover (`covered`).
 
-    def __init__(self, settings: DeliverySettings, partitions: Partitions, client: DagsterClient,
-                 route_retry: RouteRetry, retrying: Retrying, watcher: RunWatcher, outcomes: HandledOutcomes,
-                 pauses: RoutePauses, consumer: ConsumerLink, wall_clock: Callable[[], float]) -> None:
-        self.settings = settings
+    :param tools: the consumer group, the retries, the route pauses and the wall clock
+    :param partitions: the owned partitions, with their routes and batchers
+    :param client: the Dagster GraphQL client
+    :param route_retry: pauses a route Dagster refuses, and retries
+    :param watcher: follows the runs found still going or ended unsettled
+    :param outcomes: which failed runs are settled already, by any worker
+    :param consumer: stops fetching the partitions of a paused route
+    """
+
+    def __init__(self, tools: Tools, partitions: Partitions, client: DagsterClient, route_retry: RouteRetry,
+                 watcher: RunWatcher, outcomes: HandledOutcomes, consumer: ConsumerLink) -> None:
+        self.settings = tools.settings
+        self.retrying = tools.retrying
+        self.pauses = tools.pauses
+        self.wall_clock = tools.wall_clock
         self.partitions = partitions
         self.client = client
         self.route_retry = route_retry
-        self.retrying = retrying
         self.watcher = watcher
         self.outcomes = outcomes
-        self.pauses = pauses
         self.consumer = consumer
-        self.wall_clock = wall_clock
 
     def on_assigned(self, tps: Iterable[TP]) -> None:
         """New assignment: reconcile each route of its partitions all at once, before their records

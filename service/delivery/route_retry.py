@@ -7,22 +7,21 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from service.dagster import DagsterClient
+from service.delivery.config import Tools
 from service.errors import CODE_LOCATION_ERROR, KafkaDagsterError
-from service.pauses import RoutePauses
-from service.retry import EVERY_PAUSE, Refusal, Resumes, Retrying, route_refusal, until_accepted
+from service.retry import EVERY_PAUSE, Refusal, Resumes, route_refusal, until_accepted
 from service.routes import Route
 
 
 class RouteRetry:
     """The launch's and the reconcile's pause-and-retry of a route Dagster refuses."""
 
-    def __init__(self, pauses: RoutePauses, client: DagsterClient, retrying: Retrying, location_probe_s: float,
-                 clock: Callable[[], float]) -> None:
-        self.pauses = pauses
+    def __init__(self, tools: Tools, client: DagsterClient) -> None:
+        self.pauses = tools.pauses
+        self.retrying = tools.retrying
+        self.location_probe_s = tools.settings.location_probe_s
+        self.clock = tools.clock
         self.client = client
-        self.retrying = retrying
-        self.location_probe_s = location_probe_s
-        self.clock = clock
 
     async def until_accepted(self, route: Route, attempt: Callable[[], Awaitable[Any]],
                              refusal: Callable[[Exception], Refusal | None] = route_refusal,

@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry
 
 from service.batching import RECORDS, REVOKE, SPLIT, TIME, batch_id
 from service.dagster import JobSelector, Target
-from service.delivery import MAX_SYSTEM_FAILURES, Delivery, DeliverySettings
+from service.delivery import MAX_SYSTEM_FAILURES, Delivery, DeliverySettings, Links
 from service.errors import (
     CODE_LOCATION_ERROR,
     CODE_LOCATION_HINT,
@@ -174,11 +174,11 @@ class Harness:
         settings = DeliverySettings(**{"group_id": GROUP, "dlq_topic": DLQ, "max_message_bytes": 10_000,
                                        "retry_max_delay_s": 0.001, "route_retry_max_delay_s": 0.001,
                                        **(delivery or {})})
+        links = Links(self, self.sink, self.outcomes, self._read_range, on_fatal=self._fatal,
+                      registry=schema_registry, transactions=transactions)
         self.delivery = Delivery(
-            settings, self.routes, self.client, self, self.sink, self.outcomes,  # type: ignore[arg-type]
-            self._read_range, Metrics(registry), on_fatal=self._fatal, clock=self.clock,
-            wall_clock=lambda: RECORD_TIME_S,  # the records' timestamp: no arrival credit
-            registry=schema_registry, transactions=transactions,
+            settings, self.routes, self.client, links, Metrics(registry),  # type: ignore[arg-type]
+            clock=self.clock, wall_clock=lambda: RECORD_TIME_S,  # the records' timestamp: no arrival credit
         )
         self.commit_locks: dict[TP, asyncio.Lock] = {}
         self.fed: dict[int, list[int]] = {}
