@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from functools import partial
 
 from service.delivery.config import Tools
@@ -77,14 +77,7 @@ class DeadLetterWriter:
         """Send one dead letter; a broker that refuses it (e.g. for its size) pauses its route, reason dlq_write."""
 
         def refusal(exc: Exception) -> Refusal | None:
-            if not isinstance(exc, KafkaRejected):
-                return None
-            refused = (f"the DLQ topic {self.settings.dlq_topic} refused a dead letter of "
-                       f"{record.topic}/{record.partition} offset {record.offset}: {exc}")
-            if isinstance(exc, KafkaRefused):  # an ACL: not the record's fault, and no size limit to raise
-                return Refusal(exc.reason, refused, exc.hint)
-            return Refusal(DLQ_WRITE, refused,
-                           "raise the DLQ topic's max.message.bytes (or the broker's message.max.bytes)")
+            return dlq_refusal(self.settings.dlq_topic, [record], exc) if isinstance(exc, KafkaRejected) else None
 
         await until_accepted(partial(self.retrying.transient, partial(self._send_dead_letter, record, failure),
                                      "dead-letter"),
@@ -94,6 +87,20 @@ class DeadLetterWriter:
     async def _send_dead_letter(self, record: Record, failure: Failure) -> None:
         headers = dlq_headers(record, failure)
         await self.sink.send(self.settings.dlq_topic, record.key, record.value, headers, record.timestamp_ms)
+
+
+def dlq_refusal(dlq_topic: str, records: Sequence[Record], exc: KafkaRejected, transactional: bool = False) -> Refusal:
+    """What the routes of `records` pause with when the DLQ topic refused them (reason, message, fix): an ACL
+    (`KafkaRefused`) its own reason and the grant, anything else `dlq_write` and the size limit to raise (or, for
+    a transaction, the transactional id's ACL to grant)."""
+    first = records[0]
+    more = f" and {len(records) - 1} more" if len(records) > 1 else ""
+    refused = (f"the DLQ topic {dlq_topic} refused a dead letter of {first.topic}/{first.partition} offset "
+               f"{first.offset}{more}: {exc}")
+    if isinstance(exc, KafkaRefused):  # an ACL: not the records' fault, and no size limit to raise
+        return Refusal(exc.reason, refused, exc.hint)
+    fix = "raise the DLQ topic's max.message.bytes (or the broker's message.max.bytes)"
+    return Refusal(DLQ_WRITE, refused, f"{fix}, or grant the transactional id its ACL" if transactional else fix)
 
 
 def dlq_record(dlq_topic: str, record: Record, headers: list[tuple[str, bytes]]) -> Outgoing:
@@ -198,18 +205,10 @@ class DeadLetterCommits:
         return owns
 
     def _pause(self, due: list[Letter], exc: KafkaRejected) -> None:
-        if isinstance(exc, KafkaRefused):  # an ACL: not the letters' fault, and no size limit to raise
-            reason, fix = exc.reason, exc.hint
-        else:
-            reason, fix = DLQ_WRITE, ("raise the DLQ topic's max.message.bytes (or the broker's message.max.bytes), "
-                                      "or grant the transactional id its ACL")
-        first = due[0].record
-        more = f" and {len(due) - 1} more" if len(due) > 1 else ""
-        refused = (f"the DLQ topic {self.settings.dlq_topic} refused a dead letter of {first.topic}/"
-                   f"{first.partition} offset {first.offset}{more}: {exc}")
+        refused = dlq_refusal(self.settings.dlq_topic, [letter.record for letter in due], exc, transactional=True)
         for route in {letter.failure.route or letter.record.topic for letter in due}:
-            self._paused[route] = reason
-            self.pauses.pause(route, reason, refused, fix)
+            self._paused[route] = refused.reason
+            self.pauses.pause(route, refused.reason, refused.message, refused.hint)
 
     def _resume(self, due: list[Letter]) -> None:
         for route in {letter.failure.route or letter.record.topic for letter in due} & set(self._paused):

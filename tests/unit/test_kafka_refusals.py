@@ -14,6 +14,7 @@ from aiokafka.errors import (
 )
 from aiokafka.structs import TopicPartition
 
+from service.delivery.dead_letters import DLQ_WRITE, dlq_refusal
 from service.errors import (
     KAFKA_AUTH,
     KAFKA_AUTHORIZATION,
@@ -30,6 +31,7 @@ from service.pauses import RoutePauses
 from service.retry import Backoff, route_refusal
 from service.routes import Route, RouteTable
 from service.topic_check import TOPIC_MISSING, HiddenTopics, watch_topics
+from tests.unit.factories import make_record
 
 
 @pytest.mark.parametrize(("exc", "needs", "resource", "fix"), [
@@ -71,6 +73,27 @@ def test_a_refusal_pauses_the_route_with_its_reason_and_fix() -> None:
     refused = KafkaNotAuthenticated("a new login was refused", "restore the credentials", "credentials")
     refusal = route_refusal(refused)
     assert refusal is not None and (refusal.reason, refusal.hint) == (KAFKA_AUTH, "restore the credentials")
+
+
+SIZE_FIX = "raise the DLQ topic's max.message.bytes (or the broker's message.max.bytes)"
+
+
+@pytest.mark.parametrize(("exc", "offsets", "transactional", "reason", "more", "fix"), [
+    (KafkaRejected("MESSAGE_TOO_LARGE"), [5], False, DLQ_WRITE, "", SIZE_FIX),
+    (KafkaRejected("MESSAGE_TOO_LARGE"), [5, 6, 7], True, DLQ_WRITE, " and 2 more",
+     f"{SIZE_FIX}, or grant the transactional id its ACL"),
+    (KafkaNotAuthorized("no Write", "grant Write on topic dlq", "topic dlq"), [5], False, KAFKA_AUTHORIZATION, "",
+     "grant Write on topic dlq"),
+    (KafkaNotAuthorized("no Write", "grant Write on topic dlq", "topic dlq"), [5, 6], True, KAFKA_AUTHORIZATION,
+     " and 1 more", "grant Write on topic dlq"),
+])
+def test_a_refused_dead_letter_pauses_its_route_with_the_reason_and_the_fix(
+        exc: KafkaRejected, offsets: list[int], transactional: bool, reason: str, more: str, fix: str) -> None:
+    """One wording for both writers (`DeadLetterWriter` alone, `DeadLetterCommits` in a transaction)."""
+    records = [make_record(offset, partition=2) for offset in offsets]
+    refusal = dlq_refusal("dlq", records, exc, transactional=transactional)
+    assert refusal.reason == reason and refusal.hint == fix
+    assert refusal.message == f"the DLQ topic dlq refused a dead letter of orders/2 offset 5{more}: {exc}"
 
 
 @pytest.mark.parametrize(("exc", "scope"), [
