@@ -26,10 +26,11 @@ call to the part that owns it, a record's way top-down:
   failures; before every launch the worker proves with the group coordinator
   that it still owns the partition, and a worker that lost it drops the
   partition's batches and launches nothing.
-- `dead_letters`, `failed_runs`: the DLQ writes (with transactions, a
-  partition's dead letters and the commit that covers them in one
-  transaction: `DeadLetterCommits`), and the batches of runs that did not
-  succeed, settled by the one rule of `service.verdicts`.
+- `dead_letters`, `failed_runs`: the DLQ writes (one by one:
+  `DeadLetterWriter`; with transactions, a partition's dead letters and the
+  commit that covers them in one transaction: `DeadLetterCommits`), and the
+  batches of runs that did not succeed, settled by the one rule of
+  `service.verdicts` (their records' copies: `DeadLetterWriter`).
 - `handover`: what is open at a rebalance or shutdown; `snapshot`: /status.
 
 The way back up to the consumer is one protocol, `links.ConsumerLink` (fence,

@@ -1,13 +1,27 @@
 """Dead letters: records written to the DLQ with the contract's headers, retried through what Kafka refuses
 (a refusal pauses the route, reason `dlq_write`, or `kafka_authorization` when an ACL denies the write,
-until the DLQ takes the record).
+until the DLQ takes the record; `dlq_refusal` words it for both writers).
 
-Without transactions each dead letter is written at once, before its offset
-may be committed: a worker killed between the two writes it again after a
-restart (at least once). With transactions (`service.kafka.transactions`) a
-partition's dead letters wait in the partition (`OwnedPartition.letters`)
-and `DeadLetterCommits` writes them together with the offset commit that
-covers them, in one transaction per partition: exactly once.
+Which of the two writes a dead letter depends on whether the cluster serves
+transactions (`service.kafka.transactions`):
+
+- Without transactions (`KAFKA_DAGSTER_TRANSACTIONS=off`, or `auto` on a
+  broker that serves none), `DeadLetterWriter` writes every dead letter, one
+  by one, at once: before its offset may be committed, so a worker killed
+  between the two writes it again after a restart (at least once).
+- With transactions (`on`, or `auto` on a broker that serves them), the dead
+  letter of a record not yet committed waits in its partition
+  (`OwnedPartition.letters`), and `DeadLetterCommits` writes each
+  partition's waiting dead letters together with the offset commit that
+  covers them, in one transaction per partition: exactly once.
+
+The copies of a failed run's records (stage `run`: their offsets were
+committed with the launch) are `DeadLetterWriter`'s either way. With
+transactions, where this worker owns the run's partition, it writes them in
+one transaction of the partition's transactional id with the record that
+settles the run (`write_in_transaction`; no offset commit); otherwise, or
+when that transaction is refused, one by one. The records of a batch whose
+launch again was refused are written one by one too.
 """
 
 from __future__ import annotations
@@ -33,8 +47,9 @@ DLQ_WRITE = "dlq_write"  # a route's pause reason: the DLQ topic refused a dead 
 
 
 class DeadLetterWriter:
-    """Writes dead letters, one at a time, each until the DLQ topic takes it; with transactions, a partition's
-    own dead letters wait in it for `DeadLetterCommits`.
+    """Writes dead letters, one at a time, each until the DLQ topic takes it (`write`); with transactions, those
+    of an owned partition's records not yet committed wait in it for `DeadLetterCommits`, and a failed run's
+    copy goes in one transaction with the record that settles the run (`write_in_transaction`).
 
     :param tools: the DLQ topic, the route pauses (reason `dlq_write`), the retries and the metrics
     :param sink: the DLQ producer
