@@ -20,7 +20,7 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 from service.errors import KafkaDagsterError
@@ -92,6 +92,18 @@ class Throttle:
                 return slot
         finally:
             self._waiting -= 1
+
+    @contextlib.asynccontextmanager
+    async def launching(self) -> AsyncIterator[None]:
+        """A launch slot held while the launch goes: counted as launched once it got through, given back if it
+        raised (nothing was launched)."""
+        slot = await self.acquire()
+        try:
+            yield
+        except BaseException:
+            self.release(slot)
+            raise
+        self.launched(slot)
 
     def launched(self, slot: Slot) -> None:
         slot.launched_at = self.clock()

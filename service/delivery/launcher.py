@@ -4,6 +4,7 @@ awaited in between, that this worker owns the partition (`_fenced_launch`)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from functools import partial
@@ -82,11 +83,15 @@ class Launcher:
             await self._launch(owned, share, item)
 
     async def _launch(self, owned: OwnedPartition, share: RouteShare, batch: Batch) -> None:
+        """Launch the batch's run, then watch it; a route with run-rate limits first waits for a launch slot. A
+        batch refused for its records, or by a route that dead-letters refused launches, goes to the DLQ."""
         route = share.route
+        throttle = self.throttles.get(route.name)
         try:
-            run_id = await self._launch_until_accepted(owned, share, batch)
+            async with throttle.launching() if throttle is not None else contextlib.nullcontext():
+                run_id = await self.launch_through_refusals(owned, route, batch)
         except Fenced as exc:
-            self._drop_fenced(owned, batch, exc)
+            self.drop_fenced(owned, exc, batch)
             return
         except RecordError as exc:  # its partition key is not a partition of the target: every record's
             logger.error("batch %s (%s/%d offsets %d-%d) not launched: %s; dead-lettering its %d records",
@@ -116,28 +121,13 @@ class Launcher:
                     batch.offset_start, batch.offset_end, len(batch.records), batch.reason, waited_s,
                     extra=batch_extra(batch, run_id) | {"closed_s_ago": round(waited_s, 3)})
 
-    async def _launch_until_accepted(self, owned: OwnedPartition, share: RouteShare, batch: Batch) -> str:
+    async def launch_through_refusals(self, owned: OwnedPartition, route: Route, batch: Batch) -> str:
         """Launch the batch's run; while the route is refused, pause it and retry the same batch.
 
         Raises `Fenced` if the partition moved, and `RouteError` only for a route that
         dead-letters refused launches. A batch refused for its size goes again with its
-        offset range only (the run reads the records back from Kafka). A route with
-        run-rate limits first waits for a launch slot.
+        offset range only (the run reads the records back from Kafka).
         """
-        route = share.route
-        throttle = self.throttles.get(route.name)
-        if throttle is None:
-            return await self.launch_through_refusals(owned, route, batch)
-        slot = await throttle.acquire()
-        try:
-            run_id = await self.launch_through_refusals(owned, route, batch)
-        except BaseException:
-            throttle.release(slot)
-            raise
-        throttle.launched(slot)
-        return run_id
-
-    async def launch_through_refusals(self, owned: OwnedPartition, route: Route, batch: Batch) -> str:
         inline = True
         too_large: RouteError | None = None  # refused for its size even with the offset range only: a pause
 
@@ -172,7 +162,8 @@ class Launcher:
         async def attempt() -> tuple[str, bool]:
             """The run's id, and whether it is the one an earlier lost answer left (no launch now)."""
             try:
-                target = await self._target(route)
+                target = await self.client.workspace.resolve_target(route.job, route.assets, route.location,
+                                                                    route.repository, route.batch_op)
                 if batch.partition_key is not None:
                     await self.partition_sets.prepare(route, target, batch.partition_key)
                 if outcome_unknown:
@@ -203,10 +194,6 @@ class Launcher:
         if outcome_unknown and not kept:
             run_id = await self.duplicates.settle(route.job, batch.batch_id) or run_id
         return run_id
-
-    async def _target(self, route: Route) -> Target:
-        return await self.client.workspace.resolve_target(route.job, route.assets, route.location, route.repository,
-                                                          route.batch_op)
 
     async def _raise_if_location_broken(self, route: Route) -> None:
         """The webserver is up but failed: if the route's code location failed to load, that is a route fault."""
@@ -257,8 +244,9 @@ class Launcher:
             raise Fenced(f"the group coordinator refused this worker's commit for "
                          f"{owned.tp.topic}/{owned.tp.partition}: the group has rebalanced without it")
 
-    def _drop_fenced(self, owned: OwnedPartition, batch: Batch | None, exc: Fenced) -> None:
-        """Another worker owns the partition: launch, dead-letter and commit nothing more for it here."""
+    def drop_fenced(self, owned: OwnedPartition, exc: Fenced, batch: Batch | None = None) -> None:
+        """Another worker owns the partition (a launch's fence, or a dead-letter transaction, was refused): launch,
+        dead-letter and commit nothing more for it here."""
         owned.fence()
         letters = len(owned.letters)
         owned.letters.clear()
@@ -270,7 +258,3 @@ class Launcher:
             if dropped else ""
         logger.warning("%s; dropped %d unlaunched batches%s and %d unwritten dead letters for its new owner to "
                        "reconcile and handle", exc, len(dropped), span, letters)
-
-    def drop_fenced(self, owned: OwnedPartition, exc: Fenced) -> None:
-        """A dead-letter transaction was fenced: drop the partition's work as a refused launch fence does."""
-        self._drop_fenced(owned, None, exc)

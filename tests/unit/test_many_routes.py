@@ -299,6 +299,23 @@ async def test_a_launch_counts_in_the_window_from_its_slot_until_a_window_after_
     assert not throttle.held
 
 
+async def test_a_launch_holds_its_slot_until_it_got_through_or_raised(registry: CollectorRegistry) -> None:
+    now = [0.0]
+    throttle = Throttle("r", "j", Metrics(registry), max_runs_per_minute=1, max_queued_runs=None,
+                        queued_runs=_never, clock=lambda: now[0], window_s=60.0)
+    with pytest.raises(RuntimeError):
+        async with throttle.launching():
+            assert throttle.held
+            raise RuntimeError("refused")
+    assert not throttle.held  # no run made: the slot is given back
+    async with throttle.launching():
+        now[0] = 10.0
+    now[0] = 69.0
+    assert throttle.held  # a window from when the run was made
+    now[0] = 70.0
+    assert not throttle.held
+
+
 async def _never(job: str) -> Any:
     raise AssertionError("not asked")
 
