@@ -32,14 +32,19 @@ def unique(prefix: str) -> str:
 
 async def eventually(check: Callable[[], Awaitable[T]], timeout_s: float, what: str,
                      interval_s: float = 0.5) -> T:
-    """Poll `check` until it returns a truthy value; fail with the last value after `timeout_s`."""
+    """Poll `check` until it returns a truthy value; fail with the last value after `timeout_s`.
+
+    A check that takes long (reading a whole topic back) waits twice its own time before the next, so the
+    test's polling never takes more than a third of a core from the workers and runs it waits for.
+    """
     deadline = time.monotonic() + timeout_s
     last: Any = None
     while time.monotonic() < deadline:
+        started = time.monotonic()
         last = await check()
         if last:
             return last  # type: ignore[no-any-return]
-        await asyncio.sleep(interval_s)
+        await asyncio.sleep(max(interval_s, 2 * (time.monotonic() - started)))
     raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}; last value: {last!r}")
 
 
