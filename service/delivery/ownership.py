@@ -139,9 +139,12 @@ class OwnedPartition:
 
     def handled_below(self) -> int | None:
         """Every offset below this is launched, dead-lettered (written or waiting) or skipped by every route."""
-        if self.dispatched is None:
+        # Lanes work while a chunk is still being handed to the routes (a full lane blocks the hand-over), so
+        # below the chunk's start is all that is known handled until it is handed over whole: for the first
+        # chunk, the position consumption started from.
+        lowest = self.dispatched if self.dispatched is not None else self.position
+        if lowest is None:
             return None
-        lowest = self.dispatched
         for share in self.shares:
             held = share.first_pending(self.tp)
             if held is not None and held < lowest:

@@ -128,6 +128,20 @@ async def test_the_fencing_commit_before_a_launch_never_passes_a_waiting_dead_le
     assert h.fenced_at == [(TP0, 0)]
 
 
+async def test_a_launch_during_the_first_chunk_never_commits_past_a_waiting_dead_letter(
+        transactional: Callable[..., tuple[Harness, FakeTransactions]]) -> None:
+    """A restarted worker's first chunk is a backlog: its lane fills, and launches begin while the chunk is still
+    being handed to the routes. Seen on Apache Kafka (CI, 2026-12-07): the fence committed the batch's start
+    past a letter still waiting, and the worker was killed before the letter's transaction; it was lost."""
+    h, _ = transactional(max_records=2, delivery={"queued_batches_per_partition": 1})
+    await h.deliver(h.record(10, value=POISON), *(h.record(o) for o in range(11, 13)),
+                    h.record(13, value=POISON), *(h.record(o) for o in range(14, 20)))
+    assert await h.settle()
+    assert h.launched() == [(11, 12), (14, 15), (16, 17), (18, 19)]
+    assert h.fenced_at and max(offset for _, offset in h.fenced_at) <= 10, h.fenced_at
+    assert h.done[0] == 10
+
+
 async def test_a_fenced_transaction_writes_nothing_and_drops_the_partitions_work(
         transactional: Callable[..., tuple[Harness, FakeTransactions]]) -> None:
     h, txn = transactional(max_records=10)
