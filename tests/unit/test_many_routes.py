@@ -131,6 +131,21 @@ async def test_the_partition_commits_only_below_what_every_route_has_finished_wi
     assert h.acked() == [0, 1, 2]
 
 
+async def test_a_launch_during_the_first_chunk_never_commits_past_another_routes_open_batch(
+        registry: CollectorRegistry, tmp_path: Path) -> None:
+    """A backlog fills "large"'s lane while the first chunk is still handed over: its launches must not prove
+    ownership with a commit past offset 0, which "created" still holds open (a kill then would lose it)."""
+    h = Harness(registry, two_routes(tmp_path), delivery={"queued_batches_per_partition": 1})
+    try:
+        await feed_events(h, event("order.created", 10), *(event("refund.issued", 200) for _ in range(8)))
+        assert await h.settle()
+        assert launched_by_route(h) == {"large": [(1, 2, 2), (3, 4, 2), (5, 6, 2), (7, 8, 2)]}
+        assert {offset for _, offset in h.fenced_at} == {0}
+        assert h.acked() == []
+    finally:
+        await h.close()
+
+
 async def test_unmatched_records_are_dead_lettered_at_stage_route_where_the_topic_says_so(
         make_routed: Callable[[RouteTable], Harness], tmp_path: Path) -> None:
     h = make_routed(two_routes(tmp_path, '[topics."orders"]\nunmatched = "dead_letter"'))
