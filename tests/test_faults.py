@@ -268,7 +268,7 @@ async def orphan_failure_copied_once(stack: Stack, dagster_api: DagsterApi, star
     assert sorted(letter.origin[2] for letter in letters) == list(range(20))
 
 
-async def rolling_restarts(stack: Stack, dagster_api: DagsterApi, start_worker: Any, rounds: int = 2) -> None:
+async def rolling_restarts(stack: Stack, dagster_api: DagsterApi, start_worker: Any, rounds: int = 1) -> None:
     """SIGTERM each of two workers and start it again, `rounds` times, with records flowing."""
     topic, dlq = unique("rolling"), unique("dlq")
     await ensure_topics(stack.bootstrap, {topic: 4})

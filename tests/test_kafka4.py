@@ -7,8 +7,8 @@ through its new group coordinator only. The scenarios are the suite's own (`test
 of the accounting go to it. The runs go to the session's Dagster, with their records inline (no batch of
 these scenarios reaches a route's `inline_max_bytes`), so the code location never reads the 4.x broker.
 Each scenario launches a run a second or more, so they run one after the other, as in their own modules,
-and shorter than there (one kill -9, one round of restarts): the suite is bound by CPU, and 3.9.1 runs the
-long versions.
+and the kill -9 shorter than there (one kill, not three): the suite is bound by CPU, and 3.9.1 runs the long
+version.
 """
 
 from __future__ import annotations
@@ -62,4 +62,4 @@ async def test_killing_the_worker_loses_and_duplicates_nothing_on_kafka_4(
 
 async def test_rolling_restarts_of_two_workers_lose_and_duplicate_nothing_on_kafka_4(
         kafka4: Stack, dagster_api: DagsterApi, start_worker4: Callable[..., object]) -> None:
-    await rolling_restarts(kafka4, dagster_api, start_worker4, rounds=1)
+    await rolling_restarts(kafka4, dagster_api, start_worker4)
