@@ -168,6 +168,38 @@ async def test_a_key_schema_of_another_format_is_unknown_to_the_route() -> None:
     await client.aclose()
 
 
+async def test_a_protobuf_key_decodes_with_its_message_indexes() -> None:
+    """A Protobuf key: magic byte 0, the id, then the message-index array (0: the file's first message); an
+    index naming no message is the key's failure."""
+    import base64
+
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+    file = descriptor_pb2.FileDescriptorProto(name="shop/key.proto", package="shop", syntax="proto3")
+    file.message_type.add(name="PaymentKey").field.add(
+        name="region", number=1, type=descriptor_pb2.FieldDescriptorProto.TYPE_STRING,
+        label=descriptor_pb2.FieldDescriptorProto.LABEL_OPTIONAL)
+    pool = descriptor_pool.DescriptorPool()
+    key_cls = message_factory.GetMessageClass(pool.Add(file).message_types_by_name["PaymentKey"])
+    body = key_cls(region="eu").SerializeToString()
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/schemas/ids/8":
+            return httpx.Response(200, json={"schemaType": "PROTOBUF",
+                                             "schema": base64.b64encode(file.SerializeToString()).decode()})
+        return httpx.Response(404, json={"error_code": 40403, "message": "Schema not found."})
+
+    client = SchemaRegistry(RegistrySettings("http://registry.test"), transport=httpx.MockTransport(answer))
+    record = make_record(0, key=id_prefix(8) + b"\x00" + body)
+    await decode_formats(client, "json", "protobuf", record)
+    assert isinstance(record.decoded_key, Decoded) and record.decoded_key.value == {"region": "eu"}
+    assert record.match_key == b'{"region":"eu"}'
+    wrong = await decode_record(client, "protobuf", make_record(1, key=id_prefix(8) + b"\x02\x06" + body), key=True)
+    assert isinstance(wrong, UndecodableValue)
+    assert str(wrong) == "key message indexes [3] name no message of shop/key.proto"
+    await client.aclose()
+
+
 # -- routing: match and partition_key read the decoded key ------------------------------------------------
 
 async def test_match_on_a_decoded_key_and_the_run_gets_it_with_its_schema_id_and_subject() -> None:
