@@ -1,7 +1,7 @@
 """`python -m bench.framed`: per-record cost of decoding a value in the Confluent wire format (Avro), beside
 the JSON parse a JSON route pays for the same demo order.
 
-Each record goes through what the worker runs for it (`service.delivery.framed.decode_record`: the frame,
+Each record goes through what the worker runs for it (`service.framed_decode.decode_record`: the frame,
 the registry's cached writer schema, fastavro, and the JSON structure and text a run receives); the
 schema is in the registry client's cache, as it is after the first record of an id. The JSON figure is
 `service.decoding.parse_value` on the same orders as JSON text. Target (the schema-registry issue): Avro
@@ -23,7 +23,7 @@ import orjson
 from bench.data import make_values
 from bench.stats import best_per_item_s
 from service.decoding import JsonBounds, parse_value
-from service.delivery.framed import decode_record
+from service.framed_decode import decode_record
 from service.frames import frame_prefix
 from service.records import Record
 from service.registry import SchemaRegistry

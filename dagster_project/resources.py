@@ -60,6 +60,9 @@ class KafkaMessage:
     # name its writer schema (the registry id, or "guid <uuid>") and the registry's subject for it.
     value_schema_id: str | None = None
     value_subject: str | None = None
+    # The same for a framed key (`key_format`): `key` is then its decoded text (a string as it is, else JSON).
+    key_schema_id: str | None = None
+    key_subject: str | None = None
 
 
 class KafkaResource(dg.ConfigurableResource):

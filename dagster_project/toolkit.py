@@ -68,7 +68,8 @@ RETRY_WAIT_S = 2.0
 
 class KafkaRecord(dg.Config):
     """One Kafka record carried inline in run config; `value` is its JSON text (for a framed value, as the
-    worker decoded it, with its writer schema's id and subject)."""
+    worker decoded it, with its writer schema's id and subject), `key` its key as text (for a framed key,
+    its decoded value: a string as it is, anything else as its JSON; with `key_schema_id` and `key_subject`)."""
 
     offset: int
     timestamp_ms: int
@@ -76,6 +77,8 @@ class KafkaRecord(dg.Config):
     value: str
     value_schema_id: str | None = None
     value_subject: str | None = None
+    key_schema_id: str | None = None
+    key_subject: str | None = None
 
 
 class KafkaBatch(dg.Config):
@@ -93,7 +96,8 @@ class KafkaBatch(dg.Config):
     to the batch (without it, every record of the range does). `value_format`
     is set when the route reads the Confluent wire format (`avro`, `protobuf`,
     `json_schema`): records read back are decoded as the worker decoded the
-    inline ones (`dagster_project.framed`).
+    inline ones (`dagster_project.framed`); `key_format` likewise for keys
+    (and `match` then reads the decoded key, as the worker's did).
     """
 
     topic: str
@@ -106,13 +110,15 @@ class KafkaBatch(dg.Config):
     records_json: str | None = None
     match: str | None = None
     value_format: str | None = None
+    key_format: str | None = None
 
 
 def inline_messages(records: Sequence[KafkaRecord]) -> list[KafkaMessage]:
     """Inline records as `KafkaMessage`s (inline records carry no headers)."""
     return [
         KafkaMessage(r.offset, r.timestamp_ms, r.key.encode() if r.key is not None else None, r.value.encode(),
-                     value_schema_id=r.value_schema_id, value_subject=r.value_subject)
+                     value_schema_id=r.value_schema_id, value_subject=r.value_subject,
+                     key_schema_id=r.key_schema_id, key_subject=r.key_subject)
         for r in records
     ]
 
@@ -174,7 +180,7 @@ def batch_records(context: dg.OpExecutionContext | dg.AssetExecutionContext, con
         return inline
     try:
         in_range = kafka.read_range(config.topic, config.partition, config.offset_start, config.offset_end)
-        if config.value_format is not None and config.value_format != "json":
+        if _framed(config.value_format) or _framed(config.key_format):
             in_range = _decoded(config, in_range, kafka)
     except KafkaUnavailable as exc:
         context.log.warning("reading batch %s back from Kafka failed: %s", config.batch_id, exc)
@@ -192,11 +198,16 @@ def batch_records(context: dg.OpExecutionContext | dg.AssetExecutionContext, con
     return messages
 
 
+def _framed(fmt: str | None) -> bool:
+    return fmt is not None and fmt != "json"
+
+
 def _decoded(config: KafkaBatch, messages: list[KafkaMessage], kafka: KafkaResource) -> list[KafkaMessage]:
     from dagster_project import framed  # the registry client, only for routes that need it
 
     try:
-        return framed.decode_messages(messages, config.value_format or "", kafka.schema_registry())
+        return framed.decode_messages(messages, config.value_format or "json", kafka.schema_registry(),
+                                      config.key_format or "json")
     except framed.RegistryRefusedRun as exc:
         raise dg.Failure(description=f"batch {config.batch_id}: {exc}", metadata=coordinates(config)) from exc
 

@@ -35,10 +35,13 @@ BATCH_CONFIG_FIELDS = (CONFIG_TOPIC, CONFIG_PARTITION, CONFIG_OFFSET_START, CONF
 CONFIG_RECORDS_JSON = "records_json"  # the records inline: one JSON array of objects of INLINE_RECORD_FIELDS
 CONFIG_MATCH = "match"  # the route's `match` as JSON, when the offset range holds other routes' records too
 CONFIG_VALUE_FORMAT = "value_format"  # the route's framed value format (avro, protobuf, json_schema), if any
+CONFIG_KEY_FORMAT = "key_format"  # the route's framed key format, if any
 INLINE_RECORD_FIELDS = ("offset", "timestamp_ms", "key", "value")
 # A framed value's writer schema (its registry id, or "guid <uuid>") and subject, beside its decoded JSON value.
 INLINE_VALUE_SCHEMA_ID = "value_schema_id"
 INLINE_VALUE_SUBJECT = "value_subject"
+INLINE_KEY_SCHEMA_ID = "key_schema_id"  # the same for a framed key, whose `key` is then its decoded text
+INLINE_KEY_SUBJECT = "key_subject"
 
 # -- dead letters: the headers added to the original record ---------------------
 HEADER_PREFIX = "dlq."

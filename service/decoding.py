@@ -48,7 +48,10 @@ def decode_value(record: Record, max_message_bytes: int,
 
 
 def parse_value(record: Record, max_message_bytes: int, bounds: JsonBounds | None = None) -> Any:
-    """The record's value as JSON, checked against its size and shape bounds (not a schema)."""
+    """The record's value as JSON, checked against its size and shape bounds (not a schema); a framed key
+    that did not decode (`key_format`) makes the record unreadable too, and raises its RecordError."""
+    if isinstance(record.decoded_key, RecordError):
+        raise record.decoded_key
     if record.size > max_message_bytes:
         raise MessageTooLarge(f"record is {record.size} bytes, over the bound of {max_message_bytes}")
     if record.decoded is not None:  # a framed value, decoded with its writer schema (service.wire)

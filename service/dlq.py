@@ -34,11 +34,11 @@ from service.contract import (
     STAGES,
 )
 from service.errors import BadFraming, UndecodableValue, UnknownSchema
-from service.frames import read_frame, schema_id_header
+from service.frames import KEY_SCHEMA_ID_HEADER, read_frame, schema_id_header
 from service.records import Record
 
 PRE_LAUNCH_STAGES = (STAGE_DECODE, STAGE_VALIDATE, STAGE_LAUNCH)
-# A framed value that named its writer schema but did not decode with it: `dlq inspect` shows the schema.
+# A framed value (or key) that named its writer schema but did not decode with it: `dlq inspect` shows the schema.
 FRAMED_DECODE_ERRORS = (UnknownSchema.__name__, UndecodableValue.__name__)
 MAX_ERROR_MESSAGE_CHARS = 1024
 REPLAYED_SUFFIX = ".replayed"
@@ -204,15 +204,29 @@ def describe(letter: DeadLetter) -> str:
 
 def _schema(letter: DeadLetter) -> str:
     ref = schema_ref(letter)
-    return f" schema={ref}" if ref is not None else ""
+    return f" {schema_field(letter)}={ref}" if ref is not None else ""
 
 
 def schema_ref(letter: DeadLetter) -> str | None:
-    """The writer schema (id, or `guid ...`) a framed value named that failed to decode with it."""
+    """The writer schema (id, or `guid ...`) a framed value (or key: `schema_field`) named that failed to
+    decode with it."""
     if letter.stage != STAGE_DECODE or letter.dlq.get(HEADER_ERROR_CLASS) not in FRAMED_DECODE_ERRORS:
         return None
     try:
-        frame = read_frame(letter.value, schema_id_header(letter.headers))
+        if _key_failed(letter):
+            frame = read_frame(letter.key, schema_id_header(letter.headers, KEY_SCHEMA_ID_HEADER), what="key")
+        else:
+            frame = read_frame(letter.value, schema_id_header(letter.headers))
     except BadFraming:
         return None
     return str(frame.ref)
+
+
+def schema_field(letter: DeadLetter) -> str:
+    """What `dlq inspect` calls the writer schema `schema_ref` names: `schema` (a value's) or `key_schema`."""
+    return "key_schema" if _key_failed(letter) else "schema"
+
+
+def _key_failed(letter: DeadLetter) -> bool:
+    """The letter's framed key did not decode (`key_format`): its message says "key" first."""
+    return letter.dlq.get(HEADER_ERROR_MESSAGE, "").startswith("key ")

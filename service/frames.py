@@ -40,25 +40,30 @@ class SchemaRef:
 
 @dataclass(frozen=True, slots=True)
 class Frame:
-    """A framed value: its writer schema's ref, the Protobuf message indexes, and the encoded bytes."""
+    """A framed value (or key: `what`): its writer schema's ref, the Protobuf message indexes, and the encoded
+    bytes."""
 
     ref: SchemaRef
     payload: bytes
     indexes: tuple[int, ...] = ()
+    what: str = "value"  # which part of the record: "value" or "key" (how a failure to decode it is worded)
 
 
-def read_frame(data: bytes | None, header: bytes | None = None, protobuf: bool = False) -> Frame:
-    """The frame of `data`, or of `header` (a `__value_schema_id` header) when there is one."""
+def read_frame(data: bytes | None, header: bytes | None = None, protobuf: bool = False,
+               what: str = "value") -> Frame:
+    """The frame of `data` (the record's value, or its key: `what`), or of `header` (its `__value_schema_id`
+    or `__key_schema_id` header) when there is one."""
     if data is None:
-        raise BadFraming("record has a null value where a framed value is required")
+        raise BadFraming(f"record has a null {what} where a framed {what} is required")
     if header is not None:
-        ref, indexes, _ = _read_id(io.BytesIO(header), protobuf, "the schema id header")
-        return Frame(ref, data, indexes)
+        where = "the schema id header" if what == "value" else f"the {what}'s schema id header"
+        ref, indexes, _ = _read_id(io.BytesIO(header), protobuf, where)
+        return Frame(ref, data, indexes, what)
     if not protobuf and len(data) >= 5 and data[0] == MAGIC_ID:  # the common case, without a stream
-        return Frame(SchemaRef(id=int.from_bytes(data[1:5], "big")), data[5:])
+        return Frame(SchemaRef(id=int.from_bytes(data[1:5], "big")), data[5:], (), what)
     buf = io.BytesIO(data)
-    ref, indexes, offset = _read_id(buf, protobuf, "the value")
-    return Frame(ref, data[offset:], indexes)
+    ref, indexes, offset = _read_id(buf, protobuf, f"the {what}")
+    return Frame(ref, data[offset:], indexes, what)
 
 
 def frame_prefix(schema_id: int, indexes: Sequence[int] | None = None) -> bytes:

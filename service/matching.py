@@ -541,6 +541,20 @@ class Match:
         """The key and header conditions alone (True if there are none)."""
         return self._meta(key, headers)
 
+    def select_headers(self, headers: Headers) -> bool:
+        """The header conditions alone (True if there are none): what decides for a record whose key cannot
+        be read (a framed key that does not decode)."""
+        return self.explain_headers(headers) is None
+
+    def explain_headers(self, headers: Headers) -> str | None:
+        """None when the header conditions hold; else the first failing one in words."""
+        for condition in self._conditions:
+            if condition.path.startswith("headers."):
+                reason = condition.explain(None, headers)
+                if reason is not None:
+                    return reason
+        return None
+
     def select_value(self, value: Any) -> bool:
         """The value conditions alone, on the decoded JSON value (True if there are none)."""
         return self._value(value)

@@ -3,7 +3,7 @@
 Pure (standard library only). A key is read from one place of the record:
 
     value.a.b            the JSON value's field a.b (a string as is; a number or boolean as JSON text)
-    key                  the record key, as UTF-8 text
+    key                  the record key, as UTF-8 text (a framed key: its decoded text, `Record.match_key`)
     headers.NAME         the header NAME, as UTF-8 text
     timestamp:FORMAT     the record timestamp (UTC), formatted with strftime (e.g. timestamp:%Y-%m-%d)
     value.a.b:FORMAT     the field as an ISO-8601 date-time or epoch seconds, formatted with strftime
@@ -46,7 +46,7 @@ class PartitionKeySpec:
                 raise PartitionKeyMissing(f"record has no timestamp for partition_key {self.text!r}")
             return _format(datetime.fromtimestamp(record.timestamp_ms / 1000, UTC), self.fmt)
         if self.source == "key":
-            raw = record.key
+            raw = record.match_key
         elif self.source == "headers":
             raw = next((v for k, v in record.headers if k == self.path[0]), None)
         else:

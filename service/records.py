@@ -45,10 +45,23 @@ class Record:
     # A framed value (`service.wire`), decoded before routing: a `wire.Decoded`, or the RecordError saying
     # why it cannot be; None for a JSON route's record, whose value is parsed where it is read.
     decoded: Any = None
+    # A framed key, decoded the same way (`key_format`): a `wire.Decoded` or the RecordError; None when the
+    # route reads keys as they are.
+    decoded_key: Any = None
 
     @property
     def tp(self) -> TP:
         return TP(self.topic, self.partition)
+
+    @property
+    def match_key(self) -> bytes | None:
+        """The key as `match`, `partition_key` and the run read it: a framed key's decoded value as UTF-8 text
+        (a string as it is, anything else as its JSON text), else the key's own bytes."""
+        decoded = self.decoded_key
+        if decoded is None or isinstance(decoded, Exception):
+            return self.key
+        value = decoded.value
+        return value.encode("utf-8", "surrogatepass") if isinstance(value, str) else bytes(decoded.json)
 
     @property
     def size(self) -> int:

@@ -4,9 +4,11 @@ Each sample is one line: the record's value (with `--topic`), or with
 `--envelope` a JSON object `{"topic", "key", "headers": {name: value}, "value"}`
 where `value` may be any JSON (it is sent as its JSON text; give `"raw": "..."`
 instead to send text that is not JSON, or `"base64": "..."` for bytes) and
-`key` and header values are strings. A topic whose routes read a framed format
-(Confluent wire format) takes its values as base64: each line, or the
-envelope's `"base64"`; they are decoded with their writer schemas from the
+`key` and header values are strings (or `"key_base64": "..."` for a key's
+bytes). A topic whose routes read a framed value format (Confluent wire
+format) takes its values as base64: each line, or the envelope's `"base64"`;
+one whose routes read a framed `key_format` takes its keys framed, in an
+envelope's `"key_base64"`. Both are decoded with their writer schemas from the
 schema registry (`decode_framed_samples`), as the worker decodes them.
 The verdicts come from `service.routing`, the same code the
 worker runs.
@@ -21,7 +23,8 @@ from dataclasses import dataclass
 import orjson
 
 from service.decoding import JsonBounds
-from service.delivery.framed import decode_record, framed_route
+from service.delivery.framed import framed_route
+from service.framed_decode import decode_formats
 from service.records import Record
 from service.registry import SchemaRegistry
 from service.routes import RouteTable
@@ -53,18 +56,20 @@ def samples(lines: Iterable[bytes], topic: str | None, envelope: bool, binary: b
             yield Sample(topic, Record(topic, 0, number, None, None, value))
 
 
-def _base64(text: str, number: int) -> bytes:
+def _base64(text: str, number: int, field: str | None = None) -> bytes:
     try:
         return base64.b64decode(text, validate=True)
     except ValueError:
+        if field is not None:
+            raise SampleError(f"line {number + 1}: {field} is not base64") from None
         raise SampleError(f"line {number + 1}: the topic's values are framed: give each in base64") from None
 
 
 async def decode_framed_samples(registry: SchemaRegistry, routes: RouteTable, sample: Sample) -> None:
-    """Decode the sample's value with its writer schema if its topic's routes read a framed format."""
+    """Decode the sample's value and key with their writer schemas if its topic's routes read them framed."""
     route = framed_route(routes.for_topic(sample.topic))
     if route is not None:
-        sample.record.decoded = await decode_record(registry, route.value_format, sample.record)
+        await decode_formats(registry, route.value_format, route.key_format, sample.record)
 
 
 def _from_envelope(line: bytes, number: int) -> Sample:
@@ -76,16 +81,19 @@ def _from_envelope(line: bytes, number: int) -> Sample:
             "value" in document or isinstance(document.get("raw"), str) or isinstance(document.get("base64"), str)):
         raise SampleError(f"line {number + 1}: expected an object with \"topic\" and \"value\" (or \"raw\" "
                           "or \"base64\")")
-    key = document.get("key")
     headers = document.get("headers") or {}
     if not isinstance(headers, dict) or not all(isinstance(v, str) for v in headers.values()):
         raise SampleError(f"line {number + 1}: headers must be an object of strings")
+    if isinstance(document.get("key_base64"), str):
+        key: bytes | None = _base64(document["key_base64"], number, "key_base64")
+    else:
+        key = document["key"].encode() if isinstance(document.get("key"), str) else None
     if isinstance(document.get("base64"), str):
         raw = _base64(document["base64"], number)
     else:
         raw = document["raw"].encode() if "raw" in document else orjson.dumps(document["value"])
     topic = document["topic"]
-    record = Record(topic, 0, number, None, key.encode() if isinstance(key, str) else None, raw,
+    record = Record(topic, 0, number, None, key, raw,
                     [(name, text.encode()) for name, text in headers.items()])
     return Sample(topic, record)
 

@@ -14,6 +14,7 @@ route matches:
     max_wait_s = 5.0
     schema_file = "schemas/order.json"   # optional JSON Schema for the value
     value_format = "json"                # or avro | protobuf | json_schema (Confluent wire format)
+    key_format = "json"                  # keys as they are; or avro | protobuf | json_schema (one per topic)
     on_launch_rejected = "pause"         # or "dead_letter": what a refused launch does
     max_runs_per_minute = 30             # optional: launches per minute, at most
     max_queued_runs = 20                 # optional: wait while Dagster holds this many QUEUED runs of the job
@@ -270,7 +271,8 @@ def check_registry(routes: RouteTable, registry_url: str | None) -> None:
 
 
 def _check_shared_topics(routes: Iterable[Route], path: Path) -> None:
-    """A topic with several routes needs every one of them named: metrics and runs tell them apart by name."""
+    """A topic with several routes needs every one of them named: metrics and runs tell them apart by name;
+    and they read its keys alike (one `key_format`): a record's key is decoded once, for all of them."""
     by_topic: dict[str, list[Route]] = {}
     for route in routes:
         if route.topic:
@@ -279,6 +281,10 @@ def _check_shared_topics(routes: Iterable[Route], path: Path) -> None:
         unnamed = [r for r in shared if r.name == topic]
         if len(shared) > 1 and unnamed:
             raise ConfigurationError(f"{path}: topic {topic!r} has {len(shared)} routes: give each a name")
+        formats = dict.fromkeys(r.key_format for r in shared)
+        if len(formats) > 1:
+            raise ConfigurationError(f"{path}: topic {topic!r}: its routes read keys as {' and '.join(formats)}; "
+                                     "routes that share a topic must have the same key_format")
 
 
 def _parse_topics(tables: Any, path: Path) -> dict[str, str]:
@@ -404,9 +410,6 @@ def _check_types(values: dict[str, Any], where: str) -> None:
     for name in ("value_format", "key_format"):
         if values.get(name, JSON) not in FORMATS:
             raise ConfigurationError(f"{where}: {name} must be one of {', '.join(FORMATS)}")
-    if values.get("key_format", JSON) != JSON:
-        raise ConfigurationError(f"{where}: key_format {values['key_format']} is not supported yet: keys are read "
-                                 "as they are (value_format decodes values)")
     if values.get("on_launch_rejected", "pause") not in ON_LAUNCH_REJECTED:
         raise ConfigurationError(f"{where}: on_launch_rejected must be one of {', '.join(ON_LAUNCH_REJECTED)}")
     wait = values["max_wait_s"]

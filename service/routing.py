@@ -1,7 +1,9 @@
 """Which routes a record goes to, and whether each can take it: one decision, shared by the worker and `routes test`.
 
 Pure logic. For each route of the record's topic, in file order:
-1. the route's key and header conditions (`match`) decide first, without decoding;
+1. the route's key and header conditions (`match`) decide first, without decoding the value (a framed
+   key, `key_format`, is decoded before: they read its text; a key that does not decode is dead-lettered
+   once, for every route its header conditions leave in the running, as in 2.);
 2. the value is decoded once, for every route still in the running (however
    many routes it feeds, and each route's batch shares the one `Record`): a value
    that does not decode (or is over a size bound) is dead-lettered once, for
@@ -106,7 +108,14 @@ class Fanout:
 
     def decide(self, record: Record, max_message_bytes: int, bounds: JsonBounds | None = None) -> list[Verdict]:
         """The routes `record` matches, each with its verdict, in route order; empty when it matches none."""
-        steps = [s for s in self.steps if s.meta is None or s.meta(record.key, record.headers)]
+        decoded_key = record.decoded_key
+        if decoded_key is None:
+            key = record.key
+        elif isinstance(decoded_key, RecordError):
+            return self._unreadable_key(record, decoded_key)
+        else:
+            key = record.match_key
+        steps = [s for s in self.steps if s.meta is None or s.meta(key, record.headers)]
         if not steps:
             return []
         try:
@@ -130,6 +139,12 @@ class Fanout:
                 continue
             verdicts.append(step.taken)
         return verdicts
+
+    def _unreadable_key(self, record: Record, failure: RecordError) -> list[Verdict]:
+        """A framed key that does not decode: no key condition can decide, so every route the header
+        conditions leave in the running gets the one failure (shared, as for a value no route can read)."""
+        return [Verdict(step.route, failure, shared=True) for step in self.steps
+                if step.route.match is None or step.route.match.select_headers(record.headers)]
 
 
 def route_record(routes: Sequence[Route], record: Record, max_message_bytes: int,
@@ -178,14 +193,20 @@ def selects(route: Route, record: Record, max_message_bytes: int, bounds: JsonBo
 
 def explain(route: Route, record: Record, max_message_bytes: int, bounds: JsonBounds | None = None) -> str:
     """In words, what `route` does with `record`: "batch", "dead-letter at stage ...: ...", or why it does not match."""
-    if route.match is not None and not route.match.select_meta(record.key, record.headers):
-        return f"no match: {route.match.explain(record.key, record.headers, None)}"
+    if isinstance(record.decoded_key, RecordError):  # a framed key that does not decode: headers decide alone
+        reason = route.match.explain_headers(record.headers) if route.match is not None else None
+        if reason is not None:
+            return f"no match: {reason}"
+        return f"dead-letter at stage {record.decoded_key.stage}: {record.decoded_key}"
+    key = record.match_key
+    if route.match is not None and not route.match.select_meta(key, record.headers):
+        return f"no match: {route.match.explain(key, record.headers, None)}"
     try:
         value = parse_value(record, max_message_bytes, bounds)
     except RecordError as exc:
         return f"dead-letter at stage {exc.stage}: {exc}"
     if route.match is not None and not route.match.select_value(value):
-        return f"no match: {route.match.explain(record.key, record.headers, value)}"
+        return f"no match: {route.match.explain(key, record.headers, value)}"
     verdict = _verdict(route, record, value)
     if verdict.failure is not None:
         return f"dead-letter at stage {verdict.failure.stage}: {verdict.failure}"

@@ -11,6 +11,7 @@ import orjson
 from service.batching import Batch
 from service.contract import (
     CONFIG_BATCH_ID,
+    CONFIG_KEY_FORMAT,
     CONFIG_MATCH,
     CONFIG_OFFSET_END,
     CONFIG_OFFSET_START,
@@ -19,6 +20,8 @@ from service.contract import (
     CONFIG_RECORDS_JSON,
     CONFIG_TOPIC,
     CONFIG_VALUE_FORMAT,
+    INLINE_KEY_SCHEMA_ID,
+    INLINE_KEY_SUBJECT,
     INLINE_VALUE_SCHEMA_ID,
     INLINE_VALUE_SUBJECT,
     TAG_BATCH_ID,
@@ -72,6 +75,8 @@ def run_config(route: Route, batch: Batch, inline: bool = True,
         config[CONFIG_MATCH] = route.match.to_json()
     if route.value_format != JSON:  # read back, the values are decoded as the worker decoded them
         config[CONFIG_VALUE_FORMAT] = route.value_format
+    if route.key_format != JSON:  # and the keys likewise
+        config[CONFIG_KEY_FORMAT] = route.key_format
     return {"ops": {op: {"config": config} for op in (batch_ops or [route.batch_op])}}
 
 
@@ -82,17 +87,23 @@ def inline_records_json(records: Sequence[Record]) -> str:
     field by field in Python, which made a launch with 300 records inline take
     about 45 ms longer (`make bench` measures both: docs/performance.md). A
     framed value (`service.wire`) travels as its decoded JSON, with its writer
-    schema's id and subject (`value_schema_id`, `value_subject`).
+    schema's id and subject (`value_schema_id`, `value_subject`); a framed key
+    as its decoded text (a string as it is, anything else as its JSON), with
+    `key_schema_id` and `key_subject`.
     """
     return orjson.dumps([_inline(r) for r in records]).decode()
 
 
 def _inline(r: Record) -> dict[str, Any]:
+    key = r.match_key
     record: dict[str, Any] = {
         "offset": r.offset,
         "timestamp_ms": r.timestamp_ms or 0,
-        "key": r.key.decode("utf-8", "backslashreplace") if r.key is not None else None,
+        "key": key.decode("utf-8", "backslashreplace") if key is not None else None,
     }
+    if isinstance(r.decoded_key, Decoded):  # a framed key: its decoded text, and its writer schema
+        record[INLINE_KEY_SCHEMA_ID] = r.decoded_key.schema_id
+        record[INLINE_KEY_SUBJECT] = r.decoded_key.subject
     decoded = r.decoded
     if isinstance(decoded, Decoded):
         record["value"] = decoded.json.decode()

@@ -6,7 +6,8 @@ read JSON ones, and the run receives the value as JSON text: fastavro for
 Avro (logical types as their JSON text: ISO-8601 dates and times, decimals
 as strings; bytes as base64), protobuf's own JSON mapping for Protobuf (field
 names as declared), and the JSON text itself, checked against its schema, for
-JSON Schema. Pure: no I/O; the schemas come from `service.registry`.
+JSON Schema. A framed key (`key_format`) decodes the same way; its failures
+say "key" first. Pure: no I/O; the schemas come from `service.registry`.
 """
 
 from __future__ import annotations
@@ -53,8 +54,8 @@ __all__ = ["AVRO", "FORMATS", "JSON", "JSON_SCHEMA", "KEY_SCHEMA_ID_HEADER", "PR
 
 @dataclass(frozen=True, slots=True)
 class Decoded:
-    """A decoded value: the structure a JSON value gives, its JSON text, and its writer schema (the id or
-    GUID, and the registry's subject for it, when known)."""
+    """A decoded value (or key): the structure a JSON value gives, its JSON text, and its writer schema (the
+    id or GUID, and the registry's subject for it, when known)."""
 
     value: Any
     json: bytes
@@ -89,10 +90,10 @@ class AvroSchema:
         try:
             value = fastavro.schemaless_reader(buf, self.parsed, None)
         except (EOFError, StopIteration, ValueError, IndexError, KeyError, UnicodeDecodeError, struct.error) as exc:
-            raise UndecodableValue(f"value does not decode with Avro schema {frame.ref}: "
+            raise UndecodableValue(f"{frame.what} does not decode with Avro schema {frame.ref}: "
                                    f"{exc.__class__.__name__}: {exc}") from None
         if buf.tell() != len(frame.payload):
-            raise UndecodableValue(f"value has {len(frame.payload) - buf.tell()} bytes left over after the "
+            raise UndecodableValue(f"{frame.what} has {len(frame.payload) - buf.tell()} bytes left over after the "
                                    f"record of Avro schema {frame.ref}")
         text = orjson.dumps(value, default=_json_default)
         # A NaN or infinite double stays one in the structure; its JSON text (what the run gets) says null.
@@ -164,11 +165,16 @@ class ProtobufSchema:
         return cls
 
     def decode(self, frame: Frame) -> Decoded:
-        cls = self.message_type(frame.indexes or (0,))
+        try:
+            cls = self.message_type(frame.indexes or (0,))
+        except UndecodableValue as exc:
+            if frame.what == "value":
+                raise
+            raise UndecodableValue(f"{frame.what} {exc}") from None
         try:
             message = cls.FromString(frame.payload)
         except ProtobufDecodeError as exc:
-            raise UndecodableValue(f"value does not decode as {cls.DESCRIPTOR.full_name} of schema "
+            raise UndecodableValue(f"{frame.what} does not decode as {cls.DESCRIPTOR.full_name} of schema "
                                    f"{frame.ref}: {exc}") from None
         value = json_format.MessageToDict(message, preserving_proto_field_name=True)
         return Decoded(value, orjson.dumps(value))
@@ -214,11 +220,11 @@ class JsonSchemaSchema:
         try:
             value = orjson.loads(frame.payload)
         except orjson.JSONDecodeError as exc:
-            raise UndecodableValue(f"value of JSON Schema {frame.ref} is not JSON: {exc}") from None
+            raise UndecodableValue(f"{frame.what} of JSON Schema {frame.ref} is not JSON: {exc}") from None
         error = first_error(self.schema, value)
         if error is not None:
             path = "/".join(str(p) for p in error.absolute_path) or "(root)"
-            raise UndecodableValue(f"value breaks its JSON Schema {frame.ref} at {path}: {error.message}")
+            raise UndecodableValue(f"{frame.what} breaks its JSON Schema {frame.ref} at {path}: {error.message}")
         return Decoded(value, frame.payload)
 
 
@@ -263,5 +269,8 @@ def serialized_file(text: str) -> bytes:
 def decode_framed(schema: WriterSchema, frame: Frame, fmt: str) -> Decoded:
     """`frame` decoded with its writer schema, which must be of the route's format `fmt`."""
     if schema.format != fmt:
-        raise UnknownSchema(f"schema {frame.ref} is {REGISTRY_TYPES[schema.format]}, but the route reads {fmt}")
+        if frame.what == "value":
+            raise UnknownSchema(f"schema {frame.ref} is {REGISTRY_TYPES[schema.format]}, but the route reads {fmt}")
+        raise UnknownSchema(f"{frame.what} schema {frame.ref} is {REGISTRY_TYPES[schema.format]}, but the route's "
+                            f"{frame.what}_format is {fmt}")
     return schema.decode(frame)

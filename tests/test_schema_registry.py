@@ -5,6 +5,8 @@ The records are written by confluent-kafka's own `AvroSerializer` against the re
 the payload prefix: magic byte 0), and sent by its own producer. The route matches on a decoded field;
 its runs receive the decoded records inline, with their schema id and subject; a record whose schema id
 the registry does not know goes to the DLQ at stage `decode` with the reason, and its batch-mates go on.
+Keys framed the same way (`key_format`, the serializer in a key's context) are decoded, matched and given to
+the runs too.
 """
 
 from __future__ import annotations
@@ -100,10 +102,10 @@ def unknown_id_record(value: dict[str, Any]) -> bytes:
     return b"\x00" + struct.pack(">I", UNKNOWN_ID) + buf.getvalue()
 
 
-def send(bootstrap: str, topic: str, values: list[bytes]) -> None:
+def send(bootstrap: str, topic: str, values: list[bytes], keys: list[bytes] | None = None) -> None:
     producer = Producer({"bootstrap.servers": bootstrap})
-    for value in values:
-        producer.produce(topic, value=value)
+    for value, key in zip(values, keys or [None] * len(values), strict=True):
+        producer.produce(topic, value=value, key=key)
     assert producer.flush(30) == 0
 
 
@@ -199,7 +201,8 @@ async def test_json_schema_records_are_checked_against_their_writer_schema(
     assert "breaks its JSON Schema" in letter.dlq["dlq.error.message"]
 
 
-# -- One worker for the scenarios below: Protobuf, schema evolution with corrupt payloads, a registry outage --
+# -- One worker for the scenarios below: Protobuf, schema evolution with corrupt payloads, framed keys, a registry
+# outage --
 
 @dataclass
 class Framed:
@@ -209,22 +212,26 @@ class Framed:
     dlq: str
     proto: str
     evolve: str
+    keys: str
     outage: str
 
 
-def framed_route(name: str, topic: str, fmt: str, match: str = "") -> str:
+def framed_route(name: str, topic: str, fmt: str, match: str = "", key_format: str = "json") -> str:
     return (f'[[routes]]\nname = "{name}"\ntopic = "{topic}"\njob = "process_orders"\nvalue_format = "{fmt}"\n'
-            f"max_records = 500\nmax_bytes = 1048576\nmax_wait_s = 1.0\n{match}\n")
+            f'key_format = "{key_format}"\nmax_records = 500\nmax_bytes = 1048576\nmax_wait_s = 1.0\n{match}\n')
 
 
 @pytest.fixture(scope="module")
 async def framed(stack: Stack, registry: ApicurioRegistry,
                  tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Framed]:
     u = unique("framed")
-    topics = Framed(None, unique("dlq"), f"{u}.proto", f"{u}.evolve", f"{u}.outage")  # type: ignore[arg-type]
-    await ensure_topics(stack.bootstrap, {topics.proto: 1, topics.evolve: 1, topics.outage: 1})
+    topics = Framed(None, unique("dlq"), f"{u}.proto", f"{u}.evolve", f"{u}.keys",  # type: ignore[arg-type]
+                    f"{u}.outage")
+    await ensure_topics(stack.bootstrap, {topics.proto: 1, topics.evolve: 1, topics.keys: 1, topics.outage: 1})
     routes = (framed_route("proto", topics.proto, "protobuf", 'match = { "value.type" = "order.created" }')
-              + framed_route("evolve", topics.evolve, "avro") + framed_route("outage", topics.outage, "avro"))
+              + framed_route("evolve", topics.evolve, "avro")
+              + framed_route("keys", topics.keys, "avro", 'match = { "key" = { prefix = "eu-" } }', key_format="avro")
+              + framed_route("outage", topics.outage, "avro"))
     workers = Workers(stack, tmp_path_factory.mktemp("framed"))
     try:
         topics.worker = await workers.start(routes, KAFKA_DAGSTER_DLQ_TOPIC=topics.dlq,
@@ -405,6 +412,45 @@ async def test_produce_sends_what_the_worker_decodes_and_routes_test_reads_frame
     assert said.stdout.decode().splitlines()[1:] == [
         "  proto: batch", "line 2 (" + framed.proto + "):",
         "  proto: dead-letter at stage decode: the value starts with 0x7b, not the wire format's magic byte 0 or 1"]
+
+
+def avro_keys(registry_url: str, topic: str, keys: list[str]) -> list[bytes]:
+    """Each key as confluent-kafka's AvroSerializer writes it in a key serializer's context (MessageField.KEY):
+    schema "string", registered under topic-key."""
+    with SchemaRegistryClient({"url": registry_url, "timeout": REGISTRY_TIMEOUT_S}) as client:
+        serializer = AvroSerializer(client, orjson.dumps("string").decode())
+        return [serializer(key, SerializationContext(topic, MessageField.KEY)) for key in keys]
+
+
+async def test_avro_keys_are_decoded_matched_and_reach_runs_with_their_writer_schema(
+        stack: Stack, dagster_api: DagsterApi, registry: ApicurioRegistry, framed: Framed) -> None:
+    """Keys framed by confluent-kafka's AvroSerializer (magic byte 0 and the id of {topic}-key's schema) beside
+    Avro values: the route (`key_format = "avro"`) matches on the decoded key, its run receives each key as
+    its text with `key_schema_id` and `key_subject`; a key whose schema id the registry does not know is
+    dead-lettered at decode, alone. Five records and one poisoned key: one run (or two, if the fetch splits)."""
+    keys = ["eu-0", "us-1", "eu-2", "us-3", "eu-4"]
+    framed_keys = await asyncio.to_thread(avro_keys, registry.url, framed.keys, keys)
+    assert all(k[0] == 0 for k in framed_keys)
+    key_id = struct.unpack(">I", framed_keys[0][1:5])[0]
+    values = await asyncio.to_thread(avro_serialize, registry.url, framed.keys, ORDER_SCHEMA,
+                                     [order(i) for i in range(6)])
+    unknown_key = b"\x00" + struct.pack(">I", UNKNOWN_ID) + framed_keys[0][5:]  # "eu-0" under an id nobody has
+    await asyncio.to_thread(send, stack.bootstrap, framed.keys, values, [*framed_keys, unknown_key])
+
+    await eventually(lambda: runs_finished(dagster_api, framed.keys, 3), 120, "the run of the eu- keys")
+    received = await received_values(dagster_api, framed.keys)
+    assert {o: (r["key"], orjson.loads(r["value"])) for o, r in received.items()} == {
+        0: ("eu-0", order(0)), 2: ("eu-2", order(2)), 4: ("eu-4", order(4))}
+    assert {(r["key_schema_id"], r["key_subject"]) for r in received.values()} == {(str(key_id), f"{framed.keys}-key")}
+    assert all(r["value_schema_id"] for r in received.values())
+
+    letters = await eventually(lambda: letters_of(stack.bootstrap, framed.dlq, framed.keys), 60, "the key's letter")
+    assert list(letters) == [5]
+    letter = letters[5]
+    assert (letter.stage, letter.dlq["dlq.error.class"], letter.dlq["dlq.route"]) == ("decode", "UnknownSchema",
+                                                                                      "keys")
+    assert letter.dlq["dlq.error.message"].startswith(f"key schema {UNKNOWN_ID} is not in the schema registry")
+    assert (letter.key, letter.value) == (unknown_key, values[5])  # byte for byte
 
 
 async def test_a_registry_stopped_mid_stream_holds_the_records_until_it_is_back(

@@ -84,17 +84,18 @@ def routes() -> None:
 @click.option("--topic", default=None,
               help="The topic of every sample line (default: the file's one topic). Not with --envelope.")
 @click.option("--envelope", is_flag=True,
-              help='Each line is {"topic", "key", "headers", "value"} (or "raw" text instead of "value").')
+              help='Each line is {"topic", "key", "headers", "value"} (or "raw" text instead of "value"; '
+              '"base64" and "key_base64" for bytes).')
 def routes_test(routes_file: str, topic: str | None, envelope: bool) -> None:
     """Read sample records from stdin (one per line) and print which routes match each, and why
     a record would be dead-lettered. No broker or Dagster needed."""
     from pathlib import Path
 
     from service.decoding import JsonBounds
-    from service.delivery.framed import framed_route
     from service.route_preview import SampleError, samples, verdicts
     from service.routes import load_routes
     from service.settings import Settings
+    from service.wire import JSON
 
     try:
         table = load_routes(Path(routes_file))
@@ -106,7 +107,7 @@ def routes_test(routes_file: str, topic: str | None, envelope: bool) -> None:
         topic = table.topics[0]
     defaults = Settings()
     bounds = JsonBounds(defaults.max_json_depth, defaults.max_json_keys)
-    binary = topic is not None and framed_route(table.for_topic(topic)) is not None
+    binary = topic is not None and any(r.value_format != JSON for r in table.for_topic(topic))
     try:
         found = list(samples(sys.stdin.buffer, topic, envelope, binary))
         if table.framed:

@@ -11,7 +11,7 @@ import orjson
 
 from service.cli.options import SinceParam, dlq_options
 from service.cli.running import kafka_security, run
-from service.dlq import DeadLetter, Selection, describe, replayed_topic, schema_ref
+from service.dlq import DeadLetter, Selection, describe, replayed_topic, schema_field, schema_ref
 from service.kafka import check_security
 from service.kafka.security import KafkaSecurity
 from service.replay import ReplayPlan, dead_letters, plan_replay
@@ -118,6 +118,7 @@ async def _plan_replay(bootstrap_servers: str, dlq_topic: str, selection: Select
 
 def _as_json(letter: DeadLetter) -> bytes:
     schema = schema_ref(letter)
-    return orjson.dumps({"dlq_offset": letter.dlq_offset, **letter.dlq, **({"schema": schema} if schema else {}),
+    return orjson.dumps({"dlq_offset": letter.dlq_offset, **letter.dlq,
+                         **({schema_field(letter): schema} if schema else {}),
                          "key": (letter.key or b"").decode("utf-8", "backslashreplace"),
                          "value": (letter.value or b"").decode("utf-8", "backslashreplace")})

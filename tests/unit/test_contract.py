@@ -54,8 +54,11 @@ def test_the_run_config_the_worker_writes_is_the_one_the_toolkit_reads() -> None
     from tests.unit.factories import make_record
 
     batch_fields = set(KafkaBatch.model_fields)
-    assert set(contract.BATCH_CONFIG_FIELDS) | {contract.CONFIG_RECORDS_JSON, contract.CONFIG_MATCH} <= batch_fields
+    optional = {contract.CONFIG_RECORDS_JSON, contract.CONFIG_MATCH, contract.CONFIG_VALUE_FORMAT,
+                contract.CONFIG_KEY_FORMAT}
+    assert set(contract.BATCH_CONFIG_FIELDS) | optional <= batch_fields
     assert tuple(KafkaRecord.model_fields) == (*contract.INLINE_RECORD_FIELDS, contract.INLINE_VALUE_SCHEMA_ID,
-                                               contract.INLINE_VALUE_SUBJECT)
+                                               contract.INLINE_VALUE_SUBJECT, contract.INLINE_KEY_SCHEMA_ID,
+                                               contract.INLINE_KEY_SUBJECT)
     [inline] = json.loads(inline_records_json([make_record(7, value=b"{}")]))
     assert tuple(inline) == contract.INLINE_RECORD_FIELDS

@@ -185,3 +185,32 @@ def test_inspect_names_the_writer_schema_of_a_framed_value_that_did_not_decode()
 
     assert schema_ref(letter(b"\x00" + struct.pack(">I", 7) + b"\x02", "UndecodableValue")) == "7"
     assert schema_ref(letter(b"{", "BadFraming")) is None
+
+
+def test_inspect_names_the_key_s_writer_schema_when_a_framed_key_did_not_decode() -> None:
+    """A key's failure says "key" first (`key_format`): the schema named is the key's, as `key_schema`, from
+    its prefix or its `__key_schema_id` header, never the value's."""
+    import struct
+
+    import orjson
+
+    from service.cli.dead_letters import _as_json
+    from service.dlq import DeadLetter, describe, schema_field, schema_ref
+
+    value = b"\x00" + struct.pack(">I", 1) + b"\x02"  # a framed value, whose schema is not the one to name
+
+    def letter(key: bytes, message: str, headers: list[tuple[str, bytes]] | None = None) -> DeadLetter:
+        dlq = {"dlq.topic": "payments", "dlq.partition": "0", "dlq.offset": "5", "dlq.stage": "decode",
+               "dlq.error.class": "UnknownSchema", "dlq.error.message": message}
+        return DeadLetter(key, value, 1, [*(headers or []), *((k, v.encode()) for k, v in dlq.items())], dlq, 3)
+
+    by_id = letter(b"\x00" + struct.pack(">I", 42) + b"\x02", "key schema 42 is not in the schema registry")
+    assert (schema_ref(by_id), schema_field(by_id)) == ("42", "key_schema")
+    assert describe(by_id).endswith(" key_schema=42")
+    assert orjson.loads(_as_json(by_id))["key_schema"] == "42"
+    guid = bytes(range(16))
+    in_header = letter(b"\x02", "key does not decode with Avro schema guid 00010203-0405-0607-0809-0a0b0c0d0e0f",
+                       [("__key_schema_id", b"\x01" + guid), ("__value_schema_id", b"\x00\x00\x00\x00\x09")])
+    assert describe(in_header).endswith(" key_schema=guid 00010203-0405-0607-0809-0a0b0c0d0e0f")
+    the_value = letter(b"k", "schema 1 is not in the schema registry")
+    assert (schema_ref(the_value), schema_field(the_value)) == ("1", "schema")

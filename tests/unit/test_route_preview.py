@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from service.cli import main
@@ -122,3 +123,60 @@ async def test_framed_samples_are_decoded_with_their_writer_schema(tmp_path: Pat
     assert said[2].startswith("payments.v1: dead-letter at stage decode: schema 4 is not in the schema registry")
     code, out = routes_test(str(routes_file), stdin="{not base64}\n")
     assert code == 1 and "give each in base64" in out
+
+
+async def test_framed_keys_in_envelopes_are_decoded_with_their_writer_schema(tmp_path: Path) -> None:
+    """A topic whose routes read framed keys takes them as an envelope's "key_base64" (values as JSON here,
+    the route's value_format being json); the key is decoded with the registry's schema before routing, and
+    one that does not decode is a dead letter at decode for the topic's routes."""
+    import base64
+    import json
+
+    import httpx
+
+    from service.decoding import JsonBounds
+    from service.registry import SchemaRegistry
+    from service.route_preview import SampleError, decode_framed_samples, samples, verdicts
+    from service.routes import load_routes
+    from service.settings import RegistrySettings
+    from tests.unit.test_framed_keys import Answers, string_key
+
+    routes_file = tmp_path / "routes.toml"
+    routes_file.write_text('[schema_registry]\nurl = "http://registry.test"\n[[routes]]\ntopic = "payments.v1"\n'
+                           'job = "j"\nkey_format = "avro"\nmatch = { "key" = { prefix = "eu-" } }\n'
+                           "max_records = 1\nmax_bytes = 10000\nmax_wait_s = 1.0\n")
+    table = load_routes(routes_file)
+
+    def envelope(key: bytes | None) -> bytes:
+        document: dict[str, object] = {"topic": "payments.v1", "value": {"n": 1}}
+        if key is not None:
+            document["key_base64"] = base64.b64encode(key).decode()
+        return json.dumps(document).encode()
+
+    lines = [envelope(string_key("eu-1")), envelope(string_key("us-2")), envelope(b"eu-3"), envelope(None)]
+    found = list(samples(lines, None, envelope=True))
+    assert found[0].record.key == string_key("eu-1") and found[0].record.value == b'{"n":1}'
+    registry = SchemaRegistry(RegistrySettings("http://registry.test"), transport=httpx.MockTransport(Answers()))
+    for sample in found:
+        await decode_framed_samples(registry, table, sample)
+    await registry.aclose()
+    said = [verdicts(table, sample, 1_000_000, JsonBounds())[0] for sample in found]
+    assert said == [
+        "payments.v1: batch",
+        "payments.v1: no match: key is 'us-2', not a string starting with 'eu-'",
+        "payments.v1: dead-letter at stage decode: the key starts with 0x65, not the wire format's magic byte 0 or 1",
+        "payments.v1: dead-letter at stage decode: record has a null key where a framed key is required"]
+    with pytest.raises(SampleError, match="line 1: key_base64 is not base64"):
+        list(samples([b'{"topic": "payments.v1", "value": 1, "key_base64": "{nope}"}'], None, envelope=True))
+
+
+def test_a_key_only_framed_topic_takes_its_values_as_text(tmp_path: Path) -> None:
+    """Without --envelope the lines are values (base64 only where a route reads framed values) and have no
+    key: a route that reads framed keys says so, without asking the registry (nothing listens on its URL)."""
+    routes = tmp_path / "routes.toml"
+    routes.write_text('[schema_registry]\nurl = "http://127.0.0.1:9"\n[[routes]]\ntopic = "t"\njob = "j"\n'
+                      'key_format = "avro"\nmax_records = 1\nmax_bytes = 10\nmax_wait_s = 1.0\n')
+    code, out = routes_test(str(routes), stdin='{"a": 1}\n')
+    assert code == 0, out
+    assert out.splitlines() == [
+        "line 1 (t):", "  t: dead-letter at stage decode: record has a null key where a framed key is required"]

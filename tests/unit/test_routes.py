@@ -221,9 +221,39 @@ def test_worker_refuses_a_route_over_the_batch_bytes_setting(tmp_path: Path) -> 
 def test_value_and_key_formats(tmp_path: Path) -> None:
     route = load_routes(write(tmp_path, BASE + 'value_format = "avro"\nkey_format = "json"\n'))["orders"]
     assert (route.value_format, route.key_format, route.framed) == ("avro", "json", True)
-    assert "key_format protobuf is not supported yet" in config_error(tmp_path, BASE + 'key_format = "protobuf"\n')
     plain = load_routes(write(tmp_path, BASE))["orders"]
     assert (plain.value_format, plain.key_format, plain.framed) == ("json", "json", False)
+
+
+@pytest.mark.parametrize("fmt", ["avro", "protobuf", "json_schema"])
+def test_a_framed_key_format_is_accepted_and_needs_a_registry(tmp_path: Path, fmt: str) -> None:
+    from service.routes import check_registry
+
+    table = load_routes(write(tmp_path, BASE + f'key_format = "{fmt}"\n'))
+    route = table["orders"]
+    assert (route.value_format, route.key_format, route.framed) == ("json", fmt, True)
+    assert table.framed == [route]
+    with pytest.raises(ConfigurationError, match=f"route 'orders': format {fmt} needs a schema registry"):
+        check_registry(table, None)
+    check_registry(table, "http://registry:8081")
+
+
+def test_an_unknown_key_format_fails_with_one_line(tmp_path: Path) -> None:
+    message = config_error(tmp_path, BASE + 'key_format = "avro_v2"\n')
+    assert message.endswith("routes[0]: key_format must be one of json, avro, protobuf, json_schema"), message
+    assert "not supported" not in message
+
+
+def test_routes_that_share_a_topic_read_its_keys_alike(tmp_path: Path) -> None:
+    shared = ('[[routes]]\nname = "a"\ntopic = "orders"\njob = "j"\nmax_records = 1\nmax_bytes = 10\n'
+              'max_wait_s = 1.0\nkey_format = "avro"\n'
+              '[[routes]]\nname = "b"\ntopic = "orders"\njob = "j"\nmax_records = 1\nmax_bytes = 10\n'
+              'max_wait_s = 1.0\nvalue_format = "avro"\n')
+    message = config_error(tmp_path, shared)
+    assert "topic 'orders': its routes read keys as avro and json" in message
+    assert "must have the same key_format" in message
+    table = load_routes(write(tmp_path, shared.replace('value_format = "avro"', 'key_format = "avro"')))
+    assert [r.key_format for r in table.values()] == ["avro", "avro"]
 
 
 @pytest.mark.parametrize("name", ["value_format", "key_format"])

@@ -10,7 +10,7 @@ import dagster as dg
 import pytest
 
 from dagster_project.toolkit import KafkaMessage, KafkaResource
-from tests.fixtures.byo_project import definitions, partitioned
+from tests.fixtures.byo_project import definitions, keyed, partitioned
 from tests.support import ROOT
 
 FIXTURE = ROOT / "tests" / "fixtures" / "byo_project"
@@ -150,3 +150,61 @@ def test_framed_values_read_back_are_decoded_as_the_worker_decodes_them() -> Non
     metadata = materialization(result)
     assert metadata["records_source"] == "kafka" and metadata["records_received"] == 3
     assert metadata["pages"] == 3  # p0, p2 and p1: the click and the unknown id are not the batch's
+
+
+def test_framed_keys_read_back_are_decoded_as_the_worker_decodes_them() -> None:
+    """An offset range whose keys are framed (string keys, and a record key), read back: each key decoded with
+    its writer schema and matched by its text, the one that does not decode left out (the worker dead-lettered
+    it); the asset sees exactly what it sees when the worker sends the same batch inline."""
+    import asyncio
+
+    from service.framed_decode import decode_formats
+    from service.matching import compile_match
+    from service.records import Record
+    from service.routes import Route
+    from service.routing import selects
+    from service.run_request import inline_records_json
+    from tests.unit.test_framed_keys import Answers, record_key, registry, string_key
+
+    class FramedKafka(RangeKafka):
+        def schema_registry(self) -> Any:
+            return registry(Answers())
+
+    keys = [string_key("eu-1"), string_key("us-2"), b"eu-3", record_key("eu", 4), string_key("eu-5")]
+    messages = [KafkaMessage(offset, 1_700_000_000_000, key, json.dumps({"page": f"p{offset}"}).encode())
+                for offset, key in enumerate(keys)]
+    RangeKafka.held = messages
+    match = {"key": {"prefix": "eu-"}}
+    read_back = dg.materialize_to_memory(
+        [keyed.keyed_views], resources={"kafka": FramedKafka()},
+        run_config={"ops": {"keyed_views": {"config": batch(messages, False, match=json.dumps(match), record_count=2,
+                                                             key_format="avro")}}})
+    seen = materialization(read_back)["seen"]
+    assert seen == [[0, "eu-1", "6", "payments-key", '{"page": "p0"}'],
+                    [4, "eu-5", "6", "payments-key", '{"page": "p4"}']]
+
+    # the worker: the same records decoded and selected by the route, sent inline
+    route = Route(TOPIC, "j", 10, 1_000_000, 1.0, key_format="avro", match=compile_match(match))
+    records = [Record(TOPIC, 0, m.offset, m.timestamp_ms, m.key, m.value) for m in messages]
+
+    async def decode() -> None:
+        client = registry(Answers())
+        for record in records:
+            await decode_formats(client, "json", "avro", record)
+        await client.aclose()
+
+    asyncio.run(decode())
+    taken = [r for r in records if selects(route, r, 1_000_000)]
+    config = {**batch(messages, False, record_count=len(taken), key_format="avro"),
+              "records_json": inline_records_json(taken)}
+    inline = dg.materialize_to_memory([keyed.keyed_views], resources={"kafka": RangeKafka()},
+                                      run_config={"ops": {"keyed_views": {"config": config}}})
+    assert materialization(inline)["seen"] == seen
+
+    # a record key reads back as its JSON text
+    RangeKafka.held = [messages[3]]
+    whole = dg.materialize_to_memory(
+        [keyed.keyed_views], resources={"kafka": FramedKafka()},
+        run_config={"ops": {"keyed_views": {"config": batch([messages[3]], False, key_format="avro")}}})
+    [[_, key, schema_id, _, _]] = materialization(whole)["seen"]
+    assert (json.loads(key), schema_id) == ({"region": "eu", "id": 4}, "5")

@@ -27,6 +27,7 @@ from service.errors import BadFraming, DecodeError, UndecodableValue, UnknownSch
 from service.wire import (
     AVRO,
     JSON_SCHEMA,
+    KEY_SCHEMA_ID_HEADER,
     PROTOBUF,
     AvroSchema,
     Frame,
@@ -88,6 +89,37 @@ def test_avro_with_a_guid_in_the_header() -> None:
     assert frame.payload == data
     schema = AvroSchema(registry.get_schema_by_guid(str(frame.ref.guid)).schema_str)
     assert schema.decode(frame).value == ORDER_JSON
+
+
+def test_keys_as_confluent_kafka_serializes_them() -> None:
+    """A key serializer's context (`MessageField.KEY`): a string key with the id in its prefix, a record key
+    with its GUID in the `__key_schema_id` header (never read for the value); each decodes as a key, and a
+    failure to decode one says "key"."""
+    registry = _registry()
+    ctx = SerializationContext("shop.orders", MessageField.KEY, [])
+    key = AvroSerializer(registry, '"string"')("eu-1", ctx)
+    assert ctx.headers == [] and schema_id_header([], KEY_SCHEMA_ID_HEADER) is None
+    frame = read_frame(key, schema_id_header(ctx.headers, KEY_SCHEMA_ID_HEADER), what="key")
+    assert frame.ref.id is not None and frame.what == "key"
+    schema = writer_schema("AVRO", registry.get_schema(frame.ref.id).schema_str)
+    assert decode_framed(schema, frame, AVRO).value == "eu-1"
+
+    ctx = SerializationContext("shop.orders", MessageField.KEY, [])
+    key = _avro(registry, in_header=True)(ORDER, ctx)
+    [(name, _)] = ctx.headers
+    assert name == KEY_SCHEMA_ID_HEADER and schema_id_header(ctx.headers) is None  # not the value's header
+    frame = read_frame(key, schema_id_header(ctx.headers, KEY_SCHEMA_ID_HEADER), what="key")
+    assert frame.ref.guid is not None and frame.payload == key
+    order = AvroSchema(registry.get_schema_by_guid(str(frame.ref.guid)).schema_str)
+    assert order.decode(frame).value == ORDER_JSON
+    with pytest.raises(UndecodableValue, match=r"^key has 1 bytes left over"):
+        order.decode(Frame(frame.ref, key + b"\x00", what="key"))
+    with pytest.raises(UnknownSchema, match=r"^key schema .* is AVRO, but the route's key_format is protobuf"):
+        decode_framed(order, frame, PROTOBUF)
+    with pytest.raises(BadFraming, match=r"^the key's schema id header starts with 0x07"):
+        read_frame(key, b"\x07", what="key")
+    with pytest.raises(BadFraming, match=r"^record has a null key where a framed key is required"):
+        read_frame(None, what="key")
 
 
 def test_a_guid_in_the_payload_prefix() -> None:
