@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -63,8 +64,9 @@ class DuplicateRuns:
     """
 
     def __init__(self, client: DagsterClient, metrics: Metrics, log: DuplicateLog, window_s: float,
-                 max_system_failures: int) -> None:
+                 max_system_failures: int, clock: Callable[[], float] = time.monotonic) -> None:
         self.client = client
+        self.clock = clock
         self.metrics = metrics
         self.log = log
         self.window_s = window_s
@@ -87,11 +89,11 @@ class DuplicateRuns:
 
     def watch(self, job: str, batch_id: str) -> None:
         """Sweep this batch for its window (it was launched again: another worker may have done so too)."""
-        self.suspects[batch_id] = Suspect(job, batch_id, time.monotonic() + self.window_s)
+        self.suspects[batch_id] = Suspect(job, batch_id, self.clock() + self.window_s)
 
     async def sweep(self) -> None:
         """Check every suspect batch once; forget those whose window has passed."""
-        now = time.monotonic()
+        now = self.clock()
         for batch_id, suspect in list(self.suspects.items()):
             try:
                 await self.judge(suspect.job, suspect.batch_id)

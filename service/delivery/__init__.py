@@ -107,7 +107,7 @@ class Delivery:
                                          queued_runs=lambda job: client.count_runs(job, ["QUEUED"]), clock=clock)
                           for name, r in routes.items() if r.throttled}
         self.duplicates = DuplicateRuns(client, metrics, links.outcomes, settings.duplicate_window_s,
-                                        MAX_SYSTEM_FAILURES)
+                                        MAX_SYSTEM_FAILURES, clock)
         self.watcher = RunWatcher(client, metrics, self.on_run_failed, settings.max_inflight_runs,
                                   settings.run_poll_interval_s, sweep=self.duplicates.sweep)
         route_retry = RouteRetry(tools, client)
