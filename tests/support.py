@@ -20,6 +20,7 @@ import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
 from service.dev.stack import free_port
+from service.errors import BrokerUnavailable
 from service.kafka import Producer, ensure_topics
 
 T = TypeVar("T")
@@ -130,7 +131,7 @@ async def produce(bootstrap: str, topic: str, values: Iterable[bytes | tuple[byt
 
     A value may be a (key, value) tuple; a lone None value is sent with key b"null".
     """
-    await ensure_topics(bootstrap, {topic: partitions})
+    await topic_created(bootstrap, topic, partitions)
     producer = Producer(bootstrap)
     try:
         count = 0
@@ -145,6 +146,22 @@ async def produce(bootstrap: str, topic: str, values: Iterable[bytes | tuple[byt
         return count
     finally:
         await producer.stop()
+
+
+async def topic_created(bootstrap: str, topic: str, partitions: int, timeout_s: float = 60) -> None:
+    """Create `topic` unless it exists, waiting out a broker that is briefly unavailable, as a user's producer does.
+
+    After a freeze, Apache Kafka's controller fences its broker until the broker's next heartbeat: metadata
+    then names no broker even though the broker answered a moment before.
+    """
+    async def created() -> bool:
+        try:
+            await ensure_topics(bootstrap, {topic: partitions})
+        except BrokerUnavailable:
+            return False
+        return True
+
+    await eventually(created, timeout_s, f"the broker to create or describe {topic}")
 
 
 class Flow:

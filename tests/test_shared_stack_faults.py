@@ -14,7 +14,6 @@ from typing import Any
 import httpx
 import pytest
 
-from service.errors import BrokerUnavailable
 from service.kafka import ensure_topics
 from tests.conftest import Stack
 from tests.support import (
@@ -29,6 +28,7 @@ from tests.support import (
     produce,
     route_toml,
     settled,
+    topic_created,
     unique,
 )
 
@@ -50,14 +50,7 @@ async def test_the_broker_frozen_mid_stream_loses_and_duplicates_nothing(
     finally:
         stack.broker.process.signal_group(signal.SIGCONT)
 
-    async def broker_answers() -> bool:  # the test's own producer creates its topic first: let the broker wake
-        try:
-            await ensure_topics(stack.bootstrap, {topic: 2})
-        except BrokerUnavailable:
-            return False
-        return True
-
-    await eventually(broker_answers, 60, "the broker to answer again after the freeze")
+    await topic_created(stack.bootstrap, topic, 2)  # the test's own producer waits for the broker to wake
     flow.start()
     await asyncio.sleep(3)  # records flowing after the freeze, for 3 s
     await every_record_in_one_run(stack.bootstrap, dagster_api, flow, dlq)
