@@ -10,8 +10,17 @@ from __future__ import annotations
 
 from service.errors import RecordError
 from service.records import Record
-from service.registry import SchemaRegistry
-from service.wire import JSON, KEY_SCHEMA_ID_HEADER, PROTOBUF, Decoded, decode_framed, read_frame, schema_id_header
+from service.registry import Resolved, SchemaRegistry
+from service.wire import (
+    JSON,
+    KEY_SCHEMA_ID_HEADER,
+    PROTOBUF,
+    Decoded,
+    SchemaRef,
+    decode_framed,
+    read_frame,
+    schema_id_header,
+)
 
 
 async def decode_record(registry: SchemaRegistry, fmt: str, record: Record, key: bool = False) -> Decoded | RecordError:
@@ -24,16 +33,21 @@ async def decode_record(registry: SchemaRegistry, fmt: str, record: Record, key:
                                protobuf=fmt == PROTOBUF, what="key")
         else:
             frame = read_frame(record.value, schema_id_header(record.headers), protobuf=fmt == PROTOBUF)
-        try:
-            resolved = await registry.resolve(frame.ref)
-        except RecordError as exc:  # the registry's words name the schema, not which part named it
-            if not key:
-                raise
-            return type(exc)(f"key {exc}")
+        resolved = registry.known(frame.ref) or await _resolve(registry, frame.ref, key)
         decoded = decode_framed(resolved.schema, frame, fmt)
     except RecordError as exc:
         return exc
-    return Decoded(decoded.value, decoded.json, str(frame.ref), resolved.subject)
+    decoded.schema_id, decoded.subject = resolved.schema_id, resolved.subject
+    return decoded
+
+
+async def _resolve(registry: SchemaRegistry, ref: SchemaRef, key: bool) -> Resolved:
+    try:
+        return await registry.resolve(ref)
+    except RecordError as exc:  # the registry's words name the schema, not which part named it
+        if not key:
+            raise
+        raise type(exc)(f"key {exc}") from None
 
 
 async def decode_formats(registry: SchemaRegistry, value_format: str, key_format: str, record: Record) -> None:

@@ -16,7 +16,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
@@ -41,6 +41,10 @@ class Resolved:
     ref: SchemaRef
     schema: WriterSchema
     subject: str | None = None
+    schema_id: str = field(init=False)  # the ref as text, as each decoded record carries it
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "schema_id", str(self.ref))
 
 
 class SchemaRegistry:
@@ -59,6 +63,10 @@ class SchemaRegistry:
         self._unknown: dict[SchemaRef, tuple[float, RecordError]] = {}
         self._inflight: dict[SchemaRef, asyncio.Task[Resolved]] = {}
         self.clock = clock
+
+    def known(self, ref: SchemaRef) -> Resolved | None:
+        """The schema of `ref` if it was fetched already (the path of every record after the first of an id)."""
+        return self._schemas.get(ref)
 
     def cached(self, ref: SchemaRef) -> Resolved | RecordError | None:
         """What is known of `ref` without asking: its schema, why it is unknown, or None (ask)."""
