@@ -40,6 +40,10 @@ class Mode:
     kill_max_records: int = 500  # the worker's batches there: a launch every few hundred ms per partition
     kill_after_runs: int = 12
     txn_flushes: int = 30  # flushes per size, transactional and plain (`bench.transactions`)
+    # One worker's throughput by record size (`bench.record_sizes`): JSON orders padded to each size, as many
+    # as `record_sizes_budget_bytes` holds (at most `messages`).
+    record_sizes: tuple[int, ...] = (100, 1_000, 10_000)
+    record_sizes_budget_bytes: int = 200_000_000
 
     @property
     def service_max_records(self) -> int:
@@ -54,4 +58,4 @@ FULL = Mode("full", messages=200_000, repetitions=3, backlog=500_000, steady_s=2
 QUICK = Mode("quick", messages=200_000, repetitions=1, backlog=100_000, steady_s=6, launch_samples=10,
              amortisation_runs=4, workers=(1, 2), backpressure_hold_s=2, worker_start_s=5, backlog_step_pause_s=0.5,
              micro_records=5_000, pause_down_s=10.0, sensors=("kafka_sensor_5s",), sensor_ticks=2,
-             kill_records=20_000, txn_flushes=10)
+             kill_records=20_000, txn_flushes=10, record_sizes_budget_bytes=60_000_000)

@@ -68,6 +68,12 @@ def table(results: dict[str, Any]) -> str:
         lines.append(f"{'service at max_records ' + format(int(size), ',') + ', launched':<46}"
                      f"{_fmt(figures['msgs_per_s']):>12}   ({figures['runs']} runs, launchRun "
                      f"{figures['launch_s'] / max(1, figures['runs']) * 1000:.0f} ms each)")
+    for size, figures in results.get("record_sizes", {}).items():
+        label = f"records of {int(size):,} B ({figures['messages']:,}): limit"
+        lines.append(f"{label:<46}{_fmt(figures['limit_msgs_per_s']):>12}")
+        lines.append(f"{'  ... service, launched':<46}{_fmt(figures['service_msgs_per_s']):>12}   "
+                     f"({figures['service_over_limit']:.2f}x the limit, {figures['service_mb_per_s']:.0f} MB/s, "
+                     f"{figures['runs']} runs)")
     lines += sensor_lines(results)
     for count, rate in results.get("workers", {}).items():
         lines.append(f"{'service, ' + count + ' worker(s), live producer':<46}{_fmt(rate):>12}")

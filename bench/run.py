@@ -24,6 +24,7 @@ from bench.latency import WARM_UP_S, launch_latencies
 from bench.limit import run_limit
 from bench.naive import run_naive
 from bench.pause import pause_resume
+from bench.record_sizes import record_sizes
 from bench.sensor import (
     SensorControl,
     event_to_launch_side_by_side,
@@ -50,7 +51,7 @@ def _step(what: str, started: float) -> None:
 
 
 # `python -m bench --only PART`: one part of the run, on the same stack and data set (the rest is skipped).
-PARTS = ("sensor", "throughput", "sizes")
+PARTS = ("sensor", "throughput", "sizes", "record_sizes")
 
 
 def measure(ctx: Context, started: float, profile: bool = False, only: str | None = None) -> dict[str, Any]:
@@ -82,6 +83,9 @@ def measure(ctx: Context, started: float, profile: bool = False, only: str | Non
         results |= measure_throughput(ctx, started, profile)
     if only in (None, "sizes"):
         results["sizes"] = measure_sizes(ctx, started)
+    if only in (None, "record_sizes"):
+        _step("limit and service by record size: " + ", ".join(f"{b:,} B" for b in ctx.mode.record_sizes), started)
+        results["record_sizes"] = record_sizes(ctx)
     if only is None:
         results |= measure_rest(ctx, started)
     return results

@@ -121,6 +121,40 @@ class WorkerProcess:
         return samples
 
 
+async def route_pause(worker: WorkerProcess, route: str) -> dict[str, Any] | None:
+    """What /readyz says of `route`'s pause (reason, error, fix), or None when it is not paused."""
+    async with httpx.AsyncClient() as client:
+        response = await client.get(f"{worker.base_url}/readyz", timeout=5)
+    pause: dict[str, Any] | None = response.json().get("routes_paused", {}).get(route)
+    assert pause is None or response.status_code == 503, response.text
+    return pause
+
+
+async def until_paused(worker: WorkerProcess, route: str, reason: str, *naming: str,
+                       timeout_s: float = 60) -> dict[str, Any]:
+    """/readyz says the route is paused for `reason`, its error and fix naming each of `naming`; the gauge agrees."""
+    async def paused() -> dict[str, Any] | None:
+        try:
+            pause = await route_pause(worker, route)
+        except httpx.HTTPError:
+            return None
+        text = "" if pause is None else pause["error"] + " " + pause["fix"]
+        return pause if pause and pause["reason"] == reason and all(n in text for n in naming) else None
+
+    pause = await eventually(paused, timeout_s, f"route {route} paused ({reason}) naming {naming}")
+    assert metric(await worker.metrics(), "kafka_dagster_route_paused", route=route, reason=reason) == 1
+    return pause
+
+
+async def until_resumed(worker: WorkerProcess, route: str, reason: str, timeout_s: float = 90) -> None:
+    """/readyz no longer shows `route` paused, and the gauge of `reason` is back to 0."""
+    async def resumed() -> bool:
+        return await route_pause(worker, route) is None
+
+    await eventually(resumed, timeout_s, f"route {route} resumed after {reason}")
+    assert metric(await worker.metrics(), "kafka_dagster_route_paused", route=route, reason=reason) == 0
+
+
 def metric(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str) -> float:
     return samples.get((name, tuple(sorted(labels.items()))), 0.0)
 

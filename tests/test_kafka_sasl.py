@@ -30,7 +30,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-import httpx
 import orjson
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
@@ -52,11 +51,12 @@ from tests.support import (
     account,
     eventually,
     finished_runs,
-    metric,
     order,
     produce,
     route_toml,
     unique,
+    until_paused,
+    until_resumed,
 )
 from tests.tls import CertPair, issue_server_cert, make_ca
 
@@ -338,37 +338,12 @@ class KafkaAdmin:
                             "--add-config", f"{mechanism}=[iterations=4096,password={password}]")
 
 
-async def _paused(worker: WorkerProcess, route: str) -> dict[str, Any] | None:
-    async with httpx.AsyncClient() as client:
-        response = await client.get(f"{worker.base_url}/readyz", timeout=5)
-    pause: dict[str, Any] | None = response.json().get("routes_paused", {}).get(route)
-    assert pause is None or response.status_code == 503, response.text
-    return pause
-
-
 async def _until_paused(worker: WorkerProcess, route: str, reason: str, *naming: str,
                         timeout_s: float = 60) -> dict[str, Any]:
-    """/readyz says the route is paused for `reason`, its error and fix naming each of `naming`; the gauge agrees."""
-    async def paused() -> dict[str, Any] | None:
-        try:
-            pause = await _paused(worker, route)
-        except httpx.HTTPError:
-            return None
-        text = "" if pause is None else pause["error"] + " " + pause["fix"]
-        return pause if pause and pause["reason"] == reason and all(n in text for n in naming) else None
-
-    pause = await eventually(paused, timeout_s, f"route {route} paused ({reason}) naming {naming}")
-    assert metric(await worker.metrics(), "kafka_dagster_route_paused", route=route, reason=reason) == 1
+    """`until_paused`, and neither password in what the worker shows."""
+    pause = await until_paused(worker, route, reason, *naming, timeout_s=timeout_s)
     assert PASSWORD not in str(pause) and ACL_PASSWORD not in str(pause)
     return pause
-
-
-async def _until_resumed(worker: WorkerProcess, route: str, reason: str, timeout_s: float = 90) -> None:
-    async def resumed() -> bool:
-        return await _paused(worker, route) is None
-
-    await eventually(resumed, timeout_s, f"route {route} resumed after {reason}")
-    assert metric(await worker.metrics(), "kafka_dagster_route_paused", route=route, reason=reason) == 0
 
 
 class Refusals:
@@ -417,14 +392,14 @@ class Refusals:
         assert "--operation Read" in pause["fix"], pause
         assert await self.api.runs(topic) == []
         await self.admin.grant(user, "group", group, "Read")
-        await _until_resumed(worker, topic, "kafka_authorization")
+        await until_resumed(worker, topic, "kafka_authorization")
         await self.every_record_once(topic, dlq, 10)
         # Revoked while it runs: heartbeats and commits are refused.
         await self.admin.revoke(user, "group", group, "Read")
         await _until_paused(worker, topic, "kafka_authorization", "GROUP_AUTHORIZATION_FAILED", f"--group {group}")
         await produce(self.bootstrap, topic, [order(i) for i in range(10, 20)])
         await self.admin.grant(user, "group", group, "Read")
-        await _until_resumed(worker, topic, "kafka_authorization")
+        await until_resumed(worker, topic, "kafka_authorization")
         await self.every_record_once(topic, dlq, 20)
         assert "Traceback" not in worker.log_path.read_text(errors="replace")
 
@@ -441,13 +416,13 @@ class Refusals:
                                     f"--topic {topic}")
         assert "--operation Read" in pause["fix"], pause
         await self.admin.grant(user, "topic", topic, "Read")
-        await _until_resumed(worker, topic, "kafka_authorization")
+        await until_resumed(worker, topic, "kafka_authorization")
         await self.every_record_once(topic, dlq, 10)
         await self.admin.revoke(user, "topic", topic, "Read")
         await _until_paused(worker, topic, "kafka_authorization", "TOPIC_AUTHORIZATION_FAILED", f"--topic {topic}")
         await produce(self.bootstrap, topic, [order(i) for i in range(10, 20)])
         await self.admin.grant(user, "topic", topic, "Read")
-        await _until_resumed(worker, topic, "kafka_authorization")
+        await until_resumed(worker, topic, "kafka_authorization")
         await self.every_record_once(topic, dlq, 20)
         assert "Traceback" not in worker.log_path.read_text(errors="replace")
 
@@ -470,7 +445,7 @@ class Refusals:
                             f"refused a dead letter of {topic}/0 offset 5", f"--operation Write --topic {dlq}")
         assert (await read_topic(self.bootstrap, dlq, timeout_s=10)) == []
         await self.admin.grant(user, "topic", dlq, "Write")
-        await _until_resumed(worker, topic, "kafka_authorization")
+        await until_resumed(worker, topic, "kafka_authorization")
         await self.every_record_once(topic, dlq, 11, dead_letters=1)
         assert len(await read_topic(self.bootstrap, dlq, timeout_s=10)) == 1  # raw: exactly once
 
@@ -491,7 +466,7 @@ class Refusals:
         await produce(self.bootstrap, topic, [order(i) for i in range(5, 10)])
         await asyncio.sleep(REAUTH_MS / 1000)  # its own connections are refused too by now
         await self.admin.set_credential(user, "SCRAM-SHA-256", ACL_PASSWORD)
-        await _until_resumed(worker, topic, "kafka_auth")
+        await until_resumed(worker, topic, "kafka_auth")
         await self.every_record_once(topic, dlq, 10)
         assert ACL_PASSWORD not in worker.log_path.read_text(errors="replace")
 

@@ -35,7 +35,7 @@ from confluent_kafka.schema_registry.json_schema import JSONSerializer
 from confluent_kafka.schema_registry.protobuf import ProtobufSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
-from service.dev.apicurio import ApicurioRegistry
+from service.dev.apicurio import CCOMPAT_PATH, ApicurioRegistry
 from service.kafka import ensure_topics, read_topic
 from tests.conftest import Stack, Workers
 from tests.fixtures.shop_proto import descriptor_set, order_class
@@ -51,7 +51,11 @@ from tests.support import (
     metric,
     route_toml,
     unique,
+    until_paused,
+    until_resumed,
 )
+from tests.support import settled as invariant_once_settled
+from tests.tls import Nginx, issue_server_cert, make_ca
 
 pytestmark = pytest.mark.integration
 
@@ -65,6 +69,7 @@ ORDER_SCHEMA = {
     ],
 }
 UNKNOWN_ID = 987_654
+REGISTRY_PASSWORD = "s3cret-registry-pass"
 # confluent-kafka's client waits forever without one; with it, a request the registry never answers (seen once
 # in a whole-suite run) is retried by the client, as a transport error
 REGISTRY_TIMEOUT_S = 15
@@ -451,6 +456,87 @@ async def test_avro_keys_are_decoded_matched_and_reach_runs_with_their_writer_sc
                                                                                       "keys")
     assert letter.dlq["dlq.error.message"].startswith(f"key schema {UNKNOWN_ID} is not in the schema registry")
     assert (letter.key, letter.value) == (unknown_key, values[5])  # byte for byte
+
+
+READING = {"type": "record", "name": "Reading", "namespace": "shop", "fields": [
+    {"name": "n", "type": "int"}, {"name": "date", "type": "string"}]}
+
+
+async def test_a_registry_refusing_the_worker_pauses_its_route_until_let_in(
+        stack: Stack, dagster_api: DagsterApi, registry: ApicurioRegistry, start_worker: Any,
+        tmp_path: Path) -> None:
+    """The registry behind nginx as a company runs it (TLS from the company's own CA, basic auth): with a
+    password the proxy no longer takes (HTTP 401), then forbidden (HTTP 403), the route pauses
+    `schema_registry_auth`, dead-letters nothing and shows no secret. Let in, every record reaches one run of
+    the daily-partitioned asset, cut by the decoded `date` field."""
+    topic, dlq = unique("registry-auth"), unique("dlq")
+    await ensure_topics(stack.bootstrap, {topic: 1})
+    values = [{"n": i, "date": date} for i, date in enumerate(["2024-03-01"] * 2 + ["2024-03-02"] * 2)]
+    records = await asyncio.to_thread(avro_serialize, registry.url, topic, READING, values)
+    await asyncio.to_thread(send, stack.bootstrap, topic, records)
+    ca = make_ca(tmp_path, "registry-ca")
+    basic = "Basic " + base64.b64encode(f"kafka-dagster:{REGISTRY_PASSWORD}".encode()).decode()
+    proxy = Nginx(tmp_path, issue_server_cert(tmp_path, ca), f"http://127.0.0.1:{registry.port}",
+                  token="Basic " + base64.b64encode(b"kafka-dagster:rotated-away").decode(), header="authorization",
+                  name="registry-proxy")
+    proxy.start()
+    routes = (f'[[routes]]\nname = "{topic}"\ntopic = "{topic}"\nassets = ["daily_events"]\nvalue_format = "avro"\n'
+              'partition_key = "value.date"\nmax_records = 50\nmax_bytes = 1048576\nmax_wait_s = 1.0\n')
+    try:
+        worker = await start_worker(
+            routes, KAFKA_DAGSTER_DLQ_TOPIC=dlq, KAFKA_DAGSTER_SCHEMA_REGISTRY_URL=f"{proxy.url}{CCOMPAT_PATH}",
+            KAFKA_DAGSTER_SCHEMA_REGISTRY_CAFILE=str(ca.cert), KAFKA_DAGSTER_SCHEMA_REGISTRY_USERNAME="kafka-dagster",
+            KAFKA_DAGSTER_SCHEMA_REGISTRY_PASSWORD=REGISTRY_PASSWORD, KAFKA_DAGSTER_RETRY_MAX_DELAY_S="2")
+        pause = await until_paused(worker, topic, "schema_registry_auth", "HTTP 401",
+                                   "KAFKA_DAGSTER_SCHEMA_REGISTRY_USERNAME")
+        proxy.reconfigure(token=basic, rule="return 403;")  # the password is right now; the registry forbids
+        await until_paused(worker, topic, "schema_registry_auth", "HTTP 403")
+        assert await dead_letters(stack.bootstrap, dlq) == []
+        proxy.reconfigure(rule="")
+        await until_resumed(worker, topic, "schema_registry_auth")
+
+        accounting = await eventually(
+            lambda: settled(dagster_api, stack.bootstrap, topic, dlq, len(values)), 120, "every record in a run")
+        assert accounting.dead_lettered == {} and accounting.in_runs == len(values)
+        received = await received_values(dagster_api, topic)
+        assert [orjson.loads(received[o]["value"]) for o in sorted(received)] == values
+        runs = executed_runs(await dagster_api.runs(topic))
+        assert sorted((r["tags"]["dagster/partition"], r["tags"]["kafka/offset_start"], r["tags"]["kafka/offset_end"])
+                      for r in runs) == [("2024-03-01", "0", "1"), ("2024-03-02", "2", "3")]
+        access = proxy.access_log.read_text()
+        assert " 401 " in access and " 403 " in access
+        assert REGISTRY_PASSWORD not in str(pause) + worker.log_path.read_text() + str(await worker.metrics())
+    finally:
+        proxy.stop()
+
+
+async def test_a_worker_killed_mid_avro_stream_loses_and_duplicates_nothing(
+        stack: Stack, dagster_api: DagsterApi, registry: ApicurioRegistry, start_worker: Any) -> None:
+    """kill -9 while Avro records arrive and runs launch; the next worker (one group) decodes the rest with
+    the schemas it fetches again: every offset in exactly one run, nothing dead-lettered."""
+    topic, dlq = unique("avro-killed"), unique("dlq")
+    await ensure_topics(stack.bootstrap, {topic: 2})
+    values = [order(i) for i in range(600)]
+    records = await asyncio.to_thread(avro_serialize, registry.url, topic, ORDER_SCHEMA, values)
+    await asyncio.to_thread(send, stack.bootstrap, topic, records[:200])
+    routes = route_toml(topic, value_format="avro", max_records=150, max_wait_s=1.0)
+    env = {"KAFKA_DAGSTER_DLQ_TOPIC": dlq, "KAFKA_DAGSTER_SCHEMA_REGISTRY_URL": registry.url}
+    first = await start_worker(routes, **env)
+
+    async def launched() -> bool:
+        return "launched run" in first.log_path.read_text(errors="replace")
+
+    await eventually(launched, 90, "the first worker's first launch")
+    rest = asyncio.create_task(asyncio.to_thread(send, stack.bootstrap, topic, records[200:]))
+    first.kill()  # mid-stream: records still arriving, batches open, runs launching
+    await rest
+    await start_worker(routes, **env)
+
+    accounting = await eventually(
+        lambda: invariant_once_settled(stack.bootstrap, dagster_api, topic, dlq, len(values)), 180,
+        "every record placed and every run finished")
+    assert accounting.holds, accounting.problems
+    assert accounting.dead_lettered == {} and accounting.in_runs == len(values)
 
 
 async def test_a_registry_stopped_mid_stream_holds_the_records_until_it_is_back(

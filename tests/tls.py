@@ -72,7 +72,7 @@ http {{
         ssl_certificate {cert};
         ssl_certificate_key {key};
         location / {{
-            if ($http_dagster_cloud_api_token != "{token}") {{ return 401; }}
+            if ($http_{header} != "{token}") {{ return 401; }}
             {rule}
             proxy_pass {upstream};
             proxy_set_header Host $host;
@@ -83,17 +83,18 @@ http {{
 
 
 class Nginx:
-    """nginx terminating TLS in front of `upstream`, answering 401 without the right API token header."""
+    """nginx terminating TLS in front of `upstream`, answering 401 without the right token in its header."""
 
     def __init__(self, workdir: Path, server: CertPair, upstream: str, token: str, rule: str = "",
-                 name: str = "nginx") -> None:
-        """`rule`: nginx directives run before the request is passed on (e.g. `return 429;`)."""
+                 name: str = "nginx", header: str = "dagster_cloud_api_token") -> None:
+        """`rule`: nginx directives run before the request is passed on (e.g. `return 429;`); `header`: which
+        request header must carry `token` (nginx's name: lower case, `_` for `-`; `authorization` for basic auth)."""
         self.port = free_port()
         self.prefix = workdir / name
         self.prefix.mkdir(parents=True, exist_ok=True)
         self.conf = self.prefix / "nginx.conf"
         self.settings = {"prefix": self.prefix, "port": self.port, "cert": server.cert, "key": server.key,
-                         "upstream": upstream, "token": token, "rule": rule}
+                         "upstream": upstream, "token": token, "rule": rule, "header": header}
         self.conf.write_text(NGINX_CONF.format(**self.settings))
         binary = shutil.which("nginx") or "/usr/sbin/nginx"
         self.process = ManagedProcess("nginx", [binary, "-p", str(self.prefix), "-c", str(self.conf)],
