@@ -50,9 +50,10 @@ from faust.transport.drivers import aiokafka as aiokafka_driver
 from faust.types import TP
 from mode import Service
 
-from service.errors import BrokerUnavailable, KafkaNotAuthorized, KafkaRefused
+from service.errors import BrokerUnavailable, KafkaNotAuthorized, KafkaRefused, KafkaRejected
 from service.kafka import kafka_error, not_authorized
 from service.kafka.access import scope_of
+from service.ownership_proofs import OwnershipProofs
 
 # How long a fencing commit may wait for the group coordinator before it counts as a transient failure.
 FENCE_TIMEOUT_S = 10.0
@@ -138,32 +139,53 @@ class ConsumerThread(aiokafka_driver.AIOKafkaConsumerThread):
                 committed.pop(tp)  # revoked meanwhile: its next assignment seeks again
         return committed
 
-    async def prove_ownership(self, tp: TP, offset: int) -> bool:
-        """Commit `offset` for `tp` now, in this member's current generation: False if the group refuses."""
-        return bool(await self.call_thread(self._commit_owned, tp, offset))
+    async def prove_ownership(self, offsets: Mapping[TP, int]) -> dict[TP, bool | BaseException]:
+        """Commit each partition's offset now, in this member's current generation, in one request: each
+        partition's verdict (False: the group refuses), or the error to raise for it."""
+        return cast(dict[TP, bool | BaseException], await self.call_thread(self._commit_each_owned, offsets))
 
-    async def _commit_owned(self, tp: TP, offset: int) -> bool:
+    async def _commit_each_owned(self, offsets: Mapping[TP, int]) -> dict[TP, bool | BaseException]:
+        if len(offsets) > 1:
+            try:
+                if await self._commit_owned(offsets):
+                    return dict.fromkeys(offsets, True)
+            except BrokerUnavailable:
+                raise  # the coordinator did not answer: asking again partition by partition would wait as long
+            except KafkaRejected:
+                pass
+            # Refused as a whole: a partition revoked meanwhile or a topic's ACL fails the request for all.
+        verdicts: dict[TP, bool | BaseException] = {}
+        for tp, offset in offsets.items():
+            try:
+                verdicts[tp] = await self._commit_owned({tp: offset})
+            except (BrokerUnavailable, KafkaRejected) as exc:
+                verdicts[tp] = exc
+        return verdicts
+
+    async def _commit_owned(self, offsets: Mapping[TP, int]) -> bool:
         consumer = self._ensure_consumer()
         # Kicked out of the group (aiokafka reset the generation to -1), not yet rejoined: a commit now would
         # go out with generation -1, which a real coordinator accepts when the group is empty. Not proof.
         if consumer._coordinator.generation < 0:
             return False
+        what = ", ".join(f"{tp.topic}/{tp.partition}" for tp in offsets)
         try:
             # aiokafka retries coordinator errors (NOT_COORDINATOR, COORDINATOR_NOT_AVAILABLE, timeouts)
             # inside commit forever: a coordinator moving (a broker restart) must not hold a launch that long.
             await asyncio.wait_for(
-                consumer.commit({AIOKafkaTP(tp.topic, tp.partition): OffsetAndMetadata(offset, "")}),
+                consumer.commit({AIOKafkaTP(tp.topic, tp.partition): OffsetAndMetadata(offset, "")
+                                 for tp, offset in offsets.items()}),
                 FENCE_TIMEOUT_S)
         except TimeoutError as exc:
-            raise BrokerUnavailable(f"committing {tp.topic}/{tp.partition}: the group coordinator did not answer "
+            raise BrokerUnavailable(f"committing {what}: the group coordinator did not answer "
                                     f"in {FENCE_TIMEOUT_S:.0f}s") from exc
         except (CommitFailedError, IllegalStateError) as exc:
             # The coordinator answered UNKNOWN_MEMBER_ID, ILLEGAL_GENERATION or REBALANCE_IN_PROGRESS
-            # (aiokafka raises CommitFailedError for all three), or the partition is no longer assigned.
-            self.log.info("commit for %s/%d refused: %r", tp.topic, tp.partition, exc)
+            # (aiokafka raises CommitFailedError for all three), or a partition is no longer assigned.
+            self.log.info("commit for %s refused: %r", what, exc)
             return False
         except KafkaError as exc:
-            raise kafka_error(f"committing {tp.topic}/{tp.partition}", exc) from exc
+            raise kafka_error(f"committing {what}", exc) from exc
         return True
 
     # -- refusals ------------------------------------------------------------
@@ -245,6 +267,7 @@ class Consumer(aiokafka_driver.Consumer):
         self._done: dict[TP, int] = {}
         self._commit_locks: dict[TP, asyncio.Lock] = {}
         self._highest_committed: dict[TP, int] = {}  # by any way, while assigned
+        self._proofs: OwnershipProofs[TP] = OwnershipProofs(self._prove_each)
 
     # -- commits ------------------------------------------------------------
     #
@@ -256,14 +279,16 @@ class Consumer(aiokafka_driver.Consumer):
 
     async def prove_ownership(self, tp: TP, offset: int) -> bool:
         """True when the group coordinator accepts a commit of `offset` (or of a higher one committed already)
-        for `tp` from this member now."""
-        thread = cast(ConsumerThread, self._thread)
+        for `tp` from this member now. Proofs of several partitions asked together go out in one commit."""
         async with self.committing(tp):
             offset = max(offset, self._highest_committed.get(_key(tp), offset))
-            owns = await thread.prove_ownership(tp, offset)
+            owns = await self._proofs.prove(tp, offset)
             if owns:
                 self.committed(tp, offset)
             return owns
+
+    async def _prove_each(self, offsets: Mapping[TP, int]) -> Mapping[TP, bool | BaseException]:
+        return await cast(ConsumerThread, self._thread).prove_ownership(offsets)
 
     @contextlib.asynccontextmanager
     async def committing(self, tp: TP) -> AsyncIterator[None]:

@@ -264,26 +264,26 @@ async def test_each_refusal_of_a_real_coordinator_means_the_worker_does_not_own_
         app: App, answer: type[Errors.BrokerResponseError]) -> None:
     """Apache Kafka's answers to a commit from a member the group moved on without (shared/kafka/README.md)."""
     thread, coordinator = fencing(app, answer.errno)
-    assert await thread._commit_owned(P0, 10) is False
+    assert await thread._commit_owned({P0: 10}) is False
     assert coordinator.requests == [(5, "member-1")]
     if answer is Errors.RebalanceInProgressError:  # joined the next generation, not synced: rejoin
         assert coordinator.rejoin_requested and coordinator.generation == 5
     else:  # removed from the group: aiokafka forgets its generation
         assert coordinator.generation == -1
-        assert await thread._commit_owned(P0, 10) is False  # and the next fence sends nothing at all
+        assert await thread._commit_owned({P0: 10}) is False  # and the next fence sends nothing at all
         assert len(coordinator.requests) == 1
 
 
 async def test_a_member_without_a_generation_never_commits_what_an_empty_group_would_accept(app: App) -> None:
     """A generation -1 commit is accepted by a real coordinator when the group is empty: it proves nothing."""
     thread, coordinator = fencing(app, Errors.NoError.errno, generation=-1)
-    assert await thread._commit_owned(P0, 10) is False
+    assert await thread._commit_owned({P0: 10}) is False
     assert coordinator.requests == []
 
 
 async def test_an_accepted_commit_proves_ownership(app: App) -> None:
     thread, coordinator = fencing(app, Errors.NoError.errno)
-    assert await thread._commit_owned(P0, 10) is True
+    assert await thread._commit_owned({P0: 10}) is True
     assert coordinator.requests == [(5, "member-1")]
 
 
@@ -294,8 +294,48 @@ async def test_a_coordinator_that_keeps_moving_is_a_transient_failure_not_a_hang
     thread, coordinator = fencing(app, Errors.NotCoordinatorForGroupError.errno)
     coordinator.answers = 2  # NOT_COORDINATOR twice (aiokafka retries), then no answer
     with pytest.raises(BrokerUnavailable, match="did not answer"):
-        await thread._commit_owned(P0, 10)
+        await thread._commit_owned({P0: 10})
     assert len(coordinator.requests) == 3
+
+
+async def test_proofs_of_partitions_asked_together_go_out_in_one_commit_each_answered_alone_if_refused(
+        app: App, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One commit for the partitions whose launches wait together; refused as a whole (a partition revoked
+    meanwhile, a topic's ACL), each partition is asked alone, so none is fenced because of another."""
+    thread = consumer(app)._thread
+    asked: list[dict[Any, int]] = []
+    refused = KafkaNotAuthorized("committing: TOPIC_AUTHORIZATION_FAILED", "grant Read", "topic orders")
+    answers: dict[tuple[Any, ...], Any] = {(P0, P1): refused, (P0,): True, (P1,): False}
+
+    async def commit_owned(offsets: dict[Any, int]) -> bool:
+        asked.append(dict(offsets))
+        answer = answers[tuple(offsets)]
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    monkeypatch.setattr(thread, "_commit_owned", commit_owned)
+    assert await thread._commit_each_owned({P0: 10, P1: 20}) == {P0: True, P1: False}
+    assert asked == [{P0: 10, P1: 20}, {P0: 10}, {P1: 20}]
+    answers[(P0, P1)] = True
+    assert await thread._commit_each_owned({P0: 11, P1: 21}) == {P0: True, P1: True}
+    assert asked[3:] == [{P0: 11, P1: 21}]
+
+
+async def test_a_coordinator_that_does_not_answer_a_joint_proof_fails_each_partition_once(
+        app: App, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Asking again partition by partition would wait as long again for each: the transient error goes to all."""
+    thread = consumer(app)._thread
+    asked: list[dict[Any, int]] = []
+
+    async def commit_owned(offsets: dict[Any, int]) -> bool:
+        asked.append(dict(offsets))
+        raise BrokerUnavailable("committing: the group coordinator did not answer in 10s")
+
+    monkeypatch.setattr(thread, "_commit_owned", commit_owned)
+    with pytest.raises(BrokerUnavailable):
+        await thread._commit_each_owned({P0: 10, P1: 20})
+    assert asked == [{P0: 10, P1: 20}]
 
 
 # -- refusals by the broker's ACLs: aiokafka's own commit code, answered by a scripted broker ---------------------
@@ -304,7 +344,7 @@ async def test_a_coordinator_that_keeps_moving_is_a_transient_failure_not_a_hang
 async def test_a_fence_refused_by_an_acl_is_a_refusal_naming_the_group(app: App) -> None:
     thread, _ = fencing(app, Errors.GroupAuthorizationFailedError.errno)
     with pytest.raises(KafkaNotAuthorized, match="GROUP_AUTHORIZATION_FAILED") as refused:
-        await thread._commit_owned(P0, 10)
+        await thread._commit_owned({P0: 10})
     assert refused.value.resource == "group group" and "--operation Read --group group" in refused.value.hint
 
 
@@ -362,9 +402,9 @@ async def test_a_commit_decided_before_a_transaction_committed_higher_never_over
         sent.append(dict(offsets))
         return True
 
-    async def prove(tp: Any, offset: int) -> bool:
-        fenced.append(offset)
-        return True
+    async def prove(offsets: dict[Any, int]) -> dict[Any, bool]:
+        fenced.extend(offsets.values())
+        return dict.fromkeys(offsets, True)
 
     monkeypatch.setattr(c._thread, "commit", commit)
     monkeypatch.setattr(c._thread, "prove_ownership", prove)
