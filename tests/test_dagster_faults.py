@@ -61,10 +61,11 @@ async def flowing(stack: Stack, own_dagster: Dagster, start_worker: Any
                   ) -> AsyncIterator[tuple[WorkerProcess, Flow, str, DagsterApi]]:
     topic, dlq = unique("dagster-fault"), unique("dlq")
     await ensure_topics(stack.bootstrap, {topic: PARTITIONS})
-    worker = await start_worker(route_toml(topic, max_records=500, max_wait_s=2.0), KAFKA_DAGSTER_DLQ_TOPIC=dlq,
+    worker = await start_worker(route_toml(topic, max_records=500, max_wait_s=4.0), KAFKA_DAGSTER_DLQ_TOPIC=dlq,
                                 DAGSTER_GRAPHQL_URL=own_dagster.graphql_url, KAFKA_DAGSTER_DAGSTER_TIMEOUT_S="4",
                                 KAFKA_DAGSTER_ROUTE_RETRY_MAX_DELAY_S="5")
-    flow = Flow(stack.bootstrap, topic, per_second=40, partitions=PARTITIONS)  # a run a second: each costs a process
+    # a run every 2 s (each partition's batch closes on max_wait_s): each costs Dagster a process, 2.5 CPU-seconds
+    flow = Flow(stack.bootstrap, topic, per_second=40, partitions=PARTITIONS)
     flow.start()
     api = DagsterApi(own_dagster.graphql_url)
     await eventually(lambda: _launched(worker), 90, "the first launches")

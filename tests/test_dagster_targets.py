@@ -71,7 +71,7 @@ def tenant_event(tenant: str, i: int) -> bytes:
     return orjson.dumps({"tenant": tenant, "n": i})
 
 
-def start_worker(stack: Stack, workdir: Path, routes: str, group: str, dlq: str) -> WorkerProcess:
+def start_worker(stack: Stack, workdir: Path, routes: str, group: str, dlq: str, **settings: str) -> WorkerProcess:
     routes_path = workdir / f"routes-{unique('r')}.toml"
     routes_path.write_text(routes)
     port = new_web_port()
@@ -79,7 +79,7 @@ def start_worker(stack: Stack, workdir: Path, routes: str, group: str, dlq: str)
     env.update(KAFKA_BOOTSTRAP_SERVERS=stack.bootstrap, DAGSTER_GRAPHQL_URL=stack.dagster.graphql_url,
                KAFKA_DAGSTER_ROUTES=str(routes_path), KAFKA_DAGSTER_GROUP_ID=group, KAFKA_DAGSTER_DLQ_TOPIC=dlq,
                KAFKA_DAGSTER_WEB_PORT=str(port), KAFKA_DAGSTER_SESSION_TIMEOUT_S="10",
-               KAFKA_DAGSTER_ROUTE_RETRY_MAX_DELAY_S="5", PYTHONUNBUFFERED="1")
+               KAFKA_DAGSTER_ROUTE_RETRY_MAX_DELAY_S="5", PYTHONUNBUFFERED="1", **settings)
     worker = WorkerProcess(env, workdir / f"worker-{port}.log", port)
     worker.start()
     return worker
@@ -117,7 +117,8 @@ async def targets(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Asy
               + route("daily", daily, 'assets = ["daily_events"]', partition_key="value.date")
               + route("unknown-asset", unknown, 'assets = ["no_such_asset"]'))
     workdir = tmp_path_factory.mktemp("targets")
-    worker = start_worker(stack, workdir, routes, unique("group"), dlq)
+    # its unknown-asset route stays paused: stopping, its lane would wait the whole default hand-over (20 s)
+    worker = start_worker(stack, workdir, routes, unique("group"), dlq, KAFKA_DAGSTER_SHUTDOWN_TIMEOUT_S="3")
     tenants = asyncio.create_task(dynamic_partitions_across_a_restart(stack, workdir, f"{u}.tenants"))
     try:
         await asyncio.gather(

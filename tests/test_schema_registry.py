@@ -483,8 +483,9 @@ async def test_a_registry_refusing_the_worker_pauses_its_route_until_let_in(
     routes = (f'[[routes]]\nname = "{topic}"\ntopic = "{topic}"\nassets = ["daily_events"]\nvalue_format = "avro"\n'
               'partition_key = "value.date"\nmax_records = 50\nmax_bytes = 1048576\nmax_wait_s = 1.0\n')
     try:
-        worker = await start_worker(
-            routes, KAFKA_DAGSTER_DLQ_TOPIC=dlq, KAFKA_DAGSTER_SCHEMA_REGISTRY_URL=f"{proxy.url}{CCOMPAT_PATH}",
+        worker = await start_worker(  # not ready while its only route is paused
+            routes, wait=False, KAFKA_DAGSTER_DLQ_TOPIC=dlq,
+            KAFKA_DAGSTER_SCHEMA_REGISTRY_URL=f"{proxy.url}{CCOMPAT_PATH}",
             KAFKA_DAGSTER_SCHEMA_REGISTRY_CAFILE=str(ca.cert), KAFKA_DAGSTER_SCHEMA_REGISTRY_USERNAME="kafka-dagster",
             KAFKA_DAGSTER_SCHEMA_REGISTRY_PASSWORD=REGISTRY_PASSWORD, KAFKA_DAGSTER_RETRY_MAX_DELAY_S="2")
         pause = await until_paused(worker, topic, "schema_registry_auth", "HTTP 401",

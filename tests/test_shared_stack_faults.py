@@ -34,13 +34,15 @@ from tests.support import (
 
 pytestmark = pytest.mark.integration
 
+TOTAL = 32_000  # the Dagster-down scenario's records: 16 runs of 2,000 (each run costs a process)
+
 
 async def test_the_broker_frozen_mid_stream_loses_and_duplicates_nothing(
         stack: Stack, dagster_api: DagsterApi, start_worker: Any) -> None:
     topic, dlq = unique("broker-frozen"), unique("dlq")
     await ensure_topics(stack.bootstrap, {topic: 2})
-    worker = await start_worker(route_toml(topic, max_records=500, max_wait_s=2.0), KAFKA_DAGSTER_DLQ_TOPIC=dlq)
-    flow = Flow(stack.bootstrap, topic, per_second=40, partitions=2)  # a run a second: each costs a process
+    worker = await start_worker(route_toml(topic, max_records=500, max_wait_s=4.0), KAFKA_DAGSTER_DLQ_TOPIC=dlq)
+    flow = Flow(stack.bootstrap, topic, per_second=40, partitions=2)  # a run every 2 s: each costs a process
     flow.start()
     await eventually(lambda: _has_launched(worker), 90, "the first launches")
     await flow.stop()  # the producer would block on the frozen broker too
@@ -75,7 +77,7 @@ async def test_nothing_is_lost_or_dead_lettered_while_dagster_is_down(stack: Sta
     stack.dagster.stop_webserver()
     try:
         outage_started = time.monotonic()
-        await produce(stack.bootstrap, topic, [order(i) for i in range(4000, 40000)], partitions=2)
+        await produce(stack.bootstrap, topic, [order(i) for i in range(4000, TOTAL)], partitions=2)
 
         async def down_and_holding() -> float:
             samples = await worker.metrics()
@@ -88,10 +90,10 @@ async def test_nothing_is_lost_or_dead_lettered_while_dagster_is_down(stack: Sta
         await asyncio.sleep(5)  # still down: consumption must stay paused
         samples = await worker.metrics()
         assert metric(samples, "kafka_dagster_messages_consumed_total", topic=topic) == held
-        assert held < 25000, f"the worker consumed {held} of 40,000 messages with Dagster down"
+        assert held < 25000, f"the worker consumed {held} of {TOTAL:,} messages with Dagster down"
         assert not await dead_letters(stack.bootstrap, dlq)
         backlog = await eventually(lambda: topic_lag(worker, topic), 15, "the lag gauge to show the backlog")
-        assert backlog >= 40000 - held
+        assert backlog >= TOTAL - held
         async with httpx.AsyncClient(base_url=worker.base_url, timeout=10) as client:
             ready, health = await client.get("/readyz"), await client.get("/healthz")
         assert ready.status_code == 503 and ready.json()["checks"]["dagster"] is False
@@ -99,10 +101,10 @@ async def test_nothing_is_lost_or_dead_lettered_while_dagster_is_down(stack: Sta
     finally:
         stack.dagster.start_webserver()
 
-    result = await eventually(lambda: settled(stack.bootstrap, dagster_api, topic, dlq, 40000), 240,
+    result = await eventually(lambda: settled(stack.bootstrap, dagster_api, topic, dlq, TOTAL), 240,
                               "everything launched after Dagster returned")
     assert result.problems == []
-    assert result.in_runs == 40000
+    assert result.in_runs == TOTAL
     assert result.dead_lettered == {}
     assert metric(await worker.metrics(), "kafka_dagster_dagster_up") == 1
 
