@@ -73,7 +73,7 @@ def table(results: dict[str, Any]) -> str:
         lines.append(f"{label:<46}{_fmt(figures['limit_msgs_per_s']):>12}")
         lines.append(f"{'  ... service, launched':<46}{_fmt(figures['service_msgs_per_s']):>12}   "
                      f"({figures['service_over_limit']:.2f}x the limit, {figures['service_mb_per_s']:.0f} MB/s, "
-                     f"{figures['runs']} runs)")
+                     f"{figures['runs']} runs of {figures['max_records']:,})")
     lines += sensor_lines(results)
     for count, rate in results.get("workers", {}).items():
         lines.append(f"{'service, ' + count + ' worker(s), live producer':<46}{_fmt(rate):>12}")

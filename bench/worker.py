@@ -40,7 +40,10 @@ class RouteSpec(NamedTuple):
 LOCATION = "dagster_project"
 
 
-def routes_toml(routes: Iterable[RouteSpec], max_bytes: int = 16 * 1_048_576) -> str:
+MAX_BYTES = 16 * 1_048_576  # every benchmark route's max_bytes: the worker's default KAFKA_DAGSTER_MAX_BATCH_BYTES
+
+
+def routes_toml(routes: Iterable[RouteSpec], max_bytes: int = MAX_BYTES) -> str:
     return "".join(
         f'[[routes]]\ntopic = "{r.topic}"\njob = "process_orders"\nlocation = "{LOCATION}"\n'
         f"max_records = {r.max_records}\n"
