@@ -41,8 +41,8 @@ class Mode:
     kill_after_runs: int = 12
     txn_flushes: int = 30  # flushes per size, transactional and plain (`bench.transactions`)
     # One worker's throughput by record size (`bench.record_sizes`): JSON orders padded to each size, as many
-    # as `record_sizes_budget_bytes` holds (at most `messages`).
-    record_sizes: tuple[int, ...] = (100, 1_000, 10_000)
+    # as `record_sizes_budget_bytes` holds (at most `messages`). A demo order is about 200 bytes unpadded.
+    record_sizes: tuple[int, ...] = (200, 1_000, 10_000)
     record_sizes_budget_bytes: int = 200_000_000
 
     @property

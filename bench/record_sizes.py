@@ -36,12 +36,14 @@ def record_sizes(ctx: Context) -> dict[str, dict[str, Any]]:
     for value_bytes in ctx.mode.record_sizes:
         messages, max_records = batch_plan(ctx, value_bytes)
         topic = unique(f"bench.orders-{value_bytes}b")
-        asyncio.run(produce_fast(ctx.bootstrap, topic, make_values(messages, value_bytes), ctx.mode.partitions))
+        values = make_values(messages, value_bytes)
+        asyncio.run(produce_fast(ctx.bootstrap, topic, values, ctx.mode.partitions))
         sized = replace(ctx, topic=topic, mode=replace(ctx.mode, messages=messages, value_bytes=value_bytes))
         limit = run_limit(ctx.bootstrap, topic, messages)
         service = run_service(sized, max_records=max_records)
         found[str(value_bytes)] = {
-            "messages": messages, "max_records": max_records, "limit_msgs_per_s": limit,
+            "messages": messages, "max_records": max_records, "mean_bytes": sum(map(len, values)) / len(values),
+            "limit_msgs_per_s": limit,
             "service_msgs_per_s": service.msgs_per_s,
             "service_mb_per_s": service.msgs_per_s * value_bytes / 1e6, "runs": service.runs,
             "service_over_limit": service.msgs_per_s / limit if limit else 0.0}
