@@ -5,14 +5,22 @@ For each batch size, `amortisation_runs` partitions of its own topic get
 exactly one full batch each, and the clock runs from the first record reaching
 the worker to the end of the last successful run. The sizes are measured one
 after the other by one worker, so a group join is paid once.
+
+What each run costs Dagster's machine is read from the code server: its gRPC
+process starts every run in a process of its own, and Linux adds a run's
+CPU-seconds (and those of any process the run waited for) to the code
+server's children's times once the run has ended and been reaped.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from dataclasses import dataclass
 from typing import Any
+
+import psutil
 
 from bench.context import Context
 from bench.data import make_values, produce_to
@@ -35,6 +43,7 @@ class AmortisationPoint:
     runs: int
     records_per_s: float
     run_duration_s: float  # median start -> end of one run
+    run_cpu_s: float  # CPU-seconds of the run processes, per run (see the module docstring)
 
 
 async def _runs(graphql_url: str, topic: str) -> list[dict[str, Any]]:
@@ -56,8 +65,38 @@ def _wait_finished(ctx: Context, topic: str, runs: int, timeout_s: float) -> lis
     raise StackError(f"{runs} runs of {topic} did not finish within {timeout_s:.0f}s")
 
 
+def _tree(root_pid: int) -> list[psutil.Process]:
+    try:
+        root = psutil.Process(root_pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def _reaped_cpu_s(processes: list[psutil.Process]) -> float:
+    """CPU-seconds of the processes that `processes` have waited for so far."""
+    total = 0.0
+    for proc in processes:
+        with contextlib.suppress(psutil.Error):
+            times = proc.cpu_times()
+            total += times.children_user + times.children_system
+    return total
+
+
+def _runs_reaped(server: list[psutil.Process], root_pid: int, timeout_s: float = 20.0) -> None:
+    """Wait until the code server has no process but its own (every run's has ended and been reaped)."""
+    own = {proc.pid for proc in server}
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and {proc.pid for proc in _tree(root_pid)} - own:
+        time.sleep(0.2)
+
+
 def _measure_point(ctx: Context, worker: Worker, topic: str, max_records: int) -> AmortisationPoint:
     runs = ctx.mode.amortisation_runs
+    assert ctx.dagster.code_server.proc is not None, "the code server is started"
+    root_pid = ctx.dagster.code_server.proc.pid
+    server = _tree(root_pid)
+    cpu_before = _reaped_cpu_s(server)
     values = make_values(max_records * runs, ctx.mode.value_bytes)
     per_partition = {p: values[p * max_records:(p + 1) * max_records] for p in range(runs)}
     asyncio.run(produce_to(ctx.bootstrap, topic, per_partition, ctx.mode.partitions))
@@ -68,8 +107,10 @@ def _measure_point(ctx: Context, worker: Worker, topic: str, max_records: int) -
         raise StackError(f"no SUCCESS run for max_records={max_records}: {finished}")
     durations = sorted(run["endTime"] - run["startTime"] for run in succeeded)
     elapsed = max(run["endTime"] for run in succeeded) - started
+    _runs_reaped(server, root_pid)
+    run_cpu_s = (_reaped_cpu_s(server) - cpu_before) / len(finished)
     return AmortisationPoint(max_records, len(succeeded), len(succeeded) * max_records / elapsed,
-                             durations[len(durations) // 2])
+                             durations[len(durations) // 2], run_cpu_s)
 
 
 def amortisation(ctx: Context) -> list[AmortisationPoint]:

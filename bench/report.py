@@ -103,11 +103,11 @@ def table(results: dict[str, Any]) -> str:
         *(f"  match {name[:54]:<54}{ns / 1000:8.2f} µs" for name, ns in results["matching_ns_per_record"].items()),
         *(f"  decode {name[:53]:<53}{us:8.2f} µs" for name, us in results.get("framed_us_per_record", {}).items()),
         "",
-        f"{'max_records':>12}{'runs':>6}{'records/s in SUCCESS runs':>28}{'run duration':>14}",
+        f"{'max_records':>12}{'runs':>6}{'records/s in SUCCESS runs':>28}{'run duration':>14}{'run CPU':>12}",
     ]
     for point in results["amortisation"]:
         lines.append(f"{point['max_records']:>12,}{point['runs']:>6}{_fmt(point['records_per_s'], 1):>28}"
-                     f"{point['run_duration_s']:>12.1f} s")
+                     f"{point['run_duration_s']:>12.1f} s{point.get('run_cpu_s', float('nan')):>10.2f} s")
     return "\n".join(lines)
 
 

@@ -95,6 +95,20 @@ REFUSED_BACKOFF_S = 1.0
 class ConsumerThread(aiokafka_driver.AIOKafkaConsumerThread):
     """Faust's thread running the aiokafka consumer, with a shorter fetch wait and a fencing commit."""
 
+    def verify_event_path(self, now: float, tp: TP) -> None:
+        """Faust's livelock check of `tp`, once the partition has a fetch position.
+
+        The check reads the position, which aiokafka asserts is set; a partition
+        assigned a moment ago has none until its seek, and the seek waits for the
+        partition's transactional id (`seek_to_committed`). Run in between, the
+        check crashed the worker (AssertionError in `TopicPartitionState.position`).
+        """
+        subscription = self._ensure_consumer()._fetcher._subscriptions.subscription
+        state = None if subscription is None else subscription.assignment.state_value(
+            AIOKafkaTP(tp.topic, tp.partition))
+        if state is not None and state.has_valid_position:
+            super().verify_event_path(now, tp)
+
     def _create_worker_consumer(self, transport: Any) -> Any:
         consumer = super()._create_worker_consumer(transport)
         consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS  # no Faust setting; read when the consumer starts

@@ -521,7 +521,8 @@ async def test_a_worker_killed_mid_avro_stream_loses_and_duplicates_nothing(
     records = await asyncio.to_thread(avro_serialize, registry.url, topic, ORDER_SCHEMA, values)
     await asyncio.to_thread(send, stack.bootstrap, topic, records[:200])
     routes = route_toml(topic, value_format="avro", max_records=150, max_wait_s=1.0)
-    env = {"KAFKA_DAGSTER_DLQ_TOPIC": dlq, "KAFKA_DAGSTER_SCHEMA_REGISTRY_URL": registry.url}
+    env = {"KAFKA_DAGSTER_DLQ_TOPIC": dlq, "KAFKA_DAGSTER_SCHEMA_REGISTRY_URL": registry.url,
+           "KAFKA_DAGSTER_SESSION_TIMEOUT_S": "6"}  # the broker's least: the killed member leaves the group sooner
     first = await start_worker(routes, **env)
 
     async def launched() -> bool:

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from aiokafka import errors as Errors
 from aiokafka.consumer.group_coordinator import GroupCoordinator
+from aiokafka.structs import TopicPartition as AIOKafkaTP
 from faust.types import TP
 
 from service import consumer as consumer_module
@@ -336,6 +337,27 @@ async def test_a_coordinator_that_does_not_answer_a_joint_proof_fails_each_parti
     with pytest.raises(BrokerUnavailable):
         await thread._commit_each_owned({P0: 10, P1: 20})
     assert asked == [{P0: 10, P1: 20}]
+
+
+async def test_faust_livelock_check_leaves_a_partition_alone_until_it_has_a_fetch_position(
+        app: App, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Seen in a fresh-clone run: the check ran between an assignment and its seek (which waits for the
+    partition's transactional id) and aiokafka's position assertion crashed the worker."""
+    from aiokafka.consumer.subscription_state import TopicPartitionState
+
+    thread = consumer(app)._thread
+    fresh, fetching = TopicPartitionState(None), TopicPartitionState(None)
+    fetching.seek(7)
+    states = {AIOKafkaTP("orders", 0): fresh, AIOKafkaTP("orders", 1): fetching}
+    assignment = SimpleNamespace(state_value=states.get)
+    thread._consumer = SimpleNamespace(_fetcher=SimpleNamespace(_subscriptions=SimpleNamespace(
+        subscription=SimpleNamespace(assignment=assignment))))
+    checked: list[Any] = []
+    monkeypatch.setattr(consumer_module.aiokafka_driver.AIOKafkaConsumerThread, "verify_event_path",
+                        lambda self, now, tp: checked.append(tp))
+    thread.verify_event_path(100.0, P0)
+    thread.verify_event_path(100.0, P1)
+    assert checked == [P1]
 
 
 # -- refusals by the broker's ACLs: aiokafka's own commit code, answered by a scripted broker ---------------------

@@ -63,7 +63,8 @@ FAUST_SOURCES: list[tuple[type, str, str, str]] = [
     (DriverThread, "subscribe", "74f90b8c8cbc6384755c866cb77076cf43865606d98ff4ad705507213f7c6d6b",
      "overridden by service/consumer.py ConsumerThread (subscribes by pattern when a route has topic_pattern)"),
     (DriverThread, "verify_event_path", "b983e7735f647cb34650530fb0f1bc709e8cb67d54c483b939b14b49b8d931e0",
-     "Faust's livelock check: reads monitor.stream_inbound_time, which service/consumer.py _deliver writes"),
+     "Faust's livelock check: reads monitor.stream_inbound_time, which service/consumer.py _deliver writes, and "
+     "aiokafka's position, which ConsumerThread lets it read only once set"),
     (DriverThread, "_commit", "932852ce7a23f658804273d0296de6affaa7d21c19311c279712c2fae91a3b03",
      "copied as service/consumer.py ConsumerThread._commit (a commit refused by an ACL pauses, not crashes)"),
     (DriverThread, "seek_to_committed", "775ab0adc4b052abee204d5347a556412b1f77ed4de971adde69a55a1cb6f908",
