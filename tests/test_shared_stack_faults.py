@@ -34,7 +34,7 @@ from tests.support import (
 
 pytestmark = pytest.mark.integration
 
-TOTAL = 32_000  # the Dagster-down scenario's records: 16 runs of 2,000 (each run costs a process)
+TOTAL = 40_000  # the Dagster-down scenario's records: 20 runs of 2,000
 
 
 async def test_the_broker_frozen_mid_stream_loses_and_duplicates_nothing(
