@@ -207,23 +207,33 @@ class Flow:
         self.event = event or order
         self.sent = 0
         self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping.is_set():
             step = self.per_second // 4
             values = [self.event(i) for i in range(self.sent, self.sent + step)]
             await produce(self.bootstrap, self.topic, values, partitions=self.partitions)
             self.sent += step
-            await asyncio.sleep(0.25)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), 0.25)
 
     def start(self) -> None:
+        self._stopping = asyncio.Event()
         self._task = asyncio.create_task(self._run())
 
-    async def stop(self) -> int:
+    async def stop(self, timeout_s: float = 60) -> int:
+        """Stop once the records being sent are sent. Cancelled in the middle, aiokafka can drop a connection it
+        was opening without closing it (collected later, in another test, as an unclosed connection), so the
+        flow is cancelled only if that send hangs past `timeout_s`."""
         assert self._task is not None
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
+        self._stopping.set()
+        try:
+            await asyncio.wait_for(asyncio.shield(self._task), timeout_s)
+        except TimeoutError:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
         return self.sent
 
 
