@@ -51,6 +51,7 @@ from faust.types import TP
 from mode import Service
 
 from service.errors import BrokerUnavailable, KafkaNotAuthorized, KafkaRefused, KafkaRejected
+from service.fetched_records import build_records
 from service.kafka import kafka_error, not_authorized
 from service.kafka.access import scope_of
 from service.ownership_proofs import OwnershipProofs
@@ -77,7 +78,8 @@ class _Ignored:
 
 IGNORED: Refusals = _Ignored()  # an app without a worker (the unit tests')
 
-# What the fetch loop hands over: one partition and its fetched aiokafka `ConsumerRecord`s, in offset order.
+# What the fetch loop hands over: one partition and its fetched `Record`s (`service.fetched_records`), in
+# offset order.
 RecordSink = Callable[[TP, Sequence[Any]], Awaitable[None]]
 # Called with the assigned partitions before their committed offsets are read.
 BeforeSeek = Callable[[set[TP]], Awaitable[None]]
@@ -108,6 +110,10 @@ class ConsumerThread(aiokafka_driver.AIOKafkaConsumerThread):
             AIOKafkaTP(tp.topic, tp.partition))
         if state is not None and state.has_valid_position:
             super().verify_event_path(now, tp)
+
+    async def on_start(self) -> None:
+        await super().on_start()
+        build_records(self._consumer)
 
     def _create_worker_consumer(self, transport: Any) -> Any:
         consumer = super()._create_worker_consumer(transport)

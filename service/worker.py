@@ -194,12 +194,11 @@ def _add_intake(app: App, routes: RouteTable, delivery: Delivery) -> None:
         app.topics.add(app.topic(*routes.topics, key_type=bytes, value_type=bytes, key_serializer="raw",
                                  value_serializer="raw", allow_empty=True))
 
-    async def on_records(tp: Any, fetched: Sequence[Any]) -> None:
+    async def on_records(tp: Any, fetched: Sequence[Record]) -> None:
         epoch = delivery.epoch(TP.of(tp))
-        await delivery.on_records([
-            Record(r.topic, r.partition, r.offset, r.timestamp or None, r.key, r.value, r.headers, epoch)
-            for r in fetched
-        ])
+        for record in fetched:
+            record.epoch = epoch
+        await delivery.on_records(fetched)
 
     app.record_sink = on_records
 

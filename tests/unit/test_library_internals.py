@@ -2,7 +2,8 @@
 
 `service/consumer.py` copies faust-streaming 0.15's `_drain_messages` and
 `getmany`, overrides private methods of its aiokafka driver and reads the
-aiokafka consumer's group generation; `service/app.py` overrides two `App`
+aiokafka consumer's group generation; `service/fetched_records.py` hooks the
+fetcher's record building; `service/app.py` overrides two `App`
 methods; `service/consumer.py` reads the consumer's `_committed_offset` (`committed_offset`). None of
 that is public API, so nothing else would notice a Faust or aiokafka release
 that changes it. When a test here fails, the upgrade is a decision to make:
@@ -22,6 +23,7 @@ from typing import Any
 import aiokafka
 import faust
 import pytest
+from aiokafka.consumer.fetcher import Fetcher, FetchResult, PartitionRecords
 from aiokafka.consumer.group_coordinator import GroupCoordinator
 from faust.transport import consumer as faust_consumer
 from faust.transport.drivers import aiokafka as aiokafka_driver
@@ -161,6 +163,22 @@ def test_aiokafka_reads_the_fetch_wait_when_the_consumer_starts() -> None:
         upgrade_message("AIOKafkaConsumer.__init__", "it no longer stores self._fetch_max_wait_ms")
     assert "fetch_max_wait_ms=self._fetch_max_wait_ms" in start, \
         upgrade_message("AIOKafkaConsumer.start", "it no longer hands self._fetch_max_wait_ms to its Fetcher")
+
+
+def test_aiokafka_builds_each_fetched_record_through_the_hook_service_fetched_records_sets() -> None:
+    """`service.fetched_records` swaps the fetcher's `_records` dict and sets each new result's
+    `PartitionRecords._consumer_record`: it counts only if aiokafka stores results there and builds each
+    record through that name."""
+    init = inspect.getsource(Fetcher.__init__)
+    store = inspect.getsource(Fetcher._proc_fetch_request)
+    unpack = inspect.getsource(PartitionRecords._unpack_records)
+    assert "self._records = collections.OrderedDict()" in init, \
+        upgrade_message("Fetcher.__init__", "it no longer keeps fetched results in self._records")
+    assert "self._records[tp] = FetchResult(" in store and "partition_records=partition_records" in store, \
+        upgrade_message("Fetcher._proc_fetch_request", "it no longer stores a FetchResult per partition")
+    assert "consumer_record = self._consumer_record(tp, record)" in unpack, \
+        upgrade_message("PartitionRecords._unpack_records", "it no longer builds records with _consumer_record")
+    assert "self._partition_records = partition_records" in inspect.getsource(FetchResult.__init__)
 
 
 def test_aiokafka_keeps_the_group_generation_on_its_coordinator() -> None:
