@@ -18,8 +18,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer messages and repetitions (under 3 minutes)")
     parser.add_argument("--keep", action="store_true", help="keep the stack's logs in .bench-stack/")
     parser.add_argument("--profile", action="store_true",
-                        help="record the service worker of the first repetition with py-spy "
-                             "(bench/results/profile-service.svg)")
+                        help="record the service workers of the first repetition with py-spy "
+                             "(collapsed stacks: bench/results/profile-service*.txt)")
     parser.add_argument("--broker", choices=BROKERS, default="apache",
                         help="Apache Kafka 3.9.1 (the default, as deployed) or Tansu (the figures before 2026-12-07)")
     parser.add_argument("--only", choices=PARTS,

@@ -55,7 +55,7 @@ async def _runs(graphql_url: str, topic: str) -> list[dict[str, Any]]:
     return list(data["runsOrError"]["results"])
 
 
-def _wait_finished(ctx: Context, topic: str, runs: int, timeout_s: float) -> list[dict[str, Any]]:
+def wait_finished(ctx: Context, topic: str, runs: int, timeout_s: float) -> list[dict[str, Any]]:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         found = asyncio.run(_runs(ctx.dagster.graphql_url, topic))
@@ -100,7 +100,7 @@ def _measure_point(ctx: Context, worker: Worker, topic: str, max_records: int) -
     values = make_values(max_records * runs, ctx.mode.value_bytes)
     per_partition = {p: values[p * max_records:(p + 1) * max_records] for p in range(runs)}
     asyncio.run(produce_to(ctx.bootstrap, topic, per_partition, ctx.mode.partitions))
-    finished = _wait_finished(ctx, topic, runs, timeout_s=240)
+    finished = wait_finished(ctx, topic, runs, timeout_s=240)
     started = worker.first_consumed_at(topic)
     succeeded = [run for run in finished if run["status"] == "SUCCESS"]
     if not succeeded or started is None:

@@ -44,6 +44,15 @@ class Mode:
     # as `record_sizes_budget_bytes` holds (at most `messages`). A demo order is about 200 bytes unpadded.
     record_sizes: tuple[int, ...] = (200, 1_000, 10_000)
     record_sizes_budget_bytes: int = 200_000_000
+    # Batches that grow while Dagster queues the route's runs (`bench.queue_growth`): a live stream of
+    # `growth_records` at `growth_rate` msg/s, into SUCCESS runs, without a queue limit and with
+    # `max_queued_runs` = `growth_max_queued_runs`.
+    growth_records: int = 15_000
+    growth_rate: int = 1_000
+    growth_partitions: int = 2
+    growth_max_records: int = 5_000
+    growth_max_wait_s: float = 1.0
+    growth_max_queued_runs: int = 1
 
     @property
     def service_max_records(self) -> int:
@@ -58,4 +67,5 @@ FULL = Mode("full", messages=200_000, repetitions=3, backlog=500_000, steady_s=2
 QUICK = Mode("quick", messages=200_000, repetitions=1, backlog=100_000, steady_s=6, launch_samples=10,
              amortisation_runs=4, workers=(1, 2), backpressure_hold_s=2, worker_start_s=5, backlog_step_pause_s=0.5,
              micro_records=5_000, pause_down_s=10.0, sensors=("kafka_sensor_5s",), sensor_ticks=2,
-             kill_records=20_000, txn_flushes=10, record_sizes_budget_bytes=60_000_000)
+             kill_records=20_000, txn_flushes=10, record_sizes_budget_bytes=60_000_000,
+             growth_records=8_000)

@@ -108,7 +108,24 @@ def table(results: dict[str, Any]) -> str:
     for point in results["amortisation"]:
         lines.append(f"{point['max_records']:>12,}{point['runs']:>6}{_fmt(point['records_per_s'], 1):>28}"
                      f"{point['run_duration_s']:>12.1f} s{point.get('run_cpu_s', float('nan')):>10.2f} s")
+    lines += growth_lines(results)
     return "\n".join(lines)
+
+
+def growth_lines(results: dict[str, Any]) -> list[str]:
+    """The live stream into SUCCESS runs, without and with `max_queued_runs` (`bench.queue_growth`)."""
+    growth = results.get("queue_growth")
+    if not growth:
+        return []
+    lines = ["", f"live stream into SUCCESS runs, max_wait_s {growth['max_wait_s']}, max_records "
+                 f"{growth['max_records']:,} ({growth['records']:,} records at {growth['rate']:,} msg/s):"]
+    for point in growth["points"]:
+        limit = point["max_queued_runs"]
+        name = "no queue limit" if limit is None else f"max_queued_runs {limit}"
+        lines.append(f"  {name:<20}{point['runs']:>5} runs of {point['records_per_run']:>7,.0f} records"
+                     f"{_fmt(point['records_per_s'], 1):>10} records/s into SUCCESS (drained in "
+                     f"{point['drained_s']:.0f} s)")
+    return lines
 
 
 def sensor_lines(results: dict[str, Any]) -> list[str]:

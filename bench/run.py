@@ -24,6 +24,7 @@ from bench.latency import WARM_UP_S, launch_latencies
 from bench.limit import run_limit
 from bench.naive import run_naive
 from bench.pause import pause_resume
+from bench.queue_growth import queue_growth
 from bench.record_sizes import record_sizes
 from bench.sensor import (
     SensorControl,
@@ -51,7 +52,7 @@ def _step(what: str, started: float) -> None:
 
 
 # `python -m bench --only PART`: one part of the run, on the same stack and data set (the rest is skipped).
-PARTS = ("sensor", "throughput", "sizes", "record_sizes")
+PARTS = ("sensor", "throughput", "sizes", "record_sizes", "growth")
 
 
 def measure(ctx: Context, started: float, profile: bool = False, only: str | None = None) -> dict[str, Any]:
@@ -70,6 +71,12 @@ def measure(ctx: Context, started: float, profile: bool = False, only: str | Non
         _step(f"into SUCCESS runs, daemon running: {mode.amortisation_runs} batches of max_records "
               + ", ".join(map(str, mode.amortisation_sizes)), started)
         results["amortisation"] = [asdict(point) for point in amortisation(ctx)]
+    if only in (None, "growth"):
+        _step(f"live stream into SUCCESS runs, without and with max_queued_runs {mode.growth_max_queued_runs}: "
+              f"{mode.growth_records:,} records at {mode.growth_rate:,} msg/s", started)
+        results["queue_growth"] = {
+            "records": mode.growth_records, "rate": mode.growth_rate, "max_wait_s": mode.growth_max_wait_s,
+            "max_records": mode.growth_max_records, "points": [asdict(point) for point in queue_growth(ctx)]}
     # From here on runs are launched (queued) but not executed: the daemon would compete for the CPU.
     ctx.dagster.daemon.stop()
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -117,7 +124,7 @@ def measure_throughput(ctx: Context, started: float, profile: bool) -> dict[str,
         samples["limit"].append(run_limit(ctx.bootstrap, ctx.topic, mode.messages))
         samples["naive"].append(run_naive(ctx.bootstrap, ctx.topic, mode, ctx.workdir))
         for name, options in services.items():
-            flame = RESULTS / f"profile-{name.replace('_', '-')}.svg" if profile and repetition == 1 else None
+            flame = RESULTS / f"profile-{name.replace('_', '-')}.txt" if profile and repetition == 1 else None
             service = run_service(ctx, flame, **options)
             samples[name].append(service.msgs_per_s)
             consumed[name].append(service.consumed_msgs_per_s)

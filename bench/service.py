@@ -85,12 +85,13 @@ def run_service(ctx: Context, profile: Path | None = None, schema: bool = False,
 
 @contextmanager
 def _py_spy(pid: int, output: Path | None) -> Iterator[None]:
-    """Record a flame graph of `pid` with py-spy while the block runs (nothing if `output` is None)."""
+    """Record `pid` with py-spy while the block runs (nothing if `output` is None): collapsed stacks, one line
+    per stack with its sample count (greppable; `flamegraph.pl` or speedscope draws them)."""
     if output is None:
         yield
         return
     spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "--nonblocking", "--threads",
-                            "--rate", "200", "-o", str(output), "--pid", str(pid)],
+                            "--format", "raw", "--rate", "200", "-o", str(output), "--pid", str(pid)],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         yield

@@ -34,6 +34,7 @@ class RouteSpec(NamedTuple):
     schema_file: Path | None = None
     name: str | None = None
     match: str | None = None  # a TOML inline table
+    max_queued_runs: int | None = None
 
 
 # The sensor contender's code location (bench.sensor_location) serves a `process_orders` too.
@@ -51,6 +52,7 @@ def routes_toml(routes: Iterable[RouteSpec], max_bytes: int = MAX_BYTES) -> str:
         + (f"schema_file = {str(r.schema_file)!r}\n" if r.schema_file is not None else "")
         + (f'name = "{r.name}"\n' if r.name is not None else "")
         + (f"match = {r.match}\n" if r.match is not None else "")
+        + (f"max_queued_runs = {r.max_queued_runs}\n" if r.max_queued_runs is not None else "")
         for r in routes
     )
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import orjson
 
 from bench.broker import broker_name, new_broker
+from bench.config import FULL
 from bench.data import make_values
 from bench.service import shared_topic_routes
 from bench.worker import ORDER_SCHEMA, RouteSpec, routes_toml
@@ -86,3 +87,14 @@ def test_record_size_data_sets_fill_whole_batches_within_max_bytes() -> None:
             assert messages % (mode.partitions * max_records) == 0
             assert max_records * value_bytes <= FILL * MAX_BYTES
             assert messages * value_bytes <= mode.record_sizes_budget_bytes
+
+
+def test_the_growth_route_holds_launches_on_dagsters_queue(tmp_path: Path) -> None:
+    """`bench.queue_growth` compares a route without a queue limit and one with `max_queued_runs`."""
+    path = tmp_path / "routes.toml"
+    mode = FULL
+    path.write_text(routes_toml([RouteSpec("bench.g", mode.growth_max_records, mode.growth_max_wait_s,
+                                           max_queued_runs=mode.growth_max_queued_runs)]))
+    route = load_routes(path)["bench.g"]
+    assert route.max_queued_runs == mode.growth_max_queued_runs and route.throttled
+    assert route.max_wait_s == mode.growth_max_wait_s and route.max_records == mode.growth_max_records
