@@ -10,6 +10,7 @@ from faust.types import TransportT
 
 from service.consumer import BeforeSeek, RecordSink, Refusals, Transport
 from service.errors import ConfigurationError
+from service.kafka.group_commits import GroupCommits
 from service.kafka.security import KafkaSecurity, ssl_context
 from service.settings import Settings
 
@@ -31,6 +32,8 @@ class App(faust.App):
     subscription_pattern: str | None = None
     # Where the consumer reports the broker refusing the worker (`service.kafka.access.KafkaAccess`).
     kafka_access: Refusals | None = None
+    # Offset commits from the app's loop, the fence's fast way (`service.kafka.group_commits`).
+    group_commits: GroupCommits | None = None
 
     def _new_transport(self) -> TransportT:
         """The aiokafka transport with the chunked fetch loop of `service.consumer`."""

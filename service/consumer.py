@@ -54,6 +54,7 @@ from service.errors import BrokerUnavailable, KafkaNotAuthorized, KafkaRefused, 
 from service.fetched_records import build_records
 from service.kafka import kafka_error, not_authorized
 from service.kafka.access import scope_of
+from service.kafka.group_commits import GroupCommits, Membership
 from service.ownership_proofs import OwnershipProofs
 
 # How long a fencing commit may wait for the group coordinator before it counts as a transient failure.
@@ -158,6 +159,26 @@ class ConsumerThread(aiokafka_driver.AIOKafkaConsumerThread):
             except IllegalStateError:
                 committed.pop(tp)  # revoked meanwhile: its next assignment seeks again
         return committed
+
+    def membership(self, tps: Iterable[TP]) -> Membership | None:
+        """The member's place in its group as aiokafka's coordinator holds it now, for a commit of `tps` from
+        the app's loop (`service.kafka.group_commits`); None unless it is in a generation, knows its
+        coordinator and has every one of `tps` assigned. Read across threads: each value is one attribute."""
+        consumer = self._consumer
+        if consumer is None:
+            return None
+        coordinator = consumer._coordinator
+        generation, member_id, coordinator_id = coordinator.generation, coordinator.member_id, \
+            coordinator.coordinator_id
+        if generation < 0 or coordinator_id is None or not member_id:
+            return None
+        try:
+            assigned = consumer.assignment()
+        except RuntimeError:  # changed while copied: a rebalance is under way
+            return None
+        if not all(tp in assigned for tp in tps):
+            return None
+        return Membership(coordinator.group_id, generation, member_id, coordinator_id)
 
     async def prove_ownership(self, offsets: Mapping[TP, int]) -> dict[TP, bool | BaseException]:
         """Commit each partition's offset now, in this member's current generation, in one request: each
@@ -307,8 +328,26 @@ class Consumer(aiokafka_driver.Consumer):
                 self.committed(tp, offset)
             return owns
 
+    async def prepare_proofs(self, assigned: Iterable[TP]) -> None:
+        """At an assignment: connect the app's loop to the group's coordinator before the first proof."""
+        commits: GroupCommits | None = self.app.group_commits  # type: ignore[attr-defined]  # service.app.App
+        membership = cast(ConsumerThread, self._thread).membership(assigned) if commits is not None else None
+        if commits is not None and membership is not None:
+            await commits.connect(membership.coordinator_id)
+
     async def _prove_each(self, offsets: Mapping[TP, int]) -> Mapping[TP, bool | BaseException]:
-        return await cast(ConsumerThread, self._thread).prove_ownership(offsets)
+        """Commit from the app's loop first (`service.kafka.group_commits`: no hop to the consumer thread);
+        what that did not get accepted, the consumer's own commit answers."""
+        thread = cast(ConsumerThread, self._thread)
+        verdicts: dict[TP, bool | BaseException] = {}
+        commits: GroupCommits | None = self.app.group_commits  # type: ignore[attr-defined]  # service.app.App
+        membership = thread.membership(offsets) if commits is not None else None
+        if commits is not None and membership is not None:
+            verdicts = dict.fromkeys(await commits.accepted(membership, offsets), True)
+        rest = {tp: offset for tp, offset in offsets.items() if tp not in verdicts}
+        if rest:
+            verdicts.update(await thread.prove_ownership(rest))
+        return verdicts
 
     @contextlib.asynccontextmanager
     async def committing(self, tp: TP) -> AsyncIterator[None]:

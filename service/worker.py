@@ -25,6 +25,7 @@ from service.kafka import (
     unauthorized_topics,
 )
 from service.kafka.access import CREDENTIALS, DLQ_TOPICS, KafkaAccess, topic_scope
+from service.kafka.group_commits import GroupCommits
 from service.kafka.transactions import Transactions, how_dead_letters_are_written
 from service.metrics import Metrics
 from service.outcomes import OutcomeLog, outcomes_topic
@@ -79,6 +80,7 @@ def build_worker(settings: Settings, metrics: Metrics | None = None, transaction
     )
     delivery = Delivery(DeliverySettings.from_settings(settings), routes, client, links, metrics)
     access = app.kafka_access = KafkaAccess(delivery.pauses, routes)
+    app.group_commits = GroupCommits(settings.bootstrap_servers, security)
     _add_intake(app, routes, delivery)
     _add_lifecycle(app, settings, delivery, dlq_producer, client, outcomes)
     _add_access_checks(app, settings, delivery, access)
@@ -286,6 +288,7 @@ def _add_lifecycle(app: App, settings: Settings, delivery: Delivery, dlq_produce
     @app.on_partitions_assigned.connect  # type: ignore[arg-type]  # Faust's signal type wants a keyword `signal`
     async def on_assigned(app: Any, assigned: set[Any], **kwargs: Any) -> None:
         delivery.on_assigned(TP.of(tp) for tp in assigned)
+        app.consumer.add_future(app.consumer.prepare_proofs(assigned))
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def on_revoked(app: Any, revoked: set[Any], **kwargs: Any) -> None:
@@ -300,6 +303,8 @@ def _add_lifecycle(app: App, settings: Settings, delivery: Delivery, dlq_produce
     @app.on_before_shutdown.connect  # type: ignore[arg-type]
     async def on_shutdown(app: Any, **kwargs: Any) -> None:
         closing = [outcomes.stop(), dlq_producer.stop(), client.aclose()]
+        if app.group_commits is not None:
+            closing.append(app.group_commits.stop())
         if delivery.transactions is not None:
             closing.append(delivery.transactions.stop())
         if delivery.framed is not None:

@@ -438,3 +438,50 @@ async def test_a_commit_decided_before_a_transaction_committed_higher_never_over
     assert await c.prove_ownership(P0, 240) and fenced == [300]  # the proof commits what is committed already
     await c.on_partitions_revoked({P0})
     assert await c._commit({P0: 234}) is True  # a new assignment starts afresh
+
+
+class AcceptingCommits:
+    """`service.kafka.group_commits.GroupCommits` as the fence sees it: the partitions it got accepted."""
+
+    def __init__(self, accepts: set[Any]) -> None:
+        self.accepts = accepts
+        self.asked: list[dict[Any, int]] = []
+
+    async def accepted(self, membership: Any, offsets: dict[Any, int]) -> set[Any]:
+        self.asked.append(dict(offsets))
+        return self.accepts & set(offsets)
+
+
+async def test_a_proof_goes_from_the_apps_loop_first_and_the_consumer_thread_answers_the_rest(
+        app: App, monkeypatch: pytest.MonkeyPatch) -> None:
+    c = consumer(app)
+    app.group_commits = commits = AcceptingCommits({P0})  # type: ignore[assignment]
+    asked_thread: list[dict[Any, int]] = []
+
+    async def prove(offsets: dict[Any, int]) -> dict[Any, bool]:
+        asked_thread.append(dict(offsets))
+        return dict.fromkeys(offsets, False)
+
+    monkeypatch.setattr(c._thread, "prove_ownership", prove)
+    monkeypatch.setattr(c._thread, "membership", lambda tps: SimpleNamespace(generation=5))
+    assert await c._prove_each({P0: 10, P1: 20}) == {P0: True, P1: False}
+    assert commits.asked == [{P0: 10, P1: 20}] and asked_thread == [{P1: 20}]
+
+    monkeypatch.setattr(c._thread, "membership", lambda tps: None)  # not in a generation, or mid-rebalance
+    assert await c._prove_each({P0: 11}) == {P0: False}
+    assert len(commits.asked) == 1 and asked_thread[-1] == {P0: 11}
+
+
+def test_the_membership_for_a_commit_from_the_apps_loop_needs_a_generation_a_coordinator_and_the_partitions(
+        app: App) -> None:
+    thread = consumer(app)._thread
+    coordinator = SimpleNamespace(group_id="g", generation=5, member_id="member-1", coordinator_id=1)
+    thread._consumer = SimpleNamespace(_coordinator=coordinator, assignment=lambda: {AIOKafkaTP("orders", 0)})
+    membership = thread.membership([P0])
+    assert (membership.group_id, membership.generation, membership.member_id, membership.coordinator_id) == \
+        ("g", 5, "member-1", 1)
+    assert thread.membership([P0, P1]) is None  # P1 is not assigned
+    coordinator.coordinator_id = None
+    assert thread.membership([P0]) is None
+    coordinator.coordinator_id, coordinator.generation = 1, -1
+    assert thread.membership([P0]) is None
