@@ -60,7 +60,7 @@ class Mode:
         return self.messages // self.partitions
 
 
-FULL = Mode("full", messages=200_000, repetitions=3, backlog=500_000, steady_s=20, launch_samples=50,
+FULL = Mode("full", messages=200_000, repetitions=3, backlog=1_000_000, steady_s=20, launch_samples=50,
             amortisation_runs=8, workers=(1, 2, 3), backpressure_hold_s=10)
 # The quick run reads the full run's data set once, so its service contender launches runs of the same size
 # (25,000 records) and its ratios read like the full run's; it saves on repetitions and the other scenarios.

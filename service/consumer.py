@@ -91,6 +91,10 @@ BeforeSeek = Callable[[set[TP]], Awaitable[None]]
 # 1,000 msg/s. 100 ms costs an idle worker ten small fetches a second.
 FETCH_MAX_WAIT_MS = 100
 
+# The most records handed to the worker in one call: a fetch brings up to a megabyte per partition, and the
+# app's loop answers nothing else (a fencing commit's reply, a launch's) while the worker reads a chunk.
+HAND_OFF_RECORDS = 1_000
+
 # How long the fetch loop waits after the broker refused the worker, before it asks again.
 REFUSED_BACKOFF_S = 1.0
 
@@ -421,13 +425,14 @@ class Consumer(aiokafka_driver.Consumer):
         sink: RecordSink = self.app.record_sink  # type: ignore[attr-defined]  # service.app.App
         # Every fetched chunk is handed off, also of a partition paused since the fetch (a paused route):
         # aiokafka has moved past it, so skipping it would leave a gap when the partition resumes.
-        for tp, chunk in records.items():
-            if not self.flow_active or self.app.consumer_generation_id != generation_id:
-                return
+        for tp, fetched in records.items():
             r_offset = self._read_offset[tp]
-            if r_offset is not None and chunk and chunk[0].offset < r_offset:
-                chunk = [record for record in chunk if record.offset >= r_offset]
-            if chunk:
+            if r_offset is not None and fetched and fetched[0].offset < r_offset:
+                fetched = [record for record in fetched if record.offset >= r_offset]
+            for start in range(0, len(fetched), HAND_OFF_RECORDS):
+                if not self.flow_active or self.app.consumer_generation_id != generation_id:
+                    return
+                chunk = fetched[start:start + HAND_OFF_RECORDS]
                 # Faust's livelock check warns about a partition with lag whose stream took no event
                 # for `stream_processing_timeout`; there are no streams here, the sink is what takes them.
                 self.app.monitor.stream_inbound_time[tp] = monotonic()

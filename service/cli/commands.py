@@ -17,7 +17,7 @@ from service.kafka import check_security
 from service.kafka.transactions import use_transactions
 from service.logs import logging_config
 from service.settings import load_settings
-from service.worker import build_worker, tune_gc
+from service.worker import build_worker, tune_gc, tune_threads
 
 if TYPE_CHECKING:
     from service.route_preview import Sample
@@ -39,6 +39,7 @@ def worker() -> None:
         raise click.ClickException(str(exc)) from None
     logging.getLogger("httpx").setLevel(logging.WARNING)
     tune_gc()
+    tune_threads()
     Worker(app, loglevel=settings.log_level.lower(), quiet=True,
            logging_config=logging_config(settings.log_format, settings.log_level)).execute_from_commandline()
 

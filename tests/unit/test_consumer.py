@@ -86,6 +86,29 @@ async def test_each_partition_chunk_reaches_the_sink_in_one_call(app: App, sink:
     assert consumer(app)._read_offset[P0] == 2
 
 
+async def test_a_large_fetch_reaches_the_sink_in_slices_in_order_so_the_loop_answers_in_between(
+        app: App, sink: Sink, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(consumer_module, "HAND_OFF_RECORDS", 2)
+    await consumer(app)._deliver({P0: chunk(0, 1, 2, 3, 4), P1: chunk(5)}, GEN)
+    assert sink.chunks == [(P0, [0, 1]), (P0, [2, 3]), (P0, [4]), (P1, [5])]
+    assert consumer(app)._read_offset[P0] == 4
+
+
+async def test_a_rebalance_between_slices_hands_over_nothing_more(app: App, sink: Sink,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(consumer_module, "HAND_OFF_RECORDS", 2)
+    c = consumer(app)
+
+    async def first_slice_then_rebalance(tp: TP, records: Sequence[Any]) -> None:
+        await Sink.__call__(sink, tp, records)
+        app.consumer_generation_id = GEN + 1
+
+    app.record_sink = first_slice_then_rebalance  # type: ignore[assignment]
+    await c._deliver({P0: chunk(0, 1, 2, 3)}, GEN)
+    assert sink.chunks == [(P0, [0, 1])]
+    assert c._read_offset[P0] is None  # left to the seek after the rebalance
+
+
 async def test_faust_livelock_check_sees_the_partitions_taking_records(app: App, sink: Sink) -> None:
     """Without streams, nothing else tells Faust's check; it would log "Stream has not started processing"."""
     await consumer(app)._deliver({P0: chunk(0)}, GEN)
