@@ -74,7 +74,7 @@ test-unit: $(STAMP) $(HELM)
 	bash scripts/ensure-system-deps.sh
 	HELM=$(abspath $(HELM)) $(BIN)/pytest -m "not integration"
 
-bench: $(BENCH_STAMP)  ## contenders side by side on a fresh broker and Dagster (< 10 min)
+bench: $(BENCH_STAMP)  ## contenders side by side on a fresh broker and Dagster (< 15 min)
 	bash scripts/ensure-system-deps.sh
 	$(BIN)/python -m service.dev.kafka_jars
 	DAGSTER_DISABLE_TELEMETRY=1 $(BIN)/python -m bench

@@ -44,11 +44,11 @@ def table(results: dict[str, Any]) -> str:
         f"load {results['machine']['load_average_at_start']} at start; date {results['date']}; "
         f"Dagster storage {results.get('dagster_storage', 'sqlite')}; broker {broker_name(results)}",
         "",
-        f"service / limit          {r['service_over_limit']:.2f}x   (target >= 0.6x)",
-        f"service_schema / limit   {r['service_schema_over_limit']:.2f}x   (target >= 0.5x)",
+        f"service / limit          {r['service_over_limit']:.2f}x   (target >= 0.75x on Apache Kafka, issue 26)",
+        f"service_schema / limit   {r['service_schema_over_limit']:.2f}x   (target >= 0.7x)",
         f"service / naive          {r['service_over_naive']:.1f}x   (target >= 10x)",
         f"service_schema / naive   {r['service_schema_over_naive']:.1f}x   (target >= 10x)",
-        f"service_routes / limit   {r['service_routes_over_limit']:.2f}x",
+        f"service_routes / limit   {r['service_routes_over_limit']:.2f}x   (target >= 0.5x)",
         "",
         f"{'contender':<46}{'msgs/s':>12}",
         f"{'limit: bare aiokafka consumer + orjson':<46}{_fmt(t['limit']):>12}",
@@ -88,12 +88,14 @@ def table(results: dict[str, Any]) -> str:
         f"   p50 {results['launch_latency_inline_list_s']['p50'] * 1000:7.1f} ms"
         f"   p99 {results['launch_latency_inline_list_s']['p99'] * 1000:7.1f} ms",
         f"fencing (ownership proof per launch) {results['fencing']['per_launch_ms']:.2f} ms; launchRun "
-        f"{results['fencing']['launch_call_ms']:.0f} ms; {results['fencing']['share_of_elapsed']:.2%} of service time",
+        f"{results['fencing']['launch_call_ms']:.0f} ms; {results['fencing']['share_of_elapsed']:.2%} of service time"
+        " (target < 5%)",
         *(transactions.lines(results["transactions"]) if "transactions" in results else []),
         f"route paused {results['route_pause']['paused_s']:.0f} s (code location down): next launch "
         f"{results['route_pause']['resume_s']:.2f} s after it answered again",
         f"event -> LaunchRunSuccess p50 {e2e['p50']:7.3f} s    p99 {e2e['p99']:7.3f} s "
-        f"   (at {e2e['rate']:,} msg/s, max_wait_s {e2e['max_wait_s']}, {e2e['batches']} batches)",
+        f"   (at {e2e['rate']:,} msg/s, max_wait_s {e2e['max_wait_s']}, {e2e['batches']} batches; "
+        "target p99 <= max_wait_s + 0.1 s)",
         f"peak worker RSS, Dagster down, {results['backpressure']['backlog']:,} msgs backlog: "
         f"{results['peak_rss_mb_backpressure']:.0f} MB "
         f"(at start {results['backpressure']['rss_mb_at_backlog_start']:.0f} MB)",
