@@ -79,7 +79,7 @@ bench: $(BENCH_STAMP)  ## contenders side by side on a fresh broker and Dagster 
 	$(BIN)/python -m service.dev.kafka_jars
 	DAGSTER_DISABLE_TELEMETRY=1 $(BIN)/python -m bench
 
-bench-quick: $(BENCH_STAMP)  ## the same with fewer messages and repetitions (< 3 min)
+bench-quick: $(BENCH_STAMP)  ## the same with fewer messages and repetitions (about 7 min)
 	bash scripts/ensure-system-deps.sh
 	$(BIN)/python -m service.dev.kafka_jars
 	DAGSTER_DISABLE_TELEMETRY=1 $(BIN)/python -m bench --quick

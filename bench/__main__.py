@@ -15,7 +15,7 @@ from bench.run import PARTS, RESULTS, run, write_outputs
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="fewer messages and repetitions (under 3 minutes)")
+    parser.add_argument("--quick", action="store_true", help="fewer messages and repetitions (about 7 minutes)")
     parser.add_argument("--keep", action="store_true", help="keep the stack's logs in .bench-stack/")
     parser.add_argument("--profile", action="store_true",
                         help="record the service workers of the first repetition with py-spy "
