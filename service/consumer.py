@@ -334,24 +334,31 @@ class Consumer(aiokafka_driver.Consumer):
 
     async def prepare_proofs(self, assigned: Iterable[TP]) -> None:
         """At an assignment: connect the app's loop to the group's coordinator before the first proof."""
-        commits: GroupCommits | None = self.app.group_commits  # type: ignore[attr-defined]  # service.app.App
-        membership = cast(ConsumerThread, self._thread).membership(assigned) if commits is not None else None
-        if commits is not None and membership is not None:
+        fast = self._fast_commits(assigned)
+        if fast is not None:
+            commits, membership = fast
             await commits.connect(membership.coordinator_id)
 
     async def _prove_each(self, offsets: Mapping[TP, int]) -> Mapping[TP, bool | BaseException]:
         """Commit from the app's loop first (`service.kafka.group_commits`: no hop to the consumer thread);
         what that did not get accepted, the consumer's own commit answers."""
-        thread = cast(ConsumerThread, self._thread)
         verdicts: dict[TP, bool | BaseException] = {}
-        commits: GroupCommits | None = self.app.group_commits  # type: ignore[attr-defined]  # service.app.App
-        membership = thread.membership(offsets) if commits is not None else None
-        if commits is not None and membership is not None:
+        fast = self._fast_commits(offsets)
+        if fast is not None:
+            commits, membership = fast
             verdicts = dict.fromkeys(await commits.accepted(membership, offsets), True)
         rest = {tp: offset for tp, offset in offsets.items() if tp not in verdicts}
         if rest:
-            verdicts.update(await thread.prove_ownership(rest))
+            verdicts.update(await cast(ConsumerThread, self._thread).prove_ownership(rest))
         return verdicts
+
+    def _fast_commits(self, tps: Iterable[TP]) -> tuple[GroupCommits, Membership] | None:
+        """The app loop's commits and the membership to commit `tps` in, when both are there."""
+        commits: GroupCommits | None = self.app.group_commits  # type: ignore[attr-defined]  # service.app.App
+        if commits is None:
+            return None
+        membership = cast(ConsumerThread, self._thread).membership(tps)
+        return None if membership is None else (commits, membership)
 
     @contextlib.asynccontextmanager
     async def committing(self, tp: TP) -> AsyncIterator[None]:

@@ -148,8 +148,10 @@ def tune_threads() -> None:
     batches in long stretches, and the app's loop, which answers the fencing
     commit and Dagster's replies. A thread that wants the GIL waits up to a
     whole interval, and a fence wants it twice (its request, its answer):
-    measured on Apache Kafka, a fence took 10.1 ms per launch with the
-    default and 8.7 ms with 1 ms, and the throughput did not change.
+    measured on Apache Kafka in one quick benchmark run each, a fence took
+    10.1 ms per launch with the default and 8.7 ms with 1 ms (runs of the
+    same setting differ by about that much), and the throughput did not
+    move beyond that noise.
     """
     sys.setswitchinterval(SWITCH_INTERVAL_S)
 

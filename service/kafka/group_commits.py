@@ -34,7 +34,6 @@ from service.kafka.security import PLAINTEXT, KafkaSecurity, aiokafka_kwargs
 
 logger = logging.getLogger(__name__)
 
-TopicPartition = tuple[str, int]
 NO_ERROR = 0
 
 
